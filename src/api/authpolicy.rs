@@ -1,0 +1,485 @@
+//! `AuthPolicy`: which routes of a gateway need which tokens and claims.
+// kube's repeated `printcolumn(type_ = ..)` arguments look like duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::Duration;
+
+pub const HOST_PATTERN: &str = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const HEADER_NAME_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A dotted claim path: no empty segments.
+pub const CLAIM_PATTERN: &str = r"^[^.]+(\.[^.]+)*$";
+
+fn default_gateway() -> String {
+    "default".to_owned()
+}
+
+fn is_default_gateway(g: &str) -> bool {
+    g == "default"
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Declares which requests to a gateway need a token, whose tokens are trusted and which claims
+/// a caller must carry.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "AuthPolicy",
+    namespaced,
+    status = "AuthPolicyStatus",
+    shortname = "authpol",
+    category = "portcullis",
+    doc = "AuthPolicy declares which routes of a gateway require a JWT, whose tokens are trusted and which claims a caller must carry.",
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gateway"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = r#".status.conditions[?(@.type=="Accepted")].status"#),
+    printcolumn(name = "Programmed", type_ = "string", json_path = r#".status.conditions[?(@.type=="Programmed")].status"#),
+    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = r#".status.conditions[?(@.type=="Accepted")].reason"#),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.rules.all(r, has(r.public) && r.public) || (has(self.issuers) && size(self.issuers) > 0)",
+        "message": "rules that are not public need at least one entry in issuers"
+    }
+]))]
+pub struct AuthPolicySpec {
+    /// Name of the gateway whose configuration this policy joins.
+    #[serde(default = "default_gateway", skip_serializing_if = "is_default_gateway")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    pub gateway: String,
+
+    /// Hosts this policy applies to: exact names or `*.suffix` wildcards, lowercase, no port.
+    /// Empty means every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = HOST_PATTERN), length(max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub hosts: Vec<String>,
+
+    /// Token issuers whose tokens are trusted on this policy's routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub issuers: Vec<IssuerSpec>,
+
+    /// Where to read the token, in order of preference. Default: `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub token_sources: Vec<TokenSource>,
+
+    /// Routes, each with what a request must satisfy. Across policies the most specific match wins;
+    /// see docs/architecture.md for the precedence.
+    #[schemars(length(min = 1, max = 512))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub rules: Vec<Rule>,
+
+    /// What the upstream receives on an allowed request; rules may override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
+}
+
+/// A trusted token issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerSpec {
+    /// Exact value of the `iss` claim.
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
+    pub audiences: Vec<String>,
+    /// Where the issuer's public keys come from.
+    pub jwks: JwksSource,
+    /// Accepted signature algorithms. HMAC and `none` are never accepted.
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Tolerated clock difference for `exp` and `nbf` (default 60s, at most 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) <= duration('5m')", "message": "clockSkew must be at most 5m"}
+    ]))]
+    pub clock_skew: Option<Duration>,
+}
+
+/// Exactly one of `uri`, `inline` or `signingKeyRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.uri) ? 1 : 0) + (has(self.inline) ? 1 : 0) + (has(self.signingKeyRef) ? 1 : 0) == 1",
+    "message": "exactly one of uri, inline or signingKeyRef must be set"
+}]))]
+pub struct JwksSource {
+    /// JWKS URL of the issuer (http or https), fetched and cached by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub uri: Option<String>,
+    /// How often the gateway refetches `uri` (default 5m, at least 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) >= duration('10s')", "message": "refreshInterval must be at least 10s"}
+    ]))]
+    pub refresh_interval: Option<Duration>,
+    /// A JWKS document given in the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<InlineJwks>,
+    /// Public keys of a SigningKey managed by Portcullis (any namespace; only public keys are used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_ref: Option<ObjectRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct InlineJwks {
+    #[schemars(length(min = 1, max = 32))]
+    pub keys: Vec<JwkObject>,
+}
+
+/// One JSON Web Key (RFC 7517), kept as written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct JwkObject(pub Map<String, Value>);
+
+impl JsonSchema for JwkObject {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JwkObject".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "A JSON Web Key (RFC 7517).",
+            "required": ["kty"],
+            "properties": {"kty": {"type": "string", "enum": ["RSA", "EC", "OKP"]}},
+            "x-kubernetes-preserve-unknown-fields": true,
+        })
+    }
+}
+
+/// A reference to an object by name, in the referring object's namespace unless given.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// A reference to an object in the referring object's own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct LocalObjectRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub const ALL: [JwtAlgorithm; 9] =
+        [Self::RS256, Self::RS384, Self::RS512, Self::PS256, Self::PS384, Self::PS512, Self::ES256, Self::ES384, Self::EdDSA];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+/// Exactly one of `header`, `cookie` or `query`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
+    "message": "exactly one of header, cookie or query must be set"
+}]))]
+pub struct TokenSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<NamedSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<NamedSource>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct HeaderSource {
+    #[schemars(regex(pattern = HEADER_NAME_PATTERN), length(max = 128))]
+    pub name: String,
+    /// Text before the token, compared case-insensitively (e.g. `Bearer `).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub prefix: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct NamedSource {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(max = 128))]
+    pub name: String,
+}
+
+/// One route and what a request to it must satisfy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(has(self.public) && self.public) || ((!has(self.require) || size(self.require) == 0) && (!has(self.anyOf) || size(self.anyOf) == 0))",
+        "message": "a public rule cannot have require or anyOf"
+    },
+    {
+        "rule": "!(has(self.public) && self.public) || !has(self.forward) || !has(self.forward.token) || self.forward.token != 'issue'",
+        "message": "a public rule has no caller token to issue an internal token from"
+    }
+]))]
+pub struct Rule {
+    /// Unique within the policy; shown in status, logs and metrics.
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: RouteMatch,
+    /// No token needed. Must be said explicitly: nothing is public by omission.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub public: bool,
+    /// Requirements that must all hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub require: Vec<Requirement>,
+    /// Groups of requirements of which at least one must hold entirely (in addition to `require`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub any_of: Vec<RequirementGroup>,
+    /// Overrides the policy's `forward` for this rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct RequirementGroup {
+    #[schemars(length(min = 1, max = 32))]
+    pub require: Vec<Requirement>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct RouteMatch {
+    #[schemars(length(min = 1, max = 32))]
+    pub paths: Vec<PathMatch>,
+    /// Methods this route covers; empty means every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub methods: Vec<HttpMethod>,
+}
+
+/// Exactly one of `exact`, `prefix` or `template`. Paths are matched after normalisation
+/// (docs/architecture.md), so they must themselves be normalised.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.exact) ? 1 : 0) + (has(self.prefix) ? 1 : 0) + (has(self.template) ? 1 : 0) == 1",
+    "message": "exactly one of exact, prefix or template must be set"
+}]))]
+pub struct PathMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"), length(max = 1024))]
+    pub exact: Option<String>,
+    /// Segment-aware: `/orders` matches `/orders` and `/orders/1`, never `/ordersX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"), length(max = 1024))]
+    pub prefix: Option<String>,
+    /// `/orders/{id}/items`: `{name}` matches one segment, a trailing `{**}` any rest (even none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"), length(max = 1024))]
+    pub template: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum HttpMethod {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+    OPTIONS,
+    CONNECT,
+    TRACE,
+}
+
+impl HttpMethod {
+    pub const ALL: [HttpMethod; 9] =
+        [Self::GET, Self::HEAD, Self::POST, Self::PUT, Self::PATCH, Self::DELETE, Self::OPTIONS, Self::CONNECT, Self::TRACE];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GET => "GET",
+            Self::HEAD => "HEAD",
+            Self::POST => "POST",
+            Self::PUT => "PUT",
+            Self::PATCH => "PATCH",
+            Self::DELETE => "DELETE",
+            Self::OPTIONS => "OPTIONS",
+            Self::CONNECT => "CONNECT",
+            Self::TRACE => "TRACE",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+/// One condition on a claim. Name the claim with `claim` (dotted path, `realm_access.roles`) or
+/// `claimPath` (one entry per level, for names that contain dots such as
+/// `https://example.com/roles`), and give exactly one operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.claim) ? 1 : 0) + (has(self.claimPath) ? 1 : 0) == 1",
+        "message": "exactly one of claim or claimPath must be set"
+    },
+    {
+        "rule": "(has(self.equals) ? 1 : 0) + (has(self.__in__) ? 1 : 0) + (has(self.notIn) ? 1 : 0) + (has(self.containsAll) ? 1 : 0) + (has(self.containsAny) ? 1 : 0) + (has(self.exists) ? 1 : 0) + (has(self.absent) ? 1 : 0) + (has(self.matches) ? 1 : 0) + (has(self.equalsHeader) ? 1 : 0) == 1",
+        "message": "exactly one operator (equals, in, notIn, containsAll, containsAny, exists, absent, matches, equalsHeader) must be set"
+    },
+    {"rule": "!has(self.exists) || self.exists", "message": "exists can only be true; use absent: true"},
+    {"rule": "!has(self.absent) || self.absent", "message": "absent can only be true; use exists: true"}
+]))]
+pub struct Requirement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CLAIM_PATTERN), length(max = 256))]
+    pub claim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 256)))]
+    pub claim_path: Option<Vec<String>>,
+
+    /// The claim is this string, or a number or boolean that prints as it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub equals: Option<String>,
+    /// The claim is one of these.
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 1024)))]
+    pub in_: Option<Vec<String>>,
+    /// The claim is present and none of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 1024)))]
+    pub not_in: Option<Vec<String>>,
+    /// The claim (an array, or a space-separated string such as `scope`) holds all of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 1024)))]
+    pub contains_all: Option<Vec<String>>,
+    /// The claim (an array, or a space-separated string) holds at least one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 1024)))]
+    pub contains_any: Option<Vec<String>>,
+    /// The claim is present and not null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+    /// The claim is not present (or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent: Option<bool>,
+    /// The whole claim string (or any element of an array claim) matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub matches: Option<String>,
+    /// The claim equals the value of this request header (e.g. a tenant id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = HEADER_NAME_PATTERN), length(max = 128))]
+    pub equals_header: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TokenForwarding {
+    /// Pass the caller's token on unchanged.
+    #[default]
+    Original,
+    /// Remove the caller's token.
+    None,
+    /// Replace it with an internal token signed by a SigningKey (see `issue`).
+    Issue,
+}
+
+/// What the upstream receives with an allowed request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.token) || self.token != 'issue' || has(self.issue)",
+    "message": "token: issue needs issue.signingKeyRef"
+}]))]
+pub struct Forward {
+    /// Request headers set from claims: header name → dotted claim path. Whatever a client sent
+    /// in these headers is replaced (or removed when the claim is absent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub claims_to_headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenForwarding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<IssueSpec>,
+}
+
+/// The internal token minted for `token: issue`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssueSpec {
+    /// A SigningKey in the policy's namespace.
+    pub signing_key_ref: LocalObjectRef,
+    /// The `aud` of the internal token.
+    #[schemars(length(min = 1, max = 256))]
+    pub audience: String,
+    /// Lifetime of the internal token (default 5m, at most 1h); never beyond the caller's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) >= duration('1s') && duration(self) <= duration('1h')", "message": "ttl must be between 1s and 1h"}
+    ]))]
+    pub ttl: Option<Duration>,
+    /// Claims copied from the caller's token (top-level names; `sub` is always copied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub claims: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,15 @@
+//! Portcullis: JWT authentication and claim-based authorization for the routes behind an API
+//! gateway, configured through Kubernetes resources.
+//!
+//! ```text
+//!   api ──▶ policy (validate · compile) ──▶ GatewayConfig ──▶ decide (hot path)
+//!             ▲                                  │                 ▲
+//!   keys ─────┘ (public JWKS, minting keys)      ▼                 │
+//!                                      gateway (HTTP, swaps configs atomically)
+//! ```
+//! `policy`, `keys` and `decide` are pure; `gateway`, `local` and the CLI move data in and out.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod keys;
+pub mod policy;

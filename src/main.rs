@@ -1,0 +1,5 @@
+fn main() {
+    for crd in portcullis::api::crds() {
+        print!("---\n{}", portcullis::api::crd_yaml(&crd).unwrap());
+    }
+}

@@ -1,0 +1,417 @@
+//! One validation for every entry point (controller, `local`, `check`, tests): an AuthPolicy spec
+//! becomes a [`PolicyConfig`] with defaults applied and references resolved, or a rejection that
+//! names every problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use http::HeaderName;
+use jiff::Timestamp;
+
+use super::claims::{ClaimPath, ClaimRequirement};
+use super::config::{ForwardConfig, IssueConfig, IssuerConfig, KeyRef, KeySource, PolicyConfig, PublishedKeys, RuleConfig};
+use super::host::HostPattern;
+use super::path::PathPattern;
+use crate::api::{
+    AuthPolicySpec, DNS_LABEL_PATTERN, Forward, HeaderSource, HttpMethod, IssuerSpec, PathMatch, Requirement, TokenForwarding, TokenSource,
+};
+
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 60;
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+pub const DEFAULT_REFRESH_SECS: u64 = 300;
+pub const MIN_REFRESH_SECS: u64 = 10;
+pub const DEFAULT_ISSUE_TTL_SECS: u64 = 300;
+pub const MAX_ISSUE_TTL_SECS: u64 = 3600;
+
+/// Claims the minter sets itself; a policy cannot copy them from the caller.
+pub const MINTED_CLAIMS: [&str; 7] = ["iss", "aud", "sub", "exp", "nbf", "iat", "jti"];
+
+/// Headers that carry routing, framing or credentials: a claim may never be written into them.
+const FORBIDDEN_HEADERS: [&str; 16] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "www-authenticate",
+    "forwarded",
+    "x-real-ip",
+];
+const FORBIDDEN_HEADER_PREFIXES: [&str; 4] = ["x-forwarded-", "x-envoy-", "x-original-", "proxy-"];
+
+#[derive(Debug, Clone)]
+pub struct PolicyMeta {
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub created: Option<Timestamp>,
+}
+
+impl PolicyMeta {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self { namespace: namespace.to_owned(), name: name.to_owned(), generation: None, created: None }
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why a policy is not (or not entirely) enforced; the strings are the `Accepted` condition's
+/// reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    Invalid,
+    Conflicted,
+    KeyNotFound,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "Invalid",
+            Self::Conflicted => "Conflicted",
+            Self::KeyNotFound => "KeyNotFound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub problems: Vec<String>,
+}
+
+impl Rejection {
+    pub fn message(&self) -> String {
+        self.problems.join("; ")
+    }
+}
+
+#[derive(Default)]
+struct Problems {
+    invalid: Vec<String>,
+    missing_keys: Vec<String>,
+}
+
+impl Problems {
+    fn add(&mut self, at: &str, what: impl std::fmt::Display) {
+        self.invalid.push(if at.is_empty() { what.to_string() } else { format!("{at}: {what}") });
+    }
+}
+
+pub fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource {
+        header: Some(HeaderSource { name: "Authorization".into(), prefix: Some("Bearer ".into()) }),
+        cookie: None,
+        query: None,
+    }]
+}
+
+/// Validates a spec for the gateway it names, against the SigningKeys known in the cluster (or
+/// directory).
+pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef, PublishedKeys>) -> Result<PolicyConfig, Rejection> {
+    let mut p = Problems::default();
+
+    if !is_dns_label(&spec.gateway) {
+        p.add("gateway", format!("{:?} must match {DNS_LABEL_PATTERN}", spec.gateway));
+    }
+
+    let mut hosts = BTreeSet::new();
+    for h in &spec.hosts {
+        match HostPattern::parse(h) {
+            Ok(_) if !hosts.insert(h.clone()) => p.add("hosts", format!("{h:?} is listed twice")),
+            Ok(_) => {}
+            Err(e) => p.add("hosts", e),
+        }
+    }
+
+    let mut issuers = Vec::new();
+    let mut issuer_names = BTreeSet::new();
+    for (i, iss) in spec.issuers.iter().enumerate() {
+        let at = format!("issuers[{i}]");
+        if !issuer_names.insert(iss.issuer.as_str()) {
+            p.add(&at, format!("issuer {:?} is listed twice", iss.issuer));
+        }
+        if let Some(ic) = validate_issuer(&at, meta, iss, keys, &mut p) {
+            issuers.push(ic);
+        }
+    }
+
+    let token_sources = if spec.token_sources.is_empty() { default_token_sources() } else { spec.token_sources.clone() };
+    for (i, ts) in token_sources.iter().enumerate() {
+        let at = format!("tokenSources[{i}]");
+        let set = [ts.header.is_some(), ts.cookie.is_some(), ts.query.is_some()].iter().filter(|b| **b).count();
+        if set != 1 {
+            p.add(&at, "exactly one of header, cookie or query must be set");
+        }
+        let name = ts.header.as_ref().map(|h| &h.name).or(ts.cookie.as_ref().map(|c| &c.name)).or(ts.query.as_ref().map(|q| &q.name));
+        if let Some(name) = name
+            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+.^_`|~-".contains(&b)))
+        {
+            p.add(&at, format!("{name:?} is not a valid name"));
+        }
+    }
+
+    let policy_forward = spec.forward.as_ref().map(|f| validate_forward("forward", meta, f, keys, &mut p));
+
+    if spec.rules.is_empty() {
+        p.add("rules", "at least one rule is required");
+    }
+    let mut rules = Vec::new();
+    let mut rule_names = BTreeSet::new();
+    // (pattern, methods) of earlier rules, to find rules that can never match.
+    let mut seen_routes: Vec<(PathPattern, u16, String)> = Vec::new();
+    for rule in &spec.rules {
+        let at = format!("rules[{}]", rule.name);
+        if !is_dns_label(&rule.name) {
+            p.add(&at, format!("name must match {DNS_LABEL_PATTERN}"));
+        }
+        if !rule_names.insert(rule.name.as_str()) {
+            p.add(&at, "rule name is used twice");
+        }
+        if rule.match_.paths.is_empty() {
+            p.add(&at, "match.paths needs at least one path");
+        }
+        let mask = method_mask(&rule.match_.methods);
+        for (j, pm) in rule.match_.paths.iter().enumerate() {
+            match compile_path(pm) {
+                Ok(pattern) => {
+                    if let Some((_, _, other)) = seen_routes.iter().find(|(pat, m, _)| *pat == pattern && m & mask != 0) {
+                        p.add(&at, format!("path {pattern} overlaps rule {other} for the same methods, so one of them could never match"));
+                    }
+                    seen_routes.push((pattern, mask, rule.name.clone()));
+                }
+                Err(e) => p.add(&format!("{at}.match.paths[{j}]"), e),
+            }
+        }
+        let methods: BTreeSet<HttpMethod> = rule.match_.methods.iter().copied().collect();
+
+        if rule.public && (!rule.require.is_empty() || !rule.any_of.is_empty()) {
+            p.add(&at, "a public rule cannot have require or anyOf");
+        }
+        if !rule.public && spec.issuers.is_empty() {
+            p.add(&at, "the rule needs a token but the policy trusts no issuer");
+        }
+        for (k, r) in rule.require.iter().enumerate() {
+            if let Err(e) = ClaimRequirement::compile(r) {
+                p.add(&format!("{at}.require[{k}]"), e);
+            }
+        }
+        for (g, group) in rule.any_of.iter().enumerate() {
+            if group.require.is_empty() {
+                p.add(&format!("{at}.anyOf[{g}]"), "a group needs at least one requirement");
+            }
+            for (k, r) in group.require.iter().enumerate() {
+                if let Err(e) = ClaimRequirement::compile(r) {
+                    p.add(&format!("{at}.anyOf[{g}].require[{k}]"), e);
+                }
+            }
+        }
+        let forward = match &rule.forward {
+            Some(f) => validate_forward(&format!("{at}.forward"), meta, f, keys, &mut p),
+            None => policy_forward.clone().unwrap_or_default(),
+        };
+        if rule.public && forward.token == TokenForwarding::Issue {
+            p.add(&at, "a public rule has no caller token to issue an internal token from");
+        }
+        rules.push(RuleConfig {
+            name: rule.name.clone(),
+            paths: rule.match_.paths.clone(),
+            methods: methods.into_iter().collect(),
+            public: rule.public,
+            require: rule.require.clone(),
+            any_of: rule.any_of.iter().map(|g| g.require.clone()).collect(),
+            forward,
+        });
+    }
+
+    if !p.invalid.is_empty() {
+        let mut problems = p.invalid;
+        problems.extend(p.missing_keys);
+        return Err(Rejection { reason: RejectReason::Invalid, problems });
+    }
+    if !p.missing_keys.is_empty() {
+        return Err(Rejection { reason: RejectReason::KeyNotFound, problems: p.missing_keys });
+    }
+    Ok(PolicyConfig {
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        generation: meta.generation,
+        created: meta.created,
+        hosts: hosts.into_iter().collect(),
+        issuers,
+        token_sources,
+        rules,
+    })
+}
+
+fn validate_issuer(
+    at: &str,
+    meta: &PolicyMeta,
+    iss: &IssuerSpec,
+    keys: &BTreeMap<KeyRef, PublishedKeys>,
+    p: &mut Problems,
+) -> Option<IssuerConfig> {
+    if iss.issuer.is_empty() {
+        p.add(at, "issuer must not be empty");
+    }
+    if iss.audiences.is_empty() || iss.audiences.iter().any(String::is_empty) {
+        p.add(at, "audiences needs at least one non-empty audience");
+    }
+    if iss.algorithms.is_empty() {
+        p.add(at, "algorithms needs at least one algorithm");
+    }
+    let clock_skew_secs = iss.clock_skew.map_or(DEFAULT_CLOCK_SKEW_SECS, |d| d.as_secs());
+    if clock_skew_secs > MAX_CLOCK_SKEW_SECS {
+        p.add(at, format!("clockSkew {clock_skew_secs}s is more than {MAX_CLOCK_SKEW_SECS}s"));
+    }
+    let j = &iss.jwks;
+    let sources = [j.uri.is_some(), j.inline.is_some(), j.signing_key_ref.is_some()].iter().filter(|b| **b).count();
+    if sources != 1 {
+        p.add(&format!("{at}.jwks"), "exactly one of uri, inline or signingKeyRef must be set");
+        return None;
+    }
+    let keys_source = if let Some(uri) = &j.uri {
+        let refresh_secs = j.refresh_interval.map_or(DEFAULT_REFRESH_SECS, |d| d.as_secs());
+        if refresh_secs < MIN_REFRESH_SECS {
+            p.add(&format!("{at}.jwks.refreshInterval"), format!("must be at least {MIN_REFRESH_SECS}s"));
+        }
+        match uri.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => p.add(&format!("{at}.jwks.uri"), format!("{uri:?} is not an http(s) URL")),
+        }
+        KeySource::Remote { uri: uri.clone(), refresh_secs }
+    } else if let Some(inline) = &j.inline {
+        let mut usable = 0;
+        for (k, jwk) in inline.keys.iter().enumerate() {
+            match crate::keys::parse_jwk(&jwk.0) {
+                Ok(Some(_)) => usable += 1,
+                Ok(None) => {}
+                Err(e) => p.add(&format!("{at}.jwks.inline.keys[{k}]"), e),
+            }
+        }
+        if usable == 0 {
+            p.add(&format!("{at}.jwks.inline"), "no key usable for verifying signatures");
+        }
+        KeySource::Inline { keys: inline.keys.clone() }
+    } else {
+        let r = j.signing_key_ref.as_ref().expect("one source is set");
+        let key = KeyRef { namespace: r.namespace.clone().unwrap_or_else(|| meta.namespace.clone()), name: r.name.clone() };
+        if !keys.contains_key(&key) {
+            p.missing_keys.push(format!("{at}.jwks.signingKeyRef: SigningKey {key} not found"));
+        }
+        KeySource::SigningKey(key)
+    };
+    Some(IssuerConfig {
+        issuer: iss.issuer.clone(),
+        audiences: iss.audiences.clone(),
+        algorithms: iss.algorithms.iter().copied().collect::<BTreeSet<_>>().into_iter().collect(),
+        clock_skew_secs,
+        keys: keys_source,
+    })
+}
+
+fn validate_forward(at: &str, meta: &PolicyMeta, f: &Forward, keys: &BTreeMap<KeyRef, PublishedKeys>, p: &mut Problems) -> ForwardConfig {
+    let mut claims_to_headers = BTreeMap::new();
+    for (header, claim) in &f.claims_to_headers {
+        let lower = header.to_ascii_lowercase();
+        match HeaderName::from_bytes(lower.as_bytes()) {
+            Err(_) => p.add(&format!("{at}.claimsToHeaders"), format!("{header:?} is not a header name")),
+            Ok(_) if FORBIDDEN_HEADERS.contains(&lower.as_str()) || FORBIDDEN_HEADER_PREFIXES.iter().any(|x| lower.starts_with(x)) => {
+                p.add(&format!("{at}.claimsToHeaders"), format!("{header} carries routing or credentials and cannot be set from a claim"))
+            }
+            Ok(_) => {}
+        }
+        match ClaimPath::dotted(claim) {
+            Ok(path) => {
+                if claims_to_headers.insert(lower.clone(), path.0).is_some() {
+                    p.add(&format!("{at}.claimsToHeaders"), format!("{header} is listed twice (header names ignore case)"));
+                }
+            }
+            Err(e) => p.add(&format!("{at}.claimsToHeaders[{header}]"), e),
+        }
+    }
+    if claims_to_headers.len() > 32 {
+        p.add(&format!("{at}.claimsToHeaders"), "at most 32 headers");
+    }
+    let token = f.token.unwrap_or_default();
+    let issue = match (&f.issue, token) {
+        (None, TokenForwarding::Issue) => {
+            p.add(at, "token: issue needs issue.signingKeyRef");
+            None
+        }
+        (Some(is), _) => {
+            let key = KeyRef { namespace: meta.namespace.clone(), name: is.signing_key_ref.name.clone() };
+            let ttl_secs = is.ttl.map_or(DEFAULT_ISSUE_TTL_SECS, |d| d.as_secs());
+            if !(1..=MAX_ISSUE_TTL_SECS).contains(&ttl_secs) {
+                p.add(&format!("{at}.issue.ttl"), format!("must be between 1s and {MAX_ISSUE_TTL_SECS}s"));
+            }
+            if is.audience.is_empty() {
+                p.add(&format!("{at}.issue.audience"), "must not be empty");
+            }
+            for c in &is.claims {
+                if MINTED_CLAIMS.contains(&c.as_str()) {
+                    p.add(&format!("{at}.issue.claims"), format!("{c} is set by the gateway and cannot be copied"));
+                }
+            }
+            match keys.get(&key) {
+                None => p.missing_keys.push(format!("{at}.issue.signingKeyRef: SigningKey {key} not found")),
+                Some(pk) if pk.retain_secs < ttl_secs => p.add(
+                    &format!("{at}.issue.ttl"),
+                    format!(
+                        "tokens live {ttl_secs}s but SigningKey {key} keeps retired keys only {}s (retain): they could outlive their key",
+                        pk.retain_secs
+                    ),
+                ),
+                Some(_) => {}
+            }
+            Some(IssueConfig { signing_key: key, audience: is.audience.clone(), ttl_secs, claims: is.claims.clone() })
+        }
+        (None, _) => None,
+    };
+    ForwardConfig { claims_to_headers, token, issue }
+}
+
+pub fn compile_path(pm: &PathMatch) -> Result<PathPattern, String> {
+    match (&pm.exact, &pm.prefix, &pm.template) {
+        (Some(e), None, None) => PathPattern::exact(e),
+        (None, Some(p), None) => PathPattern::prefix(p),
+        (None, None, Some(t)) => PathPattern::template(t),
+        _ => Err("exactly one of exact, prefix or template must be set".into()),
+    }
+}
+
+/// Methods as a bit set; empty means every method (all bits, plus those for other methods).
+pub fn method_mask(methods: &[HttpMethod]) -> u16 {
+    if methods.is_empty() { u16::MAX } else { methods.iter().fold(0, |m, x| m | method_bit(*x)) }
+}
+
+pub fn method_bit(m: HttpMethod) -> u16 {
+    1 << (m as u16)
+}
+
+/// The bit of a request method; methods outside the enum match only rules without `methods`.
+pub fn request_method_bit(method: &str) -> u16 {
+    HttpMethod::from_name(method).map_or(1 << 15, method_bit)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Compiles every requirement of a rule (validation guarantees this succeeds).
+pub fn compile_requirements(reqs: &[Requirement]) -> Result<Vec<ClaimRequirement>, String> {
+    reqs.iter().map(ClaimRequirement::compile).collect()
+}
