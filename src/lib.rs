@@ -11,5 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod decide;
 pub mod keys;
 pub mod policy;
+#[doc(hidden)]
+pub mod testkit;

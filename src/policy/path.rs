@@ -512,4 +512,87 @@ mod tests {
         assert_eq!(prefix_keys("/a/b/").collect::<Vec<_>>(), ["/a/b", "/a", "/"]);
         assert_eq!(prefix_keys("/").collect::<Vec<_>>(), ["/"]);
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Paths made of the characters that matter to normalisation.
+        fn raw_path() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("/".to_owned()),
+                    Just(".".to_owned()),
+                    Just("..".to_owned()),
+                    Just("%2e".to_owned()),
+                    Just("%2F".to_owned()),
+                    Just("%5c".to_owned()),
+                    Just("%00".to_owned()),
+                    Just("%41".to_owned()),
+                    Just("%25".to_owned()),
+                    Just("%C3%A9".to_owned()),
+                    Just("%C0%AF".to_owned()),
+                    Just(";".to_owned()),
+                    Just("\\".to_owned()),
+                    Just("~".to_owned()),
+                    "[a-z]{1,3}".prop_map(|s| s),
+                ],
+                0..12,
+            )
+            .prop_map(|parts| format!("/{}", parts.concat()))
+        }
+
+        /// A clean path and a way of writing it that an upstream reads the same.
+        fn disguised() -> impl Strategy<Value = (String, String)> {
+            (proptest::collection::vec("[a-z]{1,4}", 1..6), proptest::collection::vec(0u8..6, 1..6)).prop_map(|(segs, tricks)| {
+                let clean = format!("/{}", segs.join("/"));
+                let mut out = String::new();
+                for (i, seg) in segs.iter().enumerate() {
+                    match tricks[i % tricks.len()] {
+                        0 => out.push_str(&format!("/{seg}")),
+                        1 => out.push_str(&format!("//{seg}")),
+                        2 => out.push_str(&format!("/./{seg}")),
+                        3 => out.push_str(&format!("/zz/../{seg}")),
+                        4 => out.push_str(&format!("/%2e/{}", seg.bytes().map(|b| format!("%{b:02x}")).collect::<String>())),
+                        _ => out.push_str(&format!("/{seg}/%2E%2E/{seg}")),
+                    }
+                }
+                (clean, out)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn normalisation_is_idempotent(p in raw_path()) {
+                if let Ok(once) = normalize(&p) {
+                    prop_assert_eq!(normalize(&once), Ok(once.clone()));
+                }
+            }
+
+            #[test]
+            fn normalised_paths_hold_no_tricks(p in raw_path()) {
+                if let Ok(n) = normalize(&p) {
+                    prop_assert!(n.starts_with('/'));
+                    for bad in ["//", "/./", "/../", "%2F", "%5C", "%00", "\\", ";"] {
+                        prop_assert!(!n.contains(bad), "{} holds {}", n, bad);
+                    }
+                    prop_assert!(!n.ends_with("/.") && !n.ends_with("/.."));
+                }
+            }
+
+            #[test]
+            fn disguises_normalise_to_the_clean_path((clean, disguised) in disguised()) {
+                prop_assert_eq!(normalize(&disguised), Ok(clean));
+            }
+
+            #[test]
+            fn an_encoded_separator_or_nul_is_always_rejected((_, disguised) in disguised(), at in 0usize..64, which in 0usize..4) {
+                let insert = ["%2F", "%2f", "%5C", "%00"][which];
+                // Anywhere after the leading slash, even inside another escape (which then is malformed).
+                let at = 1 + at % disguised.len();
+                let tricked = format!("{}{insert}{}", &disguised[..at], &disguised[at..]);
+                prop_assert!(normalize(&tricked).is_err(), "{} was accepted", tricked);
+            }
+        }
+    }
 }

@@ -1,0 +1,557 @@
+//! The decision (pure, the hot path): a [`GatewayConfig`] built into an [`Engine`] answers, for a
+//! request, Allow (with identity headers and maybe a minted token) or Deny (401/403 and why).
+//!
+//! ```text
+//!  request ─▶ normalise host+path ─▶ route table ─▶ public? ──────────────────────────▶ Allow
+//!                                        │            └─▶ token ─▶ cache / verify ─▶ claims ─▶ Allow
+//!                                        └─▶ none: Deny 403          │ 401                 │ 403
+//! ```
+//! Nothing here does I/O or reads a clock: `now` is a parameter, remote keys are fetched by the
+//! gateway, which is told (through [`Denied::refetch`]) when a kid was unknown.
+
+pub mod keyset;
+pub mod mint;
+pub mod routes;
+pub mod token;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use crate::api::{JwtAlgorithm, TokenForwarding, TokenSource};
+use crate::keys::store::KeyRing;
+use crate::policy::claims::{ClaimPath, ClaimRequirement, Unmet};
+use crate::policy::config::{IssueConfig, KeySource};
+use crate::policy::host::normalize_host;
+use crate::policy::path::{PathError, normalize, split_target};
+use crate::policy::validate::{compile_requirements, request_method_bit};
+use crate::policy::{GatewayConfig, KeyRef};
+use keyset::KeySet;
+use mint::Minter;
+use routes::RouteTable;
+use token::{Extracted, TokenCache, Verified};
+
+pub const DEFAULT_TOKEN_CACHE_CAPACITY: usize = 100_000;
+
+/// Why a request was denied. The string forms are stable: they label metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    NoRoute,
+    UnsafePath(PathError),
+    BadHost,
+    MissingToken,
+    AmbiguousToken,
+    MalformedToken,
+    UnsupportedAlgorithm,
+    ForbiddenHeader,
+    UntrustedIssuer,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    KeysUnavailable,
+    ClaimsNotSatisfied,
+    MintUnavailable,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 17] = [
+        Self::NoRoute,
+        Self::UnsafePath(PathError::Empty),
+        Self::BadHost,
+        Self::MissingToken,
+        Self::AmbiguousToken,
+        Self::MalformedToken,
+        Self::UnsupportedAlgorithm,
+        Self::ForbiddenHeader,
+        Self::UntrustedIssuer,
+        Self::UnknownKey,
+        Self::BadSignature,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::WrongAudience,
+        Self::KeysUnavailable,
+        Self::ClaimsNotSatisfied,
+        Self::MintUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::UnsafePath(_) => "unsafe_path",
+            Self::BadHost => "bad_host",
+            Self::MissingToken => "missing_token",
+            Self::AmbiguousToken => "ambiguous_token",
+            Self::MalformedToken => "malformed_token",
+            Self::UnsupportedAlgorithm => "unsupported_algorithm",
+            Self::ForbiddenHeader => "forbidden_header",
+            Self::UntrustedIssuer => "untrusted_issuer",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongAudience => "wrong_audience",
+            Self::KeysUnavailable => "keys_unavailable",
+            Self::ClaimsNotSatisfied => "claims_not_satisfied",
+            Self::MintUnavailable => "mint_unavailable",
+        }
+    }
+
+    /// HTTP status: 401 for credentials, 403 for permissions and unroutable requests, 503 when
+    /// Portcullis itself cannot decide (fail closed, and visibly so).
+    pub fn status(self) -> u16 {
+        match self {
+            Self::NoRoute | Self::UnsafePath(_) | Self::BadHost | Self::ClaimsNotSatisfied => 403,
+            Self::KeysUnavailable | Self::MintUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    /// The RFC 6750 error code, if any.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Self::MissingToken => None,
+            Self::AmbiguousToken => Some("invalid_request"),
+            Self::ClaimsNotSatisfied => Some("insufficient_scope"),
+            s if s.status() == 401 => Some("invalid_token"),
+            _ => None,
+        }
+    }
+
+    /// A short, client-safe description.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route",
+            Self::UnsafePath(e) => e.as_str(),
+            Self::BadHost => "invalid host",
+            Self::MissingToken => "token required",
+            Self::AmbiguousToken => "more than one token",
+            Self::MalformedToken => "malformed token",
+            Self::UnsupportedAlgorithm => "algorithm not accepted",
+            Self::ForbiddenHeader => "token header not accepted",
+            Self::UntrustedIssuer => "untrusted issuer",
+            Self::UnknownKey => "unknown signing key",
+            Self::BadSignature => "invalid signature",
+            Self::Expired => "token expired",
+            Self::NotYetValid => "token not yet valid",
+            Self::WrongAudience => "wrong audience",
+            Self::KeysUnavailable => "issuer keys unavailable",
+            Self::ClaimsNotSatisfied => "insufficient claims",
+            Self::MintUnavailable => "internal token unavailable",
+        }
+    }
+}
+
+/// A request as the gateway presents it.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    /// Path and query exactly as the client sent them.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRef {
+    pub policy: u32,
+    pub rule: u32,
+}
+
+#[derive(Debug)]
+pub struct Allowed {
+    pub route: RouteRef,
+    /// Identity headers for the upstream.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What the upstream's `Authorization` header must be; `None` removes it.
+    pub authorization: Option<HeaderValue>,
+    /// Identity headers of this gateway that this answer does not set: the gateway must remove
+    /// whatever a client sent in them.
+    pub strip: Vec<HeaderName>,
+}
+
+#[derive(Debug)]
+pub struct Denied {
+    pub reason: DenyReason,
+    pub route: Option<RouteRef>,
+    /// What failed, for logs and `portcullis check` (names requirements, never token values).
+    pub detail: Option<String>,
+    /// Scopes that would have satisfied the failed requirement.
+    pub scopes: Vec<String>,
+    /// The remote key set that did not know the token's kid: worth one (rate-limited) refetch.
+    pub refetch: Option<Arc<KeySet>>,
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(Denied),
+}
+
+impl Decision {
+    fn deny(reason: DenyReason) -> Self {
+        Self::Deny(Denied { reason, route: None, detail: None, scopes: Vec::new(), refetch: None })
+    }
+
+    pub fn route(&self) -> Option<RouteRef> {
+        match self {
+            Self::Allow(a) => Some(a.route),
+            Self::Deny(d) => d.route,
+        }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Self::Allow(_))
+    }
+}
+
+struct RtIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<JwtAlgorithm>,
+    skew: i64,
+    keys: Arc<KeySet>,
+}
+
+struct RtPolicy {
+    key: String,
+    issuers: Vec<RtIssuer>,
+    token_sources: Vec<TokenSource>,
+    rules: Vec<RtRule>,
+}
+
+struct RtRule {
+    name: String,
+    public: bool,
+    require: Vec<ClaimRequirement>,
+    any_of: Vec<Vec<ClaimRequirement>>,
+    headers: Vec<(HeaderName, ClaimPath)>,
+    token: TokenForwarding,
+    issue: Option<(IssueConfig, Option<Arc<Minter>>)>,
+}
+
+/// Supplies key sets that live longer than one engine (remote JWKS, fetched by the gateway).
+pub trait RemoteKeys {
+    fn key_set(&self, uri: &str, refresh_secs: u64) -> Arc<KeySet>;
+}
+
+/// No remote fetching: every remote key set stays unloaded (its tokens get 503).
+pub struct NoRemoteKeys;
+
+impl RemoteKeys for NoRemoteKeys {
+    fn key_set(&self, uri: &str, _refresh_secs: u64) -> Arc<KeySet> {
+        KeySet::new_remote(uri)
+    }
+}
+
+pub struct BuildOptions<'a> {
+    /// `iss` of minted tokens.
+    pub issuer_url: &'a str,
+    /// Private keys for minting, by SigningKey.
+    pub minting: &'a BTreeMap<KeyRef, KeyRing>,
+    pub remote: &'a dyn RemoteKeys,
+    pub cache_capacity: usize,
+}
+
+/// A GatewayConfig ready to decide. Immutable; replaced as a whole when the config changes.
+pub struct Engine {
+    pub config: Arc<GatewayConfig>,
+    routes: RouteTable,
+    policies: Vec<RtPolicy>,
+    identity_headers: Vec<HeaderName>,
+    cache: TokenCache,
+    realm: String,
+    issuer_url: String,
+    remote_sets: Vec<Arc<KeySet>>,
+    /// Problems that do not stop the engine (a minting key not delivered yet, skipped JWKs).
+    pub warnings: Vec<String>,
+}
+
+impl Engine {
+    pub fn build(config: GatewayConfig, opts: &BuildOptions<'_>) -> Result<Self, String> {
+        let routes = RouteTable::build(&config)?;
+        let mut warnings = Vec::new();
+        let mut static_sets: HashMap<String, Arc<KeySet>> = HashMap::new();
+        let mut remote_sets: Vec<Arc<KeySet>> = Vec::new();
+        let mut minters: HashMap<KeyRef, Option<Arc<Minter>>> = HashMap::new();
+        let mut identity: Vec<HeaderName> = Vec::new();
+        let mut policies = Vec::with_capacity(config.policies.len());
+        for p in &config.policies {
+            let key = format!("{}/{}", p.namespace, p.name);
+            let mut issuers = Vec::new();
+            for i in &p.issuers {
+                let keys = match &i.keys {
+                    KeySource::Remote { uri, refresh_secs } => {
+                        let set = opts.remote.key_set(uri, *refresh_secs);
+                        if !remote_sets.iter().any(|s| Arc::ptr_eq(s, &set)) {
+                            remote_sets.push(set.clone());
+                        }
+                        set
+                    }
+                    KeySource::Inline { keys } => {
+                        let id = serde_json::to_string(keys).expect("JWKs serialize");
+                        static_key_set(&mut static_sets, &mut warnings, id, format!("inline keys of {key} issuer {}", i.issuer), keys)?
+                    }
+                    KeySource::SigningKey(r) => {
+                        let published = config.published_keys(r).ok_or_else(|| format!("{key}: SigningKey {r} is not in the config"))?;
+                        static_key_set(
+                            &mut static_sets,
+                            &mut warnings,
+                            format!("signingkey:{r}"),
+                            format!("SigningKey {r}"),
+                            &published.keys,
+                        )?
+                    }
+                };
+                issuers.push(RtIssuer {
+                    issuer: i.issuer.clone(),
+                    audiences: i.audiences.clone(),
+                    algorithms: i.algorithms.clone(),
+                    skew: i.clock_skew_secs as i64,
+                    keys,
+                });
+            }
+            let mut rules = Vec::with_capacity(p.rules.len());
+            for r in &p.rules {
+                let at = |e: String| format!("{key} rule {}: {e}", r.name);
+                let require = compile_requirements(&r.require).map_err(at)?;
+                let any_of = r.any_of.iter().map(|g| compile_requirements(g)).collect::<Result<_, _>>().map_err(at)?;
+                let mut headers = Vec::new();
+                for (h, path) in &r.forward.claims_to_headers {
+                    let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| at(format!("bad header name {h}")))?;
+                    if !identity.contains(&name) {
+                        identity.push(name.clone());
+                    }
+                    headers.push((name, ClaimPath(path.clone())));
+                }
+                let issue = match &r.forward.issue {
+                    Some(ic) if r.forward.token == TokenForwarding::Issue => {
+                        let minter = minters
+                            .entry(ic.signing_key.clone())
+                            .or_insert_with(|| {
+                                let published = config.published_keys(&ic.signing_key);
+                                match Minter::new(
+                                    &ic.signing_key,
+                                    opts.minting.get(&ic.signing_key),
+                                    published.and_then(|p| p.active_kid.as_deref()),
+                                ) {
+                                    Ok(m) => Some(Arc::new(m)),
+                                    Err(e) => {
+                                        warnings.push(format!("{key}: cannot mint with SigningKey {}: {e}", ic.signing_key));
+                                        None
+                                    }
+                                }
+                            })
+                            .clone();
+                        Some((ic.clone(), minter))
+                    }
+                    _ => None,
+                };
+                rules.push(RtRule { name: r.name.clone(), public: r.public, require, any_of, headers, token: r.forward.token, issue });
+            }
+            policies.push(RtPolicy { key, issuers, token_sources: p.token_sources.clone(), rules });
+        }
+        Ok(Self {
+            realm: config.gateway.clone(),
+            config: Arc::new(config),
+            routes,
+            policies,
+            identity_headers: identity,
+            cache: TokenCache::new(opts.cache_capacity),
+            issuer_url: opts.issuer_url.to_owned(),
+            remote_sets,
+            warnings,
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.config.version
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    pub fn policy_key(&self, route: RouteRef) -> &str {
+        &self.policies[route.policy as usize].key
+    }
+
+    pub fn rule_name(&self, route: RouteRef) -> &str {
+        &self.policies[route.policy as usize].rules[route.rule as usize].name
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Remote key sets this engine relies on.
+    pub fn remote_key_sets(&self) -> &[Arc<KeySet>] {
+        &self.remote_sets
+    }
+
+    /// Every header some rule sets from claims (for proxies that must strip them).
+    pub fn identity_headers(&self) -> &[HeaderName] {
+        &self.identity_headers
+    }
+
+    pub fn decide(&self, req: &Request<'_>, now: i64) -> Decision {
+        let Some(host) = normalize_host(req.host) else { return Decision::deny(DenyReason::BadHost) };
+        let (raw_path, query) = split_target(req.target);
+        let path = match normalize(raw_path) {
+            Ok(p) => p,
+            Err(e) => return Decision::deny(DenyReason::UnsafePath(e)),
+        };
+        let Some(entry) = self.routes.lookup(&host, &path, request_method_bit(req.method)) else {
+            return Decision::deny(DenyReason::NoRoute);
+        };
+        let route = RouteRef { policy: entry.policy, rule: entry.rule };
+        let policy = &self.policies[entry.policy as usize];
+        let rule = &policy.rules[entry.rule as usize];
+        let deny =
+            |reason: DenyReason, detail: Option<String>| Denied { reason, route: Some(route), detail, scopes: Vec::new(), refetch: None };
+
+        if rule.public {
+            return Decision::Allow(Allowed { route, headers: Vec::new(), authorization: None, strip: self.identity_headers.clone() });
+        }
+
+        let (token, from_authorization) = match token::extract(&policy.token_sources, req.headers, query) {
+            Extracted::Found { token, from_authorization } => (token, from_authorization),
+            Extracted::None => return Decision::Deny(deny(DenyReason::MissingToken, None)),
+            Extracted::Ambiguous => return Decision::Deny(deny(DenyReason::AmbiguousToken, None)),
+        };
+        let verified = match self.authenticate(policy, token, now) {
+            Ok(v) => v,
+            Err((reason, refetch)) => {
+                let detail =
+                    (reason == DenyReason::UntrustedIssuer).then(|| "the token's iss is not among the policy's issuers".to_owned());
+                return Decision::Deny(Denied { refetch, ..deny(reason, detail) });
+            }
+        };
+
+        if let Err((req_text, unmet, scopes)) = check_rule(rule, &verified.claims, req.headers) {
+            return Decision::Deny(Denied {
+                scopes,
+                ..deny(DenyReason::ClaimsNotSatisfied, Some(format!("{req_text}: {}", unmet.as_str())))
+            });
+        }
+
+        let mut headers = Vec::with_capacity(rule.headers.len());
+        for (name, path) in &rule.headers {
+            if let Some(v) = path.lookup(&verified.claims).and_then(header_value) {
+                headers.push((name.clone(), v));
+            }
+        }
+        let authorization = match (&rule.token, &rule.issue) {
+            (TokenForwarding::Issue, Some((issue, Some(minter)))) => match minter.mint(&self.issuer_url, issue, &verified, now) {
+                Ok(t) => HeaderValue::try_from(format!("Bearer {t}")).ok(),
+                Err(e) => return Decision::Deny(deny(DenyReason::MintUnavailable, Some(e.to_string()))),
+            },
+            (TokenForwarding::Issue, _) => {
+                return Decision::Deny(deny(DenyReason::MintUnavailable, Some("the signing key is not available to this gateway".into())));
+            }
+            (TokenForwarding::Original, _) if from_authorization => req.headers.get(http::header::AUTHORIZATION).cloned(),
+            _ => None,
+        };
+        let strip = self.identity_headers.iter().filter(|h| !headers.iter().any(|(n, _)| n == *h)).cloned().collect();
+        Decision::Allow(Allowed { route, headers, authorization, strip })
+    }
+
+    /// Establishes who the caller is: from the cache when the same token was verified with the
+    /// same keys before, else by full verification.
+    fn authenticate(&self, policy: &RtPolicy, token: &str, now: i64) -> Result<Arc<Verified>, (DenyReason, Option<Arc<KeySet>>)> {
+        if let Some(v) = self.cache.get(token) {
+            let issuer = policy.issuers.iter().find(|i| i.issuer == v.iss).ok_or((DenyReason::UntrustedIssuer, None))?;
+            if issuer.keys.id() == v.keyset && issuer.keys.generation() == v.generation && issuer.algorithms.contains(&v.alg) {
+                v.check_time(now, issuer.skew).map_err(|r| (r, None))?;
+                if !v.audience_matches(&issuer.audiences) {
+                    return Err((DenyReason::WrongAudience, None));
+                }
+                return Ok(v);
+            }
+        }
+        let unverified = token::parse(token).map_err(|r| (r, None))?;
+        let iss = unverified.claims.get("iss").and_then(Value::as_str).ok_or((DenyReason::UntrustedIssuer, None))?;
+        let issuer = policy.issuers.iter().find(|i| i.issuer == iss).ok_or((DenyReason::UntrustedIssuer, None))?;
+        if !issuer.algorithms.contains(&unverified.alg) {
+            return Err((DenyReason::UnsupportedAlgorithm, None));
+        }
+        let generation = issuer.keys.generation();
+        if let Err(reason) = token::verify_signature(&unverified, &issuer.keys) {
+            let refetch = (reason == DenyReason::UnknownKey && issuer.keys.kind == keyset::KeySetKind::Remote).then(|| issuer.keys.clone());
+            return Err((reason, refetch));
+        }
+        let verified = Verified::from_claims(&issuer.keys, generation, unverified.alg, unverified.claims).map_err(|r| (r, None))?;
+        verified.check_time(now, issuer.skew).map_err(|r| (r, None))?;
+        if !verified.audience_matches(&issuer.audiences) {
+            return Err((DenyReason::WrongAudience, None));
+        }
+        let verified = Arc::new(verified);
+        self.cache.insert(token, verified.clone(), now);
+        Ok(verified)
+    }
+}
+
+/// One key set per distinct source, shared by every issuer that uses it (and so is its cache).
+fn static_key_set(
+    sets: &mut HashMap<String, Arc<KeySet>>,
+    warnings: &mut Vec<String>,
+    id: String,
+    label: String,
+    keys: &[crate::api::JwkObject],
+) -> Result<Arc<KeySet>, String> {
+    if let Some(s) = sets.get(&id) {
+        return Ok(s.clone());
+    }
+    let (usable, skipped) = crate::keys::parse_jwks(&serde_json::json!({ "keys": keys }))?;
+    warnings.extend(skipped.into_iter().map(|s| format!("{label}: {s}")));
+    let set = KeySet::new_static(label, usable);
+    sets.insert(id, set.clone());
+    Ok(set)
+}
+
+/// `require` all hold, and (when there are groups) every requirement of at least one group.
+fn check_rule(rule: &RtRule, claims: &Value, headers: &HeaderMap) -> Result<(), (String, Unmet, Vec<String>)> {
+    for r in &rule.require {
+        r.check(claims, headers).map_err(|u| (r.to_string(), u, r.required_scopes().map(<[String]>::to_vec).unwrap_or_default()))?;
+    }
+    if rule.any_of.is_empty() {
+        return Ok(());
+    }
+    let mut first_failure = None;
+    for group in &rule.any_of {
+        match group.iter().try_for_each(|r| r.check(claims, headers).map_err(|u| (r, u))) {
+            Ok(()) => return Ok(()),
+            Err((r, u)) => {
+                first_failure.get_or_insert((r, u));
+            }
+        }
+    }
+    let (r, u) = first_failure.expect("at least one group failed");
+    Err((format!("no anyOf group holds (first: {r})"), u, Vec::new()))
+}
+
+/// A claim as a header value: strings as they are, arrays joined with commas, other values as
+/// JSON. Values that cannot be a header (control characters) are left out.
+fn header_value(v: &Value) -> Option<HeaderValue> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(",")
+        }
+        other => other.to_string(),
+    };
+    HeaderValue::try_from(text).ok()
+}

@@ -1,0 +1,329 @@
+//! The route table: host groups, each with exact, prefix and template indexes.
+//!
+//! Precedence is a total order (see [`precedence`]):
+//! host (exact name > longer wildcard suffix > any host), then within a host group
+//! exact path > longer literal > prefix before template at equal length > older policy
+//! (creation time) > namespace/name > rule order > path order. Routes with the same pattern never
+//! share a method (validation and conflict detection guarantee it), so at most one route of a
+//! given pattern matches a request.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
+use jiff::Timestamp;
+
+use crate::policy::GatewayConfig;
+use crate::policy::host::HostPattern;
+use crate::policy::path::{PathPattern, PatternKind, prefix_keys};
+use crate::policy::validate::{compile_path, method_mask};
+
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    pub pattern: PathPattern,
+    pub literal_len: usize,
+    pub methods: u16,
+    pub policy: u32,
+    pub rule: u32,
+    pub path_index: u32,
+    pub created: Option<Timestamp>,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Orders two routes of the same host group; `Less` wins.
+pub fn precedence(a: &RouteEntry, b: &RouteEntry) -> Ordering {
+    let key = |r: &RouteEntry| {
+        (
+            r.pattern.kind() != PatternKind::Exact,
+            Reverse(r.literal_len),
+            r.pattern.kind(),
+            r.created,
+            r.namespace.clone(),
+            r.name.clone(),
+            r.rule,
+            r.path_index,
+        )
+    };
+    key(a).cmp(&key(b))
+}
+
+#[derive(Default, Debug)]
+struct PathTable {
+    exact: HashMap<Box<str>, Vec<u32>, RandomState>,
+    prefix: HashMap<Box<str>, Vec<u32>, RandomState>,
+    templates: Vec<u32>,
+}
+
+impl PathTable {
+    fn insert(&mut self, id: u32, entry: &RouteEntry) {
+        match &entry.pattern {
+            PathPattern::Exact(p) => self.exact.entry(p.as_str().into()).or_default().push(id),
+            PathPattern::Prefix(p) => self.prefix.entry(p.as_str().into()).or_default().push(id),
+            PathPattern::Template(_) => self.templates.push(id),
+        }
+    }
+
+    fn sort(&mut self, entries: &[RouteEntry]) {
+        let by = |a: &u32, b: &u32| precedence(&entries[*a as usize], &entries[*b as usize]);
+        self.exact.values_mut().for_each(|v| v.sort_by(by));
+        self.prefix.values_mut().for_each(|v| v.sort_by(by));
+        self.templates.sort_by(by);
+    }
+
+    fn lookup(&self, entries: &[RouteEntry], path: &str, method: u16) -> Option<u32> {
+        let fits = |id: &&u32| entries[**id as usize].methods & method != 0;
+        if let Some(id) = self.exact.get(path).and_then(|ids| ids.iter().find(fits)) {
+            return Some(*id);
+        }
+        // Merge prefixes (longest first) with templates (sorted by literal length) so that the
+        // first hit is the most specific route.
+        let template_hits = |t: &u32| {
+            let e = &entries[*t as usize];
+            e.methods & method != 0 && e.pattern.matches(path)
+        };
+        let mut t = 0;
+        for key in prefix_keys(path) {
+            while let Some(tid) = self.templates.get(t) {
+                if entries[*tid as usize].literal_len <= key.len() {
+                    break;
+                }
+                if template_hits(tid) {
+                    return Some(*tid);
+                }
+                t += 1;
+            }
+            if let Some(id) = self.prefix.get(key).and_then(|ids| ids.iter().find(fits)) {
+                return Some(*id);
+            }
+        }
+        self.templates[t.min(self.templates.len())..].iter().find(|tid| template_hits(tid)).copied()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefix.is_empty() && self.templates.is_empty()
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct RouteTable {
+    entries: Vec<RouteEntry>,
+    exact_hosts: HashMap<Box<str>, PathTable, RandomState>,
+    /// Keyed by suffix with its leading dot (`.example.com`).
+    wildcard_hosts: HashMap<Box<str>, PathTable, RandomState>,
+    any_host: PathTable,
+}
+
+impl RouteTable {
+    /// Builds the table; `config` has passed validation, so every pattern compiles.
+    pub fn build(config: &GatewayConfig) -> Result<Self, String> {
+        let mut table = RouteTable::default();
+        for (pi, policy) in config.policies.iter().enumerate() {
+            let hosts = if policy.hosts.is_empty() {
+                vec![HostPattern::Any]
+            } else {
+                policy.hosts.iter().map(|h| HostPattern::parse(h)).collect::<Result<_, _>>()?
+            };
+            for (ri, rule) in policy.rules.iter().enumerate() {
+                let methods = method_mask(&rule.methods);
+                for (xi, pm) in rule.paths.iter().enumerate() {
+                    let pattern = compile_path(pm).map_err(|e| format!("{}/{} rule {}: {e}", policy.namespace, policy.name, rule.name))?;
+                    let entry = RouteEntry {
+                        literal_len: pattern.literal_len(),
+                        pattern,
+                        methods,
+                        policy: pi as u32,
+                        rule: ri as u32,
+                        path_index: xi as u32,
+                        created: policy.created,
+                        namespace: policy.namespace.clone(),
+                        name: policy.name.clone(),
+                    };
+                    for host in &hosts {
+                        let id = table.entries.len() as u32;
+                        let group = match host {
+                            HostPattern::Exact(h) => table.exact_hosts.entry(h.as_str().into()).or_default(),
+                            HostPattern::Wildcard(s) => table.wildcard_hosts.entry(s.as_str().into()).or_default(),
+                            HostPattern::Any => &mut table.any_host,
+                        };
+                        group.insert(id, &entry);
+                        table.entries.push(entry.clone());
+                    }
+                }
+            }
+        }
+        let entries = std::mem::take(&mut table.entries);
+        table.exact_hosts.values_mut().chain(table.wildcard_hosts.values_mut()).for_each(|g| g.sort(&entries));
+        table.any_host.sort(&entries);
+        table.entries = entries;
+        Ok(table)
+    }
+
+    /// The route for a normalised host and path, if any.
+    pub fn lookup(&self, host: &str, path: &str, method: u16) -> Option<&RouteEntry> {
+        let groups = self
+            .exact_hosts
+            .get(host)
+            .into_iter()
+            .chain(host.match_indices('.').filter_map(|(i, _)| self.wildcard_hosts.get(&host[i..])))
+            .chain((!self.any_host.is_empty()).then_some(&self.any_host));
+        for group in groups {
+            if let Some(id) = group.lookup(&self.entries, path, method) {
+                return Some(&self.entries[id as usize]);
+            }
+        }
+        None
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{HttpMethod, PathMatch, TokenForwarding};
+    use crate::policy::config::{ForwardConfig, PolicyConfig, RuleConfig};
+    use crate::policy::validate::default_token_sources;
+    use proptest::prelude::*;
+
+    fn path_match() -> impl Strategy<Value = PathMatch> {
+        let seg = prop_oneof![Just("a"), Just("b"), Just("ab")];
+        let segs = proptest::collection::vec(seg, 0..3).prop_map(|s| format!("/{}", s.join("/")));
+        (segs, 0u8..4).prop_map(|(p, kind)| {
+            let mut m = PathMatch { exact: None, prefix: None, template: None };
+            match kind {
+                0 => m.exact = Some(p),
+                1 => m.prefix = Some(p),
+                2 => m.template = Some(format!("{}/{{x}}", p.trim_end_matches('/'))),
+                _ => m.template = Some(format!("{}/{{**}}", p.trim_end_matches('/'))),
+            }
+            m
+        })
+    }
+
+    fn policy(i: usize) -> impl Strategy<Value = PolicyConfig> {
+        let host = prop_oneof![Just(None), Just(Some("api.x.io")), Just(Some("*.x.io")), Just(Some("*.io"))];
+        let rule = (
+            proptest::collection::vec(path_match(), 1..3),
+            proptest::collection::vec(prop_oneof![Just(HttpMethod::GET), Just(HttpMethod::POST)], 0..2),
+        );
+        (host, proptest::collection::vec(rule, 1..4), 0i64..3).prop_map(move |(host, rules, created)| PolicyConfig {
+            namespace: "ns".into(),
+            name: format!("p{i}"),
+            generation: None,
+            created: Some(Timestamp::from_second(1_700_000_000 + created).unwrap()),
+            hosts: host.into_iter().map(str::to_owned).collect(),
+            issuers: Vec::new(),
+            token_sources: default_token_sources(),
+            rules: rules
+                .into_iter()
+                .enumerate()
+                .map(|(r, (paths, methods))| RuleConfig {
+                    name: format!("r{r}"),
+                    paths,
+                    methods,
+                    public: true,
+                    require: Vec::new(),
+                    any_of: Vec::new(),
+                    forward: ForwardConfig { token: TokenForwarding::Original, ..Default::default() },
+                })
+                .collect(),
+        })
+    }
+
+    fn config() -> impl Strategy<Value = GatewayConfig> {
+        (policy(0), policy(1), policy(2)).prop_map(|(a, b, c)| GatewayConfig::new("default", vec![a, b, c], Vec::new()))
+    }
+
+    fn request_path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("ab"), Just("c"), Just("")], 0..4)
+            .prop_map(|s| format!("/{}", s.join("/")))
+            .prop_filter_map("normalised", |p| crate::policy::path::normalize(&p).ok())
+    }
+
+    /// The same answer by brute force: host groups in order, routes in precedence order.
+    fn reference<'t>(t: &'t RouteTable, host: &str, path: &str, method: u16) -> Option<&'t RouteEntry> {
+        let config_hosts = |e: &RouteEntry| -> Vec<HostPattern> {
+            let groups: Vec<(&Box<str>, &PathTable)> = t.exact_hosts.iter().chain(t.wildcard_hosts.iter()).collect();
+            let id = t.entries.iter().position(|x| std::ptr::eq(x, e)).unwrap() as u32;
+            let mut hosts: Vec<HostPattern> = groups
+                .iter()
+                .filter(|(_, g)| g.exact.values().chain(g.prefix.values()).flatten().chain(&g.templates).any(|x| *x == id))
+                .map(|(k, _)| if k.starts_with('.') { HostPattern::Wildcard(k.to_string()) } else { HostPattern::Exact(k.to_string()) })
+                .collect();
+            let any = &t.any_host;
+            if any.exact.values().chain(any.prefix.values()).flatten().chain(&any.templates).any(|x| *x == id) {
+                hosts.push(HostPattern::Any);
+            }
+            hosts
+        };
+        let rank = |h: &HostPattern| match h {
+            HostPattern::Exact(_) => (0, 0),
+            HostPattern::Wildcard(s) => (1, usize::MAX - s.len()),
+            HostPattern::Any => (2, 0),
+        };
+        let mut candidates: Vec<((i32, usize), &RouteEntry)> = t
+            .entries
+            .iter()
+            .flat_map(|e| config_hosts(e).into_iter().filter(|h| h.matches(host)).map(move |h| (rank(&h), e)))
+            .filter(|(_, e)| e.methods & method != 0 && e.pattern.matches(path))
+            .collect();
+        candidates.sort_by(|(ra, a), (rb, b)| ra.cmp(rb).then_with(|| precedence(a, b)));
+        candidates.first().map(|(_, e)| *e)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn indexed_lookup_agrees_with_brute_force(
+            config in config(),
+            path in request_path(),
+            host in prop_oneof![Just("api.x.io"), Just("b.x.io"), Just("c.io"), Just("other.test")],
+            post in any::<bool>(),
+        ) {
+            let table = RouteTable::build(&config).unwrap();
+            let method = if post { 1 << (HttpMethod::POST as u16) } else { 1 << (HttpMethod::GET as u16) };
+            let got = table.lookup(host, &path, method).map(|e| (e.policy, e.rule, e.path_index));
+            let want = reference(&table, host, &path, method).map(|e| (e.policy, e.rule, e.path_index));
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn precedence_is_a_total_order(config in config()) {
+            let table = RouteTable::build(&config).unwrap();
+            let es = &table.entries;
+            for a in es {
+                prop_assert_eq!(precedence(a, a), Ordering::Equal);
+                for b in es {
+                    prop_assert_eq!(precedence(a, b), precedence(b, a).reverse());
+                    let same_route = (a.policy, a.rule, a.path_index) == (b.policy, b.rule, b.path_index);
+                    prop_assert_eq!(precedence(a, b) == Ordering::Equal, same_route);
+                    for c in es {
+                        if precedence(a, b) != Ordering::Greater && precedence(b, c) != Ordering::Greater {
+                            prop_assert_ne!(precedence(a, c), Ordering::Greater);
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn the_order_of_policies_in_the_input_does_not_matter(config in config(), path in request_path()) {
+            let mut reversed = config.clone();
+            reversed.policies.reverse();
+            let (a, b) = (RouteTable::build(&config).unwrap(), RouteTable::build(&reversed).unwrap());
+            let get = 1 << (HttpMethod::GET as u16);
+            for host in ["api.x.io", "b.x.io", "c.io"] {
+                let name = |t: &RouteTable| t.lookup(host, &path, get).map(|e| (e.name.clone(), e.rule, e.path_index));
+                prop_assert_eq!(name(&a), name(&b));
+            }
+        }
+    }
+}

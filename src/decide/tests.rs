@@ -1,0 +1,420 @@
+use std::collections::BTreeMap;
+
+use http::HeaderMap;
+use serde_json::json;
+
+use super::*;
+use crate::api::SigningAlgorithm;
+use crate::policy::{Outcome, RejectReason};
+use crate::testkit::{TestIssuer, compile_yaml, engine, forge_hs256, forge_none};
+
+const NOW: i64 = 1_800_000_000;
+const ISS: &str = "https://id.example.com/realms/shop";
+
+fn shop_yaml(issuer: &TestIssuer) -> String {
+    format!(
+        r#"
+name: orders
+namespace: shop
+spec:
+  hosts: [api.example.com]
+  issuers:
+    - issuer: {ISS}
+      audiences: [orders]
+      jwks: {{ inline: {jwks} }}
+      algorithms: [RS256, ES256, EdDSA]
+  rules:
+    - name: health
+      match: {{ paths: [{{ exact: /orders/healthz }}] }}
+      public: true
+    - name: admin
+      match: {{ paths: [{{ prefix: /orders/admin }}] }}
+      require:
+        - {{ claim: realm_access.roles, containsAny: [admin] }}
+    - name: read
+      match: {{ paths: [{{ prefix: /orders }}], methods: [GET, HEAD] }}
+      require:
+        - {{ claim: scope, containsAll: ["orders:read"] }}
+        - {{ claim: tenant, equalsHeader: X-Tenant }}
+    - name: items
+      match: {{ paths: [{{ template: "/orders/{{id}}/items" }}], methods: [POST] }}
+  forward:
+    claimsToHeaders: {{ X-User-Id: sub, X-User-Roles: realm_access.roles }}
+"#,
+        jwks = issuer.jwks()
+    )
+}
+
+struct Fixture {
+    issuer: TestIssuer,
+    engine: Engine,
+}
+
+fn fixture(alg: SigningAlgorithm) -> Fixture {
+    let issuer = TestIssuer::new(ISS, alg);
+    let compiled = compile_yaml("default", &shop_yaml(&issuer), &BTreeMap::new());
+    assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted), "{:?}", compiled.outcomes);
+    Fixture { engine: engine(&compiled), issuer }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    h
+}
+
+fn decide(engine: &Engine, method: &str, host: &str, target: &str, hdrs: &HeaderMap) -> Decision {
+    engine.decide(&Request { method, host, target, headers: hdrs }, NOW)
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    headers(&[("authorization", &format!("Bearer {token}")), ("x-tenant", "acme")])
+}
+
+fn reader_claims() -> serde_json::Value {
+    json!({"scope": "orders:read profile", "tenant": "acme", "realm_access": {"roles": ["clerk"]}})
+}
+
+fn reason(d: &Decision) -> DenyReason {
+    match d {
+        Decision::Deny(d) => d.reason,
+        Decision::Allow(a) => panic!("expected a denial, got {a:?}"),
+    }
+}
+
+#[test]
+fn a_valid_token_is_allowed_with_identity_headers_for_every_algorithm() {
+    for alg in [SigningAlgorithm::RS256, SigningAlgorithm::ES256, SigningAlgorithm::EdDSA] {
+        let f = fixture(alg);
+        let token = f.issuer.token("orders", NOW, reader_claims());
+        let Decision::Allow(a) = decide(&f.engine, "GET", "api.example.com", "/orders/7", &bearer(&token)) else {
+            panic!("{alg:?} denied")
+        };
+        assert_eq!(f.engine.rule_name(a.route), "read");
+        assert_eq!(f.engine.policy_key(a.route), "shop/orders");
+        let got: BTreeMap<_, _> = a.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
+        assert_eq!(got, BTreeMap::from([("x-user-id".into(), "alice".into()), ("x-user-roles".into(), "clerk".into())]));
+        assert_eq!(a.authorization.unwrap().to_str().unwrap(), format!("Bearer {token}"));
+        assert!(a.strip.is_empty());
+    }
+}
+
+#[test]
+fn missing_and_malformed_tokens_are_401() {
+    let f = fixture(SigningAlgorithm::RS256);
+    let d = decide(&f.engine, "GET", "api.example.com", "/orders", &headers(&[("x-tenant", "acme")]));
+    assert_eq!(reason(&d), DenyReason::MissingToken);
+    assert_eq!(DenyReason::MissingToken.status(), 401);
+    for junk in ["x", "a.b", "a.b.c", "....", "Zm9v.Zm9v.Zm9v", &"a".repeat(20_000)] {
+        let d = decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(junk));
+        assert_eq!(reason(&d).status(), 401, "{junk}");
+    }
+    let two = headers(&[("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")]);
+    assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &two)), DenyReason::AmbiguousToken);
+}
+
+#[test]
+fn time_audience_issuer_and_signature_are_checked() {
+    let f = fixture(SigningAlgorithm::ES256);
+    let cases = [
+        (f.issuer.token("orders", NOW - 7200, json!({"exp": NOW - 61})), DenyReason::Expired),
+        (f.issuer.token("orders", NOW, json!({"nbf": NOW + 120})), DenyReason::NotYetValid),
+        (f.issuer.token("billing", NOW, reader_claims()), DenyReason::WrongAudience),
+        (
+            TestIssuer::new("https://evil.example", SigningAlgorithm::ES256).token("orders", NOW, reader_claims()),
+            DenyReason::UntrustedIssuer,
+        ),
+        (TestIssuer::new(ISS, SigningAlgorithm::ES256).token("orders", NOW, reader_claims()), DenyReason::UnknownKey),
+    ];
+    for (token, want) in cases {
+        assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&token))), want);
+    }
+    // Within the 60s skew an expired token still passes.
+    let recent = f.issuer.token("orders", NOW - 3600, json!({"exp": NOW - 30, "scope": "orders:read", "tenant": "acme"}));
+    assert!(decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&recent)).is_allow());
+
+    let good = f.issuer.token("orders", NOW, reader_claims());
+    let (rest, sig) = good.rsplit_once('.').unwrap();
+    let (header, _) = rest.split_once('.').unwrap();
+    let other_payload = crate::keys::b64url(
+        f.issuer.claims("orders", NOW, json!({"scope": "orders:read orders:admin", "tenant": "acme"})).to_string().as_bytes(),
+    );
+    let tampered = format!("{header}.{other_payload}.{sig}");
+    assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&tampered))), DenyReason::BadSignature);
+}
+
+#[test]
+fn alg_none_algorithm_confusion_and_key_pointing_headers_are_refused() {
+    let f = fixture(SigningAlgorithm::RS256);
+    let claims = f.issuer.claims("orders", NOW, reader_claims());
+    let none = forge_none(&claims);
+    assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&none))), DenyReason::UnsupportedAlgorithm);
+
+    // HS256 keyed with the issuer's public key, in each form an attacker might try.
+    let jwk = f.issuer.key.public_jwk();
+    let n = crate::keys::b64url_decode(jwk["n"].as_str().unwrap()).unwrap();
+    for secret in [serde_json::to_vec(jwk).unwrap(), n] {
+        let forged = forge_hs256(&claims, Some(f.issuer.key.kid()), &secret);
+        assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&forged))), DenyReason::UnsupportedAlgorithm);
+    }
+
+    // A header that names another algorithm than the key's family is refused before any crypto.
+    let es_header = json!({"alg": "ES256", "kid": f.issuer.key.kid()});
+    let confused = f.issuer.token_with_header(es_header, &claims);
+    assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&confused))), DenyReason::UnsupportedAlgorithm);
+
+    for extra in ["jku", "x5u", "jwk", "x5c", "crit"] {
+        let mut header = json!({"alg": "RS256", "kid": f.issuer.key.kid()});
+        header[extra] = json!("https://evil.example/keys");
+        let token = f.issuer.token_with_header(header, &claims);
+        assert_eq!(
+            reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&token))),
+            DenyReason::ForbiddenHeader,
+            "{extra}"
+        );
+    }
+}
+
+#[test]
+fn claims_decide_403_and_name_the_missing_scope() {
+    let f = fixture(SigningAlgorithm::EdDSA);
+    let no_scope = f.issuer.token("orders", NOW, json!({"scope": "profile", "tenant": "acme"}));
+    let Decision::Deny(d) = decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&no_scope)) else { panic!() };
+    assert_eq!((d.reason, d.reason.status(), d.reason.bearer_error()), (DenyReason::ClaimsNotSatisfied, 403, Some("insufficient_scope")));
+    assert_eq!(d.scopes, ["orders:read"]);
+    assert!(d.detail.unwrap().starts_with(r#"scope containsAll ["orders:read"]"#));
+
+    let other_tenant = f.issuer.token("orders", NOW, json!({"scope": "orders:read", "tenant": "globex"}));
+    assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/orders", &bearer(&other_tenant))), DenyReason::ClaimsNotSatisfied);
+
+    let admin = f.issuer.token("orders", NOW, json!({"realm_access": {"roles": ["admin"]}}));
+    let clerk = f.issuer.token("orders", NOW, json!({"realm_access": {"roles": ["clerk"]}}));
+    let no_roles = f.issuer.token("orders", NOW, json!({}));
+    assert!(decide(&f.engine, "DELETE", "api.example.com", "/orders/admin/7", &bearer(&admin)).is_allow());
+    assert_eq!(reason(&decide(&f.engine, "DELETE", "api.example.com", "/orders/admin/7", &bearer(&clerk))), DenyReason::ClaimsNotSatisfied);
+    assert_eq!(
+        reason(&decide(&f.engine, "DELETE", "api.example.com", "/orders/admin/7", &bearer(&no_roles))),
+        DenyReason::ClaimsNotSatisfied
+    );
+}
+
+#[test]
+fn routes_are_denied_by_default_and_public_routes_need_nothing() {
+    let f = fixture(SigningAlgorithm::ES256);
+    let none = HeaderMap::new();
+    let Decision::Allow(a) = decide(&f.engine, "GET", "api.example.com", "/orders/healthz", &none) else { panic!() };
+    assert!(a.authorization.is_none(), "no token is forwarded from a public route");
+    assert_eq!(a.strip.len(), 2, "client-sent identity headers are stripped");
+    assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com", "/billing", &none)), DenyReason::NoRoute);
+    assert_eq!(reason(&decide(&f.engine, "GET", "other.example.com", "/orders/healthz", &none)), DenyReason::NoRoute);
+    assert_eq!(reason(&decide(&f.engine, "GET", "api.example.com:8443", "/ordersX", &none)), DenyReason::NoRoute);
+    assert_eq!(reason(&decide(&f.engine, "GET", "bad host", "/orders", &none)), DenyReason::BadHost);
+    // PUT is on no rule for /orders.
+    let token = f.issuer.token("orders", NOW, reader_claims());
+    assert_eq!(reason(&decide(&f.engine, "PUT", "api.example.com", "/orders/1", &bearer(&token))), DenyReason::NoRoute);
+    assert!(decide(&f.engine, "POST", "api.example.com", "/orders/1/items", &bearer(&token)).is_allow());
+}
+
+#[test]
+fn path_tricks_never_reach_a_looser_rule() {
+    let f = fixture(SigningAlgorithm::ES256);
+    let clerk = f.issuer.token("orders", NOW, reader_claims());
+    for target in ["/orders/healthz/../admin/x", "/orders//admin/x", "/orders/%61dmin/x", "/orders/./admin", "/ORDERS/../orders/admin?x=1"]
+    {
+        let d = decide(&f.engine, "GET", "api.example.com", target, &bearer(&clerk));
+        assert_eq!(f.engine.rule_name(d.route().unwrap()), "admin", "{target}");
+        assert_eq!(reason(&d), DenyReason::ClaimsNotSatisfied, "{target}");
+    }
+    for target in ["/orders/healthz%2F..%2Fadmin", "/orders/healthz%5C..%5Cadmin", "/orders/healthz%00", "/orders/healthz;/../admin"] {
+        assert!(
+            matches!(reason(&decide(&f.engine, "GET", "api.example.com", target, &HeaderMap::new())), DenyReason::UnsafePath(_)),
+            "{target}"
+        );
+    }
+}
+
+#[test]
+fn tokens_come_from_cookies_and_query_parameters_when_configured() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let yaml = format!(
+        r#"
+name: web
+spec:
+  issuers: [{{ issuer: "{ISS}", audiences: [web], jwks: {{ inline: {jwks} }}, algorithms: [ES256] }}]
+  tokenSources:
+    - cookie: {{ name: session }}
+    - query: {{ name: access_token }}
+  rules:
+    - name: all
+      match: {{ paths: [{{ prefix: / }}] }}
+"#,
+        jwks = issuer.jwks()
+    );
+    let e = engine(&compile_yaml("default", &yaml, &BTreeMap::new()));
+    let token = issuer.token("web", NOW, json!({}));
+    let cookie = headers(&[("cookie", &format!("theme=dark; session={token}"))]);
+    assert!(decide(&e, "GET", "web.example.com", "/", &cookie).is_allow());
+    assert!(decide(&e, "GET", "web.example.com", &format!("/x?a=1&access_token={token}"), &HeaderMap::new()).is_allow());
+    let twice = headers(&[("cookie", &format!("session={token}; session={token}"))]);
+    assert_eq!(reason(&decide(&e, "GET", "web.example.com", "/", &twice)), DenyReason::AmbiguousToken);
+    // An Authorization header is not a source here.
+    assert_eq!(reason(&decide(&e, "GET", "web.example.com", "/", &bearer(&token))), DenyReason::MissingToken);
+}
+
+#[test]
+fn verified_tokens_are_cached_and_a_key_change_invalidates_them() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let yaml = format!(
+        r#"
+name: api
+spec:
+  issuers: [{{ issuer: "{ISS}", audiences: [api], jwks: {{ uri: "https://id.example.com/jwks" }}, algorithms: [ES256] }}]
+  rules: [{{ name: all, match: {{ paths: [{{ prefix: / }}] }} }}]
+"#
+    );
+    struct Fixed(Arc<KeySet>);
+    impl RemoteKeys for Fixed {
+        fn key_set(&self, _: &str, _: u64) -> Arc<KeySet> {
+            self.0.clone()
+        }
+    }
+    let set = KeySet::new_remote("test");
+    let compiled = compile_yaml("default", &yaml, &BTreeMap::new());
+    let minting = BTreeMap::new();
+    let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &Fixed(set.clone()), cache_capacity: 10 };
+    let e = Engine::build(compiled.config, &opts).unwrap();
+    let token = issuer.token("api", NOW, json!({}));
+
+    // Not fetched yet: fail closed with 503.
+    assert_eq!(reason(&decide(&e, "GET", "h", "/", &bearer(&token))), DenyReason::KeysUnavailable);
+    let keys = || crate::keys::parse_jwks(&issuer.jwks()).unwrap().0;
+    assert!(set.replace(keys()));
+    assert!(!set.replace(keys()), "the same keys are no change");
+    assert!(decide(&e, "GET", "h", "/", &bearer(&token)).is_allow());
+    assert_eq!(e.cached_tokens(), 1);
+    assert!(decide(&e, "GET", "h", "/", &bearer(&token)).is_allow());
+    assert_eq!(e.cached_tokens(), 1);
+
+    // The key is removed (rotated out or revoked): the cached verification no longer counts.
+    let other = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    assert!(set.replace(crate::keys::parse_jwks(&other.jwks()).unwrap().0));
+    let Decision::Deny(d) = decide(&e, "GET", "h", "/", &bearer(&token)) else { panic!("a removed key must not verify") };
+    assert_eq!(d.reason, DenyReason::UnknownKey);
+    assert!(d.refetch.is_some(), "an unknown kid on a remote key set asks for a refetch");
+
+    // The cache stays bounded.
+    for i in 0..50 {
+        let t = other.token("api", NOW, json!({ "n": i }));
+        assert!(decide(&e, "GET", "h", "/", &bearer(&t)).is_allow());
+    }
+    assert!(e.cached_tokens() <= 10);
+}
+
+#[test]
+fn more_specific_routes_win_and_ties_go_to_the_older_policy() {
+    let yaml = r#"
+name: a-broad
+spec:
+  rules:
+    - { name: root, public: true, match: { paths: [{ prefix: / }] } }
+    - { name: orders, public: true, match: { paths: [{ prefix: /orders }] } }
+    - { name: item, public: true, match: { paths: [{ template: "/orders/{id}/items" }] } }
+    - { name: exact, public: true, match: { paths: [{ exact: /orders/1/items }] } }
+---
+name: b-host
+spec:
+  hosts: ["*.example.com"]
+  rules:
+    - { name: wild, public: true, match: { paths: [{ prefix: /orders }] } }
+---
+name: c-host
+spec:
+  hosts: ["api.example.com"]
+  rules:
+    - { name: exact-host, public: true, match: { paths: [{ prefix: /orders/special }] } }
+"#;
+    let e = engine(&compile_yaml("default", yaml, &BTreeMap::new()));
+    let none = HeaderMap::new();
+    let rule = |host: &str, path: &str| {
+        let d = decide(&e, "GET", host, path, &none);
+        format!("{}:{}", e.policy_key(d.route().unwrap()), e.rule_name(d.route().unwrap()))
+    };
+    assert_eq!(rule("x.test", "/orders/1/items"), "default/a-broad:exact");
+    assert_eq!(rule("x.test", "/orders/2/items"), "default/a-broad:item");
+    assert_eq!(rule("x.test", "/orders/2"), "default/a-broad:orders");
+    assert_eq!(rule("x.test", "/other"), "default/a-broad:root");
+    assert_eq!(rule("a.example.com", "/orders/2"), "default/b-host:wild");
+    assert_eq!(rule("a.example.com", "/other"), "default/a-broad:root");
+    assert_eq!(rule("api.example.com", "/orders/special/1"), "default/c-host:exact-host");
+    assert_eq!(rule("api.example.com", "/orders/1"), "default/b-host:wild");
+}
+
+#[test]
+fn a_conflicting_policy_is_rejected_and_the_older_one_keeps_its_routes() {
+    let yaml = r#"
+name: first
+spec:
+  rules: [{ name: r, public: true, match: { paths: [{ prefix: /orders }], methods: [GET] } }]
+---
+name: second
+spec:
+  rules:
+    - { name: r, public: true, match: { paths: [{ prefix: /orders/ }] } }
+    - { name: s, public: true, match: { paths: [{ prefix: /stock }] } }
+---
+name: third
+spec:
+  rules: [{ name: r, public: true, match: { paths: [{ prefix: /orders }], methods: [POST] } }]
+"#;
+    let compiled = compile_yaml("default", yaml, &BTreeMap::new());
+    let outcome = |name: &str| compiled.outcomes.iter().find(|o| o.name == name).unwrap().outcome.clone();
+    assert_eq!(outcome("first"), Outcome::Accepted);
+    assert_eq!(outcome("third"), Outcome::Accepted, "different methods do not conflict");
+    let Outcome::Rejected { rejection, serving_previous: false } = outcome("second") else { panic!() };
+    assert_eq!(rejection.reason, RejectReason::Conflicted);
+    assert!(rejection.message().contains("default/first"), "{}", rejection.message());
+    let e = engine(&compiled);
+    assert_eq!(reason(&decide(&e, "GET", "h", "/stock", &HeaderMap::new())), DenyReason::NoRoute, "the rejected policy serves nothing");
+}
+
+#[test]
+fn an_invalid_update_keeps_the_last_good_version_serving() {
+    let good =
+        crate::testkit::inputs_from_yaml("name: p\nspec:\n  rules: [{ name: r, public: true, match: { paths: [{ prefix: /a }] } }]\n");
+    let compiled = crate::policy::compile("default", &good, &BTreeMap::new());
+    let last_good = compiled.config.policies[0].clone();
+    let mut bad =
+        crate::testkit::inputs_from_yaml("name: p\nspec:\n  rules: [{ name: r, public: true, match: { paths: [{ prefix: /a/../b }] } }]\n");
+    bad[0].last_good = Some(last_good);
+    let again = crate::policy::compile("default", &bad, &BTreeMap::new());
+    let Outcome::Rejected { rejection, serving_previous: true } = &again.outcomes[0].outcome else { panic!("{:?}", again.outcomes) };
+    assert_eq!(rejection.reason, RejectReason::Invalid);
+    assert!(rejection.message().contains("normalised form"));
+    assert!(decide(&engine(&again), "GET", "h", "/a/1", &HeaderMap::new()).is_allow());
+    assert_eq!(again.config.version, compiled.config.version, "the served content is unchanged");
+}
+
+#[test]
+fn validation_names_every_problem() {
+    let yaml = r#"
+name: bad
+spec:
+  gateway: Default
+  hosts: ["API.example.com"]
+  issuers: [{ issuer: x, audiences: [], jwks: { uri: "ftp://x" }, algorithms: [RS256] }]
+  rules:
+    - { name: a, match: { paths: [{ prefix: /x }] }, require: [{ claim: s, equals: "1", exists: true }] }
+    - { name: a, public: true, match: { paths: [{ prefix: /x }] } }
+  forward: { claimsToHeaders: { Host: sub } }
+"#;
+    let inputs = crate::testkit::inputs_from_yaml(yaml);
+    let err = crate::policy::validate(&inputs[0].meta, &inputs[0].spec, &BTreeMap::new()).unwrap_err();
+    let text = err.message();
+    for expected in
+        ["gateway", "hosts", "audiences", "not an http(s) URL", "found 2", "used twice", "overlaps rule a", "Host carries routing"]
+    {
+        assert!(text.contains(expected), "missing {expected:?} in {text}");
+    }
+}

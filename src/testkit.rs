@@ -1,0 +1,100 @@
+//! Helpers for tests and benchmarks: issuers with real keys, honest and forged tokens, and
+//! engines built from YAML policies. Not part of the supported API.
+
+use std::collections::BTreeMap;
+
+use aws_lc_rs::hmac;
+use serde_json::{Value, json};
+
+use crate::api::{AuthPolicySpec, SigningAlgorithm};
+use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Engine, NoRemoteKeys};
+use crate::keys::{SigningKeyPair, b64url};
+use crate::policy::{Compiled, KeyRef, PolicyInput, PolicyMeta, PublishedKeys, compile};
+
+/// A token issuer with a real key pair.
+pub struct TestIssuer {
+    pub url: String,
+    pub key: SigningKeyPair,
+}
+
+impl TestIssuer {
+    pub fn new(url: &str, alg: SigningAlgorithm) -> Self {
+        Self { url: url.to_owned(), key: SigningKeyPair::generate(alg, None).expect("key generation") }
+    }
+
+    /// The issuer's JWKS.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [Value::Object(self.key.public_jwk().clone())] })
+    }
+
+    /// A token with `iss`, `aud`, `iat`, `exp` (in an hour) and the given claims on top.
+    pub fn token(&self, aud: &str, now: i64, extra: Value) -> String {
+        self.key.sign_jwt(&self.claims(aud, now, extra)).expect("signing")
+    }
+
+    pub fn claims(&self, aud: &str, now: i64, extra: Value) -> Value {
+        let mut claims = json!({"iss": self.url, "aud": aud, "sub": "alice", "iat": now, "exp": now + 3600});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            claims[k] = v;
+        }
+        claims
+    }
+
+    /// Signs with an arbitrary header (to test `kid`, `jku`, `crit` handling).
+    pub fn token_with_header(&self, header: Value, claims: &Value) -> String {
+        let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+        let sig = self.key.sign(input.as_bytes()).expect("signing");
+        format!("{input}.{}", b64url(&sig))
+    }
+}
+
+/// `alg: none`, with an empty signature.
+pub fn forge_none(claims: &Value) -> String {
+    let header = json!({"alg": "none", "typ": "JWT"});
+    format!("{}.{}.", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()))
+}
+
+/// HS256 keyed with `secret` (e.g. the issuer's public key: the algorithm-confusion attack).
+pub fn forge_hs256(claims: &Value, kid: Option<&str>, secret: &[u8]) -> String {
+    let mut header = json!({"alg": "HS256", "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), input.as_bytes());
+    format!("{input}.{}", b64url(tag.as_ref()))
+}
+
+/// Parses YAML AuthPolicy specs (one per document, each with `name:` and `spec:` at the top).
+pub fn inputs_from_yaml(yaml: &str) -> Vec<PolicyInput> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        name: String,
+        #[serde(default)]
+        namespace: Option<String>,
+        spec: AuthPolicySpec,
+    }
+    let docs: Vec<Doc> = serde_saphyr::from_multiple(yaml).expect("test YAML parses");
+    docs.into_iter()
+        .map(|d| PolicyInput { meta: PolicyMeta::new(d.namespace.as_deref().unwrap_or("default"), &d.name), spec: d.spec, last_good: None })
+        .collect()
+}
+
+pub fn compile_yaml(gateway: &str, yaml: &str, keys: &BTreeMap<KeyRef, PublishedKeys>) -> Compiled {
+    compile(gateway, &inputs_from_yaml(yaml), keys)
+}
+
+/// An engine with no minting keys and no remote JWKS.
+pub fn engine(compiled: &Compiled) -> Engine {
+    let minting = BTreeMap::new();
+    Engine::build(
+        compiled.config.clone(),
+        &BuildOptions {
+            issuer_url: "https://gateway.test",
+            minting: &minting,
+            remote: &NoRemoteKeys,
+            cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY,
+        },
+    )
+    .expect("engine builds")
+}
