@@ -11,8 +11,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod decide;
+pub mod gateway;
 pub mod keys;
+pub mod local;
 pub mod policy;
 #[doc(hidden)]
 pub mod testkit;

@@ -1,5 +1,3 @@
-fn main() {
-    for crd in portcullis::api::crds() {
-        print!("---\n{}", portcullis::api::crd_yaml(&crd).unwrap());
-    }
+fn main() -> std::process::ExitCode {
+    portcullis::cli::main()
 }

@@ -2,6 +2,7 @@
 
 mod authpolicy;
 mod duration;
+pub mod schema_check;
 mod signingkey;
 
 pub use authpolicy::*;

@@ -1,42 +1,60 @@
-//! Minting internal tokens (`forward.token: issue`) with a SigningKey's active key.
+//! Minting internal tokens (`forward.token: issue`) with a SigningKey's signing key.
 
+use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::token::Verified;
 use crate::keys::store::KeyRing;
 use crate::keys::{KeyError, SigningKeyPair, b64url};
-use crate::policy::KeyRef;
-use crate::policy::config::IssueConfig;
+use crate::policy::config::{IssueConfig, PublishedKeys, SigningWindow};
 
 pub struct Minter {
-    pair: SigningKeyPair,
+    /// Keys this gateway holds, with the windows in which they sign.
+    keys: Vec<(SigningWindow, SigningKeyPair)>,
+    /// The key named active when the config was compiled: used when no window covers the clock.
+    fallback: usize,
 }
 
 impl std::fmt::Debug for Minter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Minter").field("kid", &self.pair.kid()).finish()
+        f.debug_list().entries(self.keys.iter().map(|(w, _)| w)).finish()
     }
 }
 
 impl Minter {
-    /// Picks the key that signs: the one the config names as active when this gateway has it
-    /// (the config and the key Secret may arrive in either order), else the keyring's own active
-    /// key. Both are published, so either choice verifies downstream.
-    pub fn new(key: &KeyRef, ring: Option<&KeyRing>, active_kid: Option<&str>) -> Result<Self, String> {
+    /// Pairs the published signing windows with the private keys delivered to this gateway (the
+    /// config and the key Secret may arrive in either order: windows without a key are skipped).
+    pub fn new(published: &PublishedKeys, ring: Option<&KeyRing>) -> Result<Self, String> {
+        let key = published.key_ref();
         let ring = ring.ok_or_else(|| format!("no private keys for SigningKey {key}"))?;
-        let stored = active_kid
-            .and_then(|kid| ring.keys.iter().find(|k| k.kid == kid))
-            .or_else(|| ring.active())
-            .ok_or_else(|| format!("SigningKey {key} has no active key"))?;
-        let pair = SigningKeyPair::from_pkcs8_pem(ring.algorithm, &stored.private_key_pem).map_err(|e| e.to_string())?;
-        if pair.kid() != stored.kid {
-            return Err(format!("SigningKey {key}: stored kid does not match its key"));
+        let mut keys = Vec::new();
+        for w in &published.signing {
+            if let Some(stored) = ring.keys.iter().find(|k| k.kid == w.kid) {
+                keys.push((w.clone(), stored.key_pair().map_err(|e| format!("SigningKey {key}: {e}"))?));
+            }
         }
-        Ok(Self { pair })
+        if keys.is_empty() {
+            // No schedule in the config (or none of its keys here yet): sign with the ring's own
+            // active key.
+            let stored = ring.active().ok_or_else(|| format!("SigningKey {key} has no active key"))?;
+            let window = SigningWindow { kid: stored.kid.clone(), from: Timestamp::MIN, until: None };
+            keys.push((window, stored.key_pair().map_err(|e| format!("SigningKey {key}: {e}"))?));
+        }
+        let fallback = published.active_kid.as_ref().and_then(|a| keys.iter().position(|(w, _)| &w.kid == a)).unwrap_or(0);
+        Ok(Self { keys, fallback })
     }
 
-    pub fn kid(&self) -> &str {
-        self.pair.kid()
+    /// The key that signs at `now`: the covering window that started last.
+    pub fn current(&self, now: i64) -> &SigningKeyPair {
+        let now = Timestamp::from_second(now).unwrap_or(Timestamp::MIN);
+        let idx = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, (w, _))| w.contains(now))
+            .max_by_key(|(_, (w, _))| w.from)
+            .map_or(self.fallback, |(i, _)| i);
+        &self.keys[idx].1
     }
 
     /// A token for the upstream: `iss` is the gateway, `sub` and the configured claims come from
@@ -60,6 +78,6 @@ impl Minter {
         claims.insert("nbf".into(), json!(now));
         claims.insert("exp".into(), json!(exp));
         claims.insert("jti".into(), json!(b64url(&jti)));
-        self.pair.sign_jwt(&Value::Object(claims))
+        self.current(now).sign_jwt(&Value::Object(claims))
     }
 }

@@ -334,15 +334,14 @@ impl Engine {
                         let minter = minters
                             .entry(ic.signing_key.clone())
                             .or_insert_with(|| {
-                                let published = config.published_keys(&ic.signing_key);
-                                match Minter::new(
-                                    &ic.signing_key,
-                                    opts.minting.get(&ic.signing_key),
-                                    published.and_then(|p| p.active_kid.as_deref()),
-                                ) {
+                                let made = config
+                                    .published_keys(&ic.signing_key)
+                                    .ok_or_else(|| format!("SigningKey {} is not in the config", ic.signing_key))
+                                    .and_then(|published| Minter::new(published, opts.minting.get(&ic.signing_key)));
+                                match made {
                                     Ok(m) => Some(Arc::new(m)),
                                     Err(e) => {
-                                        warnings.push(format!("{key}: cannot mint with SigningKey {}: {e}", ic.signing_key));
+                                        warnings.push(format!("{key}: cannot mint: {e}"));
                                         None
                                     }
                                 }

@@ -2,6 +2,7 @@
 //! thumbprints, and JWS signing. One crypto provider (aws-lc-rs) for everything, the same one
 //! jsonwebtoken verifies with.
 
+pub mod schedule;
 pub mod store;
 
 use aws_lc_rs::encoding::AsDer;

@@ -24,7 +24,6 @@ pub const SECRET_KEY: &str = "keyring.json";
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyRing {
     pub format: u32,
-    pub algorithm: SigningAlgorithm,
     pub keys: Vec<StoredKey>,
     /// The last `portcullis.dev/rotate` request acted on, so that each request rotates once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +37,7 @@ pub struct KeyRing {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StoredKey {
     pub kid: String,
+    pub algorithm: SigningAlgorithm,
     pub state: KeyState,
     pub created_at: Timestamp,
     /// When it starts (or started) signing.
@@ -51,10 +51,41 @@ pub struct StoredKey {
     pub private_key_pem: String,
 }
 
+impl StoredKey {
+    /// Parses the private key and checks that it is the key the kid names.
+    pub fn key_pair(&self) -> Result<SigningKeyPair, KeyError> {
+        let pair = SigningKeyPair::from_pkcs8_pem(self.algorithm, &self.private_key_pem)?;
+        if pair.kid() != self.kid {
+            return Err(KeyError::Parse(self.algorithm.as_str(), format!("kid {} does not match its key", self.kid)));
+        }
+        Ok(pair)
+    }
+
+    pub fn new(pair: &SigningKeyPair, state: KeyState, created_at: Timestamp, activates_at: Timestamp) -> Result<Self, KeyError> {
+        Ok(Self {
+            kid: pair.kid().to_owned(),
+            algorithm: pair.algorithm(),
+            state,
+            created_at,
+            activates_at,
+            retires_at: None,
+            removes_at: None,
+            private_key_pem: pair.to_pkcs8_pem()?,
+        })
+    }
+}
+
+impl Default for KeyRing {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl std::fmt::Debug for StoredKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredKey")
             .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
             .field("state", &self.state)
             .field("created_at", &self.created_at)
             .field("activates_at", &self.activates_at)
@@ -75,8 +106,8 @@ pub enum StoreError {
 }
 
 impl KeyRing {
-    pub fn new(algorithm: SigningAlgorithm) -> Self {
-        Self { format: FORMAT_VERSION, algorithm, keys: Vec::new(), last_rotate_request: None, revoked: Vec::new() }
+    pub fn new() -> Self {
+        Self { format: FORMAT_VERSION, keys: Vec::new(), last_rotate_request: None, revoked: Vec::new() }
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
@@ -116,10 +147,7 @@ impl KeyRing {
         self.keys
             .iter()
             .map(|k| {
-                let pair = SigningKeyPair::from_pkcs8_pem(self.algorithm, &k.private_key_pem)?;
-                if pair.kid() != k.kid {
-                    return Err(KeyError::Parse(self.algorithm.as_str(), format!("kid {} does not match its key", k.kid)));
-                }
+                let pair = k.key_pair()?;
                 Ok((k.kid.clone(), pair))
             })
             .collect()
@@ -177,16 +205,8 @@ mod tests {
     fn ring_with_one_key(alg: SigningAlgorithm) -> KeyRing {
         let pair = SigningKeyPair::generate(alg, None).unwrap();
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let mut ring = KeyRing::new(alg);
-        ring.keys.push(StoredKey {
-            kid: pair.kid().to_owned(),
-            state: KeyState::Active,
-            created_at: now,
-            activates_at: now,
-            retires_at: None,
-            removes_at: None,
-            private_key_pem: pair.to_pkcs8_pem().unwrap(),
-        });
+        let mut ring = KeyRing::new();
+        ring.keys.push(StoredKey::new(&pair, KeyState::Active, now, now).unwrap());
         ring
     }
 

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::{HttpMethod, JwkObject, JwtAlgorithm, PathMatch, Requirement, SigningAlgorithm, TokenForwarding, TokenSource};
 
 pub const CONFIG_FORMAT: u32 = 1;
+/// Upper bound for a decompressed config, against decompression bombs.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024 * 1024;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -126,9 +128,13 @@ pub struct PublishedKeys {
     pub namespace: String,
     pub name: String,
     pub algorithm: SigningAlgorithm,
-    /// The kid that signs now; minting uses it.
+    /// The kid that signed when the config was compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_kid: Option<String>,
+    /// When each key signs. Gateways pick the signing key by their own clock from these windows,
+    /// so a switch to a pre-published key happens on time even if the next config is late.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing: Vec<SigningWindow>,
     /// Upper bound for `Cache-Control: max-age` on the JWKS (the SigningKey's prePublish), so that
     /// no verifier caches the JWKS past the moment a pre-published key starts signing.
     pub max_age_secs: u64,
@@ -136,6 +142,21 @@ pub struct PublishedKeys {
     pub keys: Vec<JwkObject>,
     /// The SigningKey's retain, in seconds (checked against token lifetimes).
     pub retain_secs: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SigningWindow {
+    pub kid: String,
+    pub from: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+}
+
+impl SigningWindow {
+    pub fn contains(&self, now: Timestamp) -> bool {
+        self.from <= now && self.until.is_none_or(|u| now < u)
+    }
 }
 
 impl PublishedKeys {
@@ -179,6 +200,31 @@ impl GatewayConfig {
             ));
         }
         Ok(config)
+    }
+
+    /// Parses JSON or gzip-compressed JSON (large configs are stored compressed).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            use std::io::Read;
+            let mut json = Vec::new();
+            flate2::read::GzDecoder::new(bytes)
+                .take(MAX_CONFIG_BYTES + 1)
+                .read_to_end(&mut json)
+                .map_err(|e| format!("not valid gzip: {e}"))?;
+            if json.len() as u64 > MAX_CONFIG_BYTES {
+                return Err(format!("decompressed config is larger than {MAX_CONFIG_BYTES} bytes"));
+            }
+            Self::from_json(&json)
+        } else {
+            Self::from_json(bytes)
+        }
+    }
+
+    pub fn to_gzip(&self) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&self.to_json()).expect("writing to memory");
+        enc.finish().expect("writing to memory")
     }
 
     pub fn published_keys(&self, key: &KeyRef) -> Option<&PublishedKeys> {

@@ -1,0 +1,629 @@
+//! The `portcullis` command line: the wiring, read top to bottom.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::decide::{Decision, Request};
+use crate::gateway::metrics::Metrics;
+use crate::gateway::{Endpoints, Gateway, serve, shutdown_signal, unix_now};
+use crate::keys::schedule::{Requests, signing_windows};
+use crate::local::{Loaded, LocalDir, report};
+use crate::policy::{KeyRef, Outcome, PolicyConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, about = "JWT authentication and claim-based authorization for the routes behind an API gateway")]
+pub struct Cli {
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "PORTCULLIS_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway authorizer on the resources of a directory (no cluster needed).
+    Local(LocalArgs),
+    /// Run the gateway authorizer on a compiled config file.
+    Gateway(GatewayArgs),
+    /// Print the CustomResourceDefinitions (or write them to a directory).
+    Crds {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Would this request be allowed, and why? Exit code 0: allowed, 1: denied, 2: error.
+    Check(CheckArgs),
+    /// Print a token signed by a SigningKey of a directory (for trying things out).
+    Token(TokenArgs),
+    /// Compile the policies of a directory into a gateway config file.
+    Compile(CompileArgs),
+    /// List, rotate or revoke the keys of a directory's SigningKeys.
+    Keys(KeysArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct DirArgs {
+    /// Directory with AuthPolicy and SigningKey YAML files.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where generated keys are kept (default: DIR/.portcullis).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The gateway whose policies are used.
+    #[arg(long, default_value = "default")]
+    gateway: String,
+}
+
+impl DirArgs {
+    fn local(&self) -> LocalDir {
+        LocalDir::new(&self.dir, self.state_dir.as_deref(), &self.gateway)
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address for decisions and the JWKS (and admin endpoints unless --admin-listen is given).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Separate address for /healthz, /readyz and /metrics.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// `iss` of minted internal tokens and base of the discovery document (default: http://LISTEN).
+    #[arg(long)]
+    issuer_url: Option<String>,
+    /// Shortest time between two fetches of one remote JWKS.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    jwks_min_refetch: Duration,
+}
+
+#[derive(Args, Debug)]
+struct LocalArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args, Debug)]
+struct GatewayArgs {
+    /// Compiled config (JSON or gzip), e.g. a mounted ConfigMap's file; reloaded when it changes.
+    #[arg(long)]
+    config: PathBuf,
+    /// Directory of keyrings for minting (`<namespace>.<name>.json`), e.g. a mounted Secret.
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// The request URL, e.g. https://api.example.com/orders/1?x=y
+    #[arg(long)]
+    url: String,
+    /// A token, sent as `Authorization: Bearer TOKEN`.
+    #[arg(long)]
+    token: Option<String>,
+    /// More request headers, `Name: value`.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// The SigningKey, `[namespace/]name`.
+    #[arg(long)]
+    key: String,
+    /// Claims as a JSON object.
+    #[arg(long, default_value = "{}")]
+    claims: String,
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    ttl: Duration,
+    /// `iss` (unless in --claims).
+    #[arg(long)]
+    iss: Option<String>,
+    /// `aud` (unless in --claims).
+    #[arg(long)]
+    aud: Option<String>,
+    /// `sub` (unless in --claims).
+    #[arg(long)]
+    sub: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CompileArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Output file (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// gzip the output.
+    #[arg(long)]
+    gzip: bool,
+}
+
+#[derive(Args, Debug)]
+struct KeysArgs {
+    #[command(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Each key's kid, state and the times of its transitions.
+    List {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Only this SigningKey, `[namespace/]name`.
+        name: Option<String>,
+    },
+    /// Rotate early: the next key is published now and signs after prePublish.
+    Rotate {
+        #[command(flatten)]
+        dir: DirArgs,
+        name: String,
+        /// Sign with the new key at once (verifiers that cache the JWKS may reject it until they refresh).
+        #[arg(long)]
+        immediate: bool,
+    },
+    /// Revoke a key at once (compromise): it leaves the JWKS now.
+    Revoke {
+        #[command(flatten)]
+        dir: DirArgs,
+        name: String,
+        kid: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<crate::api::Duration>().map(|d| d.as_std()).map_err(|e| e.to_string())
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(command: Command) -> Result<u8> {
+    match command {
+        Command::Local(args) => run_local(args).await,
+        Command::Gateway(args) => run_gateway(args).await,
+        Command::Crds { out } => write_crds(out.as_deref()),
+        Command::Check(args) => run_check(args).await,
+        Command::Token(args) => run_token(args),
+        Command::Compile(args) => run_compile(args),
+        Command::Keys(args) => run_keys(args.action),
+    }
+}
+
+fn write_crds(out: Option<&Path>) -> Result<u8> {
+    for crd in crate::api::crds() {
+        let yaml = crate::api::crd_yaml(&crd)?;
+        match out {
+            Some(dir) => {
+                let path = dir.join(crate::api::crd_file_name(&crd));
+                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    Ok(0)
+}
+
+/// Binds the listeners and serves until SIGTERM/SIGINT; returns the shutdown sender.
+async fn start_serving(
+    gateway: &Arc<Gateway>,
+    args: &ServeArgs,
+) -> Result<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>, SocketAddr)> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let main = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let main_addr = main.local_addr()?;
+    let mut tasks = Vec::new();
+    let main_endpoints = if args.admin_listen.is_some() { Endpoints::Main } else { Endpoints::All };
+    tasks.push(tokio::spawn(serve(main, gateway.clone(), main_endpoints, stop_rx.clone(), Duration::from_secs(10))));
+    if let Some(admin) = args.admin_listen {
+        let l = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("binding {admin}"))?;
+        tasks.push(tokio::spawn(serve(l, gateway.clone(), Endpoints::Admin, stop_rx.clone(), Duration::from_secs(10))));
+    }
+    Ok((stop_tx, tasks, main_addr))
+}
+
+fn issuer_url(args: &ServeArgs) -> String {
+    args.issuer_url.clone().unwrap_or_else(|| format!("http://{}", args.listen))
+}
+
+async fn run_gateway(args: GatewayArgs) -> Result<u8> {
+    let gateway = Gateway::new(&issuer_url(&args.serve), Metrics::new(), args.serve.jwks_min_refetch);
+    let (stop, tasks, addr) = start_serving(&gateway, &args.serve).await?;
+    tracing::info!(%addr, config = %args.config.display(), "gateway listening");
+    let watcher = tokio::spawn(crate::gateway::source::watch_files(
+        gateway.clone(),
+        args.config.clone(),
+        args.keys.clone(),
+        Duration::from_secs(1),
+        stop.subscribe(),
+    ));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = watcher.await;
+    Ok(0)
+}
+
+/// Applies one load of a local directory to the gateway; remembers accepted policies.
+fn apply_local(gateway: &Gateway, loaded: &Loaded, last_good: &mut HashMap<String, PolicyConfig>) {
+    for o in &loaded.compiled.outcomes {
+        if o.outcome == Outcome::Accepted
+            && let Some(p) = loaded.compiled.config.policies.iter().find(|p| p.namespace == o.namespace && p.name == o.name)
+        {
+            last_good.insert(format!("{}/{}", p.namespace, p.name), p.clone());
+        }
+    }
+    let present: Vec<String> = loaded.scanned.policies.iter().map(|(m, _)| m.key()).collect();
+    last_good.retain(|k, _| present.contains(k));
+    if let Err(e) = gateway.apply(loaded.compiled.config.clone(), &loaded.rings) {
+        tracing::error!("{e}");
+    }
+    let now = jiff::Timestamp::now();
+    for (key, ring) in &loaded.rings {
+        let age = ring.active().map(|k| (now - k.activates_at).get_seconds());
+        let next = crate::keys::schedule::next_transition(ring, &loaded.specs[key]).map(|t| (t - now).get_seconds().max(0));
+        gateway.metrics.signing_key(&key.to_string(), age, next);
+    }
+}
+
+async fn run_local(args: LocalArgs) -> Result<u8> {
+    let local = args.dir.local();
+    if !local.dir.is_dir() {
+        bail!("{} is not a directory", local.dir.display());
+    }
+    let gateway = Gateway::new(&issuer_url(&args.serve), Metrics::new(), args.serve.jwks_min_refetch);
+    let mut last_good = HashMap::new();
+    let mut loaded = local.load(jiff::Timestamp::now(), &HashMap::new(), &last_good).map_err(|e| anyhow!(e))?;
+    apply_local(&gateway, &loaded, &mut last_good);
+    let (stop, tasks, addr) = start_serving(&gateway, &args.serve).await?;
+    print_welcome(&local, &loaded, addr);
+
+    let mut fingerprint = local.fingerprint();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::local::POLL) => {}
+            _ = &mut shutdown => break,
+        }
+        let now = jiff::Timestamp::now();
+        let due = loaded.next_wakeup.is_some_and(|w| w <= now);
+        let current = local.fingerprint();
+        if current == fingerprint && !due {
+            continue;
+        }
+        match local.load(now, &HashMap::new(), &last_good) {
+            Ok(next) => {
+                for (key, event) in &next.key_events {
+                    tracing::info!(signing_key = %key, "{}", event.describe());
+                }
+                if next.compiled.config.version != loaded.compiled.config.version || current != fingerprint {
+                    for line in report(&next) {
+                        tracing::info!("{}", line.trim_start());
+                    }
+                }
+                apply_local(&gateway, &next, &mut last_good);
+                loaded = next;
+            }
+            Err(e) => tracing::error!("reload failed, the previous config keeps serving: {e}"),
+        }
+        // Key files written by this load count as seen.
+        fingerprint = local.fingerprint();
+    }
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(0)
+}
+
+fn print_welcome(local: &LocalDir, loaded: &Loaded, addr: SocketAddr) {
+    println!("portcullis local: gateway \"{}\" from {} (config {})", local.gateway, local.dir.display(), loaded.compiled.config.version);
+    for line in report(loaded) {
+        println!("{line}");
+    }
+    println!(
+        "listening on http://{addr}  (NGINX/Traefik/Caddy: /authz · Envoy: /ext_authz/<path> · JWKS: /.well-known/jwks.json · /metrics)"
+    );
+    // A rule that a token from a local SigningKey can satisfy, with claims that satisfy it.
+    let example = loaded.compiled.config.policies.iter().find_map(|p| {
+        let (issuer, key) = p.issuers.iter().find_map(|i| match &i.keys {
+            crate::policy::config::KeySource::SigningKey(k) => Some((i, k)),
+            _ => None,
+        })?;
+        let (rule, claims) = p.rules.iter().filter(|r| !r.public).find_map(|r| example_claims(r).map(|c| (r, c)))?;
+        let path = rule.paths.iter().find_map(|m| m.exact.clone().or(m.prefix.clone()))?;
+        Some((p, issuer, key, path, claims))
+    });
+    if let Some((p, issuer, key, path, claims)) = example {
+        let host = p.hosts.first().map_or("example.com", String::as_str).trim_start_matches("*.");
+        println!("try it:");
+        println!("  curl -i -H 'Host: {host}' http://{addr}/ext_authz{path}        # 401: no token");
+        println!(
+            "  TOKEN=$(portcullis token --dir {} --key {key} --iss {} --aud {} --claims '{claims}')",
+            local.dir.display(),
+            issuer.issuer,
+            issuer.audiences[0]
+        );
+        println!("  curl -i -H 'Host: {host}' -H \"Authorization: Bearer $TOKEN\" http://{addr}/ext_authz{path}        # 200");
+    }
+}
+
+/// Claims that satisfy a rule's simple requirements (None when it needs more than claims).
+fn example_claims(rule: &crate::policy::config::RuleConfig) -> Option<Value> {
+    let mut claims = json!({"sub": "alice"});
+    let reqs = rule.require.iter().chain(rule.any_of.first().into_iter().flatten());
+    for r in reqs {
+        let path: Vec<String> = match (&r.claim, &r.claim_path) {
+            (Some(c), _) => c.split('.').map(str::to_owned).collect(),
+            (None, Some(p)) => p.clone(),
+            _ => return None,
+        };
+        let value = if let Some(v) = &r.equals {
+            json!(v)
+        } else if let Some(v) = r.in_.as_ref().and_then(|v| v.first()) {
+            json!(v)
+        } else if let Some(v) = r.contains_all.as_ref().or(r.contains_any.as_ref()) {
+            let items = if r.contains_all.is_some() { v.clone() } else { vec![v[0].clone()] };
+            if matches!(path.as_slice(), [s] if s == "scope" || s == "scp") { json!(items.join(" ")) } else { json!(items) }
+        } else if r.exists == Some(true) {
+            json!("example")
+        } else if r.absent == Some(true) {
+            continue;
+        } else {
+            return None;
+        };
+        let mut at = &mut claims;
+        for (i, seg) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                at[seg.as_str()] = value.clone();
+            } else {
+                if !at.get(seg.as_str()).is_some_and(Value::is_object) {
+                    at[seg.as_str()] = json!({});
+                }
+                at = &mut at[seg.as_str()];
+            }
+        }
+    }
+    Some(claims)
+}
+
+fn load_once(dir: &DirArgs) -> Result<Loaded> {
+    dir.local().load(jiff::Timestamp::now(), &HashMap::new(), &HashMap::new()).map_err(|e| anyhow!(e))
+}
+
+fn find_key(loaded: &Loaded, name: &str) -> Result<KeyRef> {
+    let matches: Vec<&KeyRef> = loaded.rings.keys().filter(|k| k.to_string() == name || k.name == name).collect();
+    match matches[..] {
+        [k] => Ok(k.clone()),
+        [] => bail!(
+            "no SigningKey {name} in the directory (known: {})",
+            loaded.rings.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+        _ => bail!("SigningKey {name} exists in several namespaces; write namespace/name"),
+    }
+}
+
+fn run_token(args: TokenArgs) -> Result<u8> {
+    let loaded = load_once(&args.dir)?;
+    let key = find_key(&loaded, &args.key)?;
+    let ring = &loaded.rings[&key];
+    let now = unix_now();
+    let ts = jiff::Timestamp::from_second(now)?;
+    let kid =
+        signing_windows(ring).into_iter().filter(|w| w.contains(ts)).max_by_key(|w| w.from).map(|w| w.kid).context("no key signs now")?;
+    let pair = ring.keys.iter().find(|k| k.kid == kid).context("signing key missing")?.key_pair()?;
+    let mut claims: Value = serde_json::from_str(&args.claims).context("--claims must be a JSON object")?;
+    let obj = claims.as_object_mut().context("--claims must be a JSON object")?;
+    for (name, value) in [("iss", args.iss), ("aud", args.aud), ("sub", args.sub)] {
+        if let Some(v) = value {
+            obj.entry(name).or_insert(json!(v));
+        }
+    }
+    obj.entry("iat").or_insert(json!(now));
+    obj.entry("exp").or_insert(json!(now + args.ttl.as_secs() as i64));
+    println!("{}", pair.sign_jwt(&claims)?);
+    Ok(0)
+}
+
+fn run_compile(args: CompileArgs) -> Result<u8> {
+    let loaded = load_once(&args.dir)?;
+    for line in report(&loaded) {
+        eprintln!("{line}");
+    }
+    let config = &loaded.compiled.config;
+    let bytes = if args.gzip { config.to_gzip() } else { config.to_json() };
+    match &args.out {
+        Some(path) => std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    let rejected = loaded.compiled.outcomes.iter().any(|o| o.outcome != Outcome::Accepted);
+    Ok(u8::from(rejected || !loaded.scanned.problems.is_empty()))
+}
+
+async fn run_check(args: CheckArgs) -> Result<u8> {
+    let loaded = load_once(&args.dir)?;
+    for p in &loaded.scanned.problems {
+        eprintln!("warning: skipped {p}");
+    }
+    for o in &loaded.compiled.outcomes {
+        if let Outcome::Rejected { rejection, .. } = &o.outcome {
+            eprintln!(
+                "warning: AuthPolicy {}/{} is not enforced ({}): {}",
+                o.namespace,
+                o.name,
+                rejection.reason.as_str(),
+                rejection.message()
+            );
+        }
+    }
+    let gateway = Gateway::new("https://portcullis.invalid", Metrics::new(), Duration::from_secs(1));
+    let engine = gateway.apply(loaded.compiled.config.clone(), &loaded.rings).map_err(|e| anyhow!(e))?;
+    // Remote JWKS are fetched once, briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.remote_key_sets().iter().any(|s| !s.state().loaded) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let uri: http::Uri = args.url.parse().with_context(|| format!("--url {} is not a URL", args.url))?;
+    let host = uri.authority().map(|a| a.as_str().to_owned()).context("--url needs a host, e.g. https://api.example.com/path")?;
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut headers = http::HeaderMap::new();
+    if let Some(t) = &args.token {
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {t}").parse().context("token is not a valid header value")?);
+    }
+    for h in &args.headers {
+        let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} must be Name: value"))?;
+        headers.append(http::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?);
+    }
+    let decision = engine.decide(&Request { method: &args.method, host: &host, target, headers: &headers }, unix_now());
+    let route = decision.route().map(|r| format!("AuthPolicy {}, rule {}", engine.policy_key(r), engine.rule_name(r)));
+    match decision {
+        Decision::Allow(a) => {
+            println!("ALLOW 200");
+            println!("  route:   {}", route.unwrap_or_default());
+            for (name, value) in &a.headers {
+                println!("  header:  {name}: {}", value.to_str().unwrap_or("<binary>"));
+            }
+            match &a.authorization {
+                Some(v) if v.to_str().is_ok_and(|s| args.token.as_ref().is_some_and(|t| s.ends_with(t.as_str()))) => {
+                    println!("  forward: the caller's token")
+                }
+                Some(_) => println!("  forward: a minted internal token"),
+                None => println!("  forward: no token"),
+            }
+            Ok(0)
+        }
+        Decision::Deny(d) => {
+            println!("DENY {} {}", d.reason.status(), d.reason.as_str());
+            println!("  route:   {}", route.unwrap_or_else(|| "none".into()));
+            println!("  because: {}", d.detail.clone().unwrap_or_else(|| d.reason.description().to_owned()));
+            if let Some(w) = crate::gateway::www_authenticate(engine.realm(), &d) {
+                println!("  WWW-Authenticate: {w}");
+            }
+            Ok(1)
+        }
+    }
+}
+
+fn run_keys(action: KeysAction) -> Result<u8> {
+    match action {
+        KeysAction::List { dir, name } => {
+            let loaded = load_once(&dir)?;
+            let keys: Vec<KeyRef> = match &name {
+                Some(n) => vec![find_key(&loaded, n)?],
+                None => loaded.rings.keys().cloned().collect(),
+            };
+            for key in keys {
+                let ring = &loaded.rings[&key];
+                let spec = &loaded.specs[&key];
+                println!(
+                    "SigningKey {key} ({}; rotation {}, prePublish {}, retain {})",
+                    spec.algorithm.as_str(),
+                    spec.rotation_interval,
+                    spec.pre_publish,
+                    spec.retain
+                );
+                println!("  {:<44} {:<8} {:<22} {:<22} {:<22}", "KID", "STATE", "SIGNS FROM", "SIGNS UNTIL", "LEAVES JWKS");
+                let t = |t: Option<jiff::Timestamp>| t.map_or("-".to_owned(), |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+                for k in &ring.keys {
+                    println!(
+                        "  {:<44} {:<8} {:<22} {:<22} {:<22}",
+                        k.kid,
+                        format!("{:?}", k.state),
+                        t(Some(k.activates_at)),
+                        t(k.retires_at),
+                        t(k.removes_at)
+                    );
+                }
+                if let Some(next) = crate::keys::schedule::next_transition(ring, spec) {
+                    println!("  next transition: {}", t(Some(next)));
+                }
+            }
+            Ok(0)
+        }
+        KeysAction::Rotate { dir, name, immediate } => {
+            let loaded = load_once(&dir)?;
+            let key = find_key(&loaded, &name)?;
+            let id = format!("{}{}", if immediate { "immediate-" } else { "local-" }, jiff::Timestamp::now().as_nanosecond());
+            let requests = HashMap::from([(key.clone(), Requests { rotate: Some(id), revoke: Vec::new() })]);
+            let events = dir
+                .local()
+                .sync_keys(&[(key.clone(), loaded.specs[&key].clone())], jiff::Timestamp::now(), &requests)
+                .map_err(|e| anyhow!(e))?
+                .events;
+            for (_, e) in events {
+                println!("{}", e.describe());
+            }
+            Ok(0)
+        }
+        KeysAction::Revoke { dir, name, kid } => {
+            let loaded = load_once(&dir)?;
+            let key = find_key(&loaded, &name)?;
+            if !loaded.rings[&key].keys.iter().any(|k| k.kid == kid) {
+                bail!("SigningKey {key} has no key {kid}");
+            }
+            let requests = HashMap::from([(key.clone(), Requests { rotate: None, revoke: vec![kid] })]);
+            let events = dir
+                .local()
+                .sync_keys(&[(key.clone(), loaded.specs[&key].clone())], jiff::Timestamp::now(), &requests)
+                .map_err(|e| anyhow!(e))?
+                .events;
+            for (_, e) in events {
+                println!("{}", e.describe());
+            }
+            Ok(0)
+        }
+    }
+}

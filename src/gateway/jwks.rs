@@ -1,0 +1,190 @@
+//! Remote JWKS: fetched over HTTP(S), cached, refreshed on a schedule and once (rate-limited) on
+//! an unknown kid. A failed fetch, or one that yields no usable key, keeps the last good keys.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::metrics::Metrics;
+use crate::decide::RemoteKeys;
+use crate::decide::keyset::KeySet;
+
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .expect("the aws-lc-rs provider supports the default protocol versions")
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// Fetches and parses a JWKS; the error says what went wrong without echoing the body.
+pub async fn fetch_jwks(client: &HttpClient, uri: &str) -> Result<(Vec<crate::keys::VerifyKey>, Vec<String>), String> {
+    let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let req = http::Request::get(parsed).header("accept", "application/json").body(Empty::new()).map_err(|e| e.to_string())?;
+    let resp =
+        tokio::time::timeout(FETCH_TIMEOUT, client.request(req)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect())
+        .await
+        .map_err(|_| "timed out reading the body".to_owned())?
+        .map_err(|e| format!("reading the body: {e}"))?
+        .to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+    let (keys, skipped) = crate::keys::parse_jwks(&doc)?;
+    if keys.is_empty() {
+        return Err(format!(
+            "no usable signing key ({})",
+            if skipped.is_empty() { "empty key set".to_owned() } else { skipped.join("; ") }
+        ));
+    }
+    Ok((keys, skipped))
+}
+
+struct Remote {
+    set: Arc<KeySet>,
+    wake: Arc<Notify>,
+    /// Incremented after every fetch attempt; waiters watch it.
+    attempts: watch::Receiver<u64>,
+    last_attempt: Arc<Mutex<Option<Instant>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One fetcher per (URL, refresh interval), shared by every config that uses it.
+pub struct JwksRegistry {
+    remotes: Mutex<HashMap<(String, u64), Remote>>,
+    client: HttpClient,
+    metrics: Metrics,
+    /// Shortest time between two fetches of one URL, whatever asks for them.
+    min_interval: Duration,
+}
+
+impl JwksRegistry {
+    pub fn new(metrics: Metrics, min_interval: Duration) -> Arc<Self> {
+        Arc::new(Self { remotes: Mutex::new(HashMap::new()), client: http_client(), metrics, min_interval })
+    }
+
+    /// Asks for one early refetch of `set` (an unknown kid was seen) and waits for it, at most
+    /// `wait`. Returns false when rate limiting refused, or nothing new arrived in time.
+    pub async fn refetch(&self, set: &Arc<KeySet>, wait: Duration) -> bool {
+        let (wake, mut attempts, last_attempt) = {
+            let remotes = self.remotes.lock().expect("registry lock");
+            let Some(r) = remotes.values().find(|r| Arc::ptr_eq(&r.set, set)) else { return false };
+            (r.wake.clone(), r.attempts.clone(), r.last_attempt.clone())
+        };
+        let allowed = last_attempt.lock().expect("lock").is_none_or(|t| t.elapsed() >= self.min_interval);
+        if !allowed {
+            return false;
+        }
+        let before = set.generation();
+        attempts.mark_unchanged();
+        wake.notify_one();
+        let _ = tokio::time::timeout(wait, attempts.changed()).await;
+        set.generation() != before
+    }
+
+    /// Stops fetchers that no current config uses.
+    pub fn retain_only(&self, in_use: &[Arc<KeySet>]) {
+        self.remotes.lock().expect("registry lock").retain(|_, r| in_use.iter().any(|s| Arc::ptr_eq(s, &r.set)));
+    }
+
+    fn spawn(&self, uri: &str, refresh: Duration) -> Remote {
+        let set = KeySet::new_remote(uri);
+        let wake = Arc::new(Notify::new());
+        let (tx, rx) = watch::channel(0u64);
+        let last_attempt = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(fetch_loop(
+            self.client.clone(),
+            self.metrics.clone(),
+            uri.to_owned(),
+            set.clone(),
+            refresh,
+            self.min_interval,
+            wake.clone(),
+            tx,
+            last_attempt.clone(),
+        ));
+        Remote { set, wake, attempts: rx, last_attempt, task }
+    }
+}
+
+impl RemoteKeys for JwksRegistry {
+    fn key_set(&self, uri: &str, refresh_secs: u64) -> Arc<KeySet> {
+        let mut remotes = self.remotes.lock().expect("registry lock");
+        remotes.entry((uri.to_owned(), refresh_secs)).or_insert_with(|| self.spawn(uri, Duration::from_secs(refresh_secs))).set.clone()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_loop(
+    client: HttpClient,
+    metrics: Metrics,
+    uri: String,
+    set: Arc<KeySet>,
+    refresh: Duration,
+    min_interval: Duration,
+    wake: Arc<Notify>,
+    attempts: watch::Sender<u64>,
+    last_attempt: Arc<Mutex<Option<Instant>>>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        *last_attempt.lock().expect("lock") = Some(Instant::now());
+        let next = match fetch_jwks(&client, &uri).await {
+            Ok((keys, skipped)) => {
+                for s in &skipped {
+                    tracing::warn!(%uri, "JWKS key skipped: {s}");
+                }
+                metrics.jwks_fetch(&uri, true, keys.len());
+                let n = keys.len();
+                if set.replace(keys) {
+                    tracing::info!(%uri, keys = n, generation = set.generation(), "JWKS updated");
+                }
+                failures = 0;
+                refresh
+            }
+            Err(why) => {
+                metrics.jwks_fetch(&uri, false, 0);
+                failures = failures.saturating_add(1);
+                let kept = set.state().keys.len();
+                tracing::warn!(%uri, kept_keys = kept, "JWKS fetch failed, keeping the last good keys: {why}");
+                // Back off from 1s up to the refresh interval.
+                Duration::from_secs(1u64 << failures.min(8)).min(refresh)
+            }
+        };
+        attempts.send_modify(|n| *n += 1);
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            _ = wake.notified() => {
+                // Honour the rate limit even when woken early.
+                let since = last_attempt.lock().expect("lock").map_or(min_interval, |t| t.elapsed());
+                if since < min_interval {
+                    tokio::time::sleep(min_interval - since).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Prometheus metrics of the gateway. Label handles for the hot path are resolved once per
+//! config, so a decision only touches atomics.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::decide::DenyReason;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    decisions: IntCounterVec,
+    denials: Vec<IntCounter>,
+    pub decision_seconds: Histogram,
+    config_info: IntGaugeVec,
+    pub config_reloads_ok: IntCounter,
+    pub config_reloads_failed: IntCounter,
+    pub config_last_success: IntGauge,
+    jwks_fetches: IntCounterVec,
+    jwks_keys: IntGaugeVec,
+    pub token_cache_entries: IntGauge,
+    signing_key_age: IntGaugeVec,
+    signing_key_next: IntGaugeVec,
+}
+
+/// Decision counters of one policy (or of requests that matched no policy).
+#[derive(Clone)]
+pub struct PolicyCounters {
+    pub allowed: IntCounter,
+    pub denied: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new("portcullis_decisions_total", "Authorization decisions by policy and result."),
+            &["policy", "result"],
+        )
+        .expect("valid metric");
+        let denials_vec =
+            IntCounterVec::new(Opts::new("portcullis_denials_total", "Denied requests by reason."), &["reason"]).expect("valid metric");
+        let denials = DenyReason::ALL.iter().map(|r| denials_vec.with_label_values(&[r.as_str()])).collect();
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new("portcullis_decision_duration_seconds", "Time to decide one request, excluding HTTP.")
+                .buckets(vec![2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 250e-6, 1e-3, 5e-3, 25e-3, 0.1]),
+        )
+        .expect("valid metric");
+        let config_info =
+            IntGaugeVec::new(Opts::new("portcullis_config_info", "The gateway config being enforced (value 1)."), &["gateway", "version"])
+                .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("portcullis_config_reloads_total", "Config loads by result; a failed load keeps the previous config."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_last_success =
+            IntGauge::new("portcullis_config_last_success_timestamp_seconds", "When a config was last loaded.").expect("valid metric");
+        let jwks_fetches =
+            IntCounterVec::new(Opts::new("portcullis_jwks_fetches_total", "Remote JWKS fetches by URL and result."), &["uri", "result"])
+                .expect("valid metric");
+        let jwks_keys =
+            IntGaugeVec::new(Opts::new("portcullis_jwks_keys", "Keys held for a remote JWKS URL."), &["uri"]).expect("valid metric");
+        let token_cache_entries =
+            IntGauge::new("portcullis_token_cache_entries", "Verified tokens held in the cache.").expect("valid metric");
+        let signing_key_age = IntGaugeVec::new(
+            Opts::new("portcullis_signing_key_active_age_seconds", "Age of the key that signs now, by SigningKey."),
+            &["signing_key"],
+        )
+        .expect("valid metric");
+        let signing_key_next = IntGaugeVec::new(
+            Opts::new("portcullis_signing_key_next_transition_seconds", "Seconds until the next key state change, by SigningKey."),
+            &["signing_key"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(denials_vec),
+            Box::new(decision_seconds.clone()),
+            Box::new(config_info.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_success.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_keys.clone()),
+            Box::new(token_cache_entries.clone()),
+            Box::new(signing_key_age.clone()),
+            Box::new(signing_key_next.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            decisions,
+            denials,
+            decision_seconds,
+            config_info,
+            config_reloads_ok: config_reloads.with_label_values(&["success"]),
+            config_reloads_failed: config_reloads.with_label_values(&["failure"]),
+            config_last_success,
+            jwks_fetches,
+            jwks_keys,
+            token_cache_entries,
+            signing_key_age,
+            signing_key_next,
+        }
+    }
+
+    pub fn policy_counters(&self, policy: &str) -> PolicyCounters {
+        PolicyCounters {
+            allowed: self.decisions.with_label_values(&[policy, "allow"]),
+            denied: self.decisions.with_label_values(&[policy, "deny"]),
+        }
+    }
+
+    pub fn forget_policy(&self, policy: &str) {
+        let _ = self.decisions.remove_label_values(&[policy, "allow"]);
+        let _ = self.decisions.remove_label_values(&[policy, "deny"]);
+    }
+
+    pub fn denial(&self, reason: DenyReason) -> &IntCounter {
+        let i = DenyReason::ALL.iter().position(|r| r.as_str() == reason.as_str()).expect("every reason is listed");
+        &self.denials[i]
+    }
+
+    pub fn set_config(&self, gateway: &str, version: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[gateway, version]).set(1);
+    }
+
+    pub fn jwks_fetch(&self, uri: &str, ok: bool, keys: usize) {
+        self.jwks_fetches.with_label_values(&[uri, if ok { "success" } else { "failure" }]).inc();
+        if ok {
+            self.jwks_keys.with_label_values(&[uri]).set(keys as i64);
+        }
+    }
+
+    pub fn signing_key(&self, key: &str, active_age_secs: Option<i64>, next_transition_secs: Option<i64>) {
+        match active_age_secs {
+            Some(s) => self.signing_key_age.with_label_values(&[key]).set(s),
+            None => {
+                let _ = self.signing_key_age.remove_label_values(&[key]);
+            }
+        }
+        match next_transition_secs {
+            Some(s) => self.signing_key_next.with_label_values(&[key]).set(s),
+            None => {
+                let _ = self.signing_key_next.remove_label_values(&[key]);
+            }
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}

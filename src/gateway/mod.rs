@@ -1,0 +1,419 @@
+//! The gateway authorizer (HTTP I/O, thin): asks the current [`Engine`] about each request,
+//! swaps engines atomically when the config changes, and serves health, readiness, metrics and
+//! the JWKS of the config's SigningKeys.
+//!
+//! ```text
+//!  NGINX auth_request / Traefik / Caddy ─▶ GET /authz   (X-Forwarded-Method/Uri/Host)
+//!  Envoy ext_authz (path_prefix)        ─▶ ANY /ext_authz/<original path>
+//!                                            │
+//!                                   ArcSwap<Slot{Engine, counters}> ◀── apply(config) ◀── file / ConfigMap / local dir
+//! ```
+
+pub mod jwks;
+pub mod metrics;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Denied, Engine, Request};
+use crate::keys::store::KeyRing;
+use crate::policy::{GatewayConfig, KeyRef};
+use jwks::JwksRegistry;
+use metrics::{Metrics, PolicyCounters};
+
+/// Envoy removes the headers listed here from the request it forwards upstream.
+const ENVOY_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const EXT_AUTHZ_PREFIX: &str = "/ext_authz";
+/// How long a request waits for a JWKS refetch after an unknown kid.
+const REFETCH_WAIT: Duration = Duration::from_secs(2);
+
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Decisions, JWKS and admin (one port for everything).
+    All,
+    /// Decisions and JWKS.
+    Main,
+    /// Health, readiness and metrics.
+    Admin,
+}
+
+struct Slot {
+    engine: Arc<Engine>,
+    counters: Vec<PolicyCounters>,
+    jwks: Bytes,
+    jwks_max_age: u64,
+    discovery: Bytes,
+}
+
+pub struct Gateway {
+    slot: ArcSwapOption<Slot>,
+    pub metrics: Metrics,
+    pub jwks: Arc<JwksRegistry>,
+    issuer_url: String,
+    no_route: PolicyCounters,
+    /// Serialises `apply` so that two sources cannot interleave swaps.
+    apply_lock: std::sync::Mutex<()>,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Header,
+    Prefix,
+}
+
+impl Gateway {
+    pub fn new(issuer_url: &str, metrics: Metrics, jwks_min_interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            slot: ArcSwapOption::empty(),
+            jwks: JwksRegistry::new(metrics.clone(), jwks_min_interval),
+            no_route: metrics.policy_counters(""),
+            metrics,
+            issuer_url: issuer_url.trim_end_matches('/').to_owned(),
+            apply_lock: std::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.slot.load().as_ref().map(|s| s.engine.clone())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.slot.load().is_some()
+    }
+
+    /// Builds an engine for `config` and swaps it in. On error the previous engine keeps
+    /// serving; the caller logs the error.
+    pub fn apply(&self, config: GatewayConfig, minting: &BTreeMap<KeyRef, KeyRing>) -> Result<Arc<Engine>, String> {
+        let _guard = self.apply_lock.lock().expect("apply lock");
+        let version = config.version.clone();
+        let jwks_doc = public_jwks(&config);
+        let jwks_max_age = config.signing_keys.iter().map(|k| k.max_age_secs).min().unwrap_or(300);
+        let opts =
+            BuildOptions { issuer_url: &self.issuer_url, minting, remote: &*self.jwks, cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY };
+        let engine = match Engine::build(config, &opts) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                self.metrics.config_reloads_failed.inc();
+                return Err(format!("config {version} rejected, the previous config keeps serving: {e}"));
+            }
+        };
+        for w in &engine.warnings {
+            tracing::warn!(version = %version, "{w}");
+        }
+        let counters =
+            engine.config.policies.iter().map(|p| self.metrics.policy_counters(&format!("{}/{}", p.namespace, p.name))).collect();
+        let previous = self.slot.swap(Some(Arc::new(Slot {
+            engine: engine.clone(),
+            counters,
+            jwks: Bytes::from(jwks_doc.to_string()),
+            jwks_max_age,
+            discovery: Bytes::from(self.discovery(&engine.config).to_string()),
+        })));
+        self.jwks.retain_only(engine.remote_key_sets());
+        if let Some(prev) = previous {
+            for p in &prev.engine.config.policies {
+                if !engine.config.policies.iter().any(|q| q.namespace == p.namespace && q.name == p.name) {
+                    self.metrics.forget_policy(&format!("{}/{}", p.namespace, p.name));
+                }
+            }
+        }
+        self.metrics.config_reloads_ok.inc();
+        self.metrics.config_last_success.set(unix_now());
+        self.metrics.set_config(engine.realm(), &version);
+        tracing::info!(gateway = engine.realm(), version = %version, policies = engine.policy_count(), routes = engine.route_count(), "config loaded");
+        Ok(engine)
+    }
+
+    fn discovery(&self, config: &GatewayConfig) -> serde_json::Value {
+        let mut algs: Vec<&str> = config.signing_keys.iter().map(|k| k.algorithm.as_str()).collect();
+        algs.sort_unstable();
+        algs.dedup();
+        json!({
+            "issuer": self.issuer_url,
+            "jwks_uri": format!("{}/.well-known/jwks.json", self.issuer_url),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": algs,
+        })
+    }
+
+    pub async fn handle(self: &Arc<Self>, req: hyper::Request<Incoming>, endpoints: Endpoints) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        let decisions = endpoints != Endpoints::Admin;
+        let admin = endpoints != Endpoints::Main;
+        match path {
+            "/authz" if decisions => self.authorize(&req, Mode::Header).await,
+            p if decisions && p.starts_with(EXT_AUTHZ_PREFIX) && matches!(p.as_bytes().get(EXT_AUTHZ_PREFIX.len()), None | Some(b'/')) => {
+                self.authorize(&req, Mode::Prefix).await
+            }
+            "/.well-known/jwks.json" if decisions => self.jwks_response(),
+            "/.well-known/openid-configuration" if decisions => match &*self.slot.load() {
+                Some(s) => simple(StatusCode::OK, "application/json", s.discovery.clone()),
+                None => not_ready(),
+            },
+            "/healthz" if admin => simple(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+            "/readyz" if admin => match &*self.slot.load() {
+                Some(s) => simple(StatusCode::OK, "text/plain", Bytes::from(format!("ready: config {}\n", s.engine.version()))),
+                None => not_ready(),
+            },
+            "/metrics" if admin => {
+                if let Some(s) = &*self.slot.load() {
+                    self.metrics.token_cache_entries.set(s.engine.cached_tokens() as i64);
+                }
+                simple(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(self.metrics.render()))
+            }
+            _ => simple(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+        }
+    }
+
+    fn jwks_response(&self) -> Response<Full<Bytes>> {
+        let Some(slot) = &*self.slot.load() else { return not_ready() };
+        let mut resp = simple(StatusCode::OK, "application/jwk-set+json", slot.jwks.clone());
+        resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::try_from(format!("public, max-age={}", slot.jwks_max_age)).expect("ascii"));
+        resp
+    }
+
+    async fn authorize(self: &Arc<Self>, req: &hyper::Request<Incoming>, mode: Mode) -> Response<Full<Bytes>> {
+        let Some(slot) = self.slot.load_full() else { return not_ready() };
+        let headers = req.headers();
+        let (method, target, host) = match mode {
+            Mode::Header => {
+                let method = header_str(headers, &X_FORWARDED_METHOD)
+                    .or_else(|| header_str(headers, &X_ORIGINAL_METHOD))
+                    .unwrap_or(req.method().as_str());
+                let Some(target) = header_utf8(headers, &X_FORWARDED_URI).or_else(|| header_utf8(headers, &X_ORIGINAL_URI)) else {
+                    tracing::warn!("authorization request without X-Forwarded-Uri or X-Original-URI: check the proxy configuration");
+                    return simple(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        Bytes::from_static(b"X-Forwarded-Uri or X-Original-URI is required\n"),
+                    );
+                };
+                let host = header_str(headers, &X_FORWARDED_HOST).or_else(|| header_str(headers, &http::header::HOST)).unwrap_or("");
+                (method, target, host)
+            }
+            Mode::Prefix => {
+                let full = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                let rest = &full[EXT_AUTHZ_PREFIX.len()..];
+                let target = if rest.is_empty() || rest.starts_with('?') { "/" } else { rest };
+                let host = header_str(headers, &http::header::HOST).or(req.uri().host()).unwrap_or("");
+                (req.method().as_str(), target, host)
+            }
+        };
+        let request = Request { method, host, target, headers };
+        let started = Instant::now();
+        let mut decision = slot.engine.decide(&request, unix_now());
+        if let Decision::Deny(Denied { refetch: Some(set), .. }) = &decision
+            && self.jwks.refetch(set, REFETCH_WAIT).await
+        {
+            decision = slot.engine.decide(&request, unix_now());
+        }
+        self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
+        let counters = decision.route().map_or(&self.no_route, |r| &slot.counters[r.policy as usize]);
+        let (policy, rule) = decision.route().map_or(("", ""), |r| (slot.engine.policy_key(r), slot.engine.rule_name(r)));
+        let path = target.split('?').next().unwrap_or("");
+        match decision {
+            Decision::Allow(a) => {
+                counters.allowed.inc();
+                tracing::debug!(policy, rule, method, host, path, "allow");
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                let h = resp.headers_mut();
+                for (name, value) in a.headers {
+                    h.insert(name, value);
+                }
+                match (mode, a.authorization) {
+                    (_, Some(v)) => {
+                        h.insert(http::header::AUTHORIZATION, v);
+                    }
+                    (Mode::Header, None) => {
+                        h.insert(http::header::AUTHORIZATION, HeaderValue::from_static(""));
+                    }
+                    (Mode::Prefix, None) => {}
+                }
+                match mode {
+                    // Proxies that copy named response headers must overwrite what a client sent,
+                    // so every identity header is answered, empty when the caller has no value.
+                    Mode::Header => {
+                        for name in a.strip {
+                            h.insert(name, HeaderValue::from_static(""));
+                        }
+                    }
+                    Mode::Prefix => {
+                        let mut remove: Vec<&str> = a.strip.iter().map(HeaderName::as_str).collect();
+                        if !h.contains_key(http::header::AUTHORIZATION) {
+                            remove.push("authorization");
+                        }
+                        if !remove.is_empty() {
+                            h.insert(ENVOY_REMOVE, HeaderValue::try_from(remove.join(",")).expect("header names are valid values"));
+                        }
+                    }
+                }
+                resp
+            }
+            Decision::Deny(d) => {
+                counters.denied.inc();
+                self.metrics.denial(d.reason).inc();
+                tracing::debug!(
+                    policy,
+                    rule,
+                    method,
+                    host,
+                    path,
+                    reason = d.reason.as_str(),
+                    detail = d.detail.as_deref().unwrap_or(""),
+                    "deny"
+                );
+                deny_response(slot.engine.realm(), &d)
+            }
+        }
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty())
+}
+
+/// Like [`header_str`], but keeps non-ASCII UTF-8 (raw bytes in a forwarded URI), which path
+/// normalisation then handles.
+fn header_utf8<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
+    headers.get(name).map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{fffd}")).filter(|s| !s.is_empty())
+}
+
+fn simple(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn not_ready() -> Response<Full<Bytes>> {
+    simple(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"no config loaded yet\n"))
+}
+
+/// RFC 6750 `WWW-Authenticate` for a denial, if it needs one.
+pub fn www_authenticate(realm: &str, d: &Denied) -> Option<String> {
+    let status = d.reason.status();
+    if status != 401 && d.reason.bearer_error() != Some("insufficient_scope") {
+        return None;
+    }
+    let mut v = format!("Bearer realm=\"{realm}\"");
+    if let Some(err) = d.reason.bearer_error() {
+        v.push_str(&format!(", error=\"{err}\", error_description=\"{}\"", d.reason.description()));
+    }
+    if !d.scopes.is_empty() {
+        v.push_str(&format!(", scope=\"{}\"", d.scopes.join(" ")));
+    }
+    Some(v)
+}
+
+fn deny_response(realm: &str, d: &Denied) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(d.reason.status()).expect("valid status");
+    let body = json!({"error": d.reason.bearer_error().unwrap_or(d.reason.as_str()), "reason": d.reason.as_str(), "description": d.reason.description()});
+    let mut resp = simple(status, "application/json", Bytes::from(body.to_string()));
+    let h = resp.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(v) = www_authenticate(realm, d).and_then(|v| HeaderValue::try_from(v).ok()) {
+        h.insert(WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// The public keys of every SigningKey in the config, each kid once.
+pub fn public_jwks(config: &GatewayConfig) -> serde_json::Value {
+    let mut seen = std::collections::BTreeSet::new();
+    let keys: Vec<&serde_json::Map<String, serde_json::Value>> = config
+        .signing_keys
+        .iter()
+        .flat_map(|k| k.keys.iter().map(|j| &j.0))
+        .filter(|j| seen.insert(j.get("kid").and_then(|k| k.as_str()).unwrap_or_default().to_owned()))
+        .collect();
+    json!({ "keys": keys })
+}
+
+/// Serves one listener until `shutdown` turns true, then drains open connections (at most
+/// `drain`).
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    endpoints: Endpoints,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gw = gateway.clone();
+                let svc = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(req, endpoints).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after {drain:?}; closing them");
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,108 @@
+//! Config from files: a compiled `GatewayConfig` (e.g. a mounted ConfigMap) and a directory of
+//! keyrings for minting (e.g. a mounted Secret), polled for changes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Gateway;
+use crate::keys::store::KeyRing;
+use crate::policy::{GatewayConfig, KeyRef};
+
+/// File name of a SigningKey's keyring in a keys directory or Secret: `<namespace>.<name>.json`
+/// (namespaces have no dots, so the first dot separates).
+pub fn keyring_file_name(key: &KeyRef) -> String {
+    format!("{}.{}.json", key.namespace, key.name)
+}
+
+pub fn parse_keyring_file_name(file: &str) -> Option<KeyRef> {
+    let stem = file.strip_suffix(".json")?;
+    let (namespace, name) = stem.split_once('.')?;
+    (!namespace.is_empty() && !name.is_empty()).then(|| KeyRef { namespace: namespace.to_owned(), name: name.to_owned() })
+}
+
+/// Reads a compiled config: JSON, or gzip-compressed JSON.
+pub fn read_config(path: &Path) -> Result<GatewayConfig, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    GatewayConfig::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads every keyring of a keys directory. Files that are not keyrings are skipped with a
+/// warning (a mounted Secret also holds `..data` links and the like).
+pub fn read_keys_dir(dir: &Path) -> Result<BTreeMap<KeyRef, KeyRing>, String> {
+    let mut out = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let Some(key) = parse_keyring_file_name(&name) else { continue };
+        let bytes = std::fs::read(entry.path()).map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
+        match KeyRing::from_json(&bytes) {
+            Ok(ring) => {
+                out.insert(key, ring);
+            }
+            Err(e) => tracing::warn!(file = %entry.path().display(), "not a keyring, skipped: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+fn fingerprint(paths: &[&Path]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in paths {
+        let files: Vec<PathBuf> = if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            v.sort();
+            v
+        } else {
+            vec![p.to_path_buf()]
+        };
+        for f in files {
+            out.extend_from_slice(f.to_string_lossy().as_bytes());
+            out.extend_from_slice(&std::fs::read(&f).unwrap_or_default());
+        }
+    }
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out).as_ref().to_vec()
+}
+
+/// Loads the config file (and keys) into the gateway, then again whenever their content
+/// changes. A bad file is logged and the previous config keeps serving.
+pub async fn watch_files(gateway: Arc<Gateway>, config: PathBuf, keys: Option<PathBuf>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut last = Vec::new();
+    loop {
+        let mut watched = vec![config.as_path()];
+        watched.extend(keys.as_deref());
+        let now = fingerprint(&watched);
+        if now != last {
+            last = now;
+            let loaded = read_config(&config).and_then(|c| Ok((c, keys.as_deref().map(read_keys_dir).transpose()?.unwrap_or_default())));
+            match loaded.and_then(|(c, k)| gateway.apply(c, &k)) {
+                Ok(_) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_file_names_round_trip() {
+        let k = KeyRef { namespace: "shop".into(), name: "internal.v2".into() };
+        assert_eq!(keyring_file_name(&k), "shop.internal.v2.json");
+        assert_eq!(parse_keyring_file_name("shop.internal.v2.json"), Some(k));
+        assert_eq!(parse_keyring_file_name("..data"), None);
+        assert_eq!(parse_keyring_file_name("x.json"), None);
+    }
+}
