@@ -102,7 +102,7 @@ pub struct IssuerSpec {
     /// Where the issuer's public keys come from.
     pub jwks: JwksSource,
     /// Accepted signature algorithms. HMAC and `none` are never accepted.
-    #[schemars(length(min = 1, max = 8))]
+    #[schemars(length(min = 1, max = 9))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub algorithms: Vec<JwtAlgorithm>,
     /// Tolerated clock difference for `exp` and `nbf` (default 60s, at most 5m).

@@ -1,0 +1,161 @@
+//! `cargo bench --bench decide`: the decision on the hot path, and compilation of large configs.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::HeaderMap;
+use portcullis::api::SigningAlgorithm;
+use portcullis::decide::{BuildOptions, Engine, NoRemoteKeys, Request};
+use portcullis::policy::{PolicyInput, compile};
+use portcullis::testkit::{TestIssuer, compile_yaml, inputs_from_yaml};
+use serde_json::json;
+
+const NOW: i64 = 1_800_000_000;
+const ISS: &str = "https://id.example.com";
+
+fn engine_for(issuer: &TestIssuer, alg: &str, cache_capacity: usize) -> Engine {
+    let yaml = format!(
+        r#"
+name: orders
+spec:
+  hosts: [api.example.com]
+  issuers: [{{ issuer: "{ISS}", audiences: [orders], algorithms: [{alg}], jwks: {{ inline: {jwks} }} }}]
+  rules:
+    - {{ name: health, public: true, match: {{ paths: [{{ exact: /orders/healthz }}] }} }}
+    - name: read
+      match: {{ paths: [{{ prefix: /orders }}], methods: [GET] }}
+      require:
+        - {{ claim: scope, containsAll: ["orders:read"] }}
+        - {{ claim: realm_access.roles, containsAny: [clerk, admin] }}
+  forward: {{ claimsToHeaders: {{ X-User-Id: sub, X-User-Roles: realm_access.roles }} }}
+"#,
+        jwks = issuer.jwks()
+    );
+    let compiled = compile_yaml("default", &yaml, &BTreeMap::new());
+    let minting = BTreeMap::new();
+    Engine::build(compiled.config, &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity })
+        .unwrap()
+}
+
+fn headers(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    h
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decide");
+    for (alg, name) in [(SigningAlgorithm::RS256, "RS256"), (SigningAlgorithm::ES256, "ES256"), (SigningAlgorithm::EdDSA, "EdDSA")] {
+        let issuer = TestIssuer::new(ISS, alg);
+        let token = issuer.token("orders", NOW, json!({"scope": "orders:read", "realm_access": {"roles": ["clerk"]}}));
+        let h = headers(&token);
+        let req = Request { method: "GET", host: "api.example.com", target: "/orders/42?expand=items", headers: &h };
+
+        let cached = engine_for(&issuer, name, 100_000);
+        assert!(cached.decide(&req, NOW).is_allow());
+        g.bench_function(format!("allow/{name}/cached"), |b| b.iter(|| black_box(cached.decide(black_box(&req), NOW))));
+
+        let uncached = engine_for(&issuer, name, 0);
+        assert!(uncached.decide(&req, NOW).is_allow());
+        g.bench_function(format!("allow/{name}/uncached"), |b| b.iter(|| black_box(uncached.decide(black_box(&req), NOW))));
+
+        // The signature check alone, as the floor for the uncached decision.
+        let key = portcullis::keys::parse_jwk(issuer.key.public_jwk()).unwrap().unwrap();
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let jalg = portcullis::decide::token::jwt_algorithm(portcullis::api::JwtAlgorithm::from_name(name).unwrap());
+        g.bench_function(format!("raw-verify/{name}"), |b| {
+            b.iter(|| assert!(jsonwebtoken::crypto::verify(signature, black_box(message.as_bytes()), &key.decoding, jalg).unwrap()))
+        });
+    }
+
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::RS256);
+    let engine = engine_for(&issuer, "RS256", 100_000);
+    let none = HeaderMap::new();
+    let no_token = Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &none };
+    g.bench_function("deny/no-token", |b| b.iter(|| black_box(engine.decide(black_box(&no_token), NOW))));
+    let public = Request { method: "GET", host: "api.example.com", target: "/orders/healthz", headers: &none };
+    g.bench_function("allow/public", |b| b.iter(|| black_box(engine.decide(black_box(&public), NOW))));
+    let forged = {
+        let other = TestIssuer::new(ISS, SigningAlgorithm::RS256);
+        // Same kid as the trusted key, another key's signature.
+        let claims = other.claims("orders", NOW, json!({}));
+        other.token_with_header(json!({"alg": "RS256", "kid": issuer.key.kid()}), &claims)
+    };
+    let hf = headers(&forged);
+    let bad = Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &hf };
+    g.bench_function("deny/bad-signature-RS256", |b| b.iter(|| black_box(engine.decide(black_box(&bad), NOW))));
+    g.finish();
+}
+
+/// `n` routes: n/10 policies of 10 prefix rules, spread over hosts.
+fn many_routes(n: usize) -> Vec<PolicyInput> {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let jwks = issuer.jwks();
+    let mut inputs = Vec::new();
+    for p in 0..n / 10 {
+        let mut yaml = format!(
+            "name: svc-{p}\nspec:\n  hosts: [svc-{h}.example.com]\n  issuers: [{{ issuer: \"{ISS}\", audiences: [svc], algorithms: [ES256], jwks: {{ inline: {jwks} }} }}]\n  rules:\n",
+            h = p % 50
+        );
+        for r in 0..10 {
+            yaml.push_str(&format!(
+                "    - {{ name: r{r}, match: {{ paths: [{{ prefix: /api/p{p}/r{r} }}], methods: [GET] }}, require: [{{ claim: scope, containsAll: [\"s{r}\"] }}] }}\n"
+            ));
+        }
+        inputs.extend(inputs_from_yaml(&yaml));
+    }
+    inputs
+}
+
+/// The signature check with a key parsed once (what jsonwebtoken re-does per call).
+fn bench_preparsed(c: &mut Criterion) {
+    use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::RS256);
+    let token = issuer.token("orders", NOW, json!({}));
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let sig = portcullis::keys::b64url_decode(signature).unwrap();
+    let jwk = issuer.key.public_jwk();
+    let n = portcullis::keys::b64url_decode(jwk["n"].as_str().unwrap()).unwrap();
+    let e = portcullis::keys::b64url_decode(jwk["e"].as_str().unwrap()).unwrap();
+    let parsed = RsaPublicKeyComponents { n: &n[..], e: &e[..] }.to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256).unwrap();
+    c.bench_function("decide/raw-verify-preparsed-aws-lc/RS256", |b| {
+        b.iter(|| parsed.verify_sig(black_box(message.as_bytes()), &sig).unwrap())
+    });
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compile");
+    g.sample_size(10);
+    for n in [1_000, 10_000] {
+        let inputs = many_routes(n);
+        let minting = BTreeMap::new();
+        g.bench_function(format!("{n}-routes/compile+build"), |b| {
+            b.iter_batched(
+                || inputs.clone(),
+                |inputs| {
+                    let compiled = compile("default", &inputs, &BTreeMap::new());
+                    assert_eq!(compiled.config.route_count(), n);
+                    let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 1000 };
+                    black_box(Engine::build(compiled.config, &opts).unwrap())
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        let compiled = compile("default", &inputs, &BTreeMap::new());
+        let json = compiled.config.to_json();
+        let gz = compiled.config.to_gzip();
+        eprintln!("{n} routes: config {} bytes JSON, {} bytes gzip", json.len(), gz.len());
+        let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 1000 };
+        let engine = Engine::build(compiled.config.clone(), &opts).unwrap();
+        let none = HeaderMap::new();
+        let host = "svc-7.example.com";
+        let last = format!("/api/p{}/r9/item", n / 10 - 3);
+        let req = Request { method: "GET", host, target: &last, headers: &none };
+        g.bench_function(format!("{n}-routes/route-lookup"), |b| b.iter(|| black_box(engine.decide(black_box(&req), NOW))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_preparsed, bench_compile);
+criterion_main!(benches);

