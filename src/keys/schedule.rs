@@ -96,6 +96,9 @@ pub fn plan(
     requests: &Requests,
     generate: &mut Generator<'_>,
 ) -> Result<Plan, KeyError> {
+    // Whole seconds, like the JWT times the schedule protects: a key that activates "now" is
+    // active for a clock read in seconds in the same second.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let interval = spec.rotation_interval.as_std();
     let pre_publish = spec.pre_publish.as_std();
     let retain = spec.retain.as_std();
