@@ -303,9 +303,8 @@ fn apply_local(gateway: &Gateway, loaded: &Loaded, last_good: &mut HashMap<Strin
     }
     let present: Vec<String> = loaded.scanned.policies.iter().map(|(m, _)| m.key()).collect();
     last_good.retain(|k, _| present.contains(k));
-    if let Err(e) = gateway.apply(loaded.compiled.config.clone(), &loaded.rings) {
-        tracing::error!("{e}");
-    }
+    // apply() logs and counts a failure itself.
+    let _ = gateway.apply(loaded.compiled.config.clone(), &loaded.rings);
     let now = jiff::Timestamp::now();
     for (key, ring) in &loaded.rings {
         let age = ring.active().map(|k| (now - k.activates_at).get_seconds());

@@ -187,7 +187,9 @@ impl LocalDir {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&self.state_dir, std::fs::Permissions::from_mode(0o700));
+            for dir in [&self.state_dir, &self.keys_dir()] {
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            }
         }
         let lock_path = self.state_dir.join("lock");
         let lock = std::fs::OpenOptions::new()

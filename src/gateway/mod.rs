@@ -107,8 +107,15 @@ impl Gateway {
         self.slot.load().is_some()
     }
 
-    /// Builds an engine for `config` and swaps it in. On error the previous engine keeps
-    /// serving; the caller logs the error.
+    /// A config could not be loaded at all (unreadable, not a config): counted and logged; the
+    /// previous config keeps serving.
+    pub fn load_failed(&self, why: &str) {
+        self.metrics.config_reloads_failed.inc();
+        tracing::error!("config rejected, the previous config keeps serving: {why}");
+    }
+
+    /// Builds an engine for `config` and swaps it in. On error (logged and counted here) the
+    /// previous engine keeps serving.
     pub fn apply(&self, config: GatewayConfig, minting: &BTreeMap<KeyRef, KeyRing>) -> Result<Arc<Engine>, String> {
         let _guard = self.apply_lock.lock().expect("apply lock");
         let version = config.version.clone();
@@ -119,8 +126,9 @@ impl Gateway {
         let engine = match Engine::build(config, &opts) {
             Ok(e) => Arc::new(e),
             Err(e) => {
-                self.metrics.config_reloads_failed.inc();
-                return Err(format!("config {version} rejected, the previous config keeps serving: {e}"));
+                let why = format!("config {version}: {e}");
+                self.load_failed(&why);
+                return Err(why);
             }
         };
         for w in &engine.warnings {

@@ -81,9 +81,10 @@ pub async fn watch_files(gateway: Arc<Gateway>, config: PathBuf, keys: Option<Pa
         if now != last {
             last = now;
             let loaded = read_config(&config).and_then(|c| Ok((c, keys.as_deref().map(read_keys_dir).transpose()?.unwrap_or_default())));
-            match loaded.and_then(|(c, k)| gateway.apply(c, &k)) {
-                Ok(_) => {}
-                Err(e) => tracing::error!("{e}"),
+            match loaded {
+                // apply() reports its own failures.
+                Ok((c, k)) => drop(gateway.apply(c, &k)),
+                Err(e) => gateway.load_failed(&e),
             }
         }
         tokio::select! {

@@ -1,0 +1,220 @@
+//! The `portcullis` command as a user runs it: check, token, compile, the gateway on a config
+//! file (atomic swaps, bad configs), local mode's reload, and the admin endpoints.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Proc, free_port, http, portcullis, start_local, wait_ready, wait_until};
+
+fn shop_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shop");
+    for f in std::fs::read_dir(&src).unwrap().flatten().filter(|f| f.path().is_file()) {
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    dir
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(portcullis()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn token(dir: &Path, aud: &str, claims: &str) -> String {
+    let (code, out, err) = run(&[
+        "token",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--key",
+        "demo-idp",
+        "--iss",
+        "https://id.shop.example",
+        "--aud",
+        aud,
+        "--claims",
+        claims,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn check_explains_decisions_with_exit_codes() {
+    let shop = shop_copy();
+    let dir = shop.path().to_str().unwrap();
+    let reader = token(shop.path(), "orders", r#"{"sub":"alice","scope":"orders:read"}"#);
+
+    let (code, out, _) = run(&["check", "--dir", dir, "--url", "https://api.shop.example/orders/7", "--token", &reader]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ALLOW 200"), "{out}");
+    assert!(out.contains("AuthPolicy shop/orders, rule read"), "{out}");
+    assert!(out.contains("x-user-id: alice"), "{out}");
+
+    let (code, out, _) =
+        run(&["check", "--dir", dir, "--method", "DELETE", "--url", "https://api.shop.example/orders/admin/7", "--token", &reader]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DENY 403 claims_not_satisfied"), "{out}");
+    assert!(out.contains(r#"realm_access.roles containsAny ["admin"]"#), "{out}");
+    assert!(!out.contains(&reader), "check never prints the token");
+
+    let (code, out, _) = run(&[
+        "check",
+        "--dir",
+        dir,
+        "--url",
+        "https://api.shop.example/tenants/acme/orders/1",
+        "--token",
+        &token(shop.path(), "orders", r#"{"tenant":"acme"}"#),
+        "-H",
+        "X-Tenant: acme",
+    ]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out, _) = run(&["check", "--dir", dir, "--url", "https://api.shop.example/orders"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("DENY 401 missing_token") && out.contains("WWW-Authenticate: Bearer realm="), "{out}");
+
+    let (code, _, err) = run(&["check", "--dir", "/nonexistent/dir", "--url", "not a url"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn minted_internal_tokens_through_check() {
+    let shop = shop_copy();
+    let billing = token(shop.path(), "billing", r#"{"sub":"bob","scope":"billing:read","tenant":"acme"}"#);
+    let (code, out, _) =
+        run(&["check", "--dir", shop.path().to_str().unwrap(), "--url", "https://api.shop.example/billing/invoices", "--token", &billing]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("forward: a minted internal token"), "{out}");
+}
+
+#[test]
+fn keys_are_kept_private_and_stable_across_commands() {
+    let shop = shop_copy();
+    let first = token(shop.path(), "orders", "{}");
+    let second = token(shop.path(), "orders", "{}");
+    let kid = |t: &str| {
+        let header = portcullis::keys::b64url_decode(t.split('.').next().unwrap()).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(kid(&first), kid(&second));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let keys = shop.path().join(".portcullis/keys");
+        for path in [shop.path().join(".portcullis"), keys.clone()] {
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o077, 0, "{} is open to others", path.display());
+        }
+        for f in std::fs::read_dir(&keys).unwrap().flatten() {
+            assert_eq!(f.metadata().unwrap().permissions().mode() & 0o077, 0, "{} is readable by others", f.path().display());
+        }
+    }
+    let (code, out, _) = run(&["keys", "list", "--dir", shop.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&kid(&first)) && out.contains("Active") && out.contains("next transition"), "{out}");
+}
+
+#[test]
+fn gateway_on_a_config_file_swaps_atomically_and_keeps_the_last_good_config() {
+    let shop = shop_copy();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.json");
+    let (code, _, err) = run(&["compile", "--dir", shop.path().to_str().unwrap(), "--out", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v1 = portcullis::policy::GatewayConfig::from_bytes(&std::fs::read(&config).unwrap()).unwrap().version;
+
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(portcullis());
+    cmd.args(["gateway", "--config", config.to_str().unwrap(), "--keys"]).arg(shop.path().join(".portcullis/keys")).args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+    ]);
+    let mut gw = Proc::spawn("gateway", &mut cmd, work.path().join("gateway.log"));
+    wait_ready(&mut gw, admin);
+    assert_eq!(http(port, "GET", "x", "/readyz", &[]).unwrap().status, 404, "admin endpoints live on the admin port");
+    let reader = token(shop.path(), "orders", r#"{"scope":"orders:read"}"#);
+    let auth = format!("Bearer {reader}");
+    let ask = || http(port, "GET", "api.shop.example", "/ext_authz/orders", &[("Authorization", &auth)]).unwrap().status;
+    assert_eq!(ask(), 200);
+
+    // A broken config: rejected with a clear log line, the old one keeps serving.
+    std::fs::write(&config, b"{ not json").unwrap();
+    wait_until("the broken config to be rejected", Duration::from_secs(10), || {
+        gw.log_text().contains("not a gateway config").then_some(())
+    });
+    assert_eq!(ask(), 200);
+    assert!(http(admin, "GET", "x", "/readyz", &[]).unwrap().body.ends_with(format!("{v1}\n").as_bytes()));
+
+    // A config edited after compilation no longer matches its version: refused too.
+    let (_, compiled, _) = run(&["compile", "--dir", shop.path().to_str().unwrap()]);
+    std::fs::write(&config, compiled.replace(r#""name":"read""#, r#""name":"reed""#)).unwrap();
+    wait_until("the tampered config to be rejected", Duration::from_secs(10), || {
+        gw.log_text().contains("altered after compilation").then_some(())
+    });
+    assert_eq!(ask(), 200);
+
+    // A valid new config (orders removed): swapped in.
+    std::fs::remove_file(shop.path().join("orders.yaml")).unwrap();
+    let (code, _, err) = run(&["compile", "--dir", shop.path().to_str().unwrap(), "--out", config.to_str().unwrap(), "--gzip"]);
+    assert_eq!(code, 0, "{err}");
+    wait_until("the new config", Duration::from_secs(10), || (ask() == 403).then_some(()));
+
+    let metrics = String::from_utf8(http(admin, "GET", "x", "/metrics", &[]).unwrap().body).unwrap();
+    assert!(!metrics.contains(r#"policy="shop/orders""#), "metrics of removed policies are dropped");
+    assert!(metrics.contains(r#"portcullis_decisions_total{policy="",result="deny"} 1"#), "{metrics}");
+    assert!(metrics.contains("portcullis_config_reloads_total{result=\"failure\"} 2"), "{metrics}");
+    assert!(metrics.contains("portcullis_config_reloads_total{result=\"success\"} 2"), "{metrics}");
+    assert!(metrics.contains(r#"portcullis_denials_total{reason="no_route"}"#), "{metrics}");
+    assert!(metrics.contains("portcullis_decision_duration_seconds_bucket"), "{metrics}");
+    assert!(!gw.log_text().contains(&reader), "the log never holds a token");
+}
+
+#[test]
+fn local_mode_reloads_and_keeps_a_broken_policy_serving_its_last_good_version() {
+    let shop = shop_copy();
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let pc = start_local(shop.path(), port, log.path().to_owned());
+    let reader = token(shop.path(), "orders", r#"{"scope":"orders:read"}"#);
+    let auth = format!("Bearer {reader}");
+    let ask = |path: &str| http(port, "GET", "api.shop.example", &format!("/ext_authz{path}"), &[("Authorization", &auth)]).unwrap().status;
+    assert_eq!(ask("/orders/1"), 200);
+
+    // Break the policy: the old version keeps serving, and the log says why.
+    let orders = shop.path().join("orders.yaml");
+    let good = std::fs::read_to_string(&orders).unwrap();
+    std::fs::write(&orders, good.replace("prefix: /orders }]\n        methods", "prefix: /orders/../x }]\n        methods")).unwrap();
+    wait_until("the rejection", Duration::from_secs(10), || pc.log_text().contains("REJECTED  AuthPolicy shop/orders").then_some(()));
+    assert!(pc.log_text().contains("previous version keeps serving"), "{}", pc.log_text());
+    assert_eq!(ask("/orders/1"), 200);
+
+    // A misspelt field is an error, not a silently open route.
+    std::fs::write(&orders, good.replace("      require:\n        - claim: scope", "      requir:\n        - claim: scope")).unwrap();
+    wait_until("the unknown field", Duration::from_secs(10), || {
+        pc.log_text().contains("unknown field(s) spec.rules[2].requir").then_some(())
+    });
+
+    // A real change takes effect.
+    std::fs::write(&orders, good.replace(r#"containsAll: ["orders:read"]"#, r#"containsAll: ["orders:list"]"#)).unwrap();
+    wait_until("the new policy", Duration::from_secs(10), || (ask("/orders/1") == 403).then_some(()));
+}
+
+#[test]
+fn an_empty_directory_is_served_and_denies_everything() {
+    let empty = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(portcullis());
+    cmd.args(["local", "--dir", empty.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]);
+    let mut p = Proc::spawn("portcullis", &mut cmd, empty.path().join("log"));
+    // An empty config is still a config: ready, and everything is denied.
+    wait_ready(&mut p, port);
+    assert_eq!(http(port, "GET", "x", "/healthz", &[]).unwrap().status, 200);
+    assert_eq!(http(port, "GET", "any.host", "/ext_authz/anything", &[]).unwrap().status, 403);
+    let jwks = http(port, "GET", "x", "/.well-known/jwks.json", &[]).unwrap().json();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 0);
+}

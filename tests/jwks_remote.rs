@@ -1,0 +1,130 @@
+//! Remote JWKS (`jwks.uri`) over real HTTP: fetched at start, refetched once (rate-limited) on an
+//! unknown kid, and on failure — an error, or a set without usable keys — the last good keys stay.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis::api::SigningAlgorithm;
+use portcullis::gateway::metrics::Metrics;
+use portcullis::gateway::{Endpoints, Gateway, serve};
+use portcullis::testkit::{TestIssuer, compile_yaml};
+use serde_json::{Value, json};
+
+/// A JWKS endpoint whose answer the test changes, counting requests.
+struct IdpServer {
+    port: u16,
+    answer: Arc<Mutex<(u16, String)>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl IdpServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = Arc::new(Mutex::new((200, "{\"keys\":[]}".to_owned())));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (a, h) = (answer.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                h.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = a.lock().unwrap().clone();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { port, answer, hits }
+    }
+
+    fn serve(&self, status: u16, keys: &[&TestIssuer]) {
+        let keys: Vec<Value> = keys.iter().map(|i| i.jwks()["keys"][0].clone()).collect();
+        *self.answer.lock().unwrap() = (status, json!({ "keys": keys }).to_string());
+    }
+}
+
+const ISS: &str = "https://idp.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_keys_are_fetched_refetched_on_unknown_kid_and_kept_on_failure() {
+    let idp = IdpServer::start();
+    let a = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let b = TestIssuer::new(ISS, SigningAlgorithm::RS256);
+    let c = TestIssuer::new(ISS, SigningAlgorithm::EdDSA);
+    idp.serve(200, &[&a]);
+
+    let yaml = format!(
+        "name: api\nspec:\n  issuers: [{{ issuer: \"{ISS}\", audiences: [api], algorithms: [ES256, RS256, EdDSA], jwks: {{ uri: \"http://127.0.0.1:{}/jwks\", refreshInterval: 1h }} }}]\n  rules: [{{ name: all, match: {{ paths: [{{ prefix: / }}] }} }}]\n",
+        idp.port
+    );
+    let compiled = compile_yaml("default", &yaml, &Default::default());
+    let gateway = Gateway::new("https://gw.test", Metrics::new(), Duration::from_millis(800));
+    let engine = gateway.apply(compiled.config, &Default::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve(listener, gateway.clone(), Endpoints::All, stop_rx, Duration::from_secs(1)));
+
+    let ask = move |issuer: &TestIssuer| {
+        let auth = format!("Bearer {}", issuer.token("api", now(), json!({})));
+        async move {
+            tokio::task::spawn_blocking(move || common::http(port, "GET", "h", "/ext_authz/x", &[("Authorization", &auth)]).unwrap().status)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Fetched at start.
+    let set = engine.remote_key_sets()[0].clone();
+    for _ in 0..100 {
+        if set.state().loaded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(set.state().loaded, "the JWKS was fetched");
+    assert_eq!(ask(&a).await, 200);
+    let hits_after_start = idp.hits.load(Ordering::SeqCst);
+
+    // The IdP rotates in a new key: the unknown kid triggers one refetch and the request passes.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    idp.serve(200, &[&a, &b]);
+    assert_eq!(ask(&b).await, 200);
+    assert_eq!(idp.hits.load(Ordering::SeqCst), hits_after_start + 1);
+
+    // Another new key right away: the refetch is rate-limited, so the token is refused ...
+    idp.serve(200, &[&a, &b, &c]);
+    assert_eq!(ask(&c).await, 401);
+    assert_eq!(idp.hits.load(Ordering::SeqCst), hits_after_start + 1, "no second fetch inside the rate limit");
+    // ... and accepted once the limit has passed.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(ask(&c).await, 200);
+
+    // The IdP fails, then answers a set without any usable key: the last good keys stay.
+    let d = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    for (status, body) in [(500, "oops".to_owned()), (200, json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).to_string())] {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        *idp.answer.lock().unwrap() = (status, body);
+        let before = idp.hits.load(Ordering::SeqCst);
+        assert_eq!(ask(&d).await, 401, "an unknown kid is still unknown");
+        assert_eq!(idp.hits.load(Ordering::SeqCst), before + 1);
+        assert_eq!(ask(&a).await, 200, "known keys keep working after a failed fetch");
+        assert_eq!(ask(&c).await, 200);
+    }
+    let metrics = gateway.metrics.render();
+    let uri = format!("http://127.0.0.1:{}/jwks", idp.port);
+    assert!(metrics.contains(&format!(r#"portcullis_jwks_fetches_total{{result="failure",uri="{uri}"}} 2"#)), "{metrics}");
+    assert!(metrics.contains(&format!(r#"portcullis_jwks_keys{{uri="{uri}"}} 3"#)), "{metrics}");
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
