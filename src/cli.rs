@@ -305,12 +305,6 @@ fn apply_local(gateway: &Gateway, loaded: &Loaded, last_good: &mut HashMap<Strin
     last_good.retain(|k, _| present.contains(k));
     // apply() logs and counts a failure itself.
     let _ = gateway.apply(loaded.compiled.config.clone(), &loaded.rings);
-    let now = jiff::Timestamp::now();
-    for (key, ring) in &loaded.rings {
-        let age = ring.active().map(|k| (now - k.activates_at).get_seconds());
-        let next = crate::keys::schedule::next_transition(ring, &loaded.specs[key]).map(|t| (t - now).get_seconds().max(0));
-        gateway.metrics.signing_key(&key.to_string(), age, next);
-    }
 }
 
 async fn run_local(args: LocalArgs) -> Result<u8> {

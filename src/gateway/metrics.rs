@@ -139,17 +139,20 @@ impl Metrics {
         }
     }
 
-    pub fn signing_key(&self, key: &str, active_age_secs: Option<i64>, next_transition_secs: Option<i64>) {
-        match active_age_secs {
-            Some(s) => self.signing_key_age.with_label_values(&[key]).set(s),
-            None => {
-                let _ = self.signing_key_age.remove_label_values(&[key]);
+    /// Key age and time to the next transition of every SigningKey in the config, at `now`.
+    pub fn signing_keys(&self, config: &crate::policy::GatewayConfig, now: jiff::Timestamp) {
+        self.signing_key_age.reset();
+        self.signing_key_next.reset();
+        for k in &config.signing_keys {
+            let key = format!("{}/{}", k.namespace, k.name);
+            let current = k.signing.iter().filter(|w| w.contains(now)).max_by_key(|w| w.from);
+            if let Some(w) = current {
+                self.signing_key_age.with_label_values(&[&key]).set((now - w.from).get_seconds().max(0));
             }
-        }
-        match next_transition_secs {
-            Some(s) => self.signing_key_next.with_label_values(&[key]).set(s),
-            None => {
-                let _ = self.signing_key_next.remove_label_values(&[key]);
+            let next_window = k.signing.iter().map(|w| w.from).filter(|from| *from > now).min();
+            let next = [next_window, k.next_transition].into_iter().flatten().filter(|t| *t > now).min();
+            if let Some(t) = next {
+                self.signing_key_next.with_label_values(&[&key]).set((t - now).get_seconds());
             }
         }
     }

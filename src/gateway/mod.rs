@@ -193,6 +193,7 @@ impl Gateway {
             "/metrics" if admin => {
                 if let Some(s) = &*self.slot.load() {
                     self.metrics.token_cache_entries.set(s.engine.cached_tokens() as i64);
+                    self.metrics.signing_keys(&s.engine.config, jiff::Timestamp::now());
                 }
                 simple(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(self.metrics.render()))
             }

@@ -96,9 +96,11 @@ pub fn plan(
     requests: &Requests,
     generate: &mut Generator<'_>,
 ) -> Result<Plan, KeyError> {
-    // Whole seconds, like the JWT times the schedule protects: a key that activates "now" is
-    // active for a clock read in seconds in the same second.
-    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    // Tokens and gateways count whole seconds. A key that signs "at once" starts at the second
+    // already begun (so a clock read in seconds sees it now); a scheduled key starts on a whole
+    // second no earlier than prePublish after its real creation.
+    let now_floor = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let now_ceil = if now_floor == now { now } else { Timestamp::from_second(now.as_second() + 1).unwrap_or(now) };
     let interval = spec.rotation_interval.as_std();
     let pre_publish = spec.pre_publish.as_std();
     let retain = spec.retain.as_std();
@@ -130,12 +132,12 @@ pub fn plan(
     if let Some(request) = rotate {
         ring.last_rotate_request = Some(request.clone());
         events.push(Event::RotationRequested { request });
-        let due = if requests.immediate() { now } else { plus(now, pre_publish) };
+        let due = if requests.immediate() { now_floor } else { plus(now_ceil, pre_publish) };
         let has_active = ring.active().is_some();
         match ring.keys.iter_mut().filter(|k| k.state == KeyState::Pending).min_by_key(|k| k.activates_at) {
             // Never earlier than prePublish after the key appeared, unless immediate.
             Some(p) => {
-                p.activates_at = p.activates_at.min(due.max(if requests.immediate() { now } else { plus(p.created_at, pre_publish) }))
+                p.activates_at = p.activates_at.min(due.max(if requests.immediate() { now_floor } else { plus(p.created_at, pre_publish) }))
             }
             None if has_active => new_key(&mut ring, &mut events, KeyState::Pending, due)?,
             None => {}
@@ -148,7 +150,7 @@ pub fn plan(
         && !ring.keys.iter().any(|k| k.state == KeyState::Pending && k.algorithm == spec.algorithm)
     {
         ring.keys.retain(|k| k.state != KeyState::Pending);
-        let due = plus(now, pre_publish);
+        let due = plus(now_ceil, pre_publish);
         new_key(&mut ring, &mut events, KeyState::Pending, due)?;
     }
 
@@ -159,10 +161,10 @@ pub fn plan(
             match ring.keys.iter_mut().filter(|k| k.state == KeyState::Pending).min_by_key(|k| k.activates_at) {
                 Some(p) => {
                     p.state = KeyState::Active;
-                    p.activates_at = p.activates_at.min(now);
+                    p.activates_at = p.activates_at.min(now_floor);
                     events.push(Event::Activated { kid: p.kid.clone() });
                 }
-                None => new_key(&mut ring, &mut events, KeyState::Active, now)?,
+                None => new_key(&mut ring, &mut events, KeyState::Active, now_floor)?,
             }
             continue;
         }
@@ -194,8 +196,8 @@ pub fn plan(
         let active = ring.active().expect("an active key exists here");
         let has_successor = ring.keys.iter().any(|k| k.state == KeyState::Pending);
         let due = plus(active.activates_at, interval);
-        if !has_successor && now >= minus(due, pre_publish) {
-            let activates_at = due.max(plus(now, pre_publish));
+        if !has_successor && now >= successor_due(active.activates_at, spec) {
+            let activates_at = due.max(plus(now_ceil, pre_publish));
             new_key(&mut ring, &mut events, KeyState::Pending, activates_at)?;
             continue;
         }
@@ -212,14 +214,18 @@ pub fn plan(
     Ok(Plan { ring, next_wakeup, events })
 }
 
+/// When the successor of a key that signs from `activates_at` is created: prePublish before the
+/// key is due to retire, and one second more, so that a successor created a fraction of a
+/// second late still activates exactly on time (activation is rounded up to whole seconds).
+fn successor_due(activates_at: Timestamp, spec: &SigningKeySpec) -> Timestamp {
+    minus(plus(activates_at, spec.rotation_interval.as_std()), spec.pre_publish.as_std() + std::time::Duration::from_secs(1))
+}
+
 /// When the schedule next changes something: a Pending key activates, a Retired key leaves, or
 /// the Active key's successor is due to be created.
 pub fn next_transition(ring: &KeyRing, spec: &SigningKeySpec) -> Option<Timestamp> {
     let has_successor = ring.keys.iter().any(|k| k.state == KeyState::Pending);
-    let successor_due = ring
-        .active()
-        .filter(|_| !has_successor)
-        .map(|a| minus(plus(a.activates_at, spec.rotation_interval.as_std()), spec.pre_publish.as_std()));
+    let successor_due = ring.active().filter(|_| !has_successor).map(|a| successor_due(a.activates_at, spec));
     ring.keys
         .iter()
         .filter_map(|k| match k.state {
@@ -244,6 +250,7 @@ pub fn publish(key: &KeyRef, spec: &SigningKeySpec, ring: &KeyRing) -> Result<Pu
         max_age_secs: spec.pre_publish.as_secs().max(1),
         keys,
         retain_secs: spec.retain.as_secs(),
+        next_transition: next_transition(ring, spec),
     })
 }
 
@@ -297,7 +304,7 @@ mod tests {
         let s = spec(100, 10, 20);
         let p = run(0, &s, KeyRing::new(), &Requests::default());
         assert_eq!(states(&p.ring), [KeyState::Active]);
-        assert_eq!(p.next_wakeup, Some(t(90)), "the successor is due prePublish before rotation");
+        assert_eq!(p.next_wakeup, Some(t(89)), "the successor is due prePublish (and a second) before rotation");
         assert!(matches!(&p.events[..], [Event::Created { .. }, Event::Activated { .. }]));
     }
 
@@ -307,7 +314,7 @@ mod tests {
         let none = Requests::default();
         let p0 = run(0, &s, KeyRing::new(), &none);
         let first = p0.ring.keys[0].kid.clone();
-        let p1 = run(90, &s, p0.ring, &none);
+        let p1 = run(89, &s, p0.ring, &none);
         assert_eq!(states(&p1.ring), [KeyState::Active, KeyState::Pending]);
         assert_eq!(p1.ring.keys[1].activates_at, t(100));
         assert_eq!(p1.ring.keys[0].retires_at, Some(t(100)));
@@ -318,8 +325,27 @@ mod tests {
         assert_eq!(p2.next_wakeup, Some(t(120)));
         let p3 = run(120, &s, p2.ring, &none);
         assert!(p3.ring.keys.iter().all(|k| k.kid != first));
-        assert_eq!(p3.next_wakeup, Some(t(190)));
+        assert_eq!(p3.next_wakeup, Some(t(189)));
         assert!(!run(150, &s, p3.ring, &none).changed(), "nothing is due in between");
+    }
+
+    #[test]
+    fn fractional_clocks_never_shorten_the_pre_publication() {
+        let s = spec(100, 10, 20);
+        let at = |ms: i64| t(0).checked_add(jiff::SignedDuration::from_millis(ms)).unwrap();
+        let p0 = plan(at(400), &s, KeyRing::new(), &Requests::default(), &mut generate).unwrap();
+        assert_eq!(p0.ring.keys[0].activates_at, t(0), "a first key signs in the second already begun");
+        // Woken 0.4s after the successor was due to be created: it still activates on time.
+        let p1 = plan(at(89_400), &s, p0.ring, &Requests::default(), &mut generate).unwrap();
+        let successor = &p1.ring.keys[1];
+        assert_eq!(successor.created_at, at(89_400));
+        assert_eq!(successor.activates_at, t(100));
+        // Woken 1.4s late: the pre-publication is not shortened, the rotation waits.
+        let p0 = plan(at(400), &s, KeyRing::new(), &Requests::default(), &mut generate).unwrap();
+        let p1 = plan(at(90_400), &s, p0.ring, &Requests::default(), &mut generate).unwrap();
+        let successor = &p1.ring.keys[1];
+        assert_eq!(successor.activates_at, t(101));
+        assert!(successor.activates_at.duration_since(successor.created_at) >= jiff::SignedDuration::from_secs(10));
     }
 
     #[test]
@@ -374,7 +400,7 @@ mod tests {
     #[test]
     fn windows_hand_over_at_activation() {
         let s = spec(100, 10, 20);
-        let p = run(90, &s, run(0, &s, KeyRing::new(), &Requests::default()).ring, &Requests::default());
+        let p = run(89, &s, run(0, &s, KeyRing::new(), &Requests::default()).ring, &Requests::default());
         let w = signing_windows(&p.ring);
         assert_eq!(w.len(), 2);
         assert_eq!((w[0].from, w[0].until), (t(0), Some(t(100))));

@@ -142,6 +142,9 @@ pub struct PublishedKeys {
     pub keys: Vec<JwkObject>,
     /// The SigningKey's retain, in seconds (checked against token lifetimes).
     pub retain_secs: u64,
+    /// When the schedule next changes a key's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_transition: Option<Timestamp>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
