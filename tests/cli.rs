@@ -185,6 +185,19 @@ fn local_mode_reloads_and_keeps_a_broken_policy_serving_its_last_good_version() 
     let ask = |path: &str| http(port, "GET", "api.shop.example", &format!("/ext_authz{path}"), &[("Authorization", &auth)]).unwrap().status;
     assert_eq!(ask("/orders/1"), 200);
 
+    // What downstream services use to verify internal tokens, and what people watch.
+    let jwks = http(port, "GET", "x", "/.well-known/jwks.json", &[]).unwrap();
+    assert_eq!(jwks.header("cache-control"), Some("public, max-age=300"), "max-age is the shortest prePublish (5m)");
+    assert_eq!(jwks.json()["keys"].as_array().unwrap().len(), 2);
+    let discovery = http(port, "GET", "x", "/.well-known/openid-configuration", &[]).unwrap().json();
+    assert_eq!(discovery["jwks_uri"], format!("http://127.0.0.1:{port}/.well-known/jwks.json"));
+    assert_eq!(discovery["issuer"], format!("http://127.0.0.1:{port}"));
+    let metrics = String::from_utf8(http(port, "GET", "x", "/metrics", &[]).unwrap().body).unwrap();
+    for key in ["shop/internal", "shop/demo-idp"] {
+        assert!(metrics.contains(&format!("portcullis_signing_key_active_age_seconds{{signing_key=\"{key}\"}}")), "{metrics}");
+        assert!(metrics.contains(&format!("portcullis_signing_key_next_transition_seconds{{signing_key=\"{key}\"}}")), "{metrics}");
+    }
+
     // Break the policy: the old version keeps serving, and the log says why.
     let orders = shop.path().join("orders.yaml");
     let good = std::fs::read_to_string(&orders).unwrap();

@@ -418,3 +418,34 @@ spec:
         assert!(text.contains(expected), "missing {expected:?} in {text}");
     }
 }
+
+#[test]
+fn a_token_lifetime_longer_than_the_keys_retain_is_refused_on_the_policy() {
+    use crate::keys::schedule::{Requests, generate, plan, publish};
+    let spec: crate::api::SigningKeySpec =
+        serde_json::from_value(json!({"algorithm": "EdDSA", "rotationInterval": "1h", "prePublish": "1m", "retain": "5m"})).unwrap();
+    let key = crate::policy::KeyRef { namespace: "default".into(), name: "internal".into() };
+    let ring =
+        plan(jiff::Timestamp::from_second(NOW).unwrap(), &spec, Default::default(), &Requests::default(), &mut generate).unwrap().ring;
+    let keys = BTreeMap::from([(key.clone(), publish(&key, &spec, &ring).unwrap())]);
+    let yaml = |ttl: &str| {
+        format!(
+            r#"
+name: p
+spec:
+  issuers: [{{ issuer: x, audiences: [a], algorithms: [ES256], jwks: {{ uri: "https://x/jwks" }} }}]
+  rules: [{{ name: r, match: {{ paths: [{{ prefix: / }}] }} }}]
+  forward: {{ token: issue, issue: {{ signingKeyRef: {{ name: internal }}, audience: up, ttl: {ttl} }} }}
+"#
+        )
+    };
+    let ok = compile_yaml("default", &yaml("5m"), &keys);
+    assert_eq!(ok.outcomes[0].outcome, Outcome::Accepted);
+    let too_long = compile_yaml("default", &yaml("10m"), &keys);
+    let Outcome::Rejected { rejection, .. } = &too_long.outcomes[0].outcome else { panic!() };
+    assert_eq!(rejection.reason, RejectReason::Invalid);
+    assert!(rejection.message().contains("could outlive their key"), "{}", rejection.message());
+    let missing = compile_yaml("default", &yaml("5m"), &BTreeMap::new());
+    let Outcome::Rejected { rejection, .. } = &missing.outcomes[0].outcome else { panic!() };
+    assert_eq!(rejection.reason, RejectReason::KeyNotFound);
+}

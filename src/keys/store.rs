@@ -251,4 +251,19 @@ mod tests {
         ring.keys[0].kid = "forged".into();
         assert!(ring.key_pairs().unwrap_err().to_string().contains("does not match"));
     }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_previous_keyring_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring.json");
+        let old = ring_with_one_key(SigningAlgorithm::ES256);
+        write_keyring(&path, &old).unwrap();
+        // A writer killed after writing part of the temporary file, before renaming it.
+        std::fs::write(dir.path().join(".ring.json.tmp"), &old.to_json()[..40]).unwrap();
+        assert_eq!(read_keyring(&path).unwrap().unwrap(), old);
+        let new = ring_with_one_key(SigningAlgorithm::ES256);
+        write_keyring(&path, &new).unwrap();
+        assert_eq!(read_keyring(&path).unwrap().unwrap(), new);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left behind");
+    }
 }
