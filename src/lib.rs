@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod decide;
 pub mod gateway;
+pub mod http;
 pub mod keys;
 pub mod local;
 pub mod policy;

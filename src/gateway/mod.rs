@@ -14,24 +14,21 @@ pub mod metrics;
 pub mod source;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Denied, Engine, Request};
+use crate::http::reply;
 use crate::keys::store::KeyRing;
 use crate::policy::{GatewayConfig, KeyRef};
 use jwks::JwksRegistry;
@@ -182,12 +179,12 @@ impl Gateway {
             }
             "/.well-known/jwks.json" if decisions => self.jwks_response(),
             "/.well-known/openid-configuration" if decisions => match &*self.slot.load() {
-                Some(s) => simple(StatusCode::OK, "application/json", s.discovery.clone()),
+                Some(s) => reply(StatusCode::OK, "application/json", s.discovery.clone()),
                 None => not_ready(),
             },
-            "/healthz" if admin => simple(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+            "/healthz" if admin => reply(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
             "/readyz" if admin => match &*self.slot.load() {
-                Some(s) => simple(StatusCode::OK, "text/plain", Bytes::from(format!("ready: config {}\n", s.engine.version()))),
+                Some(s) => reply(StatusCode::OK, "text/plain", Bytes::from(format!("ready: config {}\n", s.engine.version()))),
                 None => not_ready(),
             },
             "/metrics" if admin => {
@@ -195,15 +192,15 @@ impl Gateway {
                     self.metrics.token_cache_entries.set(s.engine.cached_tokens() as i64);
                     self.metrics.signing_keys(&s.engine.config, jiff::Timestamp::now());
                 }
-                simple(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(self.metrics.render()))
+                reply(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(self.metrics.render()))
             }
-            _ => simple(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
         }
     }
 
     fn jwks_response(&self) -> Response<Full<Bytes>> {
         let Some(slot) = &*self.slot.load() else { return not_ready() };
-        let mut resp = simple(StatusCode::OK, "application/jwk-set+json", slot.jwks.clone());
+        let mut resp = reply(StatusCode::OK, "application/jwk-set+json", slot.jwks.clone());
         resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::try_from(format!("public, max-age={}", slot.jwks_max_age)).expect("ascii"));
         resp
     }
@@ -218,7 +215,7 @@ impl Gateway {
                     .unwrap_or(req.method().as_str());
                 let Some(target) = header_utf8(headers, &X_FORWARDED_URI).or_else(|| header_utf8(headers, &X_ORIGINAL_URI)) else {
                     tracing::warn!("authorization request without X-Forwarded-Uri or X-Original-URI: check the proxy configuration");
-                    return simple(
+                    return reply(
                         StatusCode::BAD_REQUEST,
                         "text/plain",
                         Bytes::from_static(b"X-Forwarded-Uri or X-Original-URI is required\n"),
@@ -314,15 +311,8 @@ fn header_utf8<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str>
     headers.get(name).map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{fffd}")).filter(|s| !s.is_empty())
 }
 
-fn simple(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp
-}
-
 fn not_ready() -> Response<Full<Bytes>> {
-    simple(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"no config loaded yet\n"))
+    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"no config loaded yet\n"))
 }
 
 /// RFC 6750 `WWW-Authenticate` for a denial, if it needs one.
@@ -344,7 +334,7 @@ pub fn www_authenticate(realm: &str, d: &Denied) -> Option<String> {
 fn deny_response(realm: &str, d: &Denied) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(d.reason.status()).expect("valid status");
     let body = json!({"error": d.reason.bearer_error().unwrap_or(d.reason.as_str()), "reason": d.reason.as_str(), "description": d.reason.description()});
-    let mut resp = simple(status, "application/json", Bytes::from(body.to_string()));
+    let mut resp = reply(status, "application/json", Bytes::from(body.to_string()));
     let h = resp.headers_mut();
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(v) = www_authenticate(realm, d).and_then(|v| HeaderValue::try_from(v).ok()) {
@@ -365,64 +355,13 @@ pub fn public_jwks(config: &GatewayConfig) -> serde_json::Value {
     json!({ "keys": keys })
 }
 
-/// Serves one listener until `shutdown` turns true, then drains open connections (at most
-/// `drain`).
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    endpoints: Endpoints,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let gw = gateway.clone();
-                let svc = service_fn(move |req| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(gw.handle(req, endpoints).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after {drain:?}; closing them");
-    }
+/// Serves one listener with the gateway's endpoints until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, endpoints: Endpoints, shutdown: watch::Receiver<bool>, drain: Duration) {
+    let handler = move |req| {
+        let gw = gateway.clone();
+        async move { gw.handle(req, endpoints).await }
+    };
+    crate::http::serve(listener, handler, shutdown, drain).await
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
+pub use crate::http::shutdown_signal;
