@@ -37,8 +37,10 @@ enum LogFormat {
 enum Command {
     /// Run the gateway authorizer on the resources of a directory (no cluster needed).
     Local(LocalArgs),
-    /// Run the gateway authorizer on a compiled config file.
+    /// Run the gateway authorizer on a compiled config (a file, or a ConfigMap through the API).
     Gateway(GatewayArgs),
+    /// Run the Kubernetes controller.
+    Controller(ControllerArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
     Crds {
         /// Write one file per CRD into this directory instead of printing.
@@ -99,15 +101,51 @@ struct LocalArgs {
 }
 
 #[derive(Args, Debug)]
+#[group(id = "source", required = true, multiple = false, args = ["config", "configmap"])]
 struct GatewayArgs {
     /// Compiled config (JSON or gzip), e.g. a mounted ConfigMap's file; reloaded when it changes.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Directory of keyrings for minting (`<namespace>.<name>.json`), e.g. a mounted Secret.
-    #[arg(long)]
+    #[arg(long, requires = "config")]
     keys: Option<PathBuf>,
+    /// The gateway ConfigMap, `NAMESPACE/NAME`, watched through the API together with its
+    /// `-keys` Secret (and nothing else).
+    #[arg(long, env = "PORTCULLIS_CONFIGMAP")]
+    configmap: Option<String>,
     #[command(flatten)]
     serve: ServeArgs,
+}
+
+#[derive(Args, Debug)]
+struct ControllerArgs {
+    /// Namespace of the controller: gateway ConfigMaps and Secrets and the Lease live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis")]
+    namespace: String,
+    /// Watch only these namespaces (comma-separated); default: all.
+    #[arg(long, env = "PORTCULLIS_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Gateways that get a config even before a policy names them (comma-separated).
+    #[arg(long, env = "PORTCULLIS_GATEWAYS", value_delimiter = ',', default_value = "default")]
+    gateways: Vec<String>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// The Lease that elects the one replica that writes.
+    #[arg(long, default_value = "portcullis-controller")]
+    lease_name: String,
+    /// Run without leader election (a single replica only).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// This replica's name in the Lease (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Quiet time that ends a burst of changes before compiling.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// The longest a change waits to be compiled during a continuous burst.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_delay: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -226,6 +264,7 @@ async fn run(command: Command) -> Result<u8> {
     match command {
         Command::Local(args) => run_local(args).await,
         Command::Gateway(args) => run_gateway(args).await,
+        Command::Controller(args) => run_controller(args).await,
         Command::Crds { out } => write_crds(out.as_deref()),
         Command::Check(args) => run_check(args).await,
         Command::Token(args) => run_token(args),
@@ -274,21 +313,91 @@ fn issuer_url(args: &ServeArgs) -> String {
 async fn run_gateway(args: GatewayArgs) -> Result<u8> {
     let gateway = Gateway::new(&issuer_url(&args.serve), Metrics::new(), args.serve.jwks_min_refetch);
     let (stop, tasks, addr) = start_serving(&gateway, &args.serve).await?;
-    tracing::info!(%addr, config = %args.config.display(), "gateway listening");
-    let watcher = tokio::spawn(crate::gateway::source::watch_files(
-        gateway.clone(),
-        args.config.clone(),
-        args.keys.clone(),
-        Duration::from_secs(1),
-        stop.subscribe(),
-    ));
+    let source = match (&args.config, &args.configmap) {
+        (Some(path), _) => {
+            tracing::info!(%addr, config = %path.display(), "gateway listening");
+            tokio::spawn(crate::gateway::source::watch_files(
+                gateway.clone(),
+                path.clone(),
+                args.keys.clone(),
+                Duration::from_secs(1),
+                stop.subscribe(),
+            ))
+        }
+        (None, Some(cm)) => {
+            let (namespace, name) = cm.split_once('/').context("--configmap must be NAMESPACE/NAME")?;
+            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            tracing::info!(%addr, configmap = %cm, "gateway listening");
+            tokio::spawn(crate::gateway::cluster::watch_configmap(
+                gateway.clone(),
+                client,
+                namespace.to_owned(),
+                name.to_owned(),
+                stop.subscribe(),
+            ))
+        }
+        (None, None) => bail!("give --config FILE or --configmap NAMESPACE/NAME"),
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     for t in tasks {
         let _ = t.await;
     }
-    let _ = watcher.await;
+    let _ = source.await;
+    Ok(0)
+}
+
+async fn run_controller(args: ControllerArgs) -> Result<u8> {
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| format!("portcullis-{}", std::process::id()))
+    });
+    let opts = crate::controller::Options {
+        namespace: args.namespace,
+        scope: if args.watch_namespaces.is_empty() {
+            crate::controller::Scope::All
+        } else {
+            crate::controller::Scope::Namespaces(args.watch_namespaces)
+        },
+        gateways: args.gateways,
+        identity,
+        lease_name: (!args.no_leader_election).then_some(args.lease_name),
+        debounce: args.debounce,
+        max_delay: args.max_delay,
+    };
+    let metrics = crate::controller::metrics::ControllerMetrics::new();
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.admin_listen).await.with_context(|| format!("binding {}", args.admin_listen))?;
+    tracing::info!(admin = %listener.local_addr()?, namespace = %opts.namespace, "controller starting");
+    let ctx_cell: Arc<tokio::sync::OnceCell<Arc<crate::controller::Context>>> = Arc::default();
+    let admin_metrics = metrics.clone();
+    let cell = ctx_cell.clone();
+    let admin = tokio::spawn(crate::http::serve(
+        listener,
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let (cell, metrics) = (cell.clone(), admin_metrics.clone());
+            async move {
+                match cell.get() {
+                    Some(ctx) => crate::controller::admin(ctx.clone(), req).await,
+                    // Before the watches exist: alive, not ready.
+                    None => match req.uri().path() {
+                        "/healthz" => crate::http::reply(http::StatusCode::OK, "text/plain", "ok\n"),
+                        "/metrics" => crate::http::reply(http::StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                        _ => crate::http::reply(http::StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n"),
+                    },
+                }
+            }
+        },
+        admin_rx,
+        Duration::from_secs(5),
+    ));
+    let ctx = crate::controller::run(client, opts, metrics, shutdown_signal(), ctx_cell.clone()).await?;
+    drop(ctx);
+    let _ = admin_stop.send(true);
+    let _ = admin.await;
     Ok(0)
 }
 

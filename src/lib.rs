@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod decide;
 pub mod gateway;
 pub mod http;

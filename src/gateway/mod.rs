@@ -9,6 +9,7 @@
 //!                                   ArcSwap<Slot{Engine, counters}> ◀── apply(config) ◀── file / ConfigMap / local dir
 //! ```
 
+pub mod cluster;
 pub mod jwks;
 pub mod metrics;
 pub mod source;

@@ -1,0 +1,353 @@
+//! The apply layer and the reconcilers against a mocked API server (`tower-test`, as kube-rs's
+//! controller-rs does): each test lists the exact conversation it expects — method, path and the
+//! parts of the body that matter — and fails on any request it did not expect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::apply::{Applied, apply_if_changed, write_keyring_secret};
+use super::desired::{self, ANNOTATION_ROTATE};
+use super::desired_tests::{keyed, policy, signing_key};
+use super::gateways::{LoopState, sync_all};
+use super::metrics::ControllerMetrics;
+use super::signingkeys::reconcile_inner;
+use super::{Context, Error, MultiStore, Options, Scope, Stores};
+use crate::api::{AuthPolicy, SigningKey};
+
+struct ApiServer(tower_test::mock::Handle<Request<Body>, Response<Body>>);
+
+impl ApiServer {
+    /// The next request must be `method path`; it is answered with `status` and `body` (`null`:
+    /// the request's own body, as the API server answers a successful write).
+    async fn expect(&mut self, method: &str, path: &str, status: u16, body: Value) -> (String, Value) {
+        let (req, reply) = tokio::time::timeout(Duration::from_secs(2), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("expected {method} {path}, but no request came"))
+            .expect("the client is gone");
+        let uri = req.uri().to_string();
+        assert_eq!((req.method().as_str(), req.uri().path()), (method, path), "unexpected request {} {uri}", req.method());
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let sent: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let body = if body.is_null() { echo(&sent) } else { body };
+        reply.send_response(Response::builder().status(status).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+        (uri, sent)
+    }
+
+    async fn expect_nothing(&mut self) {
+        if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await {
+            panic!("no request expected, got {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+/// A written object as stored: the request body, with a resourceVersion (and for a status
+/// patch, the rest of the object the client expects back).
+fn echo(sent: &Value) -> Value {
+    let mut v = sent.clone();
+    if v.get("metadata").is_none() {
+        v["metadata"] = json!({"name": "x"});
+    }
+    if v.get("spec").is_none() && v["kind"] != "ConfigMap" && v["kind"] != "Secret" && v["kind"] != "Event" {
+        v["spec"] = match v["kind"].as_str() {
+            Some("SigningKey") => json!({"algorithm": "EdDSA"}),
+            _ => json!({"rules": []}),
+        };
+    }
+    v["metadata"]["resourceVersion"] = json!("100");
+    v
+}
+
+fn mock() -> (Client, ApiServer) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(svc, "default"), ApiServer(handle))
+}
+
+fn status_error(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
+}
+
+struct Writers {
+    policies: Writer<AuthPolicy>,
+    keys: Writer<SigningKey>,
+    key_secrets: Writer<Secret>,
+    jwks: Writer<ConfigMap>,
+    gateway_configmaps: Writer<ConfigMap>,
+    gateway_secrets: Writer<Secret>,
+}
+
+fn context(client: Client) -> (Arc<Context>, Writers) {
+    fn pair<K>() -> (MultiStore<K>, Writer<K>)
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: std::hash::Hash + Eq + Clone + Default,
+    {
+        let (r, w) = reflector::store();
+        (MultiStore(vec![r]), w)
+    }
+    let (policies, pw) = pair();
+    let (signing_keys, kw) = pair();
+    let (key_secrets, sw) = pair();
+    let (jwks, jw) = pair();
+    let (gateway_configmaps, gcw) = pair();
+    let (gateway_secrets, gsw) = pair();
+    let opts = Options {
+        namespace: "portcullis".into(),
+        scope: Scope::All,
+        gateways: vec!["default".into()],
+        identity: "test".into(),
+        lease_name: None,
+        debounce: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    };
+    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets };
+    let ctx = Arc::new(Context::new(client, opts, stores, ControllerMetrics::new()));
+    (ctx, Writers { policies: pw, keys: kw, key_secrets: sw, jwks: jw, gateway_configmaps: gcw, gateway_secrets: gsw })
+}
+
+fn put<K>(w: &mut Writer<K>, obj: K)
+where
+    K: kube::Resource + Clone,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Default,
+{
+    w.apply_watcher_event(&watcher::Event::Apply(obj));
+}
+
+/// The object as the API server would return it after a write.
+fn stored<K: serde::Serialize>(obj: &K, resource_version: &str) -> Value {
+    let mut v = serde_json::to_value(obj).unwrap();
+    v["metadata"]["resourceVersion"] = json!(resource_version);
+    v["metadata"]["uid"] = json!(format!("uid-{resource_version}"));
+    v
+}
+
+#[tokio::test]
+async fn apply_creates_updates_and_skips_unchanged_content() {
+    let (client, mut api) = mock();
+    let cms: kube::Api<ConfigMap> = kube::Api::namespaced(client, "portcullis");
+    let config = crate::policy::GatewayConfig::new("default", Vec::new(), Vec::new());
+    let desired = desired::gateway_configmap("portcullis", &config);
+
+    let task = tokio::spawn({
+        let (cms, desired) = (cms.clone(), desired.clone());
+        async move { apply_if_changed(&cms, &desired, None).await }
+    });
+    let (uri, body) =
+        api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 201, stored(&desired, "1")).await;
+    assert!(uri.contains("fieldManager=portcullis") && uri.contains("force=true"), "server-side apply with a field manager: {uri}");
+    assert_eq!((body["apiVersion"].as_str(), body["kind"].as_str()), (Some("v1"), Some("ConfigMap")));
+    assert!(body["binaryData"][desired::CONFIG_KEY].is_string());
+    assert_eq!(task.await.unwrap().unwrap(), Applied::Written);
+
+    // Same content hash in the watch cache: no request at all.
+    assert_eq!(apply_if_changed(&cms, &desired, Some(&desired)).await.unwrap(), Applied::Unchanged);
+    api.expect_nothing().await;
+
+    // Changed content: written again.
+    let mut old = desired.clone();
+    old.metadata.annotations.as_mut().unwrap().insert(desired::ANNOTATION_HASH.into(), "older".into());
+    let task = tokio::spawn(async move { apply_if_changed(&cms, &desired, Some(&old)).await });
+    api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 200, Value::Null).await;
+    assert_eq!(task.await.unwrap().unwrap(), Applied::Written);
+}
+
+#[tokio::test]
+async fn keyring_secrets_are_written_at_the_version_they_were_read() {
+    let (client, mut api) = mock();
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client, "shop");
+    let sk = signing_key("shop", "internal", json!({"algorithm": "EdDSA"}));
+    let (_, desired) = keyed(&sk);
+
+    let task = tokio::spawn({
+        let (secrets, desired) = (secrets.clone(), desired.clone());
+        async move { write_keyring_secret(&secrets, desired, None).await }
+    });
+    let (_, body) = api.expect("POST", "/api/v1/namespaces/shop/secrets", 201, stored(&desired, "7")).await;
+    assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "SigningKey");
+    assert!(body["data"][crate::keys::store::SECRET_KEY].is_string());
+    task.await.unwrap().unwrap();
+
+    let mut current = desired.clone();
+    current.metadata.resource_version = Some("7".into());
+    let task = tokio::spawn({
+        let (secrets, desired, current) = (secrets.clone(), desired.clone(), current.clone());
+        async move { write_keyring_secret(&secrets, desired, Some(&current)).await }
+    });
+    let (_, body) = api.expect("PUT", "/api/v1/namespaces/shop/secrets/internal", 200, stored(&desired, "8")).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "7");
+    task.await.unwrap().unwrap();
+
+    // Someone else wrote first: a conflict, never a blind overwrite.
+    let task = tokio::spawn(async move { write_keyring_secret(&secrets, desired, Some(&current)).await });
+    api.expect("PUT", "/api/v1/namespaces/shop/secrets/internal", 409, status_error(409, "Conflict")).await;
+    assert!(matches!(task.await.unwrap(), Err(Error::Conflict(_))));
+}
+
+#[tokio::test]
+async fn a_new_signing_key_gets_its_secret_jwks_status_and_events() {
+    let (client, mut api) = mock();
+    let (ctx, _w) = context(client);
+    let sk = signing_key("shop", "internal", json!({"algorithm": "EdDSA", "rotationInterval": "1h", "prePublish": "5m"}));
+    let task = tokio::spawn({
+        let (ctx, sk) = (ctx.clone(), sk.clone());
+        async move { reconcile_inner(&sk, &ctx).await }
+    });
+    let (_, secret) = api.expect("POST", "/api/v1/namespaces/shop/secrets", 201, Value::Null).await;
+    let ring = crate::keys::store::KeyRing::from_json(&base64_decode(secret["data"]["keyring.json"].as_str().unwrap())).unwrap();
+    let kid = ring.active().unwrap().kid.clone();
+    for reason in ["KeyPublished", "KeyActivated"] {
+        let (_, ev) = api.expect("POST", "/apis/events.k8s.io/v1/namespaces/shop/events", 201, Value::Null).await;
+        assert_eq!(ev["reason"], reason);
+        assert_eq!(ev["regarding"]["name"], "internal");
+    }
+    let (_, cm) = api.expect("PATCH", "/api/v1/namespaces/shop/configmaps/internal-jwks", 201, Value::Null).await;
+    assert!(cm["data"]["jwks.json"].as_str().unwrap().contains(&kid));
+    let (uri, status) =
+        api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/signingkeys/internal/status", 200, Value::Null).await;
+    assert!(uri.contains("fieldManager=portcullis"));
+    assert_eq!(status["status"]["activeKid"], kid.as_str());
+    assert_eq!(status["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(status["status"]["conditions"][0]["status"], "True");
+    let action = task.await.unwrap().unwrap();
+    // Requeued exactly for the successor's creation: 1h - 5m - 1s after the first key.
+    assert!((3297.0..=3299.0).contains(&requeue_secs(&action)), "{action:?}");
+}
+
+fn requeue_secs(action: &kube::runtime::controller::Action) -> f64 {
+    let text = format!("{action:?}");
+    let inner = text.split("Some(").nth(1).expect("a requeue").split(')').next().unwrap();
+    match inner.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+        None => inner.trim_end_matches('s').parse().unwrap(),
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[tokio::test]
+async fn an_unchanged_signing_key_costs_no_request_and_a_stale_cache_never_writes_blindly() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    let mut sk = signing_key("shop", "internal", json!({"algorithm": "EdDSA"}));
+    let (ring, mut secret) = keyed(&sk);
+    secret.metadata.resource_version = Some("41".into());
+    put(&mut w.key_secrets, secret);
+    put(&mut w.jwks, desired::jwks_configmap(&sk, &ring).unwrap());
+    sk.status = Some(desired::signing_key_status(None, &sk, Some(&ring), None, jiff::Timestamp::now()));
+    reconcile_inner(&sk, &ctx).await.unwrap();
+    api.expect_nothing().await;
+
+    // A rotation request, but the cache is behind the API server: the write conflicts.
+    sk.metadata.annotations = Some([(ANNOTATION_ROTATE.to_owned(), "now".to_owned())].into());
+    let task = tokio::spawn({
+        let (ctx, sk) = (ctx.clone(), sk.clone());
+        async move { reconcile_inner(&sk, &ctx).await }
+    });
+    let (_, body) = api.expect("PUT", "/api/v1/namespaces/shop/secrets/internal", 409, status_error(409, "Conflict")).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "41");
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)));
+    let action = super::signingkeys::error_policy(Arc::new(sk), &err, ctx);
+    assert_eq!(requeue_secs(&action), 0.5, "retried soon, from the fresh cache");
+    api.expect_nothing().await;
+}
+
+fn shop_world(w: &mut Writers) {
+    let idp = signing_key("shop", "idp", json!({"algorithm": "ES256"}));
+    let internal = signing_key("shop", "internal", json!({"algorithm": "EdDSA", "retain": "1h"}));
+    for sk in [idp, internal] {
+        let (_, secret) = keyed(&sk);
+        put(&mut w.key_secrets, secret);
+        put(&mut w.keys, sk);
+    }
+    put(
+        &mut w.policies,
+        policy(
+            "shop",
+            "orders",
+            0,
+            json!({
+                "issuers": [{"issuer": "https://id", "audiences": ["orders"], "algorithms": ["ES256"], "jwks": {"signingKeyRef": {"name": "idp"}}}],
+                "rules": [{"name": "read", "match": {"paths": [{"prefix": "/orders"}]}}],
+                "forward": {"token": "issue", "issue": {"signingKeyRef": {"name": "internal"}, "audience": "billing"}}
+            }),
+        ),
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_is_published_once_and_then_left_alone() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let mut state = LoopState { last_good: HashMap::new() };
+    let task = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let r = sync_all(&ctx, &mut state).await;
+            (r, state)
+        }
+    });
+    let (_, keys) = api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 201, Value::Null).await;
+    assert_eq!(keys["data"].as_object().unwrap().keys().collect::<Vec<_>>(), ["shop.internal.json"]);
+    let (_, cm) = api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 201, Value::Null).await;
+    let version = cm["metadata"]["annotations"][desired::ANNOTATION_VERSION].as_str().unwrap().to_owned();
+    let (_, status) =
+        api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status", 200, Value::Null).await;
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    assert_eq!(conditions[0]["type"], "Accepted");
+    assert_eq!(conditions[1]["message"], format!("gateway default @ {version}"));
+    assert_eq!(status["status"]["observedGeneration"], 3);
+    let (_, ev) = api.expect("POST", "/apis/events.k8s.io/v1/namespaces/shop/events", 201, Value::Null).await;
+    assert_eq!(ev["reason"], "Programmed");
+    let (result, mut state) = task.await.unwrap();
+    result.unwrap();
+    assert_eq!(state.last_good["default"].len(), 1);
+
+    // The watches deliver what was written: the next pass writes nothing.
+    let cm: ConfigMap = serde_json::from_value(cm).unwrap();
+    put(&mut w.gateway_configmaps, cm);
+    put(&mut w.gateway_secrets, serde_json::from_value(keys).unwrap());
+    let mut p = (*ctx.stores.policies.get("shop", "orders").unwrap()).clone();
+    p.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    put(&mut w.policies, p);
+    sync_all(&ctx, &mut state).await.unwrap();
+    api.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn an_api_error_keeps_the_last_good_config_and_says_so_in_status() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let mut state = LoopState { last_good: HashMap::new() };
+    let task = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let r = sync_all(&ctx, &mut state).await;
+            (r, state)
+        }
+    });
+    api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 200, Value::Null).await;
+    api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 500, status_error(500, "InternalError"))
+        .await;
+    let (_, status) =
+        api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status", 200, Value::Null).await;
+    let programmed = &status["status"]["conditions"][1];
+    assert_eq!((programmed["status"].as_str(), programmed["reason"].as_str()), (Some("False"), Some("PublishFailed")));
+    let (result, state) = task.await.unwrap();
+    assert!(matches!(result, Err(Error::Kube(_))));
+    assert!(state.last_good.is_empty(), "nothing was published, so nothing new counts as last good");
+    api.expect_nothing().await;
+}

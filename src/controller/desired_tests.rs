@@ -1,0 +1,266 @@
+//! Desired state, tested directly: resources in, ConfigMaps, Secrets and statuses out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ObjectMeta;
+use serde_json::json;
+
+use super::desired::*;
+use crate::api::{AuthPolicy, SigningKey};
+use crate::keys::schedule::{Requests, generate, plan};
+use crate::keys::store::KeyRing;
+use crate::policy::{self, KeyRef, Outcome, RejectReason};
+
+const NS: &str = "portcullis";
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+pub(super) fn signing_key(ns: &str, name: &str, spec: serde_json::Value) -> SigningKey {
+    let mut sk = SigningKey::new(name, serde_json::from_value(spec).unwrap());
+    sk.metadata.namespace = Some(ns.into());
+    sk.metadata.uid = Some(format!("uid-{ns}-{name}"));
+    sk.metadata.generation = Some(1);
+    sk
+}
+
+pub(super) fn policy(ns: &str, name: &str, created: i64, spec: serde_json::Value) -> AuthPolicy {
+    let mut p = AuthPolicy::new(name, serde_json::from_value(spec).unwrap());
+    p.metadata.namespace = Some(ns.into());
+    p.metadata.generation = Some(3);
+    p.metadata.uid = Some(format!("uid-{ns}-{name}"));
+    p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000 + created).unwrap()));
+    p
+}
+
+/// A SigningKey with a keyring Secret as the controller would have written it.
+pub(super) fn keyed(sk: &SigningKey) -> (KeyRing, Secret) {
+    let ring = plan(now(), &sk.spec, KeyRing::new(), &Requests::default(), &mut generate).unwrap().ring;
+    let secret = keyring_secret(sk, &ring);
+    (ring, secret)
+}
+
+fn orders_spec() -> serde_json::Value {
+    json!({
+        "hosts": ["api.shop.example"],
+        "issuers": [{"issuer": "https://id", "audiences": ["orders"], "algorithms": ["ES256"], "jwks": {"signingKeyRef": {"name": "idp"}}}],
+        "rules": [
+            {"name": "read", "match": {"paths": [{"prefix": "/orders"}], "methods": ["GET"]}},
+            {"name": "pay", "match": {"paths": [{"prefix": "/pay"}]}},
+        ],
+        "forward": {"token": "issue", "issue": {"signingKeyRef": {"name": "internal"}, "audience": "billing", "ttl": "5m"}},
+    })
+}
+
+struct World {
+    policies: Vec<Arc<AuthPolicy>>,
+    keys: Vec<Arc<SigningKey>>,
+    secrets: HashMap<(String, String), Arc<Secret>>,
+}
+
+impl World {
+    fn shop() -> Self {
+        let idp = signing_key("shop", "idp", json!({"algorithm": "ES256"}));
+        let internal = signing_key("shop", "internal", json!({"algorithm": "EdDSA", "retain": "1h"}));
+        let secrets = [&idp, &internal]
+            .iter()
+            .map(|sk| ((sk.metadata.namespace.clone().unwrap(), sk.metadata.name.clone().unwrap()), Arc::new(keyed(sk).1)))
+            .collect();
+        Self {
+            policies: vec![Arc::new(policy("shop", "orders", 0, orders_spec()))],
+            keys: vec![Arc::new(idp), Arc::new(internal)],
+            secrets,
+        }
+    }
+
+    fn compile(
+        &self,
+        gateway: &str,
+        last_good: &HashMap<String, crate::policy::PolicyConfig>,
+    ) -> (policy::Compiled, std::collections::BTreeMap<KeyRef, KeyRing>) {
+        let (published, rings) = published_keys(&self.keys, |ns, name| self.secrets.get(&(ns.to_owned(), name.to_owned())).cloned());
+        (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good), &published), rings)
+    }
+}
+
+#[test]
+fn a_valid_policy_becomes_a_compressed_configmap_and_a_key_secret_with_only_minting_keys() {
+    let world = World::shop();
+    let (compiled, rings) = world.compile("default", &HashMap::new());
+    assert_eq!(compiled.outcomes[0].outcome, Outcome::Accepted);
+    let cm = gateway_configmap(NS, &compiled.config);
+    assert_eq!(cm.metadata.name.as_deref(), Some("portcullis-gateway-default"));
+    assert_eq!(cm.metadata.namespace.as_deref(), Some(NS));
+    assert_eq!(cm.metadata.labels.as_ref().unwrap()[LABEL_GATEWAY], "default");
+    assert_eq!(cm.metadata.labels.as_ref().unwrap()[MANAGED_BY.0], MANAGED_BY.1);
+    assert_eq!(cm.metadata.annotations.as_ref().unwrap()[ANNOTATION_VERSION], compiled.config.version);
+    let back = config_from_configmap(&cm).unwrap();
+    assert_eq!(back, compiled.config);
+    assert!(cm.data.is_none(), "nothing but the compressed config");
+
+    let secret = gateway_keys_secret(NS, &compiled.config, &rings);
+    let entries: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+    assert_eq!(entries, ["shop.internal.json"], "the identity provider's private key does not go to the gateway");
+    let json = String::from_utf8(cm.binary_data.as_ref().unwrap()[CONFIG_KEY].0.clone()).unwrap_or_default();
+    assert!(!json.contains("PRIVATE KEY"));
+    let config_text = String::from_utf8(compiled.config.to_json()).unwrap();
+    assert!(!config_text.contains("PRIVATE KEY") && !config_text.contains("privateKeyPem"));
+}
+
+#[test]
+fn statuses_say_accepted_and_programmed_with_the_version_and_stay_equal_when_nothing_changes() {
+    let world = World::shop();
+    let (compiled, _) = world.compile("default", &HashMap::new());
+    let programmed = Programmed::Published { gateway: "default".into(), version: compiled.config.version.clone() };
+    let status = policy_status(None, Some(3), &compiled.outcomes[0].outcome, &programmed, None, now());
+    assert_eq!(status.observed_generation, Some(3));
+    let by = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+    assert_eq!((by("Accepted").status.as_str(), by("Accepted").reason.as_str()), ("True", "Valid"));
+    assert_eq!(by("Programmed").status, "True");
+    assert_eq!(by("Programmed").message, format!("gateway default @ {}", compiled.config.version));
+    // Later, same content: identical (so the controller writes nothing).
+    let later = Timestamp::from_second(1_800_000_600).unwrap();
+    assert_eq!(policy_status(Some(&status), Some(3), &compiled.outcomes[0].outcome, &programmed, None, later), status);
+    // A failed publication is visible, and a transition gets a new time.
+    let failed = Programmed::Failed { gateway: "default".into(), why: "HTTP 500".into() };
+    let s2 = policy_status(Some(&status), Some(3), &compiled.outcomes[0].outcome, &failed, None, later);
+    let p = s2.conditions.iter().find(|c| c.type_ == "Programmed").unwrap();
+    assert_eq!((p.status.as_str(), p.reason.as_str(), p.last_transition_time.0), ("False", reasons::PUBLISH_FAILED, later));
+    // An unreachable issuer does not reject the policy, but says so.
+    let s3 = policy_status(None, Some(3), &Outcome::Accepted, &programmed, Some("jwks https://x unreachable"), now());
+    let a = s3.conditions.iter().find(|c| c.type_ == "Accepted").unwrap();
+    assert_eq!((a.status.as_str(), a.reason.as_str()), ("True", reasons::ISSUER_UNREACHABLE));
+}
+
+#[test]
+fn an_invalid_update_is_reported_while_its_last_good_version_stays_published() {
+    let mut world = World::shop();
+    let (good, _) = world.compile("default", &HashMap::new());
+    let last_good: HashMap<_, _> = good.config.policies.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.clone())).collect();
+    let mut bad = orders_spec();
+    bad["rules"][0]["match"]["paths"][0]["prefix"] = json!("/orders/../admin");
+    world.policies = vec![Arc::new(policy("shop", "orders", 0, bad))];
+    let (compiled, _) = world.compile("default", &last_good);
+    assert_eq!(compiled.config.version, good.config.version, "the gateway keeps enforcing the last good version");
+    let programmed = Programmed::Published { gateway: "default".into(), version: compiled.config.version.clone() };
+    let status = policy_status(None, Some(4), &compiled.outcomes[0].outcome, &programmed, None, now());
+    let a = status.conditions.iter().find(|c| c.type_ == "Accepted").unwrap();
+    assert_eq!((a.status.as_str(), a.reason.as_str()), ("False", "Invalid"));
+    assert!(
+        a.message.contains("rules[read].match.paths[0]") && a.message.contains("previous accepted version keeps serving"),
+        "{}",
+        a.message
+    );
+    let p = status.conditions.iter().find(|c| c.type_ == "Programmed").unwrap();
+    assert_eq!(p.status, "True");
+    assert!(p.message.starts_with("previous version in gateway default"));
+}
+
+#[test]
+fn a_conflict_and_a_deleted_signing_key_are_reported_on_the_right_policy() {
+    let mut world = World::shop();
+    let mut later = orders_spec();
+    later["rules"] = json!([{"name": "mine", "match": {"paths": [{"prefix": "/orders"}], "methods": ["GET"]}}]);
+    later["forward"] = json!(null);
+    later["issuers"][0]["jwks"]["signingKeyRef"]["namespace"] = json!("shop");
+    world.policies.push(Arc::new(policy("team-b", "grab", 10, later)));
+    let (compiled, _) = world.compile("default", &HashMap::new());
+    let outcome = |n: &str| compiled.outcomes.iter().find(|o| o.name == n).unwrap().outcome.clone();
+    assert_eq!(outcome("orders"), Outcome::Accepted);
+    let Outcome::Rejected { rejection, .. } = outcome("grab") else { panic!() };
+    assert_eq!(rejection.reason, RejectReason::Conflicted);
+    assert!(rejection.message().contains("shop/orders"));
+
+    // The SigningKey the policy mints with is deleted (its Secret goes with it).
+    world.keys.retain(|k| k.metadata.name.as_deref() != Some("internal"));
+    world.secrets.remove(&("shop".to_owned(), "internal".to_owned()));
+    let (compiled, rings) = world.compile("default", &HashMap::new());
+    let Outcome::Rejected { rejection, serving_previous } = outcome_of(&compiled, "orders") else { panic!() };
+    assert_eq!((rejection.reason, serving_previous), (RejectReason::KeyNotFound, false));
+    assert!(rejection.message().contains("SigningKey shop/internal not found"));
+    let programmed = Programmed::Published { gateway: "default".into(), version: compiled.config.version.clone() };
+    let status = policy_status(None, Some(3), &outcome_of(&compiled, "orders"), &programmed, None, now());
+    assert!(status.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == "False" && c.reason == reasons::NOT_SERVED));
+    assert!(gateway_keys_secret(NS, &compiled.config, &rings).data.unwrap().is_empty());
+}
+
+fn outcome_of(c: &policy::Compiled, name: &str) -> Outcome {
+    c.outcomes.iter().find(|o| o.name == name).unwrap().outcome.clone()
+}
+
+#[test]
+fn ten_thousand_routes_fit_one_configmap() {
+    let mut policies = Vec::new();
+    for i in 0..1000 {
+        let rules: Vec<serde_json::Value> = (0..10)
+            .map(|r| json!({"name": format!("r{r}"), "match": {"paths": [{"prefix": format!("/svc{i}/api/v1/resource-{r}")}], "methods": ["GET", "POST"]},
+                             "require": [{"claim": "scope", "containsAll": [format!("svc{i}:r{r}")]}]}))
+            .collect();
+        let spec = json!({"hosts": [format!("svc{}.example.com", i % 100)],
+            "issuers": [{"issuer": format!("https://id{}.example.com", i % 7), "audiences": [format!("svc{i}")], "algorithms": ["RS256"], "jwks": {"uri": format!("https://id{}.example.com/jwks", i % 7)}}],
+            "rules": rules, "forward": {"claimsToHeaders": {"X-User-Id": "sub", "X-Tenant": "tenant"}}});
+        policies.push(Arc::new(policy(&format!("team-{}", i % 40), &format!("svc-{i}"), i, spec)));
+    }
+    let started = std::time::Instant::now();
+    let compiled = policy::compile("default", &policy_inputs(&policies, "default", &HashMap::new()), &Default::default());
+    let cm = gateway_configmap(NS, &compiled.config);
+    let elapsed = started.elapsed();
+    assert_eq!(compiled.config.route_count(), 10_000);
+    assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted));
+    let stored = cm.binary_data.as_ref().unwrap()[CONFIG_KEY].0.len();
+    let object = serde_json::to_vec(&cm).unwrap().len();
+    eprintln!(
+        "10,000 routes: {} bytes of JSON, {stored} bytes gzip in the ConfigMap ({object} bytes as an object), compiled in {elapsed:?}",
+        compiled.config.to_json().len()
+    );
+    assert!(object < 1024 * 1024, "a ConfigMap of {object} bytes does not fit the 1 MiB object limit");
+}
+
+#[test]
+fn signing_key_secrets_are_owned_and_foreign_or_broken_ones_are_left_alone() {
+    let sk = signing_key("shop", "internal", json!({"algorithm": "EdDSA"}));
+    let (ring, secret) = keyed(&sk);
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("SigningKey", "uid-shop-internal", Some(true)));
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(ring_from_secret(Some(&secret), &sk).unwrap().unwrap(), ring);
+    assert_eq!(ring_from_secret(None, &sk).unwrap(), None);
+
+    let foreign = Secret {
+        metadata: ObjectMeta { name: Some("internal".into()), ..Default::default() },
+        data: secret.data.clone(),
+        ..Default::default()
+    };
+    assert_eq!(ring_from_secret(Some(&foreign), &sk).unwrap_err(), RingProblem::Foreign);
+    let mut broken = secret.clone();
+    broken.data.as_mut().unwrap().insert(crate::keys::store::SECRET_KEY.into(), k8s_openapi::ByteString(b"{".to_vec()));
+    assert!(matches!(ring_from_secret(Some(&broken), &sk), Err(RingProblem::Invalid(_))));
+
+    let jwks = jwks_configmap(&sk, &ring).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&jwks.data.as_ref().unwrap()[JWKS_KEY]).unwrap();
+    assert_eq!(doc["keys"][0]["kid"], ring.keys[0].kid);
+    assert!(doc["keys"][0].get("d").is_none());
+    assert_eq!(jwks.metadata.name.as_deref(), Some("internal-jwks"));
+}
+
+#[test]
+fn signing_key_status_mirrors_the_schedule_and_annotations_become_requests() {
+    let mut sk = signing_key("shop", "internal", json!({"algorithm": "EdDSA", "rotationInterval": "1h", "prePublish": "5m"}));
+    let (ring, _) = keyed(&sk);
+    let status = signing_key_status(None, &sk, Some(&ring), None, now());
+    assert_eq!(status.active_kid.as_deref(), Some(ring.keys[0].kid.as_str()));
+    assert_eq!(status.keys.len(), 1);
+    assert_eq!(status.next_transition.unwrap().0, Timestamp::from_second(1_800_000_000 + 3600 - 300 - 1).unwrap());
+    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+
+    sk.metadata.annotations =
+        Some([(ANNOTATION_ROTATE.to_owned(), "2026-11-29".to_owned()), (ANNOTATION_REVOKE.to_owned(), " a, b ,".to_owned())].into());
+    let r = signing_key_requests(&sk);
+    assert_eq!(r.rotate.as_deref(), Some("2026-11-29"));
+    assert_eq!(r.revoke, ["a", "b"]);
+}

@@ -1,0 +1,337 @@
+//! The Kubernetes controller (I/O, thin): watches AuthPolicies, SigningKeys and the objects
+//! Portcullis owns; while it holds the leader Lease it reconciles SigningKeys into keyring
+//! Secrets and JWKS ConfigMaps, and compiles every gateway's policies into its ConfigMap and key
+//! Secret, writing statuses and Events.
+//!
+//! ```text
+//!  watches (always) ──▶ stores ──┬─▶ SigningKey Controller ─ plan() ─▶ Secret, <name>-jwks, status, Events
+//!        │ events                │          (leader only)
+//!        └──────────▶ trigger ───┴─▶ gateway loop (debounced) ─ compile() ─▶ portcullis-gateway-<g>[-keys],
+//!                                           (leader only)                     AuthPolicy status, Events
+//! ```
+//! Every decision is made by pure functions (`desired`, `policy`, `keys::schedule`); this module
+//! reads from watch caches (no per-event LIST) and writes only what differs.
+
+pub mod apply;
+pub mod desired;
+mod gateways;
+pub mod metrics;
+mod signingkeys;
+
+#[cfg(test)]
+mod api_tests;
+#[cfg(test)]
+mod desired_tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+
+use crate::api::{AuthPolicy, SigningKey};
+use metrics::ControllerMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("{0} was changed by someone else; retrying from the latest version")]
+    Conflict(String),
+    #[error("keys: {0}")]
+    Keys(#[from] crate::keys::KeyError),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Conflict(_) => "conflict",
+            Self::Keys(_) => "keys",
+        }
+    }
+}
+
+/// Which namespaces the controller watches.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    All,
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Self::All => vec![Api::all(client.clone())],
+            Self::Namespaces(ns) => ns.iter().map(|n| Api::namespaced(client.clone(), n)).collect(),
+        }
+    }
+}
+
+/// The watch caches of one kind across the watched namespaces.
+#[derive(Clone)]
+pub struct MultiStore<K: Resource + 'static>(pub Vec<Store<K>>)
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone;
+
+impl<K> MultiStore<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Default,
+{
+    pub fn state(&self) -> Vec<Arc<K>> {
+        let mut all: Vec<Arc<K>> = self.0.iter().flat_map(Store::state).collect();
+        all.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
+        all
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let key = reflector::ObjectRef::<K>::new(name).within(namespace);
+        self.0.iter().find_map(|s| s.get(&key))
+    }
+
+    pub async fn wait_until_ready(&self) {
+        for s in &self.0 {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+}
+
+pub struct Stores {
+    pub policies: MultiStore<AuthPolicy>,
+    pub signing_keys: MultiStore<SigningKey>,
+    /// SigningKey keyring Secrets (label `portcullis.dev/signing-key`).
+    pub key_secrets: MultiStore<Secret>,
+    /// SigningKey JWKS ConfigMaps (label `portcullis.dev/signing-key`).
+    pub jwks: MultiStore<ConfigMap>,
+    /// Gateway ConfigMaps and Secrets in the controller's namespace (label `portcullis.dev/gateway`).
+    pub gateway_configmaps: MultiStore<ConfigMap>,
+    pub gateway_secrets: MultiStore<Secret>,
+}
+
+pub struct Options {
+    /// Namespace of the controller: gateway ConfigMaps, Secrets and the Lease live here.
+    pub namespace: String,
+    pub scope: Scope,
+    /// Gateways that always get a config, even before any policy names them.
+    pub gateways: Vec<String>,
+    pub identity: String,
+    pub lease_name: Option<String>,
+    /// Quiet time before a burst of changes is compiled, and the longest a change waits.
+    pub debounce: Duration,
+    pub max_delay: Duration,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub opts: Options,
+    pub stores: Stores,
+    pub recorder: Recorder,
+    pub metrics: ControllerMetrics,
+    /// Wakes the gateway loop; `pending` counts the watch events it has not compiled yet.
+    pub trigger: Notify,
+    pub pending: AtomicI64,
+    pub ready: AtomicBool,
+    probes: gateways::IssuerProbes,
+}
+
+impl Context {
+    pub fn new(client: Client, opts: Options, stores: Stores, metrics: ControllerMetrics) -> Self {
+        let reporter = Reporter { controller: "portcullis".into(), instance: Some(opts.identity.clone()) };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            stores,
+            metrics,
+            trigger: Notify::new(),
+            pending: AtomicI64::new(0),
+            ready: AtomicBool::new(false),
+            probes: gateways::IssuerProbes::default(),
+            opts,
+        }
+    }
+
+    fn changed(&self) {
+        let n = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.queue_depth.with_label_values(&["gateway"]).set(n);
+        self.trigger.notify_one();
+    }
+}
+
+/// Starts a reflector for every API of a kind; returns the store and the tasks driving them.
+fn watch_kind<K>(
+    ctx_slot: Arc<tokio::sync::OnceCell<Arc<Context>>>,
+    apis: Vec<Api<K>>,
+    config: watcher::Config,
+) -> (MultiStore<K>, Vec<tokio::task::JoinHandle<()>>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Default + Send + Sync,
+{
+    let mut stores = Vec::new();
+    let mut tasks = Vec::new();
+    for api in apis {
+        let (reader, writer) = reflector::store::<K>();
+        stores.push(reader);
+        let stream = reflector::reflector(writer, watcher(api, config.clone()).default_backoff());
+        let slot = ctx_slot.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(_) => {
+                        if let Some(ctx) = slot.get() {
+                            ctx.changed();
+                        }
+                    }
+                    Err(e) => tracing::warn!(kind = %K::kind(&Default::default()), "watch failed, retrying: {e}"),
+                }
+            }
+        }));
+    }
+    (MultiStore(stores), tasks)
+}
+
+/// Runs the controller until `shutdown` resolves: watches always, reconcilers while leader.
+pub async fn run(
+    client: Client,
+    opts: Options,
+    metrics: ControllerMetrics,
+    shutdown: impl std::future::Future<Output = ()>,
+    published: Arc<tokio::sync::OnceCell<Arc<Context>>>,
+) -> anyhow::Result<Arc<Context>> {
+    let slot = Arc::new(tokio::sync::OnceCell::new());
+    let managed_keys =
+        watcher::Config::default().labels(&format!("{}={},{}", desired::MANAGED_BY.0, desired::MANAGED_BY.1, desired::LABEL_SIGNING_KEY));
+    let managed_gateways =
+        watcher::Config::default().labels(&format!("{}={},{}", desired::MANAGED_BY.0, desired::MANAGED_BY.1, desired::LABEL_GATEWAY));
+    let own_ns = Scope::Namespaces(vec![opts.namespace.clone()]);
+    let (policies, mut tasks) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default());
+    let (signing_keys, t) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default());
+    tasks.extend(t);
+    let (key_secrets, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys.clone());
+    tasks.extend(t);
+    let (jwks, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys);
+    tasks.extend(t);
+    let (gateway_configmaps, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways.clone());
+    tasks.extend(t);
+    let (gateway_secrets, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways);
+    tasks.extend(t);
+
+    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets };
+    let ctx = Arc::new(Context::new(client.clone(), opts, stores, metrics));
+    let _ = slot.set(ctx.clone());
+    let _ = published.set(ctx.clone());
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let s = &ctx.stores;
+            s.policies.wait_until_ready().await;
+            s.signing_keys.wait_until_ready().await;
+            s.key_secrets.wait_until_ready().await;
+            s.jwks.wait_until_ready().await;
+            s.gateway_configmaps.wait_until_ready().await;
+            s.gateway_secrets.wait_until_ready().await;
+            ctx.ready.store(true, Ordering::Release);
+            tracing::info!("watch caches synced");
+        });
+    }
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Leadership: a Lease, or (without one) always leader.
+    let (mut leading, lease_task) = match &ctx.opts.lease_name {
+        Some(name) => {
+            let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), name)
+                .with_namespace(&ctx.opts.namespace)
+                .with_identity(&ctx.opts.identity)
+                .with_duration(15)
+                .with_grace(5)
+                .with_field_manager(desired::FIELD_MANAGER)
+                .build()
+                .await?;
+            let (rx, task) = manager.watch().await;
+            (rx, Some(task))
+        }
+        None => (watch::channel(true).1, None),
+    };
+
+    loop {
+        // Wait to lead (or to stop).
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { break },
+                _ = &mut shutdown => return finish(ctx, leading, lease_task, tasks).await,
+            }
+        }
+        tracing::info!(identity = %ctx.opts.identity, "leading: reconciling");
+        ctx.metrics.leader.set(1);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut work = tokio::spawn(lead(ctx.clone(), stop_rx));
+        let stopping = tokio::select! {
+            _ = async { while *leading.borrow() { if leading.changed().await.is_err() { break } } } => false,
+            _ = &mut shutdown => true,
+            _ = &mut work => false,
+        };
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), &mut work).await.is_err() {
+            work.abort();
+        }
+        ctx.metrics.leader.set(0);
+        tracing::info!(identity = %ctx.opts.identity, "no longer leading");
+        if stopping {
+            return finish(ctx, leading, lease_task, tasks).await;
+        }
+    }
+}
+
+/// Releases the Lease (so another replica takes over at once) and stops the watches.
+async fn finish(
+    ctx: Arc<Context>,
+    leading: watch::Receiver<bool>,
+    lease_task: Option<tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Arc<Context>> {
+    drop(leading);
+    if let Some(t) = lease_task {
+        match tokio::time::timeout(Duration::from_secs(5), t).await {
+            Ok(Ok(Ok(_))) => tracing::info!("leader Lease released"),
+            Ok(Ok(Err(e))) => tracing::warn!("releasing the Lease failed: {e}"),
+            _ => tracing::warn!("releasing the Lease timed out"),
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(ctx)
+}
+
+/// The leader's work: SigningKey reconcilers and the gateway loop, until `stop`.
+async fn lead(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+    let keys = signingkeys::run(ctx.clone(), stop.clone());
+    let gateways = gateways::run(ctx.clone(), stop);
+    tokio::join!(keys, gateways);
+}
+
+/// Admin endpoints of the controller: health, readiness (watch caches synced), metrics.
+pub async fn admin(ctx: Arc<Context>, req: hyper::Request<hyper::body::Incoming>) -> crate::http::Reply {
+    use crate::http::reply;
+    use http::StatusCode;
+    match req.uri().path() {
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if ctx.ready.load(Ordering::Acquire) => reply(StatusCode::OK, "text/plain", "ready\n"),
+        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "watch caches not synced yet\n"),
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", ctx.metrics.render()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
