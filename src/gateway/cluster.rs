@@ -90,3 +90,98 @@ fn gateway_secret_name_for(configmap: &str) -> String {
         None => format!("{configmap}-keys"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::controller::desired::gateway_configmap;
+    use crate::gateway::metrics::Metrics;
+    use crate::policy::GatewayConfig;
+
+    /// Answers the two watches like an API server: a list, then a watch that delivers `events`
+    /// (once) and ends. Records every request URI.
+    async fn api_server(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        cm: Value,
+        secret: Value,
+        events: Vec<Value>,
+        seen: Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        let mut pending_events = Some(events);
+        while let Some((req, reply)) = handle.next_request().await {
+            let uri = req.uri().to_string();
+            seen.lock().unwrap().push(uri.clone());
+            let kind_is_cm = req.uri().path().ends_with("/configmaps");
+            let body = if uri.contains("watch=true") {
+                let lines: Vec<String> = match (kind_is_cm, pending_events.take()) {
+                    (true, Some(ev)) => ev.iter().map(|e| e.to_string()).collect(),
+                    (true, None) => {
+                        pending_events = None;
+                        Vec::new()
+                    }
+                    (false, ev) => {
+                        pending_events = pending_events.or(ev);
+                        Vec::new()
+                    }
+                };
+                // Hold quiet watches open a little so the client does not spin.
+                if lines.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                lines.join("\n")
+            } else {
+                let item = if kind_is_cm { cm.clone() } else { secret.clone() };
+                json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": [item]}).to_string()
+            };
+            reply.send_response(Response::builder().status(200).body(Body::from(body.into_bytes())).unwrap());
+        }
+    }
+
+    fn with_rv(mut v: Value, rv: &str) -> Value {
+        v["metadata"]["resourceVersion"] = json!(rv);
+        v
+    }
+
+    #[tokio::test]
+    async fn watches_only_its_two_objects_and_keeps_the_last_good_config() {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let config = GatewayConfig::new("default", Vec::new(), Vec::new());
+        let mut cm = serde_json::to_value(gateway_configmap("portcullis", &config)).unwrap();
+        cm = with_rv(cm, "5");
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "portcullis-gateway-default-keys", "namespace": "portcullis", "resourceVersion": "6"}, "data": {}});
+        let mut broken = cm.clone();
+        broken["binaryData"][crate::controller::desired::CONFIG_KEY] = json!("bm90IGd6aXA=");
+        let events = vec![json!({"type": "MODIFIED", "object": with_rv(broken, "11")})];
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        tokio::spawn(api_server(handle, cm, secret, events, seen.clone()));
+
+        let gateway = Gateway::new("https://gw", Metrics::new(), Duration::from_secs(1));
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(watch_configmap(gateway.clone(), client, "portcullis".into(), "portcullis-gateway-default".into(), stop_rx));
+        for _ in 0..100 {
+            if gateway.metrics.render().contains("portcullis_config_reloads_total{result=\"failure\"} 1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(gateway.engine().expect("ready after the first load").version(), config.version);
+        let metrics = gateway.metrics.render();
+        assert!(metrics.contains("portcullis_config_reloads_total{result=\"failure\"} 1"), "the broken update was rejected: {metrics}");
+        let seen = seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        for uri in &seen {
+            assert!(
+                uri.contains("fieldSelector=metadata.name%3Dportcullis-gateway-default")
+                    || uri.contains("fieldSelector=metadata.name%3Dportcullis-gateway-default-keys"),
+                "every request is narrowed to the gateway's own objects: {uri}"
+            );
+        }
+    }
+}

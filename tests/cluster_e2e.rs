@@ -1,0 +1,279 @@
+//! Against a real cluster — kind, k3d, anything — when `PORTCULLIS_E2E_KUBECONFIG` points at it
+//! (see docs/kubernetes.md). Without it these tests say they were skipped and pass.
+//!
+//! They install the CRDs from `crds/`, run `portcullis controller` and `portcullis gateway
+//! --configmap` as local processes against the cluster, and drive everything through the API.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Proc, free_port, http, portcullis, wait_ready};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Config};
+use portcullis::api::{AuthPolicy, SigningAlgorithm, SigningKey};
+use portcullis::testkit::TestIssuer;
+use serde_json::{Value, json};
+
+const ENV: &str = "PORTCULLIS_E2E_KUBECONFIG";
+
+fn kubeconfig() -> Option<String> {
+    match std::env::var(ENV) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            eprintln!("skipped: set {ENV} to a kubeconfig to run the real-cluster tests (docs/kubernetes.md)");
+            None
+        }
+    }
+}
+
+async fn client(path: &str) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(path).expect("readable kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("usable kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, obj: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply("portcullis-e2e").force(), &Patch::Apply(&obj))
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in portcullis::api::crds() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds").join(portcullis::api::crd_file_name(&crd));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let obj: Value = serde_saphyr::from_str(&text).unwrap();
+        apply(&crds, crd.metadata.name.as_deref().unwrap(), obj).await;
+        let name = crd.metadata.name.clone().unwrap();
+        eventually("the CRD to be established", Duration::from_secs(30), async || {
+            let c = crds.get(&name).await.ok()?;
+            c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        })
+        .await;
+    }
+}
+
+struct Cluster {
+    client: Client,
+    kubeconfig: String,
+    ns: String,
+    gateway_name: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn new(kubeconfig: String) -> Self {
+        let client = client(&kubeconfig).await;
+        install_crds(&client).await;
+        let suffix = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 0xffffff);
+        let ns = format!("portcullis-e2e-{suffix}");
+        apply(&Api::<Namespace>::all(client.clone()), &ns, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .await;
+        Self { client, kubeconfig, gateway_name: format!("e2e{suffix}"), ns, dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn controller(&self, admin: u16, identity: &str) -> Proc {
+        let mut cmd = Command::new(portcullis());
+        cmd.env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info,portcullis=debug").args([
+            "controller",
+            "--namespace",
+            &self.ns,
+            "--watch-namespaces",
+            &self.ns,
+            "--gateways",
+            &self.gateway_name,
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--identity",
+            identity,
+            "--lease-name",
+            &format!("portcullis-{}", self.gateway_name),
+        ]);
+        let mut p = Proc::spawn(identity, &mut cmd, self.dir.path().join(format!("{identity}.log")));
+        wait_ready(&mut p, admin);
+        p
+    }
+
+    fn gateway(&self, port: u16) -> Proc {
+        let mut cmd = Command::new(portcullis());
+        cmd.env("KUBECONFIG", &self.kubeconfig).args([
+            "gateway",
+            "--configmap",
+            &format!("{}/portcullis-gateway-{}", self.ns, self.gateway_name),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]);
+        let mut p = Proc::spawn("gateway", &mut cmd, self.dir.path().join("gateway.log"));
+        wait_ready(&mut p, port);
+        p
+    }
+
+    async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.ns, &DeleteParams::default()).await;
+    }
+}
+
+fn condition(obj: &AuthPolicy, type_: &str) -> Option<(String, String, String)> {
+    let c = obj.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn policy(ns: &str, gateway: &str, name: &str, prefix: &str, issuer: &TestIssuer) -> Value {
+    json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "gateway": gateway,
+            "issuers": [{"issuer": issuer.url, "audiences": ["api"], "algorithms": ["ES256"], "jwks": {"inline": issuer.jwks()}}],
+            "rules": [{"name": "read", "match": {"paths": [{"prefix": prefix}]}, "require": [{"claim": "scope", "containsAll": ["read"]}]}],
+            "forward": {"claimsToHeaders": {"X-User-Id": "sub"}, "token": "issue", "issue": {"signingKeyRef": {"name": "internal"}, "audience": "upstream", "ttl": "5s"}}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_signing_keys_end_to_end_on_a_real_cluster() {
+    let Some(kubeconfig) = kubeconfig() else { return };
+    let cluster = Cluster::new(kubeconfig).await;
+    let (ns, gw) = (cluster.ns.clone(), cluster.gateway_name.clone());
+    let policies: Api<AuthPolicy> = Api::namespaced(cluster.client.clone(), &ns);
+    let keys: Api<SigningKey> = Api::namespaced(cluster.client.clone(), &ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns);
+    let _controller = cluster.controller(free_port(), "controller-a");
+    let gateway_port = free_port();
+    let issuer = TestIssuer::new("https://idp.e2e", SigningAlgorithm::ES256);
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let token = issuer.token("api", now(), json!({"scope": "read"}));
+    let auth = format!("Bearer {token}");
+
+    // A fast SigningKey for minting, then a policy: ConfigMap and Programmed=True within 2 s.
+    apply(
+        &keys,
+        "internal",
+        json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "internal", "namespace": ns},
+        "spec": {"algorithm": "EdDSA", "rotationInterval": "10s", "prePublish": "3s", "retain": "8s"}}),
+    )
+    .await;
+    eventually("the SigningKey to be Ready", Duration::from_secs(10), async || {
+        let sk = keys.get("internal").await.ok()?;
+        sk.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+    })
+    .await;
+    let applied_at = Instant::now();
+    apply(&policies, "orders", policy(&ns, &gw, "orders", "/orders", &issuer)).await;
+    let version = eventually("Programmed=True", Duration::from_secs(2), async || {
+        let p = policies.get("orders").await.ok()?;
+        let (status, _, message) = condition(&p, "Programmed")?;
+        (status == "True").then(|| message.rsplit(' ').next().unwrap().to_owned())
+    })
+    .await;
+    eprintln!("policy programmed {:?} after apply", applied_at.elapsed());
+    let cm = configmaps.get(&format!("portcullis-gateway-{gw}")).await.unwrap();
+    let config = portcullis::controller::desired::config_from_configmap(&cm).unwrap();
+    assert_eq!(config.version, version);
+    assert_eq!(config.policies[0].name, "orders");
+
+    // The gateway enforces it.
+    let _gateway = cluster.gateway(gateway_port);
+    let ask = |path: &str| http(gateway_port, "GET", "api.test", &format!("/ext_authz{path}"), &[("Authorization", &auth)]).unwrap().status;
+    eventually("the gateway to enforce the policy", Duration::from_secs(5), async || (ask("/orders/1") == 200).then_some(())).await;
+    assert_eq!(ask("/other"), 403);
+
+    // An invalid update: Accepted=False with a useful message, the previous config keeps serving.
+    let mut bad = policy(&ns, &gw, "orders", "/orders", &issuer);
+    bad["spec"]["rules"][0]["match"]["paths"][0]["prefix"] = json!("/orders/../admin");
+    apply(&policies, "orders", bad).await;
+    let (_, reason, message) = eventually("Accepted=False", Duration::from_secs(5), async || {
+        let p = policies.get("orders").await.ok()?;
+        condition(&p, "Accepted").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(reason, "Invalid");
+    assert!(message.contains("normalised form") && message.contains("previous accepted version keeps serving"), "{message}");
+    assert_eq!(ask("/orders/1"), 200);
+    apply(&policies, "orders", policy(&ns, &gw, "orders", "/orders", &issuer)).await;
+
+    // Rotation under traffic: at least two rotations, no failed request.
+    let started = Instant::now();
+    let mut kids = std::collections::BTreeSet::new();
+    let mut requests = 0;
+    while kids.len() < 3 || started.elapsed() < Duration::from_secs(22) {
+        let r = http(gateway_port, "GET", "api.test", "/ext_authz/orders/1", &[("Authorization", &auth)]).unwrap();
+        assert_eq!(r.status, 200, "request {requests} failed during rotation: {}", String::from_utf8_lossy(&r.body));
+        let minted = r.header("authorization").unwrap().trim_start_matches("Bearer ").to_owned();
+        let header: Value = serde_json::from_slice(&portcullis::keys::b64url_decode(minted.split('.').next().unwrap()).unwrap()).unwrap();
+        kids.insert(header["kid"].as_str().unwrap().to_owned());
+        requests += 1;
+        assert!(started.elapsed() < Duration::from_secs(60), "no two rotations within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{requests} requests, {} signing keys seen, no failure", kids.len());
+
+    // rotate and revoke annotations.
+    let before = keys.get("internal").await.unwrap().status.unwrap().keys.len();
+    apply(&keys, "internal", json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "internal", "namespace": ns, "annotations": {"portcullis.dev/rotate": "e2e-1"}},
+        "spec": {"algorithm": "EdDSA", "rotationInterval": "10s", "prePublish": "3s", "retain": "8s"}})).await;
+    eventually("the rotation request to add a key", Duration::from_secs(5), async || {
+        let s = keys.get("internal").await.ok()?.status?;
+        (s.keys.len() > before || s.keys.iter().any(|k| format!("{:?}", k.state) == "Pending")).then_some(())
+    })
+    .await;
+    let active = keys.get("internal").await.unwrap().status.unwrap().active_kid.unwrap();
+    apply(&keys, "internal", json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "internal", "namespace": ns, "annotations": {"portcullis.dev/revoke": active}},
+        "spec": {"algorithm": "EdDSA", "rotationInterval": "10s", "prePublish": "3s", "retain": "8s"}})).await;
+    eventually("the revoked kid to leave the JWKS ConfigMap", Duration::from_secs(5), async || {
+        let cm = configmaps.get("internal-jwks").await.ok()?;
+        (!cm.data?.get("jwks.json")?.contains(&active)).then_some(())
+    })
+    .await;
+
+    // Deleting the policy removes its routes.
+    policies.delete("orders", &DeleteParams::default()).await.unwrap();
+    eventually("the routes to be gone", Duration::from_secs(5), async || (ask("/orders/1") == 403).then_some(())).await;
+
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_controller_leads_and_it_hands_over_on_sigterm() {
+    let Some(kubeconfig) = kubeconfig() else { return };
+    let cluster = Cluster::new(kubeconfig).await;
+    let (a_port, b_port) = (free_port(), free_port());
+    let a = cluster.controller(a_port, "controller-a");
+    let _b = cluster.controller(b_port, "controller-b");
+    let leader = |port: u16| {
+        http(port, "GET", "x", "/metrics", &[]).ok().map(|r| String::from_utf8_lossy(&r.body).contains("portcullis_controller_leader 1"))
+    };
+    eventually("a leader", Duration::from_secs(30), async || (leader(a_port)? || leader(b_port)?).then_some(())).await;
+    for _ in 0..20 {
+        assert!(!(leader(a_port).unwrap() && leader(b_port).unwrap()), "two leaders at once");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (leading, other) = if leader(a_port).unwrap() { (a, b_port) } else { (_b, a_port) };
+    let handed_over = Instant::now();
+    let _ = Command::new("kill").args(["-TERM", &leading.pid().to_string()]).status();
+    eventually("the other replica to lead", Duration::from_secs(10), async || leader(other)?.then_some(())).await;
+    eprintln!("handed over in {:?}", handed_over.elapsed());
+    drop(leading);
+    cluster.cleanup().await;
+}
