@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +43,10 @@ enum Command {
     Controller(ControllerArgs),
     /// Print the CustomResourceDefinitions (or write them to a directory).
     Crds {
-        /// Write one file per CRD into this directory instead of printing.
+        /// Write one file per CRD into this directory instead of printing (repeatable:
+        /// `--out crds --out charts/portcullis/crds`).
         #[arg(long)]
-        out: Option<PathBuf>,
+        out: Vec<PathBuf>,
     },
     /// Would this request be allowed, and why? Exit code 0: allowed, 1: denied, 2: error.
     Check(CheckArgs),
@@ -265,7 +266,7 @@ async fn run(command: Command) -> Result<u8> {
         Command::Local(args) => run_local(args).await,
         Command::Gateway(args) => run_gateway(args).await,
         Command::Controller(args) => run_controller(args).await,
-        Command::Crds { out } => write_crds(out.as_deref()),
+        Command::Crds { out } => write_crds(&out),
         Command::Check(args) => run_check(args).await,
         Command::Token(args) => run_token(args),
         Command::Compile(args) => run_compile(args),
@@ -273,16 +274,16 @@ async fn run(command: Command) -> Result<u8> {
     }
 }
 
-fn write_crds(out: Option<&Path>) -> Result<u8> {
+fn write_crds(out: &[PathBuf]) -> Result<u8> {
     for crd in crate::api::crds() {
         let yaml = crate::api::crd_yaml(&crd)?;
-        match out {
-            Some(dir) => {
-                let path = dir.join(crate::api::crd_file_name(&crd));
-                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-                eprintln!("wrote {}", path.display());
-            }
-            None => print!("---\n{yaml}"),
+        if out.is_empty() {
+            print!("---\n{yaml}");
+        }
+        for dir in out {
+            let path = dir.join(crate::api::crd_file_name(&crd));
+            std::fs::write(&path, &yaml).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
         }
     }
     Ok(0)

@@ -231,3 +231,24 @@ fn an_empty_directory_is_served_and_denies_everything() {
     let jwks = http(port, "GET", "x", "/.well-known/jwks.json", &[]).unwrap().json();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn header_mode_reads_what_each_proxy_sends() {
+    let shop = shop_copy();
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _pc = start_local(shop.path(), port, log.path().to_owned());
+    let authz = |headers: &[(&str, &str)]| http(port, "GET", "portcullis.internal", "/authz", headers).unwrap().status;
+    // NGINX / Traefik / Caddy: X-Forwarded-*.
+    assert_eq!(
+        authz(&[("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/orders/healthz"), ("X-Forwarded-Host", "api.shop.example")]),
+        200
+    );
+    assert_eq!(authz(&[("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/orders/1"), ("X-Forwarded-Host", "api.shop.example")]), 401);
+    // ingress-nginx: X-Original-URL carries host and target; X-Original-Method the method.
+    assert_eq!(authz(&[("X-Original-Method", "GET"), ("X-Original-URL", "https://api.shop.example/orders/healthz?x=1")]), 200);
+    assert_eq!(authz(&[("X-Original-Method", "POST"), ("X-Original-URL", "https://api.shop.example/orders/healthz")]), 200);
+    assert_eq!(authz(&[("X-Original-URL", "https://other.example/orders/healthz")]), 403);
+    // Without any target the proxy is misconfigured: 400, which NGINX turns into a 500 (closed).
+    assert_eq!(authz(&[("X-Forwarded-Host", "api.shop.example")]), 400);
+}

@@ -19,7 +19,10 @@ fn checked_in_crds_match_the_rust_types() {
             stale.push(path.display().to_string());
         }
     }
-    assert!(stale.is_empty(), "stale CRDs: {stale:?}; run `cargo run -- crds --out crds` and commit the result");
+    assert!(
+        stale.is_empty(),
+        "stale CRDs: {stale:?}; run `cargo run -- crds --out crds --out charts/portcullis/crds` and commit the result"
+    );
 }
 
 #[test]

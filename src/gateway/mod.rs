@@ -42,6 +42,7 @@ const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 pub const EXT_AUTHZ_PREFIX: &str = "/ext_authz";
 /// How long a request waits for a JWKS refetch after an unknown kid.
 const REFETCH_WAIT: Duration = Duration::from_secs(2);
@@ -214,15 +215,24 @@ impl Gateway {
                 let method = header_str(headers, &X_FORWARDED_METHOD)
                     .or_else(|| header_str(headers, &X_ORIGINAL_METHOD))
                     .unwrap_or(req.method().as_str());
-                let Some(target) = header_utf8(headers, &X_FORWARDED_URI).or_else(|| header_utf8(headers, &X_ORIGINAL_URI)) else {
-                    tracing::warn!("authorization request without X-Forwarded-Uri or X-Original-URI: check the proxy configuration");
+                // ingress-nginx sends the full URL in X-Original-URL; an absolute-form target is
+                // split by the path normalisation, and its authority is the host.
+                let original_url = header_utf8(headers, &X_ORIGINAL_URL);
+                let Some(target) =
+                    header_utf8(headers, &X_FORWARDED_URI).or_else(|| header_utf8(headers, &X_ORIGINAL_URI)).or(original_url)
+                else {
+                    tracing::warn!(
+                        "authorization request without X-Forwarded-Uri, X-Original-URI or X-Original-URL: check the proxy configuration"
+                    );
                     return reply(
                         StatusCode::BAD_REQUEST,
                         "text/plain",
-                        Bytes::from_static(b"X-Forwarded-Uri or X-Original-URI is required\n"),
+                        Bytes::from_static(b"X-Forwarded-Uri, X-Original-URI or X-Original-URL is required\n"),
                     );
                 };
-                let host = header_str(headers, &X_FORWARDED_HOST).or_else(|| header_str(headers, &http::header::HOST)).unwrap_or("");
+                let url_host = original_url.and_then(|u| u.split_once("://")).map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+                let host =
+                    header_str(headers, &X_FORWARDED_HOST).or(url_host).or_else(|| header_str(headers, &http::header::HOST)).unwrap_or("");
                 (method, target, host)
             }
             Mode::Prefix => {

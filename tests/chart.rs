@@ -1,0 +1,213 @@
+//! The Helm chart, offline: it renders and lints (Helm SDK) with default and non-default values,
+//! every rendered object validates against the Kubernetes schemas, wrong values fail at install
+//! time, the RBAC is exactly what each component uses, and pods run with secure defaults.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Renders the chart with `values`; Err carries what Helm or the validator said.
+fn render(values: Value) -> Result<Vec<Value>, String> {
+    let out = Command::new("python3")
+        .arg(root().join("tests/helm/render.py"))
+        .arg(root().join("charts/portcullis"))
+        .arg(values.to_string())
+        .output()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if stderr.contains("ModuleNotFoundError") {
+        panic!("the chart tests need `pip install helm-python-sdk kubernetes-validate` (CI installs them in .ci/run): {stderr}");
+    }
+    if !out.status.success() {
+        return Err(stderr);
+    }
+    Ok(serde_json::from_slice(&out.stdout).expect("render.py prints JSON"))
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind && o["metadata"]["name"] == name).collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found = find(objects, kind, name);
+    assert_eq!(found.len(), 1, "expected one {kind} {name}");
+    found[0]
+}
+
+fn controller_watch_rules() -> Value {
+    json!([
+        {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies", "signingkeys"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies/status", "signingkeys/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ])
+}
+
+fn controller_self_rules() -> Value {
+    json!([
+        {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+    ])
+}
+
+fn gateway_rules(gateway: &str) -> Value {
+    json!([
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [format!("portcullis-gateway-{gateway}")], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [format!("portcullis-gateway-{gateway}-keys")], "verbs": ["get", "list", "watch"]},
+    ])
+}
+
+fn no_wildcards(objects: &[Value]) {
+    for o in objects.iter().filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole") {
+        for rule in o["rules"].as_array().unwrap() {
+            for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                assert!(
+                    !rule[field].as_array().into_iter().flatten().any(|v| v.as_str().is_some_and(|s| s.contains('*'))),
+                    "wildcard in {} {}: {rule}",
+                    o["kind"],
+                    o["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
+/// Every role the gateway's ServiceAccount is bound to.
+fn gateway_bindings(objects: &[Value]) -> Vec<(String, String)> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
+        .filter(|o| o["subjects"].as_array().unwrap().iter().any(|s| s["name"] == "portcullis-gateway"))
+        .map(|o| (o["kind"].as_str().unwrap().to_owned(), o["roleRef"]["name"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn secure_pods(objects: &[Value]) {
+    for d in objects.iter().filter(|o| o["kind"] == "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(
+                (sc["runAsNonRoot"].as_bool(), sc["readOnlyRootFilesystem"].as_bool(), sc["allowPrivilegeEscalation"].as_bool()),
+                (Some(true), Some(true), Some(false)),
+                "{name}"
+            );
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+            assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object(), "{name} has requests and limits");
+            for probe in ["livenessProbe", "readinessProbe"] {
+                assert_eq!(c[probe]["httpGet"]["port"], "admin", "{name} {probe} on the admin port");
+            }
+            assert!(c["ports"].as_array().unwrap().iter().any(|p| p["name"] == "admin"));
+        }
+    }
+}
+
+#[test]
+fn the_chart_carries_exactly_the_generated_crds() {
+    for crd in portcullis::api::crds() {
+        let file = portcullis::api::crd_file_name(&crd);
+        let chart = std::fs::read_to_string(root().join("charts/portcullis/crds").join(&file)).unwrap_or_default();
+        assert_eq!(
+            chart,
+            std::fs::read_to_string(root().join("crds").join(&file)).unwrap(),
+            "charts/portcullis/crds/{file} differs from crds/{file}: run `cargo run -- crds --out crds --out charts/portcullis/crds`"
+        );
+    }
+}
+
+#[test]
+fn default_values_render_a_least_privilege_secure_install() {
+    let objects = render(json!({})).unwrap();
+    no_wildcards(&objects);
+    secure_pods(&objects);
+    assert_eq!(one(&objects, "ClusterRole", "portcullis-controller")["rules"], controller_watch_rules());
+    assert_eq!(one(&objects, "Role", "portcullis-controller-self")["rules"], controller_self_rules());
+    assert_eq!(one(&objects, "Role", "portcullis-gateway")["rules"], gateway_rules("default"));
+    assert_eq!(
+        gateway_bindings(&objects),
+        [("RoleBinding".to_owned(), "portcullis-gateway".to_owned())],
+        "the gateway gets nothing cluster-wide"
+    );
+
+    let controller = one(&objects, "Deployment", "portcullis-controller");
+    assert_eq!(controller["spec"]["replicas"], 2);
+    let args = controller["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
+    assert!(args.contains(&json!("--lease-name=portcullis-controller")) && !args.contains(&json!("--no-leader-election")));
+    let gateway = one(&objects, "Deployment", "portcullis-gateway");
+    let gargs = gateway["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
+    assert!(gargs.contains(&json!("--configmap=$(POD_NAMESPACE)/portcullis-gateway-default")), "{gargs:?}");
+    assert!(gargs.contains(&json!("--issuer-url=http://portcullis-gateway.portcullis.svc:8080")));
+    for optional in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"] {
+        assert!(!objects.iter().any(|o| o["kind"] == optional), "{optional} is off by default");
+    }
+}
+
+#[test]
+fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
+    let objects = render(json!({
+        "controller": {"watchNamespaces": ["shop", "billing"], "replicas": 3, "podDisruptionBudget": {"enabled": true, "minAvailable": 1}},
+        "gateway": {"name": "edge", "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}, "podDisruptionBudget": {"enabled": true, "minAvailable": "50%"},
+                    "issuerURL": "https://auth.example.com", "service": {"type": "LoadBalancer"}},
+        "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
+        "networkPolicy": {"enabled": true, "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+    }))
+    .unwrap();
+    no_wildcards(&objects);
+    secure_pods(&objects);
+    assert!(find(&objects, "ClusterRole", "portcullis-controller").is_empty(), "no cluster-wide access when namespaces are listed");
+    let roles = find(&objects, "Role", "portcullis-controller");
+    let namespaces: Vec<&str> = roles.iter().map(|r| r["metadata"]["namespace"].as_str().unwrap()).collect();
+    assert_eq!(namespaces, ["shop", "billing"]);
+    for r in roles {
+        assert_eq!(r["rules"], controller_watch_rules());
+    }
+    assert_eq!(one(&objects, "Role", "portcullis-gateway")["rules"], gateway_rules("edge"));
+    assert_eq!(gateway_bindings(&objects), [("RoleBinding".to_owned(), "portcullis-gateway".to_owned())]);
+    let args = one(&objects, "Deployment", "portcullis-controller")["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(args.as_array().unwrap().contains(&json!("--watch-namespaces=shop,billing")));
+    let gateway = one(&objects, "Deployment", "portcullis-gateway");
+    assert!(gateway["spec"].get("replicas").is_none(), "the HPA owns the replica count");
+    assert_eq!(one(&objects, "HorizontalPodAutoscaler", "portcullis-gateway")["spec"]["maxReplicas"], 6);
+    assert_eq!(find(&objects, "PodDisruptionBudget", "portcullis-gateway").len(), 1);
+    assert_eq!(find(&objects, "PodDisruptionBudget", "portcullis-controller").len(), 1);
+    let np = one(&objects, "NetworkPolicy", "portcullis-gateway");
+    assert_eq!(np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "ingress-nginx");
+    assert_eq!(one(&objects, "ServiceMonitor", "portcullis-gateway")["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(one(&objects, "Service", "portcullis-gateway")["spec"]["type"], "LoadBalancer");
+}
+
+#[test]
+fn wrong_values_fail_at_install_time() {
+    for (values, complaint) in [
+        (json!({"controller": {"replicas": "two"}}), "/controller/replicas"),
+        (json!({"gateway": {"name": "Not_A_Name"}}), "/gateway/name"),
+        (json!({"gateway": {"port": 70000}}), "/gateway/port"),
+        (json!({"controller": {"logFormat": "xml"}}), "/controller/logFormat"),
+        (json!({"gatway": {}}), "gatway"),
+        (json!({"image": {"pullPolicy": "Sometimes"}}), "/image/pullPolicy"),
+    ] {
+        let err = render(values.clone()).expect_err(&values.to_string());
+        assert!(err.contains(complaint), "{values}: {err}");
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_from_the_lock_file_and_runs_unprivileged() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let from: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(from.len(), 2, "a build stage and a runtime stage");
+    assert!(from[0].contains("rust:1.") && from[0].contains(" AS build"), "a pinned Rust image: {}", from[0]);
+    assert!(dockerfile.matches("--locked").count() >= 2, "every cargo build uses --locked");
+    assert!(dockerfile.contains("USER 65532:65532") && from[1].contains(":nonroot"));
+    assert!(dockerfile.contains("COPY --from=build /portcullis /usr/local/bin/portcullis"));
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "target") && ignore.contains(".portcullis"), "build context excludes target/ and local keys");
+}
