@@ -86,6 +86,81 @@ fn examples_are_valid_resources() {
     }
 }
 
+/// Structural validation (types, required, enums, patterns, lengths) of documents of `kind`
+/// against its CRD, the way the API server applies it; one error list per document.
+fn structural_errors(kind: &str, docs: &[Value]) -> Vec<Vec<String>> {
+    let file = if kind == "AuthPolicy" { "authpolicies.portcullis.dev.yaml" } else { "signingkeys.portcullis.dev.yaml" };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("python3")
+        .arg(root.join("tests/schema/validate.py"))
+        .arg(root.join("crds").join(file))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(serde_json::to_string(docs).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "validate.py failed (pip install jsonschema pyyaml): {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn examples_validate_against_the_crd_schemas() {
+    for kind in ["AuthPolicy", "SigningKey"] {
+        let docs: Vec<Value> = example_documents().into_iter().map(|(_, d)| d).filter(|d| d["kind"] == kind).collect();
+        assert!(!docs.is_empty());
+        for (doc, errors) in docs.iter().zip(structural_errors(kind, &docs)) {
+            assert!(errors.is_empty(), "{}: {errors:?}", doc["metadata"]["name"]);
+        }
+    }
+}
+
+#[test]
+fn the_crd_schemas_reject_malformed_values() {
+    let base = policy(json!({"issuers": [issuer()], "rules": [{"name": "r", "match": {"paths": [{"prefix": "/"}]}}]}));
+    let bad = |path: &[&str], value: Value| {
+        let mut d = base.clone();
+        let mut at = &mut d;
+        for p in &path[..path.len() - 1] {
+            at = match p.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*p],
+            };
+        }
+        at[path[path.len() - 1]] = value;
+        d
+    };
+    let cases = [
+        (bad(&["spec", "hosts"], json!(["API.example.com"])), "spec.hosts.0"),
+        (bad(&["spec", "hosts"], json!(["example.com:8080"])), "spec.hosts.0"),
+        (bad(&["spec", "gateway"], json!("Default")), "spec.gateway"),
+        (bad(&["spec", "issuers", "0", "algorithms"], json!(["HS256"])), "spec.issuers.0.algorithms.0"),
+        (bad(&["spec", "issuers", "0", "algorithms"], json!([])), "spec.issuers.0.algorithms"),
+        (bad(&["spec", "issuers", "0", "audiences"], json!([])), "spec.issuers.0.audiences"),
+        (bad(&["spec", "issuers", "0", "clockSkew"], json!("5 minutes")), "spec.issuers.0.clockSkew"),
+        (bad(&["spec", "issuers", "0", "jwks", "uri"], json!("ftp://x")), "spec.issuers.0.jwks.uri"),
+        (bad(&["spec", "rules"], json!([])), "spec.rules"),
+        (bad(&["spec", "rules", "0", "name"], json!("Read_All")), "spec.rules.0.name"),
+        (bad(&["spec", "rules", "0", "match", "paths", "0", "prefix"], json!("orders")), "spec.rules.0.match.paths.0.prefix"),
+        (bad(&["spec", "rules", "0", "match", "methods"], json!(["FETCH"])), "spec.rules.0.match.methods.0"),
+        (bad(&["spec", "forward"], json!({"token": "copy"})), "spec.forward.token"),
+    ];
+    let docs: Vec<Value> = cases.iter().map(|(d, _)| d.clone()).collect();
+    let results = structural_errors("AuthPolicy", &docs);
+    for ((_, field), errors) in cases.iter().zip(&results) {
+        assert!(errors.iter().any(|e| e.starts_with(field)), "{field} should be rejected: {errors:?}");
+    }
+    assert_eq!(structural_errors("AuthPolicy", &[base]), [Vec::<String>::new()], "the base document itself is valid");
+    let sk = json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "k"}, "spec": {"algorithm": "HS256", "rotationInterval": "1d"}});
+    let errors = &structural_errors("SigningKey", &[sk])[0];
+    assert!(
+        errors.iter().any(|e| e.starts_with("spec.algorithm")) && errors.iter().any(|e| e.starts_with("spec.rotationInterval")),
+        "{errors:?}"
+    );
+}
+
 #[test]
 fn every_example_directory_compiles_with_every_policy_accepted() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");

@@ -351,3 +351,45 @@ async fn an_api_error_keeps_the_last_good_config_and_says_so_in_status() {
     assert!(state.last_good.is_empty(), "nothing was published, so nothing new counts as last good");
     api.expect_nothing().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_a_hundred_changes_is_compiled_a_handful_of_times() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    ctx.ready.store(true, std::sync::atomic::Ordering::Release);
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Answer every request; count the gateway ConfigMap writes.
+    let counter = writes.clone();
+    tokio::spawn(async move {
+        while let Ok(Some((req, reply))) = tokio::time::timeout(Duration::from_secs(5), api.0.next_request()).await {
+            if req.uri().path().ends_with("/configmaps/portcullis-gateway-default") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let sent: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            reply.send_response(Response::builder().status(200).body(Body::from(serde_json::to_vec(&echo(&sent)).unwrap())).unwrap());
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gateway_loop = tokio::spawn(super::gateways::run(ctx.clone(), stop_rx));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let initial = writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(initial, 1, "the empty default gateway is published at start");
+
+    // 100 applies, 2 ms apart, each changing what the gateway enforces.
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        let spec = json!({"rules": [{"name": "r", "public": true, "match": {"paths": [{"prefix": format!("/v{i}")}]}}]});
+        put(&mut w.policies, policy("shop", &format!("p{i}"), i, spec));
+        ctx.changed();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let burst_ms = started.elapsed().as_millis() as usize;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let burst = writes.load(std::sync::atomic::Ordering::SeqCst) - initial;
+    eprintln!("100 changes over {burst_ms}ms: {burst} ConfigMap writes");
+    // At most one compile per max_delay (50 ms here) while changes keep coming, plus the last.
+    assert!(burst >= 1 && burst <= burst_ms / 50 + 2 && burst < 20, "{burst} writes for a burst of 100 changes over {burst_ms}ms");
+    let _ = stop_tx.send(true);
+    gateway_loop.await.unwrap();
+}
