@@ -697,36 +697,27 @@ fn run_keys(action: KeysAction) -> Result<u8> {
             Ok(0)
         }
         KeysAction::Rotate { dir, name, immediate } => {
-            let loaded = load_once(&dir)?;
-            let key = find_key(&loaded, &name)?;
             let id = format!("{}{}", if immediate { "immediate-" } else { "local-" }, jiff::Timestamp::now().as_nanosecond());
-            let requests = HashMap::from([(key.clone(), Requests { rotate: Some(id), revoke: Vec::new() })]);
-            let events = dir
-                .local()
-                .sync_keys(&[(key.clone(), loaded.specs[&key].clone())], jiff::Timestamp::now(), &requests)
-                .map_err(|e| anyhow!(e))?
-                .events;
-            for (_, e) in events {
-                println!("{}", e.describe());
-            }
-            Ok(0)
+            request_keys(&dir, &name, |_| Ok(Requests { rotate: Some(id), revoke: Vec::new() }))
         }
-        KeysAction::Revoke { dir, name, kid } => {
-            let loaded = load_once(&dir)?;
-            let key = find_key(&loaded, &name)?;
-            if !loaded.rings[&key].keys.iter().any(|k| k.kid == kid) {
-                bail!("SigningKey {key} has no key {kid}");
+        KeysAction::Revoke { dir, name, kid } => request_keys(&dir, &name, |ring| {
+            if !ring.keys.iter().any(|k| k.kid == kid) {
+                bail!("SigningKey {name} has no key {kid}");
             }
-            let requests = HashMap::from([(key.clone(), Requests { rotate: None, revoke: vec![kid] })]);
-            let events = dir
-                .local()
-                .sync_keys(&[(key.clone(), loaded.specs[&key].clone())], jiff::Timestamp::now(), &requests)
-                .map_err(|e| anyhow!(e))?
-                .events;
-            for (_, e) in events {
-                println!("{}", e.describe());
-            }
-            Ok(0)
-        }
+            Ok(Requests { rotate: None, revoke: vec![kid.clone()] })
+        }),
     }
+}
+
+/// Runs the schedule of one local SigningKey with a request and prints what happened.
+fn request_keys(dir: &DirArgs, name: &str, request: impl FnOnce(&crate::keys::store::KeyRing) -> Result<Requests>) -> Result<u8> {
+    let loaded = load_once(dir)?;
+    let key = find_key(&loaded, name)?;
+    let requests = HashMap::from([(key.clone(), request(&loaded.rings[&key])?)]);
+    let synced =
+        dir.local().sync_keys(&[(key.clone(), loaded.specs[&key].clone())], jiff::Timestamp::now(), &requests).map_err(|e| anyhow!(e))?;
+    for (_, e) in synced.events {
+        println!("{}", e.describe());
+    }
+    Ok(0)
 }

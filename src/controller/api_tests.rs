@@ -286,19 +286,21 @@ fn shop_world(w: &mut Writers) {
     );
 }
 
+/// One pass of the gateway loop in the background, handing its state back.
+fn spawn_sync(ctx: Arc<Context>, mut state: LoopState) -> tokio::task::JoinHandle<(Result<(), Error>, LoopState)> {
+    tokio::spawn(async move {
+        let r = sync_all(&ctx, &mut state).await;
+        (r, state)
+    })
+}
+
 #[tokio::test]
 async fn a_gateway_is_published_once_and_then_left_alone() {
     let (client, mut api) = mock();
     let (ctx, mut w) = context(client);
     shop_world(&mut w);
-    let mut state = LoopState { last_good: HashMap::new() };
-    let task = tokio::spawn({
-        let ctx = ctx.clone();
-        async move {
-            let r = sync_all(&ctx, &mut state).await;
-            (r, state)
-        }
-    });
+    let state = LoopState { last_good: HashMap::new() };
+    let task = spawn_sync(ctx.clone(), state);
     let (_, keys) = api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 201, Value::Null).await;
     assert_eq!(keys["data"].as_object().unwrap().keys().collect::<Vec<_>>(), ["shop.internal.json"]);
     let (_, cm) = api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 201, Value::Null).await;
@@ -331,14 +333,8 @@ async fn an_api_error_keeps_the_last_good_config_and_says_so_in_status() {
     let (client, mut api) = mock();
     let (ctx, mut w) = context(client);
     shop_world(&mut w);
-    let mut state = LoopState { last_good: HashMap::new() };
-    let task = tokio::spawn({
-        let ctx = ctx.clone();
-        async move {
-            let r = sync_all(&ctx, &mut state).await;
-            (r, state)
-        }
-    });
+    let state = LoopState { last_good: HashMap::new() };
+    let task = spawn_sync(ctx.clone(), state);
     api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 200, Value::Null).await;
     api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 500, status_error(500, "InternalError"))
         .await;
