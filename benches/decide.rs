@@ -69,6 +69,8 @@ fn bench_decide(c: &mut Criterion) {
         });
     }
 
+    bench_minting(&mut g);
+
     let issuer = TestIssuer::new(ISS, SigningAlgorithm::RS256);
     let engine = engine_for(&issuer, "RS256", 100_000);
     let none = HeaderMap::new();
@@ -86,6 +88,36 @@ fn bench_decide(c: &mut Criterion) {
     let bad = Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &hf };
     g.bench_function("deny/bad-signature-RS256", |b| b.iter(|| black_box(engine.decide(black_box(&bad), NOW))));
     g.finish();
+}
+
+/// Allow with `forward.token: issue` (EdDSA internal key): reusing the minted token, and minting.
+fn bench_minting(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use portcullis::keys::schedule::{Requests, generate, plan, publish};
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let spec: portcullis::api::SigningKeySpec = serde_json::from_value(json!({"algorithm": "EdDSA", "retain": "1h"})).unwrap();
+    let key = portcullis::policy::KeyRef { namespace: "default".into(), name: "internal".into() };
+    let ring =
+        plan(jiff::Timestamp::from_second(NOW).unwrap(), &spec, Default::default(), &Requests::default(), &mut generate).unwrap().ring;
+    let keys = BTreeMap::from([(key.clone(), publish(&key, &spec, &ring).unwrap())]);
+    let yaml = format!(
+        "name: p\nspec:\n  issuers: [{{ issuer: \"{ISS}\", audiences: [orders], algorithms: [ES256], jwks: {{ inline: {} }} }}]\n  rules: [{{ name: r, match: {{ paths: [{{ prefix: / }}] }} }}]\n  forward: {{ token: issue, issue: {{ signingKeyRef: {{ name: internal }}, audience: up, ttl: 5m }} }}\n",
+        issuer.jwks()
+    );
+    let compiled = compile_yaml("default", &yaml, &keys);
+    let minting = BTreeMap::from([(key, ring)]);
+    let engine = Engine::build(
+        compiled.config,
+        &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 100_000 },
+    )
+    .unwrap();
+    let h = headers(&issuer.token("orders", NOW, json!({})));
+    let req = Request { method: "GET", host: "h", target: "/x", headers: &h };
+    assert!(engine.decide(&req, NOW).is_allow());
+    g.bench_function("allow/issue-EdDSA/reused", |b| b.iter(|| black_box(engine.decide(black_box(&req), NOW))));
+    // What a fresh mint costs on top: one signature.
+    let pair = minting.values().next().unwrap().active().unwrap().key_pair().unwrap();
+    let claims = json!({"iss": "https://gw", "aud": "up", "sub": "alice", "iat": NOW, "exp": NOW + 300, "jti": "x"});
+    g.bench_function("mint/sign-EdDSA", |b| b.iter(|| black_box(pair.sign_jwt(black_box(&claims)).unwrap())));
 }
 
 /// `n` routes: n/10 policies of 10 prefix rules, spread over hosts.

@@ -454,10 +454,31 @@ impl Engine {
             }
         }
         let authorization = match (&rule.token, &rule.issue) {
-            (TokenForwarding::Issue, Some((issue, Some(minter)))) => match minter.mint(&self.issuer_url, issue, &verified, now) {
-                Ok(t) => HeaderValue::try_from(format!("Bearer {t}")).ok(),
-                Err(e) => return Decision::Deny(deny(DenyReason::MintUnavailable, Some(e.to_string()))),
-            },
+            (TokenForwarding::Issue, Some((issue, Some(minter)))) => {
+                let kid = minter.current(now).kid();
+                let fresh = verified.minted.load();
+                match fresh.as_deref() {
+                    Some(m) if m.route == (route.policy, route.rule) && m.kid == kid && now < m.refresh_after => Some(m.header.clone()),
+                    _ => match minter.mint(&self.issuer_url, issue, &verified, now) {
+                        Ok(t) => {
+                            let header = HeaderValue::try_from(format!("Bearer {t}")).ok();
+                            if let Some(h) = &header {
+                                let exp = (now + issue.ttl_secs as i64).min(verified.exp);
+                                let refresh_after = now + (exp - now) / 2;
+                                let slot = token::Minted {
+                                    route: (route.policy, route.rule),
+                                    kid: kid.to_owned(),
+                                    header: h.clone(),
+                                    refresh_after,
+                                };
+                                verified.minted.store(Some(Arc::new(slot)));
+                            }
+                            header
+                        }
+                        Err(e) => return Decision::Deny(deny(DenyReason::MintUnavailable, Some(e.to_string()))),
+                    },
+                }
+            }
             (TokenForwarding::Issue, _) => {
                 return Decision::Deny(deny(DenyReason::MintUnavailable, Some("the signing key is not available to this gateway".into())));
             }

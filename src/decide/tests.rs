@@ -449,3 +449,53 @@ spec:
     let Outcome::Rejected { rejection, .. } = &missing.outcomes[0].outcome else { panic!() };
     assert_eq!(rejection.reason, RejectReason::KeyNotFound);
 }
+
+#[test]
+fn minted_tokens_are_reused_while_fresh_and_follow_the_signing_key() {
+    use crate::keys::schedule::{Requests, generate, plan, publish};
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let spec: crate::api::SigningKeySpec =
+        serde_json::from_value(json!({"algorithm": "EdDSA", "rotationInterval": "1h", "prePublish": "1m", "retain": "10m"})).unwrap();
+    let key = crate::policy::KeyRef { namespace: "default".into(), name: "internal".into() };
+    let t0 = jiff::Timestamp::from_second(NOW).unwrap();
+    let ring = plan(t0, &spec, Default::default(), &Requests::default(), &mut generate).unwrap().ring;
+    let yaml = format!(
+        r#"
+name: p
+spec:
+  issuers: [{{ issuer: "{ISS}", audiences: [orders], algorithms: [ES256], jwks: {{ inline: {jwks} }} }}]
+  rules: [{{ name: r, match: {{ paths: [{{ prefix: / }}] }} }}]
+  forward: {{ token: issue, issue: {{ signingKeyRef: {{ name: internal }}, audience: up, ttl: 5m }} }}
+"#,
+        jwks = issuer.jwks()
+    );
+    let engine_at = |ring: &crate::keys::store::KeyRing| {
+        let keys = BTreeMap::from([(key.clone(), publish(&key, &spec, ring).unwrap())]);
+        let compiled = compile_yaml("default", &yaml, &keys);
+        let minting = BTreeMap::from([(key.clone(), ring.clone())]);
+        Engine::build(
+            compiled.config,
+            &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 100 },
+        )
+        .unwrap()
+    };
+    let e = engine_at(&ring);
+    let h = bearer(&issuer.token("orders", NOW, json!({})));
+    let minted = |e: &Engine, at: i64| match e.decide(&Request { method: "GET", host: "h", target: "/", headers: &h }, at) {
+        Decision::Allow(a) => a.authorization.unwrap(),
+        d => panic!("{d:?}"),
+    };
+    let first = minted(&e, NOW);
+    assert_eq!(minted(&e, NOW + 10), first, "fresh: reused");
+    assert_ne!(minted(&e, NOW + 151), first, "past half its lifetime: minted again");
+
+    // The successor takes over at its activation: the next token is signed with it.
+    let rotated = plan(t0, &spec, ring, &Requests { rotate: Some("immediate-1".into()), revoke: vec![] }, &mut generate).unwrap().ring;
+    let e = engine_at(&rotated);
+    let kid = |v: &HeaderValue| {
+        let t = v.to_str().unwrap().trim_start_matches("Bearer ");
+        let header: serde_json::Value = serde_json::from_slice(&crate::keys::b64url_decode(t.split('.').next().unwrap()).unwrap()).unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(kid(&minted(&e, NOW)), rotated.active().unwrap().kid);
+}

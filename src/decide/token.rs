@@ -206,6 +206,18 @@ pub struct Verified {
     pub exp: i64,
     pub nbf: Option<i64>,
     pub claims: Value,
+    /// The internal token last minted for this caller token (one slot: a caller mostly hits one
+    /// route), reused while it is fresh so that minting does not sign on every request.
+    pub minted: arc_swap::ArcSwapOption<Minted>,
+}
+
+#[derive(Debug)]
+pub struct Minted {
+    pub route: (u32, u32),
+    pub kid: String,
+    pub header: http::HeaderValue,
+    /// After this the token has less than half of its lifetime left: mint a new one.
+    pub refresh_after: i64,
 }
 
 fn numeric_date(v: &Value) -> Option<i64> {
@@ -232,7 +244,7 @@ impl Verified {
             Some(_) => return Err(DenyReason::MalformedToken),
             None => Vec::new(),
         };
-        Ok(Self { keyset: keyset.id(), generation, alg, iss, aud, exp, nbf, claims })
+        Ok(Self { keyset: keyset.id(), generation, alg, iss, aud, exp, nbf, claims, minted: Default::default() })
     }
 
     pub fn check_time(&self, now: i64, skew: i64) -> Result<(), DenyReason> {
