@@ -389,3 +389,48 @@ async fn a_burst_of_a_hundred_changes_is_compiled_a_handful_of_times() {
     let _ = stop_tx.send(true);
     gateway_loop.await.unwrap();
 }
+
+/// An API server with nothing in it: empty lists, quiet watches, writes echoed. Counts requests.
+async fn empty_api_server(mut api: ApiServer, seen: Arc<std::sync::Mutex<Vec<String>>>) {
+    while let Some((req, reply)) = api.0.next_request().await {
+        let line = format!("{} {}", req.method(), req.uri().path());
+        let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+        seen.lock().unwrap().push(line);
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body = if is_watch {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Vec::new()
+        } else if bytes.is_empty() {
+            serde_json::to_vec(&json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []})).unwrap()
+        } else {
+            serde_json::to_vec(&echo(&serde_json::from_slice(&bytes).unwrap())).unwrap()
+        };
+        reply.send_response(Response::builder().status(200).body(Body::from(body)).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly() {
+    let (client, api) = mock();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(empty_api_server(api, seen.clone()));
+    let opts = Options {
+        namespace: "portcullis".into(),
+        scope: Scope::All,
+        gateways: vec!["default".into()],
+        identity: "solo".into(),
+        lease_name: None,
+        debounce: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    };
+    let metrics = ControllerMetrics::new();
+    let cell = Arc::new(tokio::sync::OnceCell::new());
+    let ctx = super::run(client, opts, metrics.clone(), tokio::time::sleep(Duration::from_millis(1500)), cell.clone()).await.unwrap();
+    assert!(ctx.ready.load(std::sync::atomic::Ordering::Acquire), "the watch caches synced");
+    let seen = seen.lock().unwrap().clone();
+    let count = |line: &str| seen.iter().filter(|l| l.as_str() == line).count();
+    assert_eq!(count("PATCH /api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default"), 1, "{seen:#?}");
+    assert_eq!(count("PATCH /api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys"), 1);
+    assert!(!seen.iter().any(|l| l.contains("leases")), "no Lease without leader election");
+    assert!(metrics.render().contains("portcullis_controller_leader 0"), "not leading after shutdown");
+}

@@ -250,6 +250,8 @@ pub async fn run(
 
     let mut shutdown = std::pin::pin!(shutdown);
     // Leadership: a Lease, or (without one) always leader.
+    // Without a Lease this replica always leads; the sender lives as long as `run`.
+    let (always, not_elected) = watch::channel(true);
     let (mut leading, lease_task) = match &ctx.opts.lease_name {
         Some(name) => {
             let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), name)
@@ -263,14 +265,19 @@ pub async fn run(
             let (rx, task) = manager.watch().await;
             (rx, Some(task))
         }
-        None => (watch::channel(true).1, None),
+        None => (not_elected, None),
     };
+    let _always = always;
 
     loop {
-        // Wait to lead (or to stop).
+        // Wait to lead (or to stop). If the Lease manager is gone, this replica can never know
+        // it leads: stop, and let Kubernetes restart it, rather than act unsure.
         while !*leading.borrow_and_update() {
             tokio::select! {
-                changed = leading.changed() => if changed.is_err() { break },
+                changed = leading.changed() => if changed.is_err() {
+                    finish(ctx, leading, lease_task, tasks).await?;
+                    anyhow::bail!("leader election stopped");
+                },
                 _ = &mut shutdown => return finish(ctx, leading, lease_task, tasks).await,
             }
         }
