@@ -1,6 +1,8 @@
 //! Prometheus metrics of the controller.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::gateway::metrics::{register, render};
 
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -64,24 +66,23 @@ impl ControllerMetrics {
         let writes = IntCounterVec::new(Opts::new("portcullis_controller_writes_total", "Objects written, by kind."), &["kind"])
             .expect("valid metric");
         let leader = IntGauge::new("portcullis_controller_leader", "1 while this replica holds the leader Lease.").expect("valid metric");
-        for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(errors.clone()),
-            Box::new(duration.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(last_compile.clone()),
-            Box::new(config_bytes.clone()),
-            Box::new(writes.clone()),
-            Box::new(leader.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
+        register(
+            &registry,
+            vec![
+                Box::new(reconciles.clone()),
+                Box::new(errors.clone()),
+                Box::new(duration.clone()),
+                Box::new(queue_depth.clone()),
+                Box::new(last_compile.clone()),
+                Box::new(config_bytes.clone()),
+                Box::new(writes.clone()),
+                Box::new(leader.clone()),
+            ],
+        );
         Self { registry, reconciles, errors, duration, queue_depth, last_compile, config_bytes, writes, leader }
     }
 
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
-        String::from_utf8(out).expect("metrics are UTF-8")
+        render(&self.registry)
     }
 }

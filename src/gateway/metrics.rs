@@ -78,21 +78,22 @@ impl Metrics {
             &["signing_key"],
         )
         .expect("valid metric");
-        for c in [
-            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(denials_vec),
-            Box::new(decision_seconds.clone()),
-            Box::new(config_info.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(config_last_success.clone()),
-            Box::new(jwks_fetches.clone()),
-            Box::new(jwks_keys.clone()),
-            Box::new(token_cache_entries.clone()),
-            Box::new(signing_key_age.clone()),
-            Box::new(signing_key_next.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
+        register(
+            &registry,
+            vec![
+                Box::new(decisions.clone()),
+                Box::new(denials_vec),
+                Box::new(decision_seconds.clone()),
+                Box::new(config_info.clone()),
+                Box::new(config_reloads.clone()),
+                Box::new(config_last_success.clone()),
+                Box::new(jwks_fetches.clone()),
+                Box::new(jwks_keys.clone()),
+                Box::new(token_cache_entries.clone()),
+                Box::new(signing_key_age.clone()),
+                Box::new(signing_key_next.clone()),
+            ],
+        );
         Self {
             registry,
             decisions,
@@ -158,8 +159,20 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
-        String::from_utf8(out).expect("metrics are UTF-8")
+        render(&self.registry)
     }
+}
+
+/// Registers collectors whose names are fixed in code (so registration cannot fail).
+pub fn register(registry: &Registry, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+    for c in collectors {
+        registry.register(c).expect("metric names are unique");
+    }
+}
+
+/// The Prometheus text format of a registry.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out).expect("text encoding cannot fail");
+    String::from_utf8(out).expect("metrics are UTF-8")
 }
