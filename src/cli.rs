@@ -91,6 +91,19 @@ struct ServeArgs {
     /// Shortest time between two fetches of one remote JWKS.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     jwks_min_refetch: Duration,
+    /// PEM file of CA certificates to trust for JWKS URLs, besides the public roots.
+    #[arg(long, env = "PORTCULLIS_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn gateway(&self) -> Result<Arc<Gateway>> {
+        let roots = match &self.jwks_ca_file {
+            Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
+            None => Vec::new(),
+        };
+        Ok(Gateway::with_jwks_roots(&issuer_url(self), Metrics::new(), self.jwks_min_refetch, &roots))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -255,7 +268,8 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -314,7 +328,7 @@ fn issuer_url(args: &ServeArgs) -> String {
 }
 
 async fn run_gateway(args: GatewayArgs) -> Result<u8> {
-    let gateway = Gateway::new(&issuer_url(&args.serve), Metrics::new(), args.serve.jwks_min_refetch);
+    let gateway = args.serve.gateway()?;
     let (stop, tasks, addr) = start_serving(&gateway, &args.serve).await?;
     let source = match (&args.config, &args.configmap) {
         (Some(path), _) => {
@@ -424,7 +438,7 @@ async fn run_local(args: LocalArgs) -> Result<u8> {
     if !local.dir.is_dir() {
         bail!("{} is not a directory", local.dir.display());
     }
-    let gateway = Gateway::new(&issuer_url(&args.serve), Metrics::new(), args.serve.jwks_min_refetch);
+    let gateway = args.serve.gateway()?;
     let mut last_good = HashMap::new();
     let mut loaded = local.load(jiff::Timestamp::now(), &HashMap::new(), &last_good).map_err(|e| anyhow!(e))?;
     apply_local(&gateway, &loaded, &mut last_good);

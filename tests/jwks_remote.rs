@@ -128,3 +128,128 @@ async fn remote_keys_are_fetched_refetched_on_unknown_kid_and_kept_on_failure() 
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (apt-get install openssl)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it.
+fn private_ca(dir: &std::path::Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "idp.key",
+            "-out",
+            "idp.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "idp.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "idp.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_keys_over_https_from_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    private_ca(dir.path());
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    std::fs::write(dir.path().join("jwks"), issuer.jwks().to_string()).unwrap();
+    let port = common::free_port();
+    let server = format!(
+        "import http.server, ssl\nctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\nctx.load_cert_chain('idp.pem', 'idp.key')\n\
+         httpd = http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler)\nhttpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)\nhttpd.serve_forever()\n"
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &server]).current_dir(dir.path());
+    let _idp = common::Proc::spawn("https idp", &mut cmd, dir.path().join("idp.log"));
+
+    let yaml = format!(
+        "name: api\nspec:\n  issuers: [{{ issuer: \"{ISS}\", audiences: [api], algorithms: [ES256], jwks: {{ uri: \"https://127.0.0.1:{port}/jwks\" }} }}]\n  rules: [{{ name: all, match: {{ paths: [{{ prefix: / }}] }} }}]\n"
+    );
+    let compiled = compile_yaml("default", &yaml, &Default::default());
+    let token = issuer.token("api", now(), json!({}));
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let decide = |g: &Gateway| {
+        let engine = g.engine().unwrap();
+        engine.decide(&portcullis::decide::Request { method: "GET", host: "h", target: "/", headers: &headers }, now())
+    };
+    let wait_loaded = async |g: &Gateway| {
+        for _ in 0..150 {
+            if g.engine().unwrap().remote_key_sets()[0].state().loaded {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+
+    // Trusting the private CA: the keys load over TLS and the token verifies.
+    let roots = portcullis::gateway::jwks::read_ca_file(&dir.path().join("ca.pem")).unwrap();
+    let trusting = Gateway::with_jwks_roots("https://gw", Metrics::new(), Duration::from_millis(100), &roots);
+    trusting.apply(compiled.config.clone(), &Default::default()).unwrap();
+    assert!(wait_loaded(&trusting).await, "JWKS over https with the private CA: {}", trusting.metrics.render());
+    assert!(decide(&trusting).is_allow());
+
+    // The public roots alone do not trust that server: nothing loads, tokens get 503, not 200.
+    let strict = Gateway::new("https://gw", Metrics::new(), Duration::from_millis(100));
+    strict.apply(compiled.config, &Default::default()).unwrap();
+    assert!(!wait_loaded(&strict).await);
+    match decide(&strict) {
+        portcullis::decide::Decision::Deny(d) => assert_eq!(d.reason, portcullis::decide::DenyReason::KeysUnavailable),
+        other => panic!("{other:?}"),
+    }
+    assert!(strict.metrics.render().contains("portcullis_jwks_fetches_total{result=\"failure\""));
+}

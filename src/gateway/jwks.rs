@@ -10,6 +10,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -22,15 +24,34 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-pub fn http_client() -> HttpClient {
+/// An HTTP(S) client that trusts the Mozilla roots plus `extra_roots` (an identity provider
+/// behind a private CA).
+pub fn http_client(extra_roots: &[CertificateDer<'static>]) -> HttpClient {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let (added, ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
+    if ignored > 0 {
+        tracing::warn!(added, ignored, "some extra CA certificates could not be used");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
         .expect("the aws-lc-rs provider supports the default protocol versions")
-        .https_or_http()
-        .enable_http1()
-        .build();
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
     Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// CA certificates (PEM) to trust for JWKS URLs besides the public roots.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 /// Fetches and parses a JWKS; the error says what went wrong without echoing the body.
@@ -83,8 +104,8 @@ pub struct JwksRegistry {
 }
 
 impl JwksRegistry {
-    pub fn new(metrics: Metrics, min_interval: Duration) -> Arc<Self> {
-        Arc::new(Self { remotes: Mutex::new(HashMap::new()), client: http_client(), metrics, min_interval })
+    pub fn new(metrics: Metrics, min_interval: Duration, extra_roots: &[CertificateDer<'static>]) -> Arc<Self> {
+        Arc::new(Self { remotes: Mutex::new(HashMap::new()), client: http_client(extra_roots), metrics, min_interval })
     }
 
     /// Asks for one early refetch of `set` (an unknown kid was seen) and waits for it, at most

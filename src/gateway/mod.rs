@@ -88,9 +88,19 @@ enum Mode {
 
 impl Gateway {
     pub fn new(issuer_url: &str, metrics: Metrics, jwks_min_interval: Duration) -> Arc<Self> {
+        Self::with_jwks_roots(issuer_url, metrics, jwks_min_interval, &[])
+    }
+
+    /// Like [`Gateway::new`], trusting `jwks_roots` (PEM CA certificates) for JWKS URLs too.
+    pub fn with_jwks_roots(
+        issuer_url: &str,
+        metrics: Metrics,
+        jwks_min_interval: Duration,
+        jwks_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Arc<Self> {
         Arc::new(Self {
             slot: ArcSwapOption::empty(),
-            jwks: JwksRegistry::new(metrics.clone(), jwks_min_interval),
+            jwks: JwksRegistry::new(metrics.clone(), jwks_min_interval, jwks_roots),
             no_route: metrics.policy_counters(""),
             metrics,
             issuer_url: issuer_url.trim_end_matches('/').to_owned(),
