@@ -160,6 +160,9 @@ struct ControllerArgs {
     /// The longest a change waits to be compiled during a continuous burst.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     max_delay: Duration,
+    /// PEM CA certificates to trust when probing JWKS URLs (as the gateways do).
+    #[arg(long, env = "PORTCULLIS_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -384,6 +387,10 @@ async fn run_controller(args: ControllerArgs) -> Result<u8> {
         lease_name: (!args.no_leader_election).then_some(args.lease_name),
         debounce: args.debounce,
         max_delay: args.max_delay,
+        jwks_roots: match &args.jwks_ca_file {
+            Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
+            None => Vec::new(),
+        },
     };
     let metrics = crate::controller::metrics::ControllerMetrics::new();
     let (admin_stop, admin_rx) = watch::channel(false);

@@ -155,7 +155,8 @@ fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
     let objects = render(json!({
         "controller": {"watchNamespaces": ["shop", "billing"], "replicas": 3, "podDisruptionBudget": {"enabled": true, "minAvailable": 1}},
         "gateway": {"name": "edge", "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}, "podDisruptionBudget": {"enabled": true, "minAvailable": "50%"},
-                    "issuerURL": "https://auth.example.com", "service": {"type": "LoadBalancer"}, "jwksCA": {"configMap": "corporate-ca"}},
+                    "issuerURL": "https://auth.example.com", "service": {"type": "LoadBalancer"}},
+        "jwksCA": {"configMap": "corporate-ca"},
         "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
         "networkPolicy": {"enabled": true, "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
     }))
@@ -175,9 +176,12 @@ fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
     assert!(args.as_array().unwrap().contains(&json!("--watch-namespaces=shop,billing")));
     let gateway = one(&objects, "Deployment", "portcullis-gateway");
     assert!(gateway["spec"].get("replicas").is_none(), "the HPA owns the replica count");
-    let pod = &gateway["spec"]["template"]["spec"];
-    assert!(pod["containers"][0]["args"].as_array().unwrap().contains(&json!("--jwks-ca-file=/etc/portcullis/jwks-ca/ca.crt")));
-    assert_eq!(pod["volumes"][0]["configMap"]["name"], "corporate-ca");
+    for d in ["portcullis-gateway", "portcullis-controller"] {
+        let pod = &one(&objects, "Deployment", d)["spec"]["template"]["spec"];
+        assert!(pod["containers"][0]["args"].as_array().unwrap().contains(&json!("--jwks-ca-file=/etc/portcullis/jwks-ca/ca.crt")), "{d}");
+        assert_eq!(pod["volumes"][0]["configMap"]["name"], "corporate-ca", "{d}");
+        assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/etc/portcullis/jwks-ca", "{d}");
+    }
     assert_eq!(one(&objects, "HorizontalPodAutoscaler", "portcullis-gateway")["spec"]["maxReplicas"], 6);
     assert_eq!(find(&objects, "PodDisruptionBudget", "portcullis-gateway").len(), 1);
     assert_eq!(find(&objects, "PodDisruptionBudget", "portcullis-controller").len(), 1);

@@ -107,6 +107,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         lease_name: None,
         debounce: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
+        jwks_roots: Vec::new(),
     };
     let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets };
     let ctx = Arc::new(Context::new(client, opts, stores, ControllerMetrics::new()));
@@ -422,6 +423,7 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
         lease_name: None,
         debounce: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
+        jwks_roots: Vec::new(),
     };
     let metrics = ControllerMetrics::new();
     let cell = Arc::new(tokio::sync::OnceCell::new());

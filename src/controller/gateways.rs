@@ -39,7 +39,7 @@ impl IssuerProbes {
             probes.insert(uri.to_owned(), (Instant::now(), entry.as_ref().and_then(|e| e.1.clone())));
             let (uri, ctx) = (uri.to_owned(), ctx.clone());
             tokio::spawn(async move {
-                let client = crate::gateway::jwks::http_client(&[]);
+                let client = crate::gateway::jwks::http_client(&ctx.opts.jwks_roots);
                 let result = crate::gateway::jwks::fetch_jwks(&client, &uri).await.map(|_| ());
                 let changed = {
                     let mut probes = ctx.probes.0.lock().expect("probe lock");

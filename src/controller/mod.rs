@@ -131,6 +131,8 @@ pub struct Options {
     /// Quiet time before a burst of changes is compiled, and the longest a change waits.
     pub debounce: Duration,
     pub max_delay: Duration,
+    /// Extra CA certificates for probing JWKS URLs (as the gateways' `--jwks-ca-file`).
+    pub jwks_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 pub struct Context {

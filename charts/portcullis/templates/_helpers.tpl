@@ -77,3 +77,22 @@ affinity:
 - podSelector: {}
 {{- end }}
 {{- end -}}
+
+{{/* The private CA bundle for JWKS URLs, when configured. */}}
+{{- define "portcullis.jwksCAMount" -}}
+{{- if .Values.jwksCA.configMap }}
+volumeMounts:
+  - name: jwks-ca
+    mountPath: /etc/portcullis/jwks-ca
+    readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "portcullis.jwksCAVolume" -}}
+{{- if .Values.jwksCA.configMap }}
+volumes:
+  - name: jwks-ca
+    configMap:
+      name: {{ .Values.jwksCA.configMap }}
+{{- end }}
+{{- end -}}
