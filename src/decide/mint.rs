@@ -3,7 +3,11 @@
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use super::token::Verified;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::token::{Minted, Verified};
 use crate::keys::store::KeyRing;
 use crate::keys::{KeyError, SigningKeyPair, b64url};
 use crate::policy::config::{IssueConfig, PublishedKeys, SigningWindow};
@@ -57,9 +61,35 @@ impl Minter {
         &self.keys[idx].1
     }
 
-    /// A token for the upstream: `iss` is the gateway, `sub` and the configured claims come from
-    /// the caller's verified token; it never outlives the caller's token.
-    pub fn mint(&self, issuer_url: &str, issue: &IssueConfig, caller: &Verified, now: i64) -> Result<String, KeyError> {
+    /// The `Authorization` value for the upstream on `route`: the token last minted for this
+    /// caller while it has more than half of its lifetime left and the same key signs, else a
+    /// freshly minted one (kept for the next request).
+    pub fn authorization(
+        &self,
+        issuer_url: &str,
+        issue: &IssueConfig,
+        caller: &Verified,
+        route: (u32, u32),
+        now: i64,
+    ) -> Result<HeaderValue, KeyError> {
+        let kid = self.current(now).kid();
+        if let Some(m) = caller.minted.load().as_deref()
+            && m.route == route
+            && m.kid == kid
+            && now < m.refresh_after
+        {
+            return Ok(m.header.clone());
+        }
+        let (token, exp) = self.mint(issuer_url, issue, caller, now)?;
+        let header = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| KeyError::Sign)?;
+        let refresh_after = now + (exp - now) / 2;
+        caller.minted.store(Some(Arc::new(Minted { route, kid: kid.to_owned(), header: header.clone(), refresh_after })));
+        Ok(header)
+    }
+
+    /// A token for the upstream, and its `exp`: `iss` is the gateway, `sub` and the configured
+    /// claims come from the caller's verified token; it never outlives the caller's token.
+    pub fn mint(&self, issuer_url: &str, issue: &IssueConfig, caller: &Verified, now: i64) -> Result<(String, i64), KeyError> {
         let mut claims = Map::new();
         for name in &issue.claims {
             if let Some(v) = caller.claims.get(name.as_str()) {
@@ -78,6 +108,6 @@ impl Minter {
         claims.insert("nbf".into(), json!(now));
         claims.insert("exp".into(), json!(exp));
         claims.insert("jti".into(), json!(b64url(&jti)));
-        self.current(now).sign_jwt(&Value::Object(claims))
+        Ok((self.current(now).sign_jwt(&Value::Object(claims))?, exp))
     }
 }

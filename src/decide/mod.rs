@@ -265,7 +265,6 @@ pub struct Engine {
     policies: Vec<RtPolicy>,
     identity_headers: Vec<HeaderName>,
     cache: TokenCache,
-    realm: String,
     issuer_url: String,
     remote_sets: Vec<Arc<KeySet>>,
     /// Problems that do not stop the engine (a minting key not delivered yet, skipped JWKs).
@@ -282,7 +281,7 @@ impl Engine {
         let mut identity: Vec<HeaderName> = Vec::new();
         let mut policies = Vec::with_capacity(config.policies.len());
         for p in &config.policies {
-            let key = format!("{}/{}", p.namespace, p.name);
+            let key = p.key();
             let mut issuers = Vec::new();
             for i in &p.issuers {
                 let keys = match &i.keys {
@@ -356,7 +355,6 @@ impl Engine {
             policies.push(RtPolicy { key, issuers, token_sources: p.token_sources.clone(), rules });
         }
         Ok(Self {
-            realm: config.gateway.clone(),
             config: Arc::new(config),
             routes,
             policies,
@@ -372,8 +370,9 @@ impl Engine {
         &self.config.version
     }
 
+    /// The gateway's name, used as the `WWW-Authenticate` realm.
     pub fn realm(&self) -> &str {
-        &self.realm
+        &self.config.gateway
     }
 
     pub fn policy_key(&self, route: RouteRef) -> &str {
@@ -455,28 +454,9 @@ impl Engine {
         }
         let authorization = match (&rule.token, &rule.issue) {
             (TokenForwarding::Issue, Some((issue, Some(minter)))) => {
-                let kid = minter.current(now).kid();
-                let fresh = verified.minted.load();
-                match fresh.as_deref() {
-                    Some(m) if m.route == (route.policy, route.rule) && m.kid == kid && now < m.refresh_after => Some(m.header.clone()),
-                    _ => match minter.mint(&self.issuer_url, issue, &verified, now) {
-                        Ok(t) => {
-                            let header = HeaderValue::try_from(format!("Bearer {t}")).ok();
-                            if let Some(h) = &header {
-                                let exp = (now + issue.ttl_secs as i64).min(verified.exp);
-                                let refresh_after = now + (exp - now) / 2;
-                                let slot = token::Minted {
-                                    route: (route.policy, route.rule),
-                                    kid: kid.to_owned(),
-                                    header: h.clone(),
-                                    refresh_after,
-                                };
-                                verified.minted.store(Some(Arc::new(slot)));
-                            }
-                            header
-                        }
-                        Err(e) => return Decision::Deny(deny(DenyReason::MintUnavailable, Some(e.to_string()))),
-                    },
+                match minter.authorization(&self.issuer_url, issue, &verified, (route.policy, route.rule), now) {
+                    Ok(header) => Some(header),
+                    Err(e) => return Decision::Deny(deny(DenyReason::MintUnavailable, Some(e.to_string()))),
                 }
             }
             (TokenForwarding::Issue, _) => {
@@ -495,10 +475,7 @@ impl Engine {
         if let Some(v) = self.cache.get(token) {
             let issuer = policy.issuers.iter().find(|i| i.issuer == v.iss).ok_or((DenyReason::UntrustedIssuer, None))?;
             if issuer.keys.id() == v.keyset && issuer.keys.generation() == v.generation && issuer.algorithms.contains(&v.alg) {
-                v.check_time(now, issuer.skew).map_err(|r| (r, None))?;
-                if !v.audience_matches(&issuer.audiences) {
-                    return Err((DenyReason::WrongAudience, None));
-                }
+                admit(&v, issuer, now).map_err(|r| (r, None))?;
                 return Ok(v);
             }
         }
@@ -514,14 +491,17 @@ impl Engine {
             return Err((reason, refetch));
         }
         let verified = Verified::from_claims(&issuer.keys, generation, unverified.alg, unverified.claims).map_err(|r| (r, None))?;
-        verified.check_time(now, issuer.skew).map_err(|r| (r, None))?;
-        if !verified.audience_matches(&issuer.audiences) {
-            return Err((DenyReason::WrongAudience, None));
-        }
+        admit(&verified, issuer, now).map_err(|r| (r, None))?;
         let verified = Arc::new(verified);
         self.cache.insert(token, verified.clone(), now);
         Ok(verified)
     }
+}
+
+/// What a verified token must also satisfy for this issuer of this policy, cached or not.
+fn admit(v: &Verified, issuer: &RtIssuer, now: i64) -> Result<(), DenyReason> {
+    v.check_time(now, issuer.skew)?;
+    if v.audience_matches(&issuer.audiences) { Ok(()) } else { Err(DenyReason::WrongAudience) }
 }
 
 /// One key set per distinct source, shared by every issuer that uses it (and so is its cache).
