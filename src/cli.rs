@@ -425,16 +425,11 @@ async fn run_controller(args: ControllerArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Applies one load of a local directory to the gateway; remembers accepted policies.
+/// Applies one load of a local directory to the gateway; remembers the policies it serves (the
+/// accepted ones, and the last good versions already remembered) for as long as their files exist.
 fn apply_local(gateway: &Gateway, loaded: &Loaded, last_good: &mut HashMap<String, PolicyConfig>) {
-    for o in &loaded.compiled.outcomes {
-        if o.outcome == Outcome::Accepted
-            && let Some(p) = loaded.compiled.config.policies.iter().find(|p| p.namespace == o.namespace && p.name == o.name)
-        {
-            last_good.insert(format!("{}/{}", p.namespace, p.name), p.clone());
-        }
-    }
-    let present: Vec<String> = loaded.scanned.policies.iter().map(|(m, _)| m.key()).collect();
+    last_good.extend(loaded.compiled.config.policies_by_key());
+    let present: std::collections::HashSet<String> = loaded.scanned.policies.iter().map(|(m, _)| m.key()).collect();
     last_good.retain(|k, _| present.contains(k));
     // apply() logs and counts a failure itself.
     let _ = gateway.apply(loaded.compiled.config.clone(), &loaded.rings);

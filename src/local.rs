@@ -283,8 +283,7 @@ pub fn report(loaded: &Loaded) -> Vec<String> {
         lines.push(format!("  skipped   {p}"));
     }
     for o in &loaded.compiled.outcomes {
-        let rules =
-            loaded.compiled.config.policies.iter().find(|p| p.namespace == o.namespace && p.name == o.name).map_or(0, |p| p.rules.len());
+        let rules = loaded.compiled.config.policy(&o.namespace, &o.name).map_or(0, |p| p.rules.len());
         match &o.outcome {
             policy::Outcome::Accepted => lines.push(format!("  accepted  AuthPolicy {}/{} ({rules} rules)", o.namespace, o.name)),
             policy::Outcome::Rejected { rejection, serving_previous } => lines.push(format!(

@@ -115,8 +115,7 @@ fn recover_last_good(ctx: &Context) -> HashMap<String, HashMap<String, PolicyCon
     for cm in ctx.stores.gateway_configmaps.state() {
         match desired::config_from_configmap(&cm) {
             Ok(config) => {
-                let policies = config.policies.into_iter().map(|p| (format!("{}/{}", p.namespace, p.name), p)).collect();
-                out.insert(config.gateway, policies);
+                out.insert(config.gateway.clone(), config.policies_by_key());
             }
             Err(e) => tracing::warn!(configmap = %cm.name_any(), "published config unreadable, not used as last good: {e}"),
         }
@@ -164,9 +163,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                 ctx.metrics.last_compile.with_label_values(&[&gateway]).set(Timestamp::now().as_second());
                 let size = cm.binary_data.as_ref().and_then(|d| d.get(desired::CONFIG_KEY)).map_or(0, |b| b.0.len());
                 ctx.metrics.config_bytes.with_label_values(&[&gateway]).set(size as i64);
-                let served: HashMap<String, PolicyConfig> =
-                    compiled.config.policies.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.clone())).collect();
-                state.last_good.insert(gateway.clone(), served);
+                state.last_good.insert(gateway.clone(), compiled.config.policies_by_key());
                 Programmed::Published { gateway: gateway.clone(), version: compiled.config.version.clone() }
             }
             Err(e) => Programmed::Failed { gateway: gateway.clone(), why: e.to_string() },
@@ -180,14 +177,17 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                     KeySource::Remote { uri, .. } => Some(uri.clone()),
                     _ => None,
                 });
-                (format!("{}/{}", p.namespace, p.name), uris.collect())
+                (p.key(), uris.collect())
             })
             .collect();
+        let outcomes: HashMap<(&str, &str), &Outcome> =
+            compiled.outcomes.iter().map(|o| ((o.namespace.as_str(), o.name.as_str()), &o.outcome)).collect();
         for p in policies.iter().filter(|p| p.spec.gateway == gateway) {
-            let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
-            let Some(outcome) = compiled.outcomes.iter().find(|o| format!("{}/{}", o.namespace, o.name) == key) else { continue };
+            let (namespace, name) = (p.namespace().unwrap_or_default(), p.name_any());
+            let Some(outcome) = outcomes.get(&(namespace.as_str(), name.as_str())) else { continue };
+            let key = format!("{namespace}/{name}");
             let warning = remote.get(&key).into_iter().flatten().find_map(|uri| ctx.probes.check(uri, ctx));
-            if let Err(e) = write_policy_status(ctx, p, &outcome.outcome, &programmed, warning.as_deref()).await {
+            if let Err(e) = write_policy_status(ctx, p, outcome, &programmed, warning.as_deref()).await {
                 first_error.get_or_insert(e);
             }
         }

@@ -124,7 +124,10 @@ impl Metrics {
     }
 
     pub fn denial(&self, reason: DenyReason) -> &IntCounter {
-        let i = DenyReason::ALL.iter().position(|r| r.as_str() == reason.as_str()).expect("every reason is listed");
+        let i = DenyReason::ALL
+            .iter()
+            .position(|r| std::mem::discriminant(r) == std::mem::discriminant(&reason))
+            .expect("every reason is listed");
         &self.denials[i]
     }
 

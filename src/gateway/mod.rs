@@ -143,8 +143,7 @@ impl Gateway {
         for w in &engine.warnings {
             tracing::warn!(version = %version, "{w}");
         }
-        let counters =
-            engine.config.policies.iter().map(|p| self.metrics.policy_counters(&format!("{}/{}", p.namespace, p.name))).collect();
+        let counters = engine.config.policies.iter().map(|p| self.metrics.policy_counters(&p.key())).collect();
         let previous = self.slot.swap(Some(Arc::new(Slot {
             engine: engine.clone(),
             counters,
@@ -154,9 +153,11 @@ impl Gateway {
         })));
         self.jwks.retain_only(engine.remote_key_sets());
         if let Some(prev) = previous {
+            let current: std::collections::HashSet<(&str, &str)> =
+                engine.config.policies.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
             for p in &prev.engine.config.policies {
-                if !engine.config.policies.iter().any(|q| q.namespace == p.namespace && q.name == p.name) {
-                    self.metrics.forget_policy(&format!("{}/{}", p.namespace, p.name));
+                if !current.contains(&(p.namespace.as_str(), p.name.as_str())) {
+                    self.metrics.forget_policy(&p.key());
                 }
             }
         }

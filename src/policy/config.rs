@@ -168,7 +168,25 @@ impl PublishedKeys {
     }
 }
 
+impl PolicyConfig {
+    /// `namespace/name`, how policies are named in logs, metrics and maps.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 impl GatewayConfig {
+    /// A served policy by namespace and name (`policies` is ordered by them).
+    pub fn policy(&self, namespace: &str, name: &str) -> Option<&PolicyConfig> {
+        let i = self.policies.binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name))).ok()?;
+        Some(&self.policies[i])
+    }
+
+    /// The policies this config serves, by `namespace/name` (the last good versions).
+    pub fn policies_by_key(&self) -> std::collections::HashMap<String, PolicyConfig> {
+        self.policies.iter().map(|p| (p.key(), p.clone())).collect()
+    }
+
     /// Builds a config and stamps its version.
     pub fn new(gateway: &str, policies: Vec<PolicyConfig>, signing_keys: Vec<PublishedKeys>) -> Self {
         let mut config = Self { format: CONFIG_FORMAT, gateway: gateway.to_owned(), version: String::new(), policies, signing_keys };

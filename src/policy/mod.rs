@@ -106,7 +106,7 @@ fn find_conflict(claimed: &HashMap<RouteKey, Vec<Claimed>>, cfg: &PolicyConfig) 
 }
 
 fn claim(claimed: &mut HashMap<RouteKey, Vec<Claimed>>, cfg: &PolicyConfig) {
-    let policy = format!("{}/{}", cfg.namespace, cfg.name);
+    let policy = cfg.key();
     for (key, methods, rule) in routes_of(cfg) {
         claimed.entry(key).or_default().push(Claimed { policy: policy.clone(), rule: rule.to_owned(), methods });
     }
