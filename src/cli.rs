@@ -94,6 +94,11 @@ struct ServeArgs {
     /// PEM file of CA certificates to trust for JWKS URLs, besides the public roots.
     #[arg(long, env = "PORTCULLIS_JWKS_CA_FILE")]
     jwks_ca_file: Option<PathBuf>,
+    /// Paths not in normal form (`/a/../b`, `//`, `%61`): `strict` refuses them (403
+    /// unsafe_path); `normalize` decides on the normal form, only for a proxy that forwards the
+    /// normalised path upstream (docs/gateways/).
+    #[arg(long, default_value = "strict", env = "PORTCULLIS_PATH_MODE")]
+    path_mode: crate::policy::path::PathMode,
 }
 
 impl ServeArgs {
@@ -102,7 +107,7 @@ impl ServeArgs {
             Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
             None => Vec::new(),
         };
-        Ok(Gateway::with_jwks_roots(&issuer_url(self), Metrics::new(), self.jwks_min_refetch, &roots))
+        Ok(Gateway::with_options(&issuer_url(self), Metrics::new(), self.jwks_min_refetch, &roots, self.path_mode))
     }
 }
 
@@ -648,7 +653,8 @@ async fn run_check(args: CheckArgs) -> Result<u8> {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} must be Name: value"))?;
         headers.append(http::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?);
     }
-    let decision = engine.decide(&Request { method: &args.method, host: &host, target, headers: &headers }, unix_now());
+    let decision =
+        engine.decide(&Request { method: &args.method, host: &host, target, headers: &headers, path_mode: Default::default() }, unix_now());
     let route = decision.route().map(|r| format!("AuthPolicy {}, rule {}", engine.policy_key(r), engine.rule_name(r)));
     match decision {
         Decision::Allow(a) => {

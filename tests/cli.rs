@@ -233,12 +233,14 @@ fn an_empty_directory_is_served_and_denies_everything() {
 }
 
 #[test]
-fn header_mode_reads_what_each_proxy_sends() {
+fn each_endpoint_reads_only_what_its_proxy_sets() {
     let shop = shop_copy();
     let port = free_port();
     let log = tempfile::NamedTempFile::new().unwrap();
     let _pc = start_local(shop.path(), port, log.path().to_owned());
-    let authz = |headers: &[(&str, &str)]| http(port, "GET", "portcullis.internal", "/authz", headers).unwrap().status;
+    let ask = |endpoint: &str, headers: &[(&str, &str)]| http(port, "GET", "portcullis.internal", endpoint, headers).unwrap().status;
+    let authz = |headers: &[(&str, &str)]| ask("/authz", headers);
+    let ingress = |headers: &[(&str, &str)]| ask("/authz/ingress-nginx", headers);
     // NGINX / Traefik / Caddy: X-Forwarded-*.
     assert_eq!(
         authz(&[("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/orders/healthz"), ("X-Forwarded-Host", "api.shop.example")]),
@@ -246,9 +248,47 @@ fn header_mode_reads_what_each_proxy_sends() {
     );
     assert_eq!(authz(&[("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/orders/1"), ("X-Forwarded-Host", "api.shop.example")]), 401);
     // ingress-nginx: X-Original-URL carries host and target; X-Original-Method the method.
-    assert_eq!(authz(&[("X-Original-Method", "GET"), ("X-Original-URL", "https://api.shop.example/orders/healthz?x=1")]), 200);
-    assert_eq!(authz(&[("X-Original-Method", "POST"), ("X-Original-URL", "https://api.shop.example/orders/healthz")]), 200);
-    assert_eq!(authz(&[("X-Original-URL", "https://other.example/orders/healthz")]), 403);
-    // Without any target the proxy is misconfigured: 400, which NGINX turns into a 500 (closed).
+    assert_eq!(ingress(&[("X-Original-Method", "GET"), ("X-Original-URL", "https://api.shop.example/orders/healthz?x=1")]), 200);
+    assert_eq!(ingress(&[("X-Original-Method", "POST"), ("X-Original-URL", "https://api.shop.example/orders/healthz")]), 200);
+    assert_eq!(ingress(&[("X-Original-Method", "GET"), ("X-Original-URL", "https://other.example/orders/healthz")]), 403);
+    // A client's X-Forwarded-* never decides under ingress-nginx, and X-Original-* never under /authz.
+    assert_eq!(
+        ingress(&[
+            ("X-Original-Method", "DELETE"),
+            ("X-Original-URL", "https://api.shop.example/orders/admin/7"),
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/orders/healthz"),
+            ("X-Forwarded-Host", "api.shop.example"),
+        ]),
+        401
+    );
+    assert_eq!(authz(&[("X-Original-Method", "GET"), ("X-Original-URL", "https://api.shop.example/orders/healthz")]), 400);
+    // Missing or repeated values are refused: 400, which NGINX turns into a 500 (closed).
     assert_eq!(authz(&[("X-Forwarded-Host", "api.shop.example")]), 400);
+    assert_eq!(
+        authz(&[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/orders/healthz"),
+            ("X-Forwarded-Uri", "/orders/admin/7"),
+            ("X-Forwarded-Host", "api.shop.example")
+        ]),
+        400
+    );
+    assert_eq!(
+        authz(&[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/orders/healthz"),
+            ("X-Forwarded-Host", "api.shop.example, evil.test")
+        ]),
+        400
+    );
+    assert_eq!(
+        authz(&[("X-Forwarded-Method", "get"), ("X-Forwarded-Uri", "/orders/healthz"), ("X-Forwarded-Host", "api.shop.example")]),
+        400
+    );
+    // Not in normal form: refused, the upstream would get the raw path.
+    assert_eq!(
+        authz(&[("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/orders/healthz/../1"), ("X-Forwarded-Host", "api.shop.example")]),
+        403
+    );
 }

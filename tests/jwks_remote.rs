@@ -224,7 +224,10 @@ async fn remote_keys_over_https_from_a_private_ca() {
     headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
     let decide = |g: &Gateway| {
         let engine = g.engine().unwrap();
-        engine.decide(&portcullis::decide::Request { method: "GET", host: "h", target: "/", headers: &headers }, now())
+        engine.decide(
+            &portcullis::decide::Request { method: "GET", host: "h", target: "/", headers: &headers, path_mode: Default::default() },
+            now(),
+        )
     };
     let wait_loaded = async |g: &Gateway| {
         for _ in 0..150 {
@@ -238,7 +241,7 @@ async fn remote_keys_over_https_from_a_private_ca() {
 
     // Trusting the private CA: the keys load over TLS and the token verifies.
     let roots = portcullis::gateway::jwks::read_ca_file(&dir.path().join("ca.pem")).unwrap();
-    let trusting = Gateway::with_jwks_roots("https://gw", Metrics::new(), Duration::from_millis(100), &roots);
+    let trusting = Gateway::with_options("https://gw", Metrics::new(), Duration::from_millis(100), &roots, Default::default());
     trusting.apply(compiled.config.clone(), &Default::default()).unwrap();
     assert!(wait_loaded(&trusting).await, "JWKS over https with the private CA: {}", trusting.metrics.render());
     assert!(decide(&trusting).is_allow());

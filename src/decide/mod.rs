@@ -23,12 +23,12 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use crate::api::{JwtAlgorithm, TokenForwarding, TokenSource};
+use crate::api::{HttpMethod, JwtAlgorithm, TokenForwarding, TokenSource};
 use crate::keys::store::KeyRing;
 use crate::policy::claims::{ClaimPath, ClaimRequirement, Unmet};
 use crate::policy::config::{IssueConfig, KeySource};
 use crate::policy::host::normalize_host;
-use crate::policy::path::{PathError, normalize, split_target};
+use crate::policy::path::{PathError, PathMode, normalize_as, split_target};
 use crate::policy::validate::{compile_requirements, request_method_bit};
 use crate::policy::{GatewayConfig, KeyRef};
 use keyset::KeySet;
@@ -44,6 +44,9 @@ pub enum DenyReason {
     NoRoute,
     UnsafePath(PathError),
     BadHost,
+    BadMethod,
+    /// The authorization request itself is unusable (a forwarded header missing or repeated).
+    BadRequest,
     MissingToken,
     AmbiguousToken,
     MalformedToken,
@@ -61,10 +64,12 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 17] = [
+    pub const ALL: [DenyReason; 19] = [
         Self::NoRoute,
         Self::UnsafePath(PathError::Empty),
         Self::BadHost,
+        Self::BadMethod,
+        Self::BadRequest,
         Self::MissingToken,
         Self::AmbiguousToken,
         Self::MalformedToken,
@@ -86,6 +91,8 @@ impl DenyReason {
             Self::NoRoute => "no_route",
             Self::UnsafePath(_) => "unsafe_path",
             Self::BadHost => "bad_host",
+            Self::BadMethod => "bad_method",
+            Self::BadRequest => "bad_request",
             Self::MissingToken => "missing_token",
             Self::AmbiguousToken => "ambiguous_token",
             Self::MalformedToken => "malformed_token",
@@ -103,11 +110,13 @@ impl DenyReason {
         }
     }
 
-    /// HTTP status: 401 for credentials, 403 for permissions and unroutable requests, 503 when
-    /// Portcullis itself cannot decide (fail closed, and visibly so).
+    /// HTTP status: 400 for requests that are ambiguous or malformed (never guessed at), 401 for
+    /// credentials, 403 for permissions and unroutable paths, 503 when Portcullis itself cannot
+    /// decide (fail closed, and visibly so).
     pub fn status(self) -> u16 {
         match self {
-            Self::NoRoute | Self::UnsafePath(_) | Self::BadHost | Self::ClaimsNotSatisfied => 403,
+            Self::BadHost | Self::BadMethod | Self::BadRequest | Self::AmbiguousToken => 400,
+            Self::NoRoute | Self::UnsafePath(_) | Self::ClaimsNotSatisfied => 403,
             Self::KeysUnavailable | Self::MintUnavailable => 503,
             _ => 401,
         }
@@ -130,6 +139,8 @@ impl DenyReason {
             Self::NoRoute => "no route",
             Self::UnsafePath(e) => e.as_str(),
             Self::BadHost => "invalid host",
+            Self::BadMethod => "invalid method",
+            Self::BadRequest => "invalid authorization request",
             Self::MissingToken => "token required",
             Self::AmbiguousToken => "more than one token",
             Self::MalformedToken => "malformed token",
@@ -155,6 +166,8 @@ pub struct Request<'a> {
     /// Path and query exactly as the client sent them.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
+    /// Whether a path that is not in normal form is refused or normalised.
+    pub path_mode: PathMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +183,9 @@ pub struct Allowed {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// What the upstream's `Authorization` header must be; `None` removes it.
     pub authorization: Option<HeaderValue>,
-    /// Identity headers of this gateway that this answer does not set: the gateway must remove
-    /// whatever a client sent in them.
+    /// Headers the upstream must not receive: identity headers this answer does not set, and
+    /// the token's own header (or `cookie`, when only token cookies were sent) when the policy
+    /// does not forward the caller's token. The gateway removes whatever a client sent in them.
     pub strip: Vec<HeaderName>,
 }
 
@@ -222,6 +236,9 @@ struct RtPolicy {
     key: String,
     issuers: Vec<RtIssuer>,
     token_sources: Vec<TokenSource>,
+    /// Header sources other than `Authorization`, and cookie names, the token may come from.
+    token_headers: Vec<HeaderName>,
+    token_cookies: Vec<String>,
     rules: Vec<RtRule>,
 }
 
@@ -264,6 +281,10 @@ pub struct Engine {
     routes: RouteTable,
     policies: Vec<RtPolicy>,
     identity_headers: Vec<HeaderName>,
+    /// Request headers that may carry a token for some policy (and `cookie` if any policy reads
+    /// cookies): header-mode proxies overwrite them from every answer, so every answer says
+    /// what they must be.
+    token_carriers: Vec<HeaderName>,
     cache: TokenCache,
     issuer_url: String,
     remote_sets: Vec<Arc<KeySet>>,
@@ -279,9 +300,32 @@ impl Engine {
         let mut remote_sets: Vec<Arc<KeySet>> = Vec::new();
         let mut minters: HashMap<KeyRef, Option<Arc<Minter>>> = HashMap::new();
         let mut identity: Vec<HeaderName> = Vec::new();
+        let mut carriers: Vec<HeaderName> = Vec::new();
         let mut policies = Vec::with_capacity(config.policies.len());
         for p in &config.policies {
             let key = p.key();
+            let mut token_headers = Vec::new();
+            let mut token_cookies = Vec::new();
+            for source in &p.token_sources {
+                let carrier = match (&source.header, &source.cookie) {
+                    (Some(h), _) => {
+                        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("{key}: bad token header {}", h.name))?;
+                        if name == http::header::AUTHORIZATION {
+                            continue;
+                        }
+                        token_headers.push(name.clone());
+                        name
+                    }
+                    (None, Some(c)) => {
+                        token_cookies.push(c.name.clone());
+                        http::header::COOKIE
+                    }
+                    (None, None) => continue,
+                };
+                if !carriers.contains(&carrier) {
+                    carriers.push(carrier);
+                }
+            }
             let mut issuers = Vec::new();
             for i in &p.issuers {
                 let keys = match &i.keys {
@@ -352,13 +396,14 @@ impl Engine {
                 };
                 rules.push(RtRule { name: r.name.clone(), public: r.public, require, any_of, headers, token: r.forward.token, issue });
             }
-            policies.push(RtPolicy { key, issuers, token_sources: p.token_sources.clone(), rules });
+            policies.push(RtPolicy { key, issuers, token_sources: p.token_sources.clone(), token_headers, token_cookies, rules });
         }
         Ok(Self {
             config: Arc::new(config),
             routes,
             policies,
             identity_headers: identity,
+            token_carriers: carriers,
             cache: TokenCache::new(opts.cache_capacity),
             issuer_url: opts.issuer_url.to_owned(),
             remote_sets,
@@ -405,10 +450,19 @@ impl Engine {
         &self.identity_headers
     }
 
+    /// Headers besides `Authorization` that carry a token for some policy (`cookie` included
+    /// when a policy reads cookies).
+    pub fn token_carriers(&self) -> &[HeaderName] {
+        &self.token_carriers
+    }
+
     pub fn decide(&self, req: &Request<'_>, now: i64) -> Decision {
+        if !is_acceptable_method(req.method) {
+            return Decision::deny(DenyReason::BadMethod);
+        }
         let Some(host) = normalize_host(req.host) else { return Decision::deny(DenyReason::BadHost) };
         let (raw_path, query) = split_target(req.target);
-        let path = match normalize(raw_path) {
+        let path = match normalize_as(raw_path, req.path_mode) {
             Ok(p) => p,
             Err(e) => return Decision::deny(DenyReason::UnsafePath(e)),
         };
@@ -422,7 +476,11 @@ impl Engine {
             |reason: DenyReason, detail: Option<String>| Denied { reason, route: Some(route), detail, scopes: Vec::new(), refetch: None };
 
         if rule.public {
-            return Decision::Allow(Allowed { route, headers: Vec::new(), authorization: None, strip: self.identity_headers.clone() });
+            // Nothing was verified, so nothing that could pass for a credential goes upstream.
+            let mut headers = Vec::new();
+            let mut strip = self.identity_headers.clone();
+            remove_token(policy, req.headers, &mut headers, &mut strip);
+            return Decision::Allow(Allowed { route, headers, authorization: None, strip });
         }
 
         let (token, from_authorization) = match token::extract(&policy.token_sources, req.headers, query) {
@@ -465,7 +523,10 @@ impl Engine {
             (TokenForwarding::Original, _) if from_authorization => req.headers.get(http::header::AUTHORIZATION).cloned(),
             _ => None,
         };
-        let strip = self.identity_headers.iter().filter(|h| !headers.iter().any(|(n, _)| n == *h)).cloned().collect();
+        let mut strip: Vec<HeaderName> = self.identity_headers.iter().filter(|h| !headers.iter().any(|(n, _)| n == *h)).cloned().collect();
+        if rule.token != TokenForwarding::Original {
+            remove_token(policy, req.headers, &mut headers, &mut strip);
+        }
         Decision::Allow(Allowed { route, headers, authorization, strip })
     }
 
@@ -496,6 +557,50 @@ impl Engine {
         self.cache.insert(token, verified.clone(), now);
         Ok(verified)
     }
+}
+
+/// Takes every token source of the policy out of the upstream request: its headers are
+/// stripped, its cookies cut out of `Cookie` (which is then set to the rest, or stripped).
+/// `Authorization` is the caller's `authorization` answer and is handled there.
+fn remove_token(policy: &RtPolicy, request: &HeaderMap, headers: &mut Vec<(HeaderName, HeaderValue)>, strip: &mut Vec<HeaderName>) {
+    strip.extend(policy.token_headers.iter().cloned());
+    if policy.token_cookies.is_empty() || !request.contains_key(http::header::COOKIE) {
+        return;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let mut removed = false;
+    for value in request.get_all(http::header::COOKIE) {
+        // A Cookie header that is not text cannot be rewritten safely: drop all of it.
+        let Ok(text) = value.to_str() else {
+            removed = true;
+            kept.clear();
+            break;
+        };
+        for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+            if policy.token_cookies.iter().any(|c| c == name) {
+                removed = true;
+            } else {
+                kept.push(pair);
+            }
+        }
+    }
+    if !removed {
+        return;
+    }
+    match HeaderValue::try_from(kept.join("; ")) {
+        Ok(v) if !kept.is_empty() => headers.push((http::header::COOKIE, v)),
+        _ => strip.push(http::header::COOKIE),
+    }
+}
+
+/// A method is an HTTP token; one that equals a standard method but for case (`delete`) is
+/// refused, so that it can never slip past a rule that names `DELETE` into a rule without methods.
+fn is_acceptable_method(method: &str) -> bool {
+    !method.is_empty()
+        && method.len() <= 32
+        && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && (HttpMethod::from_name(method).is_some() || !HttpMethod::ALL.iter().any(|m| m.as_str().eq_ignore_ascii_case(method)))
 }
 
 /// What a verified token must also satisfy for this issuer of this policy, cached or not.

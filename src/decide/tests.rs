@@ -66,7 +66,11 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 }
 
 fn decide(engine: &Engine, method: &str, host: &str, target: &str, hdrs: &HeaderMap) -> Decision {
-    engine.decide(&Request { method, host, target, headers: hdrs }, NOW)
+    engine.decide(&Request { method, host, target, headers: hdrs, path_mode: Default::default() }, NOW)
+}
+
+fn decide_normalizing(engine: &Engine, method: &str, host: &str, target: &str, hdrs: &HeaderMap) -> Decision {
+    engine.decide(&Request { method, host, target, headers: hdrs, path_mode: PathMode::Normalize }, NOW)
 }
 
 fn bearer(token: &str) -> HeaderMap {
@@ -223,15 +227,128 @@ fn path_tricks_never_reach_a_looser_rule() {
     let clerk = f.issuer.token("orders", NOW, reader_claims());
     for target in ["/orders/healthz/../admin/x", "/orders//admin/x", "/orders/%61dmin/x", "/orders/./admin", "/ORDERS/../orders/admin?x=1"]
     {
-        let d = decide(&f.engine, "GET", "api.example.com", target, &bearer(&clerk));
+        // Normalising (a proxy that forwards the normal form): the admin rule decides.
+        let d = decide_normalizing(&f.engine, "GET", "api.example.com", target, &bearer(&clerk));
         assert_eq!(f.engine.rule_name(d.route().unwrap()), "admin", "{target}");
         assert_eq!(reason(&d), DenyReason::ClaimsNotSatisfied, "{target}");
+        // Strict (the default): the upstream would get the raw form, so it is refused outright.
+        let d = decide(&f.engine, "GET", "api.example.com", target, &bearer(&clerk));
+        assert_eq!(reason(&d), DenyReason::UnsafePath(PathError::NotNormalized), "{target}");
+        assert_eq!(reason(&d).status(), 403);
     }
     for target in ["/orders/healthz%2F..%2Fadmin", "/orders/healthz%5C..%5Cadmin", "/orders/healthz%00", "/orders/healthz;/../admin"] {
-        assert!(
-            matches!(reason(&decide(&f.engine, "GET", "api.example.com", target, &HeaderMap::new())), DenyReason::UnsafePath(_)),
-            "{target}"
+        for d in [
+            decide(&f.engine, "GET", "api.example.com", target, &HeaderMap::new()),
+            decide_normalizing(&f.engine, "GET", "api.example.com", target, &HeaderMap::new()),
+        ] {
+            assert!(matches!(reason(&d), DenyReason::UnsafePath(_)), "{target}");
+        }
+    }
+    // Already normal: both modes agree.
+    let d = decide(&f.engine, "GET", "api.example.com", "/orders/admin/x?y=/../z", &bearer(&clerk));
+    assert_eq!(reason(&d), DenyReason::ClaimsNotSatisfied);
+}
+
+#[test]
+fn methods_that_differ_only_in_case_are_refused() {
+    let f = fixture(SigningAlgorithm::ES256);
+    let admin = f.issuer.token("orders", NOW, json!({"realm_access": {"roles": ["admin"]}, "scope": "orders:read"}));
+    for method in ["delete", "Delete", "get", "pOST"] {
+        let d = decide(&f.engine, method, "api.example.com", "/orders/admin/7", &bearer(&admin));
+        assert_eq!(reason(&d), DenyReason::BadMethod, "{method}");
+        assert_eq!(reason(&d).status(), 400);
+    }
+    for method in ["", "GET /x", "G\tET", "A(B"] {
+        assert_eq!(
+            reason(&decide(&f.engine, method, "api.example.com", "/orders/1", &bearer(&admin))),
+            DenyReason::BadMethod,
+            "{method:?}"
         );
+    }
+    // Extension methods still match rules without `methods` only.
+    assert!(decide(&f.engine, "PROPFIND", "api.example.com", "/orders/admin/7", &bearer(&admin)).is_allow());
+    assert_eq!(reason(&decide(&f.engine, "PROPFIND", "api.example.com", "/orders/1", &bearer(&admin))), DenyReason::NoRoute);
+}
+
+fn cookie_policy(issuer: &TestIssuer) -> String {
+    format!(
+        r#"
+name: web
+spec:
+  issuers: [{{ issuer: "{ISS}", audiences: [web], jwks: {{ inline: {jwks} }}, algorithms: [ES256] }}]
+  tokenSources:
+    - header: {{ name: X-Api-Token }}
+    - cookie: {{ name: session }}
+    - cookie: {{ name: legacy }}
+  rules:
+    - {{ name: open, public: true, match: {{ paths: [{{ prefix: /public }}] }} }}
+    - name: keep
+      match: {{ paths: [{{ prefix: /keep }}] }}
+    - name: drop
+      match: {{ paths: [{{ prefix: /drop }}] }}
+      forward: {{ token: none }}
+"#,
+        jwks = issuer.jwks()
+    )
+}
+
+fn answer<'a>(a: &'a Allowed, name: &str) -> Option<&'a str> {
+    a.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap())
+}
+
+#[test]
+fn the_token_leaves_only_when_the_policy_forwards_it_from_any_source() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let e = engine(&compile_yaml("default", &cookie_policy(&issuer), &BTreeMap::new()));
+    assert_eq!(e.token_carriers(), [http::HeaderName::from_static("x-api-token"), http::header::COOKIE]);
+    let token = issuer.token("web", NOW, json!({}));
+    let in_cookie = headers(&[("cookie", &format!("theme=dark; session={token}")), ("cookie", "legacy=x; lang=en")]);
+    let in_header = headers(&[("x-api-token", &token)]);
+
+    // token: original (the default) leaves everything as it was.
+    for h in [&in_cookie, &in_header] {
+        let Decision::Allow(a) = decide(&e, "GET", "web.example.com", "/keep", h) else { panic!("keep") };
+        assert!(answer(&a, "cookie").is_none() && !a.strip.iter().any(|s| s == "cookie" || s == "x-api-token"), "{a:?}");
+    }
+    // token: none and public routes take out every token cookie and token header.
+    for path in ["/drop", "/public"] {
+        let Decision::Allow(a) = decide(&e, "GET", "web.example.com", path, &in_cookie) else { panic!("{path}") };
+        assert_eq!(answer(&a, "cookie"), Some("theme=dark; lang=en"), "{path}");
+        assert!(a.strip.iter().any(|s| s == "x-api-token"), "{path}");
+        assert!(a.authorization.is_none());
+        let Decision::Allow(a) = decide(&e, "GET", "web.example.com", path, &in_header) else { panic!("{path}") };
+        assert!(a.strip.iter().any(|s| s == "x-api-token") && answer(&a, "cookie").is_none(), "{path}: {a:?}");
+    }
+    // Only token cookies: the whole Cookie header goes.
+    let only = headers(&[("cookie", &format!("session={token}"))]);
+    let Decision::Allow(a) = decide(&e, "GET", "web.example.com", "/drop", &only) else { panic!() };
+    assert!(a.strip.iter().any(|s| s == "cookie") && answer(&a, "cookie").is_none());
+}
+
+#[test]
+fn a_query_token_is_refused_where_it_would_have_to_be_removed() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    for (rules, ok) in [
+        ("[{ name: all, match: { paths: [{ prefix: / }] } }]", true),
+        ("[{ name: all, match: { paths: [{ prefix: / }] }, forward: { token: none } }]", false),
+        ("[{ name: pub, public: true, match: { paths: [{ prefix: /p }] } }, { name: all, match: { paths: [{ prefix: / }] } }]", false),
+    ] {
+        let yaml = format!(
+            "name: q\nspec:\n  issuers: [{{ issuer: \"{ISS}\", audiences: [web], jwks: {{ inline: {} }}, algorithms: [ES256] }}]\n  tokenSources: [{{ query: {{ name: access_token }} }}]\n  rules: {rules}\n",
+            issuer.jwks()
+        );
+        let compiled = compile_yaml("default", &yaml, &BTreeMap::new());
+        match (&compiled.outcomes[0].outcome, ok) {
+            (Outcome::Accepted, true) => {}
+            (Outcome::Rejected { rejection, .. }, false) => {
+                assert!(
+                    rejection.message().contains("tokenSources[0].query: a token in the query string cannot be removed"),
+                    "{}",
+                    rejection.message()
+                )
+            }
+            (other, _) => panic!("{rules}: {other:?}"),
+        }
     }
 }
 
@@ -481,7 +598,9 @@ spec:
     };
     let e = engine_at(&ring);
     let h = bearer(&issuer.token("orders", NOW, json!({})));
-    let minted = |e: &Engine, at: i64| match e.decide(&Request { method: "GET", host: "h", target: "/", headers: &h }, at) {
+    let minted = |e: &Engine, at: i64| match e
+        .decide(&Request { method: "GET", host: "h", target: "/", headers: &h, path_mode: Default::default() }, at)
+    {
         Decision::Allow(a) => a.authorization.unwrap(),
         d => panic!("{d:?}"),
     };

@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod jwks;
 pub mod metrics;
+pub mod request;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -21,29 +22,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Denied, Engine, Request};
+use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Denied, DenyReason, Engine, Request};
 use crate::http::reply;
 use crate::keys::store::KeyRing;
+use crate::policy::path::PathMode;
 use crate::policy::{GatewayConfig, KeyRef};
 use jwks::JwksRegistry;
 use metrics::{Metrics, PolicyCounters};
 
 /// Envoy removes the headers listed here from the request it forwards upstream.
 const ENVOY_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
-const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
-const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
-const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
-const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
-pub const EXT_AUTHZ_PREFIX: &str = "/ext_authz";
+pub use request::{EXT_AUTHZ_PREFIX, Profile};
 /// How long a request waits for a JWKS refetch after an unknown kid.
 const REFETCH_WAIT: Duration = Duration::from_secs(2);
 
@@ -75,28 +71,26 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub jwks: Arc<JwksRegistry>,
     issuer_url: String,
+    path_mode: PathMode,
     no_route: PolicyCounters,
     /// Serialises `apply` so that two sources cannot interleave swaps.
     apply_lock: std::sync::Mutex<()>,
 }
 
-#[derive(Clone, Copy)]
-enum Mode {
-    Header,
-    Prefix,
-}
-
 impl Gateway {
     pub fn new(issuer_url: &str, metrics: Metrics, jwks_min_interval: Duration) -> Arc<Self> {
-        Self::with_jwks_roots(issuer_url, metrics, jwks_min_interval, &[])
+        Self::with_options(issuer_url, metrics, jwks_min_interval, &[], PathMode::Strict)
     }
 
-    /// Like [`Gateway::new`], trusting `jwks_roots` (PEM CA certificates) for JWKS URLs too.
-    pub fn with_jwks_roots(
+    /// Like [`Gateway::new`], trusting `jwks_roots` (PEM CA certificates) for JWKS URLs too, and
+    /// with `path_mode` for paths that are not in normal form: `Normalize` only for proxies
+    /// that forward the normalised path upstream (docs/gateways/).
+    pub fn with_options(
         issuer_url: &str,
         metrics: Metrics,
         jwks_min_interval: Duration,
         jwks_roots: &[rustls::pki_types::CertificateDer<'static>],
+        path_mode: PathMode,
     ) -> Arc<Self> {
         Arc::new(Self {
             slot: ArcSwapOption::empty(),
@@ -104,6 +98,7 @@ impl Gateway {
             no_route: metrics.policy_counters(""),
             metrics,
             issuer_url: issuer_url.trim_end_matches('/').to_owned(),
+            path_mode,
             apply_lock: std::sync::Mutex::new(()),
         })
     }
@@ -186,10 +181,7 @@ impl Gateway {
         let decisions = endpoints != Endpoints::Admin;
         let admin = endpoints != Endpoints::Main;
         match path {
-            "/authz" if decisions => self.authorize(&req, Mode::Header).await,
-            p if decisions && p.starts_with(EXT_AUTHZ_PREFIX) && matches!(p.as_bytes().get(EXT_AUTHZ_PREFIX.len()), None | Some(b'/')) => {
-                self.authorize(&req, Mode::Prefix).await
-            }
+            p if decisions && let Some(profile) = Profile::for_path(p) => self.authorize(&req, profile).await,
             "/.well-known/jwks.json" if decisions => self.jwks_response(),
             "/.well-known/openid-configuration" if decisions => match &*self.slot.load() {
                 Some(s) => reply(StatusCode::OK, "application/json", s.discovery.clone()),
@@ -218,43 +210,21 @@ impl Gateway {
         resp
     }
 
-    async fn authorize(self: &Arc<Self>, req: &hyper::Request<Incoming>, mode: Mode) -> Response<Full<Bytes>> {
+    async fn authorize(self: &Arc<Self>, req: &hyper::Request<Incoming>, profile: Profile) -> Response<Full<Bytes>> {
         let Some(slot) = self.slot.load_full() else { return not_ready() };
         let headers = req.headers();
-        let (method, target, host) = match mode {
-            Mode::Header => {
-                let method = header_str(headers, &X_FORWARDED_METHOD)
-                    .or_else(|| header_str(headers, &X_ORIGINAL_METHOD))
-                    .unwrap_or(req.method().as_str());
-                // ingress-nginx sends the full URL in X-Original-URL; an absolute-form target is
-                // split by the path normalisation, and its authority is the host.
-                let original_url = header_utf8(headers, &X_ORIGINAL_URL);
-                let Some(target) =
-                    header_utf8(headers, &X_FORWARDED_URI).or_else(|| header_utf8(headers, &X_ORIGINAL_URI)).or(original_url)
-                else {
-                    tracing::warn!(
-                        "authorization request without X-Forwarded-Uri, X-Original-URI or X-Original-URL: check the proxy configuration"
-                    );
-                    return reply(
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        Bytes::from_static(b"X-Forwarded-Uri, X-Original-URI or X-Original-URL is required\n"),
-                    );
-                };
-                let url_host = original_url.and_then(|u| u.split_once("://")).map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
-                let host =
-                    header_str(headers, &X_FORWARDED_HOST).or(url_host).or_else(|| header_str(headers, &http::header::HOST)).unwrap_or("");
-                (method, target, host)
-            }
-            Mode::Prefix => {
-                let full = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                let rest = &full[EXT_AUTHZ_PREFIX.len()..];
-                let target = if rest.is_empty() || rest.starts_with('?') { "/" } else { rest };
-                let host = header_str(headers, &http::header::HOST).or(req.uri().host()).unwrap_or("");
-                (req.method().as_str(), target, host)
+        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let request::Asked { method, host, target } = match request::asked(profile, req.method().as_str(), path_and_query, headers) {
+            Ok(a) => a,
+            Err(e) => {
+                self.no_route.denied.inc();
+                self.metrics.denial(DenyReason::BadRequest).inc();
+                tracing::warn!(profile = profile.as_str(), "authorization request refused: {e}");
+                return bad_request(&e);
             }
         };
-        let request = Request { method, host, target, headers };
+        let header_mode = profile != Profile::EnvoyPrefix;
+        let request = Request { method, host, target, headers, path_mode: self.path_mode };
         let started = Instant::now();
         let mut decision = slot.engine.decide(&request, unix_now());
         if let Decision::Deny(Denied { refetch: Some(set), .. }) = &decision
@@ -275,24 +245,31 @@ impl Gateway {
                 for (name, value) in a.headers {
                     h.insert(name, value);
                 }
-                match (mode, a.authorization) {
+                match (header_mode, a.authorization) {
                     (_, Some(v)) => {
                         h.insert(http::header::AUTHORIZATION, v);
                     }
-                    (Mode::Header, None) => {
+                    (true, None) => {
                         h.insert(http::header::AUTHORIZATION, HeaderValue::from_static(""));
                     }
-                    (Mode::Prefix, None) => {}
+                    (false, None) => {}
                 }
-                match mode {
+                match header_mode {
                     // Proxies that copy named response headers must overwrite what a client sent,
                     // so every identity header is answered, empty when the caller has no value.
-                    Mode::Header => {
+                    true => {
                         for name in a.strip {
                             h.insert(name, HeaderValue::from_static(""));
                         }
+                        // The same proxies overwrite token-carrying headers from the answer: those
+                        // this answer leaves alone are passed on as the client sent them.
+                        for name in slot.engine.token_carriers() {
+                            if !h.contains_key(name) {
+                                h.insert(name.clone(), passthrough(headers, name));
+                            }
+                        }
                     }
-                    Mode::Prefix => {
+                    false => {
                         let mut remove: Vec<&str> = a.strip.iter().map(HeaderName::as_str).collect();
                         if !h.contains_key(http::header::AUTHORIZATION) {
                             remove.push("authorization");
@@ -323,14 +300,29 @@ impl Gateway {
     }
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty())
+/// A request header's values as one value (cookies joined with `; `, others with `, `).
+fn passthrough(headers: &http::HeaderMap, name: &HeaderName) -> HeaderValue {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => HeaderValue::from_static(""),
+        (Some(one), None) => one.clone(),
+        (Some(first), Some(second)) => {
+            let sep: &[u8] = if name == http::header::COOKIE { b"; " } else { b", " };
+            let mut joined = first.as_bytes().to_vec();
+            for v in std::iter::once(second).chain(values) {
+                joined.extend_from_slice(sep);
+                joined.extend_from_slice(v.as_bytes());
+            }
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| HeaderValue::from_static(""))
+        }
+    }
 }
 
-/// Like [`header_str`], but keeps non-ASCII UTF-8 (raw bytes in a forwarded URI), which path
-/// normalisation then handles.
-fn header_utf8<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
-    headers.get(name).map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{fffd}")).filter(|s| !s.is_empty())
+fn bad_request(e: &request::BadRequest) -> Response<Full<Bytes>> {
+    let body = json!({"error": "invalid_request", "reason": DenyReason::BadRequest.as_str(), "description": e.to_string()});
+    let mut resp = reply(StatusCode::BAD_REQUEST, "application/json", Bytes::from(body.to_string()));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn not_ready() -> Response<Full<Bytes>> {

@@ -79,7 +79,13 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     if host.is_empty() || host.len() > 253 {
         return None;
     }
-    if !host.starts_with('[') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+    // Every label non-empty, so that `a..example.com` or `.example.com` can never satisfy a
+    // `*.example.com` wildcard.
+    if !host.starts_with('[')
+        && !host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
         return None;
     }
     if host.bytes().any(|b| b.is_ascii_uppercase()) { Some(Cow::Owned(host.to_ascii_lowercase())) } else { Some(Cow::Borrowed(host)) }
@@ -104,7 +110,23 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_host() {
-        for bad in ["", "a b", "a:b", "a/b", "[::1", "[zz]", "a:99999999", "évil.com", "a@b"] {
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            "a/b",
+            "[::1",
+            "[zz]",
+            "a:99999999",
+            "évil.com",
+            "a@b",
+            ".example.com",
+            "a..example.com",
+            "a.b..",
+            ".",
+            "a,b.com",
+            "a.com, b.com",
+        ] {
             assert!(normalize_host(bad).is_none(), "{bad:?}");
         }
     }
@@ -116,6 +138,10 @@ mod tests {
         assert!(p.matches("a.b.example.com"));
         assert!(!p.matches("example.com"));
         assert!(!p.matches("badexample.com"));
+        // Request hosts reach `matches` only normalised; malformed ones never get there.
+        for bad in [".example.com", "a..example.com", "..example.com"] {
+            assert!(normalize_host(bad).is_none_or(|h| !p.matches(&h)), "{bad}");
+        }
         assert!(HostPattern::parse("Example.com").is_err());
         assert!(HostPattern::parse("example.com:80").is_err());
         assert!(HostPattern::parse("*.*.com").is_err());

@@ -37,6 +37,8 @@ pub enum PathError {
     PathParameter,
     MalformedPercent,
     InvalidUtf8,
+    /// The path is valid but not in canonical form, and the integration forwards it as sent.
+    NotNormalized,
 }
 
 impl PathError {
@@ -54,6 +56,7 @@ impl PathError {
             Self::PathParameter => "path parameter (;) in path",
             Self::MalformedPercent => "malformed percent-encoding in path",
             Self::InvalidUtf8 => "path is not valid UTF-8",
+            Self::NotNormalized => "path is not in normal form",
         }
     }
 }
@@ -65,6 +68,48 @@ impl fmt::Display for PathError {
 }
 
 impl std::error::Error for PathError {}
+
+/// What to do with a valid path that is not in normal form (`/a/../b`, `//`, `%61`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathMode {
+    /// Refuse it: the proxy forwards the path as the client sent it, and the upstream may route
+    /// that form differently from the normal form Portcullis would decide on.
+    #[default]
+    Strict,
+    /// Decide on the normal form: only for proxies that forward the normalised path upstream.
+    Normalize,
+}
+
+impl PathMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Normalize => "normalize",
+        }
+    }
+}
+
+impl std::str::FromStr for PathMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" => Ok(Self::Strict),
+            "normalize" => Ok(Self::Normalize),
+            other => Err(format!("{other:?} is not a path mode (strict or normalize)")),
+        }
+    }
+}
+
+/// Normalises `path` under `mode`: in strict mode a path that normalisation would change is
+/// refused.
+pub fn normalize_as(path: &str, mode: PathMode) -> Result<String, PathError> {
+    let normal = normalize(path)?;
+    if mode == PathMode::Strict && normal != path {
+        return Err(PathError::NotNormalized);
+    }
+    Ok(normal)
+}
 
 /// Splits a request target into its path and query (without `?`). An absolute-form target
 /// (`http://host/path`) loses its scheme and authority.
