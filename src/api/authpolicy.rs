@@ -442,15 +442,76 @@ pub enum TokenForwarding {
     "message": "token: issue needs issue.signingKeyRef"
 }]))]
 pub struct Forward {
-    /// Request headers set from claims: header name → dotted claim path. Whatever a client sent
+    /// Request headers set from claims: header name → the claim, named as in `require`: a dotted
+    /// name (`realm_access.roles`), `{claim: realm_access.roles}`, or
+    /// `{claimPath: ["https://example.com/roles"]}` for names with dots. Whatever a client sent
     /// in these headers is replaced (or removed when the claim is absent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
-    pub claims_to_headers: BTreeMap<String, String>,
+    pub claims_to_headers: BTreeMap<String, HeaderClaim>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenForwarding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issue: Option<IssueSpec>,
+}
+
+/// The claim a header is set from: a dotted name, or `{claim}` / `{claimPath}` as in `require`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderClaim {
+    Dotted(String),
+    Path(Vec<String>),
+}
+
+impl Serialize for HeaderClaim {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Dotted(d) => s.serialize_str(d),
+            Self::Path(p) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("claimPath", p)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderClaim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        const EXPECTED: &str = "expected a dotted claim name, {claim: NAME} or {claimPath: [LEVEL, ...]}";
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Self::Dotted(s)),
+            Value::Object(m) if m.len() == 1 => match m.into_iter().next().expect("one entry") {
+                (k, Value::String(s)) if k == "claim" => Ok(Self::Dotted(s)),
+                (k, Value::Array(items)) if k == "claimPath" => items
+                    .into_iter()
+                    .map(|i| match i {
+                        Value::String(s) => Ok(s),
+                        other => Err(D::Error::custom(format!("claimPath: expected a list of strings, got {other}"))),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Self::Path),
+                (k, v) => Err(D::Error::custom(format!("{EXPECTED}, got {k}: {v}"))),
+            },
+            other => Err(D::Error::custom(format!("{EXPECTED}, got {other}"))),
+        }
+    }
+}
+
+impl JsonSchema for HeaderClaim {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HeaderClaim".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // A string or an object: not expressible as one structural type, so the API server keeps
+        // it as written and the controller validates it (Accepted=False with the field path).
+        schemars::json_schema!({
+            "description": "A dotted claim name, {claim: NAME} or {claimPath: [LEVEL, ...]}.",
+            "x-kubernetes-preserve-unknown-fields": true,
+        })
+    }
 }
 
 /// The internal token minted for `token: issue`.

@@ -537,6 +537,45 @@ spec:
 }
 
 #[test]
+fn identity_headers_name_claims_as_require_does() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let policy = |forward: &str| {
+        format!(
+            "name: h\nspec:\n  issuers: [{{ issuer: \"{ISS}\", audiences: [web], jwks: {{ inline: {} }}, algorithms: [ES256] }}]\n  rules: [{{ name: all, match: {{ paths: [{{ prefix: / }}] }} }}]\n  forward: {{ claimsToHeaders: {forward} }}\n",
+            issuer.jwks()
+        )
+    };
+    let e = engine(&compile_yaml(
+        "default",
+        &policy(r#"{ X-Roles: { claimPath: ["https://example.com/roles"] }, X-Org: { claim: org.id }, X-User-Id: sub }"#),
+        &BTreeMap::new(),
+    ));
+    let token = issuer.token("web", NOW, json!({"https://example.com/roles": ["a", "b"], "org": {"id": "acme"}}));
+    let Decision::Allow(a) = decide(&e, "GET", "h.example.com", "/", &bearer(&token)) else { panic!() };
+    assert_eq!(answer(&a, "x-roles"), Some("a,b"));
+    assert_eq!(answer(&a, "x-org"), Some("acme"));
+    assert_eq!(answer(&a, "x-user-id"), Some("alice"));
+
+    for (forward, error) in [
+        (
+            r#"{ X-Roles: "https://example.com/roles" }"#,
+            r#"looks like a URL, and a dotted name is split at every dot; name it with claimPath: ["https://example.com/roles"]"#,
+        ),
+        (r#"{ X-Roles: { claimPath: [] } }"#, "claimPath needs at least one non-empty entry"),
+        (r#"{ X-Roles: { claim: a..b } }"#, "empty segment"),
+    ] {
+        let compiled = compile_yaml("default", &policy(forward), &BTreeMap::new());
+        let Outcome::Rejected { rejection, .. } = &compiled.outcomes[0].outcome else { panic!("{forward} accepted") };
+        assert!(rejection.message().contains(error), "{forward}: {}", rejection.message());
+    }
+    for bad in [r#"{ claimPath: "x" }"#, r#"{ claim: x, claimPath: [x] }"#, "{ clam: x }", "7"] {
+        let doc = json!({ "claimsToHeaders": { "X-A": serde_saphyr::from_str::<serde_json::Value>(bad).unwrap() } });
+        let err = serde_json::from_value::<crate::api::Forward>(doc).unwrap_err().to_string();
+        assert!(err.contains("expected"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn a_token_lifetime_longer_than_the_keys_retain_is_refused_on_the_policy() {
     use crate::keys::schedule::{Requests, generate, plan, publish};
     let spec: crate::api::SigningKeySpec =

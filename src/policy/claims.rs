@@ -15,6 +15,11 @@ pub struct ClaimPath(pub Vec<String>);
 
 impl ClaimPath {
     pub fn dotted(path: &str) -> Result<Self, String> {
+        if path.contains("://") {
+            return Err(format!(
+                "claim {path:?} looks like a URL, and a dotted name is split at every dot; name it with claimPath: [{path:?}]"
+            ));
+        }
         if path.is_empty() || path.split('.').any(str::is_empty) {
             return Err(format!("claim {path:?} has an empty segment"));
         }
@@ -282,7 +287,12 @@ mod tests {
         assert_eq!(check(json!({"claim": "realm_access.roles", "containsAny": ["clerk", "admin"]})), Ok(()));
         assert_eq!(check(json!({"claim": "realm_access.roles", "containsAny": ["admin"]})), Err(Unmet::NoMatch));
         assert_eq!(check(json!({"claimPath": ["https://example.com/roles"], "containsAll": ["admin"]})), Ok(()));
-        assert_eq!(check(json!({"claim": "https://example.com/roles", "containsAll": ["admin"]})), Err(Unmet::ClaimAbsent));
+        // A URL as a dotted name would split at every dot and never match: refused, with the fix.
+        let err = ClaimRequirement::compile(
+            &serde_json::from_value(json!({"claim": "https://example.com/roles", "containsAll": ["admin"]})).unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.contains("claimPath: [\"https://example.com/roles\"]"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use super::config::{ForwardConfig, IssueConfig, IssuerConfig, KeyRef, KeySource,
 use super::host::HostPattern;
 use super::path::PathPattern;
 use crate::api::{
-    AuthPolicySpec, DNS_LABEL_PATTERN, Forward, HeaderSource, HttpMethod, IssuerSpec, PathMatch, Requirement, TokenForwarding, TokenSource,
+    AuthPolicySpec, DNS_LABEL_PATTERN, Forward, HeaderClaim, HeaderSource, HttpMethod, IssuerSpec, PathMatch, Requirement, TokenForwarding,
+    TokenSource,
 };
 
 pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 60;
@@ -347,7 +348,11 @@ fn validate_forward(at: &str, meta: &PolicyMeta, f: &Forward, keys: &BTreeMap<Ke
             }
             Ok(_) => {}
         }
-        match ClaimPath::dotted(claim) {
+        let path = match claim {
+            HeaderClaim::Dotted(d) => ClaimPath::dotted(d),
+            HeaderClaim::Path(levels) => ClaimPath::segments(levels),
+        };
+        match path {
             Ok(path) => {
                 if claims_to_headers.insert(lower.clone(), path.0).is_some() {
                     p.add(&format!("{at}.claimsToHeaders"), format!("{header} is listed twice (header names ignore case)"));
