@@ -126,6 +126,10 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
+            let curve = if family == KeyFamily::P256 { &sig::ECDSA_P256_SHA256_FIXED } else { &sig::ECDSA_P384_SHA384_FIXED };
+            // Parsing checks that the point lies on the curve (an invalid-curve key is refused here,
+            // not discovered per token).
+            sig::ParsedPublicKey::new(curve, &point).map_err(|_| "EC point is not on the curve".to_owned())?;
             (family, DecodingKey::from_ec_der(&point))
         }
         "OKP" => {
@@ -133,8 +137,11 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
                 return Err(format!("unsupported curve {:?}", member(jwk, "crv")?));
             }
             let x = member_bytes(jwk, "x")?;
-            if x.len() != 32 {
+            let Ok(x) = <[u8; 32]>::try_from(x.as_slice()) else {
                 return Err("Ed25519 key has the wrong length".into());
+            };
+            if let Some(why) = weak_ed25519(&x) {
+                return Err(format!("Ed25519 key is {why}"));
             }
             (KeyFamily::Ed25519, DecodingKey::from_ed_der(&x))
         }
@@ -147,6 +154,61 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
         return Err(format!("alg {} does not fit a {family:?} key", a.as_str()));
     }
     Ok(Some(VerifyKey { kid, alg, family, decoding }))
+}
+
+/// The canonical encodings of the eight Ed25519 points of small order (computed from the curve
+/// equation: identity, order 2, the two of order 4, the four of order 8). Under such a key a
+/// signature with R = identity and S = 0 verifies for many messages.
+const ED25519_SMALL_ORDER: [[u8; 32]; 8] = [
+    hex32("0000000000000000000000000000000000000000000000000000000000000000"),
+    hex32("0000000000000000000000000000000000000000000000000000000000000080"),
+    hex32("0100000000000000000000000000000000000000000000000000000000000000"),
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"),
+    hex32("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+];
+
+const fn hex32(text: &str) -> [u8; 32] {
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => panic!("not lower-case hex"),
+        }
+    }
+    let t = text.as_bytes();
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = (nibble(t[2 * i]) << 4) | nibble(t[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+/// Why an Ed25519 public key must not be trusted: a non-canonical encoding (y ≥ p, or the sign
+/// bit set on a point whose x is 0), a point of small order, or no point at all.
+pub fn weak_ed25519(key: &[u8; 32]) -> Option<&'static str> {
+    // y ≥ p = 2^255 - 19: the low 255 bits are 0x7fff…ffed or more.
+    let y_top_all_ones = key[31] & 0x7f == 0x7f && key[1..31].iter().all(|b| *b == 0xff);
+    let y_is_zero_x = {
+        // y = 1 or y = p - 1: x = 0, so a set sign bit is a second encoding of the same point.
+        let low = {
+            let mut k = *key;
+            k[31] &= 0x7f;
+            k
+        };
+        low == ED25519_SMALL_ORDER[2] || low == ED25519_SMALL_ORDER[7]
+    };
+    if (y_top_all_ones && key[0] >= 0xed) || (y_is_zero_x && key[31] & 0x80 != 0) {
+        return Some("not canonically encoded");
+    }
+    if ED25519_SMALL_ORDER.contains(key) {
+        return Some("a point of small order");
+    }
+    sig::ParsedPublicKey::new(&sig::ED25519, key).err().map(|_| "not a point on the curve")
 }
 
 /// Parses a JWKS document: the usable keys, and why each other key was skipped.
@@ -384,6 +446,50 @@ mod tests {
         assert!(!jsonwebtoken::crypto::verify(signature, tampered.as_bytes(), &parsed.decoding, alg).unwrap_or(false));
     }
 
+    fn okp(x: &[u8]) -> Map<String, Value> {
+        json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(x)}).as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_ed25519_keys_are_refused() {
+        // Why it matters: under the identity key, R = identity and S = 0 "signs" anything.
+        let identity = ED25519_SMALL_ORDER[2];
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&identity);
+        let verifies = sig::UnparsedPublicKey::new(&sig::ED25519, identity).verify(b"{\"sub\":\"admin\"}", &forged).is_ok();
+        for key in ED25519_SMALL_ORDER {
+            let err = parse_jwk(&okp(&key)).unwrap_err();
+            assert!(err.contains("small order") || err.contains("not canonically encoded"), "{err}");
+        }
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let mut p_plus_one = p;
+        p_plus_one[0] = 0xee;
+        let mut negative_identity = identity;
+        negative_identity[31] |= 0x80;
+        for key in [p, p_plus_one, negative_identity] {
+            assert_eq!(weak_ed25519(&key), Some("not canonically encoded"), "{key:?}");
+        }
+        // A real key passes.
+        let real = SigningKeyPair::generate(SigningAlgorithm::EdDSA, None).unwrap();
+        assert!(parse_jwk(real.public_jwk()).unwrap().is_some());
+        // The crypto library does not refuse the forgery itself: the check above is what does.
+        assert!(verifies, "aws-lc now refuses small-order keys itself");
+    }
+
+    #[test]
+    fn ec_points_off_the_curve_and_small_rsa_keys_are_refused() {
+        let real = SigningKeyPair::generate(SigningAlgorithm::ES256, None).unwrap();
+        let mut jwk = real.public_jwk().clone();
+        let mut y = b64url_decode(jwk["y"].as_str().unwrap()).unwrap();
+        y[31] ^= 1;
+        jwk.insert("y".into(), json!(b64url(&y)));
+        assert_eq!(parse_jwk(&jwk).unwrap_err(), "EC point is not on the curve");
+        let rsa = json!({"kty": "RSA", "n": b64url(&[0xc1; 128]), "e": "AQAB"});
+        assert!(parse_jwk(rsa.as_object().unwrap()).unwrap_err().contains("1024 bits is too small"));
+    }
+
     #[test]
     fn generated_keys_sign_what_jsonwebtoken_verifies() {
         for (alg, jwt_alg) in [
@@ -433,12 +539,13 @@ mod tests {
 
     #[test]
     fn untrustworthy_jwks_are_refused_with_a_reason() {
+        let ec = SigningKeyPair::generate(SigningAlgorithm::ES256, None).unwrap().public_jwk().clone();
         let cases = [
             (json!({"kty": "oct", "k": "c2VjcmV0"}), "never trusted"),
             (json!({"kty": "RSA", "n": b64url(&[0xff; 128]), "e": "AQAB"}), "too small"),
             (json!({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}), "unsupported curve"),
             (json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(&[1; 31])}), "wrong length"),
-            (json!({"kty": "EC", "crv": "P-256", "x": b64url(&[1; 32]), "y": b64url(&[1; 32]), "alg": "RS256"}), "does not fit"),
+            (json!({"kty": "EC", "crv": "P-256", "x": ec["x"], "y": ec["y"], "alg": "RS256"}), "does not fit"),
             (json!({"kty": "RSA", "n": b64url(&[0xff; 256]), "e": "AQAB", "alg": "HS256"}), "unsupported alg"),
         ];
         for (jwk, why) in cases {
