@@ -72,8 +72,13 @@ struct DirArgs {
 }
 
 impl DirArgs {
-    fn local(&self) -> LocalDir {
-        LocalDir::new(&self.dir, self.state_dir.as_deref(), &self.gateway)
+    /// The directory, which must exist: a typo in `--dir` is an error, never an empty (and so
+    /// deny-everything, or worse, freshly keyed) directory.
+    fn local(&self) -> Result<LocalDir> {
+        if !self.dir.is_dir() {
+            bail!("--dir {:?} is not a directory", self.dir.display().to_string());
+        }
+        Ok(LocalDir::new(&self.dir, self.state_dir.as_deref(), &self.gateway))
     }
 }
 
@@ -255,8 +260,36 @@ enum KeysAction {
     },
 }
 
+/// `--url` as an absolute http(s) URL, or an error that quotes it.
+fn absolute_url(url: &str) -> Result<http::Uri> {
+    match url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some_and(|a| !a.host().is_empty()) => Ok(u),
+        _ => bail!("--url {url:?} is not an absolute http(s) URL (e.g. https://api.example.com/orders)"),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<crate::api::Duration>().map(|d| d.as_std()).map_err(|e| e.to_string())
+}
+
+/// Writes to stdout; a failure (a closed pipe: `portcullis crds | head`) ends the command
+/// through `?`, and `main` exits quietly on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -268,6 +301,7 @@ pub fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(cli.command)) {
         Ok(code) => std::process::ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
@@ -302,7 +336,7 @@ fn write_crds(out: &[PathBuf]) -> Result<u8> {
     for crd in crate::api::crds() {
         let yaml = crate::api::crd_yaml(&crd)?;
         if out.is_empty() {
-            print!("---\n{yaml}");
+            out!("---\n{yaml}");
         }
         for dir in out {
             let path = dir.join(crate::api::crd_file_name(&crd));
@@ -441,7 +475,7 @@ fn apply_local(gateway: &Gateway, loaded: &Loaded, last_good: &mut HashMap<Strin
 }
 
 async fn run_local(args: LocalArgs) -> Result<u8> {
-    let local = args.dir.local();
+    let local = args.dir.local()?;
     if !local.dir.is_dir() {
         bail!("{} is not a directory", local.dir.display());
     }
@@ -450,7 +484,8 @@ async fn run_local(args: LocalArgs) -> Result<u8> {
     let mut loaded = local.load(jiff::Timestamp::now(), &HashMap::new(), &last_good).map_err(|e| anyhow!(e))?;
     apply_local(&gateway, &loaded, &mut last_good);
     let (stop, tasks, addr) = start_serving(&gateway, &args.serve).await?;
-    print_welcome(&local, &loaded, addr);
+    // A server keeps serving when nobody reads its stdout.
+    let _ = print_welcome(&local, &loaded, addr);
 
     let mut fingerprint = local.fingerprint();
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -491,12 +526,12 @@ async fn run_local(args: LocalArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn print_welcome(local: &LocalDir, loaded: &Loaded, addr: SocketAddr) {
-    println!("portcullis local: gateway \"{}\" from {} (config {})", local.gateway, local.dir.display(), loaded.compiled.config.version);
+fn print_welcome(local: &LocalDir, loaded: &Loaded, addr: SocketAddr) -> std::io::Result<()> {
+    outln!("portcullis local: gateway \"{}\" from {} (config {})", local.gateway, local.dir.display(), loaded.compiled.config.version);
     for line in report(loaded) {
-        println!("{line}");
+        outln!("{line}");
     }
-    println!(
+    outln!(
         "listening on http://{addr}  (NGINX/Traefik/Caddy: /authz · Envoy: /ext_authz/<path> · JWKS: /.well-known/jwks.json · /metrics)"
     );
     // A rule that a token from a local SigningKey can satisfy, with claims that satisfy it.
@@ -511,16 +546,17 @@ fn print_welcome(local: &LocalDir, loaded: &Loaded, addr: SocketAddr) {
     });
     if let Some((p, issuer, key, path, claims)) = example {
         let host = p.hosts.first().map_or("example.com", String::as_str).trim_start_matches("*.");
-        println!("try it:");
-        println!("  curl -i -H 'Host: {host}' http://{addr}/ext_authz{path}        # 401: no token");
-        println!(
+        outln!("try it:");
+        outln!("  curl -i -H 'Host: {host}' http://{addr}/ext_authz{path}        # 401: no token");
+        outln!(
             "  TOKEN=$(portcullis token --dir {} --key {key} --iss {} --aud {} --claims '{claims}')",
             local.dir.display(),
             issuer.issuer,
             issuer.audiences[0]
         );
-        println!("  curl -i -H 'Host: {host}' -H \"Authorization: Bearer $TOKEN\" http://{addr}/ext_authz{path}        # 200");
+        outln!("  curl -i -H 'Host: {host}' -H \"Authorization: Bearer $TOKEN\" http://{addr}/ext_authz{path}        # 200");
     }
+    Ok(())
 }
 
 /// Claims that satisfy a rule's simple requirements (None when it needs more than claims).
@@ -563,7 +599,7 @@ fn example_claims(rule: &crate::policy::config::RuleConfig) -> Option<Value> {
 }
 
 fn load_once(dir: &DirArgs) -> Result<Loaded> {
-    dir.local().load(jiff::Timestamp::now(), &HashMap::new(), &HashMap::new()).map_err(|e| anyhow!(e))
+    dir.local()?.load(jiff::Timestamp::now(), &HashMap::new(), &HashMap::new()).map_err(|e| anyhow!(e))
 }
 
 fn find_key(loaded: &Loaded, name: &str) -> Result<KeyRef> {
@@ -596,7 +632,7 @@ fn run_token(args: TokenArgs) -> Result<u8> {
     }
     obj.entry("iat").or_insert(json!(now));
     obj.entry("exp").or_insert(json!(now + args.ttl.as_secs() as i64));
-    println!("{}", pair.sign_jwt(&claims)?);
+    outln!("{}", pair.sign_jwt(&claims)?);
     Ok(0)
 }
 
@@ -642,8 +678,8 @@ async fn run_check(args: CheckArgs) -> Result<u8> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let uri: http::Uri = args.url.parse().with_context(|| format!("--url {} is not a URL", args.url))?;
-    let host = uri.authority().map(|a| a.as_str().to_owned()).context("--url needs a host, e.g. https://api.example.com/path")?;
+    let uri = absolute_url(&args.url)?;
+    let host = uri.authority().map(|a| a.as_str().to_owned()).expect("absolute URLs have an authority");
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut headers = http::HeaderMap::new();
     if let Some(t) = &args.token {
@@ -658,26 +694,26 @@ async fn run_check(args: CheckArgs) -> Result<u8> {
     let route = decision.route().map(|r| format!("AuthPolicy {}, rule {}", engine.policy_key(r), engine.rule_name(r)));
     match decision {
         Decision::Allow(a) => {
-            println!("ALLOW 200");
-            println!("  route:   {}", route.unwrap_or_default());
+            outln!("ALLOW 200");
+            outln!("  route:   {}", route.unwrap_or_default());
             for (name, value) in &a.headers {
-                println!("  header:  {name}: {}", value.to_str().unwrap_or("<binary>"));
+                outln!("  header:  {name}: {}", value.to_str().unwrap_or("<binary>"));
             }
             match &a.authorization {
                 Some(v) if v.to_str().is_ok_and(|s| args.token.as_ref().is_some_and(|t| s.ends_with(t.as_str()))) => {
-                    println!("  forward: the caller's token")
+                    outln!("  forward: the caller's token")
                 }
-                Some(_) => println!("  forward: a minted internal token"),
-                None => println!("  forward: no token"),
+                Some(_) => outln!("  forward: a minted internal token"),
+                None => outln!("  forward: no token"),
             }
             Ok(0)
         }
         Decision::Deny(d) => {
-            println!("DENY {} {}", d.reason.status(), d.reason.as_str());
-            println!("  route:   {}", route.unwrap_or_else(|| "none".into()));
-            println!("  because: {}", d.detail.clone().unwrap_or_else(|| d.reason.description().to_owned()));
+            outln!("DENY {} {}", d.reason.status(), d.reason.as_str());
+            outln!("  route:   {}", route.unwrap_or_else(|| "none".into()));
+            outln!("  because: {}", d.detail.clone().unwrap_or_else(|| d.reason.description().to_owned()));
             if let Some(w) = crate::gateway::www_authenticate(engine.realm(), &d) {
-                println!("  WWW-Authenticate: {w}");
+                outln!("  WWW-Authenticate: {w}");
             }
             Ok(1)
         }
@@ -695,17 +731,17 @@ fn run_keys(action: KeysAction) -> Result<u8> {
             for key in keys {
                 let ring = &loaded.rings[&key];
                 let spec = &loaded.specs[&key];
-                println!(
+                outln!(
                     "SigningKey {key} ({}; rotation {}, prePublish {}, retain {})",
                     spec.algorithm.as_str(),
                     spec.rotation_interval,
                     spec.pre_publish,
                     spec.retain
                 );
-                println!("  {:<44} {:<8} {:<22} {:<22} {:<22}", "KID", "STATE", "SIGNS FROM", "SIGNS UNTIL", "LEAVES JWKS");
+                outln!("  {:<44} {:<8} {:<22} {:<22} {:<22}", "KID", "STATE", "SIGNS FROM", "SIGNS UNTIL", "LEAVES JWKS");
                 let t = |t: Option<jiff::Timestamp>| t.map_or("-".to_owned(), |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
                 for k in &ring.keys {
-                    println!(
+                    outln!(
                         "  {:<44} {:<8} {:<22} {:<22} {:<22}",
                         k.kid,
                         format!("{:?}", k.state),
@@ -715,7 +751,7 @@ fn run_keys(action: KeysAction) -> Result<u8> {
                     );
                 }
                 if let Some(next) = crate::keys::schedule::next_transition(ring, spec) {
-                    println!("  next transition: {}", t(Some(next)));
+                    outln!("  next transition: {}", t(Some(next)));
                 }
             }
             Ok(0)
@@ -739,9 +775,9 @@ fn request_keys(dir: &DirArgs, name: &str, request: impl FnOnce(&crate::keys::st
     let key = find_key(&loaded, name)?;
     let requests = HashMap::from([(key.clone(), request(&loaded.rings[&key])?)]);
     let synced =
-        dir.local().sync_keys(&[(key.clone(), loaded.specs[&key].clone())], jiff::Timestamp::now(), &requests).map_err(|e| anyhow!(e))?;
+        dir.local()?.sync_keys(&[(key.clone(), loaded.specs[&key].clone())], jiff::Timestamp::now(), &requests).map_err(|e| anyhow!(e))?;
     for (_, e) in synced.events {
-        println!("{}", e.describe());
+        outln!("{}", e.describe());
     }
     Ok(0)
 }

@@ -292,3 +292,48 @@ fn each_endpoint_reads_only_what_its_proxy_sets() {
         403
     );
 }
+
+#[test]
+fn a_missing_dir_is_an_error_for_every_command_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-dir");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["check", "--dir", m, "--url", "https://api.test/"],
+        vec!["token", "--dir", m, "--key", "k"],
+        vec!["compile", "--dir", m],
+        vec!["keys", "list", "--dir", m],
+        vec!["keys", "rotate", "--dir", m, "k"],
+        vec!["local", "--dir", m, "--listen", "127.0.0.1:0"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(&format!("--dir \"{m}\" is not a directory")), "{args:?}: {err}");
+        assert!(!missing.exists(), "{args:?} created {m}");
+    }
+}
+
+#[test]
+fn check_refuses_a_url_that_is_not_absolute() {
+    let shop = shop_copy();
+    for url in ["/orders/1", "api.shop.example/orders", "ftp://api.shop.example/x", "https:///x"] {
+        let (code, _, err) = run(&["check", "--dir", shop.path().to_str().unwrap(), "--url", url]);
+        assert_eq!(code, 2, "{url}: {err}");
+        assert!(err.contains(&format!("--url {url:?} is not an absolute http(s) URL")), "{url}: {err}");
+    }
+}
+
+#[test]
+fn writing_to_a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(portcullis()).arg("crds").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Read one byte and hang up, as `| head -c1` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut one).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
