@@ -15,8 +15,8 @@ use crate::decide::{Decision, Request};
 use crate::gateway::metrics::Metrics;
 use crate::gateway::{Endpoints, Gateway, serve, shutdown_signal, unix_now};
 use crate::keys::schedule::{Requests, signing_windows};
-use crate::local::{Loaded, LocalDir, report};
-use crate::policy::{KeyRef, Outcome, PolicyConfig};
+use crate::local::{Loaded, LocalDir, Memory, report};
+use crate::policy::{KeyRef, Outcome};
 
 #[derive(Parser, Debug)]
 #[command(name = "portcullis", version, about = "JWT authentication and claim-based authorization for the routes behind an API gateway")]
@@ -464,25 +464,21 @@ async fn run_controller(args: ControllerArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Applies one load of a local directory to the gateway; remembers the policies it serves (the
-/// accepted ones, and the last good versions already remembered) for as long as their files exist.
-fn apply_local(gateway: &Gateway, loaded: &Loaded, last_good: &mut HashMap<String, PolicyConfig>) {
-    last_good.extend(loaded.compiled.config.policies_by_key());
-    let present: std::collections::HashSet<String> = loaded.scanned.policies.iter().map(|(m, _)| m.key()).collect();
-    last_good.retain(|k, _| present.contains(k));
+/// Applies one load of a local directory to the gateway and remembers it, so that a file that
+/// breaks later keeps its resources serving.
+fn apply_local(gateway: &Gateway, loaded: &Loaded, memory: &mut Memory) {
+    memory.remember(loaded);
+    gateway.metrics.rejected_resources.set(crate::local::rejected_count(loaded) as i64);
     // apply() logs and counts a failure itself.
     let _ = gateway.apply(loaded.compiled.config.clone(), &loaded.rings);
 }
 
 async fn run_local(args: LocalArgs) -> Result<u8> {
     let local = args.dir.local()?;
-    if !local.dir.is_dir() {
-        bail!("{} is not a directory", local.dir.display());
-    }
     let gateway = args.serve.gateway()?;
-    let mut last_good = HashMap::new();
-    let mut loaded = local.load(jiff::Timestamp::now(), &HashMap::new(), &last_good).map_err(|e| anyhow!(e))?;
-    apply_local(&gateway, &loaded, &mut last_good);
+    let mut memory = Memory::default();
+    let mut loaded = local.load(jiff::Timestamp::now(), &HashMap::new(), &memory).map_err(|e| anyhow!(e))?;
+    apply_local(&gateway, &loaded, &mut memory);
     let (stop, tasks, addr) = start_serving(&gateway, &args.serve).await?;
     // A server keeps serving when nobody reads its stdout.
     let _ = print_welcome(&local, &loaded, addr);
@@ -500,7 +496,7 @@ async fn run_local(args: LocalArgs) -> Result<u8> {
         if current == fingerprint && !due {
             continue;
         }
-        match local.load(now, &HashMap::new(), &last_good) {
+        match local.load(now, &HashMap::new(), &memory) {
             Ok(next) => {
                 for (key, event) in &next.key_events {
                     tracing::info!(signing_key = %key, "{}", event.describe());
@@ -510,7 +506,7 @@ async fn run_local(args: LocalArgs) -> Result<u8> {
                         tracing::info!("{}", line.trim_start());
                     }
                 }
-                apply_local(&gateway, &next, &mut last_good);
+                apply_local(&gateway, &next, &mut memory);
                 loaded = next;
             }
             Err(e) => tracing::error!("reload failed, the previous config keeps serving: {e}"),
@@ -599,7 +595,7 @@ fn example_claims(rule: &crate::policy::config::RuleConfig) -> Option<Value> {
 }
 
 fn load_once(dir: &DirArgs) -> Result<Loaded> {
-    dir.local()?.load(jiff::Timestamp::now(), &HashMap::new(), &HashMap::new()).map_err(|e| anyhow!(e))
+    dir.local()?.load(jiff::Timestamp::now(), &HashMap::new(), &Memory::default()).map_err(|e| anyhow!(e))
 }
 
 fn find_key(loaded: &Loaded, name: &str) -> Result<KeyRef> {
@@ -641,6 +637,12 @@ fn run_compile(args: CompileArgs) -> Result<u8> {
     for line in report(&loaded) {
         eprintln!("{line}");
     }
+    let rejected = loaded.compiled.outcomes.iter().any(|o| o.outcome != Outcome::Accepted);
+    if rejected || !loaded.scanned.problems.is_empty() {
+        // A config without the broken resources would drop them from the gateway it is given to.
+        eprintln!("error: not compiled: fix the resources above (nothing was written)");
+        return Ok(1);
+    }
     let config = &loaded.compiled.config;
     let bytes = if args.gzip { config.to_gzip() } else { config.to_json() };
     match &args.out {
@@ -650,8 +652,7 @@ fn run_compile(args: CompileArgs) -> Result<u8> {
             std::io::stdout().write_all(&bytes)?;
         }
     }
-    let rejected = loaded.compiled.outcomes.iter().any(|o| o.outcome != Outcome::Accepted);
-    Ok(u8::from(rejected || !loaded.scanned.problems.is_empty()))
+    Ok(0)
 }
 
 async fn run_check(args: CheckArgs) -> Result<u8> {

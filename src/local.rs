@@ -41,6 +41,87 @@ pub struct Scanned {
     pub policies: Vec<(PolicyMeta, api::AuthPolicySpec)>,
     pub signing_keys: Vec<(KeyRef, SigningKeySpec)>,
     pub problems: Vec<DocProblem>,
+    /// The file each resource came from (`AuthPolicy ns/name`, `SigningKey ns/name`).
+    pub sources: HashMap<String, PathBuf>,
+    /// Resources whose file is broken now, served from their last good parse.
+    pub kept: Vec<String>,
+}
+
+fn resource_id(kind: &str, key: &str) -> String {
+    format!("{kind} {key}")
+}
+
+/// The last good parse of every resource of a directory, and the file that held it: a file that
+/// stops parsing keeps its resources serving as they were (SECURITY.md, invariant 9).
+#[derive(Debug, Default, Clone)]
+pub struct Memory {
+    policies: HashMap<String, (PathBuf, PolicyMeta, api::AuthPolicySpec)>,
+    signing_keys: HashMap<KeyRef, (PathBuf, SigningKeySpec)>,
+    /// Accepted policy versions, the compiler's `last_good`.
+    pub accepted: HashMap<String, PolicyConfig>,
+}
+
+impl Memory {
+    /// Remembers what a load parsed and accepted; forgets resources whose files are gone.
+    pub fn remember(&mut self, loaded: &Loaded) {
+        let s = &loaded.scanned;
+        let source = |id: String| s.sources.get(&id).cloned().unwrap_or_default();
+        self.policies =
+            s.policies.iter().map(|(m, spec)| (m.key(), (source(resource_id("AuthPolicy", &m.key())), m.clone(), spec.clone()))).collect();
+        self.signing_keys =
+            s.signing_keys.iter().map(|(k, spec)| (k.clone(), (source(resource_id("SigningKey", &k.to_string())), spec.clone()))).collect();
+        self.accepted.extend(loaded.compiled.config.policies_by_key());
+        self.accepted.retain(|k, _| self.policies.contains_key(k));
+    }
+
+    /// Puts back every resource that a now-broken file held at the last good parse.
+    fn keep_broken(&self, scanned: &mut Scanned) {
+        let broken: std::collections::HashSet<&PathBuf> = scanned.problems.iter().map(|p| &p.file).collect();
+        let mut kept_policies: Vec<_> = self
+            .policies
+            .iter()
+            .filter(|(key, (file, _, _))| broken.contains(file) && !scanned.policies.iter().any(|(m, _)| &m.key() == *key))
+            .collect();
+        kept_policies.sort_by(|a, b| a.0.cmp(b.0));
+        let mut kept_keys: Vec<_> = self
+            .signing_keys
+            .iter()
+            .filter(|(key, (file, _))| broken.contains(file) && !scanned.signing_keys.iter().any(|(k, _)| k == *key))
+            .collect();
+        kept_keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, (file, meta, spec)) in kept_policies {
+            let id = resource_id("AuthPolicy", key);
+            scanned.policies.push((meta.clone(), spec.clone()));
+            scanned.sources.insert(id.clone(), file.clone());
+            scanned.kept.push(format!("{id}: {} is broken; its last good version keeps serving", file.display()));
+        }
+        for (key, (file, spec)) in kept_keys {
+            let id = resource_id("SigningKey", &key.to_string());
+            scanned.signing_keys.push((key.clone(), spec.clone()));
+            scanned.sources.insert(id.clone(), file.clone());
+            scanned.kept.push(format!("{id}: {} is broken; its last good version keeps its keys", file.display()));
+        }
+    }
+}
+
+/// Deserialises a spec, naming the field that failed: `rules[read].require[0].containsAny:
+/// invalid type: string "admin", expected a sequence`.
+fn parse_spec<T: serde::de::DeserializeOwned>(spec: &Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = named_rules(&e.path().to_string(), spec);
+        let inner = e.into_inner().to_string();
+        if path == "." { format!("spec: {inner}") } else { format!("spec.{path}: {inner}") }
+    })
+}
+
+/// `rules[2]…` → `rules[read]…` when the rule has a name: what a person searches for.
+fn named_rules(path: &str, spec: &Value) -> String {
+    let Some(rest) = path.strip_prefix("rules[") else { return path.to_owned() };
+    let Some((index, tail)) = rest.split_once(']') else { return path.to_owned() };
+    match index.parse::<usize>().ok().and_then(|i| spec.get("rules")?.get(i)?.get("name")?.as_str()) {
+        Some(name) => format!("rules[{name}]{tail}"),
+        None => path.to_owned(),
+    }
 }
 
 /// Every YAML file under `dir` (recursively), skipping hidden entries such as the state dir.
@@ -89,11 +170,6 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             continue;
         }
         let crd = if kind == "AuthPolicy" { AuthPolicy::crd() } else { SigningKey::crd() };
-        let unknown = api::schema_check::unknown_fields(&api::schema_check::crd_schema(&crd), &doc);
-        if !unknown.is_empty() {
-            out.problems.push(problem(i, format!("{kind}: unknown field(s) {}", unknown.join(", "))));
-            continue;
-        }
         let meta = doc.get("metadata");
         let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_owned();
         let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_owned();
@@ -101,8 +177,18 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             out.problems.push(problem(i, format!("{kind} without metadata.name")));
             continue;
         }
-        let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
         let key = format!("{namespace}/{name}");
+        let unknown = api::schema_check::unknown_fields(&api::schema_check::crd_schema(&crd), &doc);
+        if !unknown.is_empty() {
+            let spec = doc.get("spec").unwrap_or(&Value::Null);
+            let named: Vec<String> = unknown
+                .iter()
+                .map(|u| u.strip_prefix("spec.").map_or_else(|| u.clone(), |p| format!("spec.{}", named_rules(p, spec))))
+                .collect();
+            out.problems.push(problem(i, format!("{kind} {key}: unknown field(s) {}", named.join(", "))));
+            continue;
+        }
+        let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
         let duplicate = match kind.as_str() {
             "AuthPolicy" => out.policies.iter().any(|(m, _)| m.namespace == namespace && m.name == name),
             _ => out.signing_keys.iter().any(|(k, _)| k.namespace == namespace && k.name == name),
@@ -112,15 +198,21 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             continue;
         }
         match kind.as_str() {
-            "AuthPolicy" => match serde_json::from_value::<api::AuthPolicySpec>(spec) {
-                Ok(s) => out.policies.push((PolicyMeta::new(&namespace, &name), s)),
+            "AuthPolicy" => match parse_spec::<api::AuthPolicySpec>(&spec) {
+                Ok(s) => {
+                    out.sources.insert(resource_id(&kind, &key), file.to_path_buf());
+                    out.policies.push((PolicyMeta::new(&namespace, &name), s))
+                }
                 Err(e) => out.problems.push(problem(i, format!("AuthPolicy {key}: {e}"))),
             },
-            _ => match serde_json::from_value::<SigningKeySpec>(spec) {
+            _ => match parse_spec::<SigningKeySpec>(&spec) {
                 Ok(s) if s.pre_publish >= s.rotation_interval => {
                     out.problems.push(problem(i, format!("SigningKey {key}: prePublish must be shorter than rotationInterval")))
                 }
-                Ok(s) => out.signing_keys.push((KeyRef { namespace, name }, s)),
+                Ok(s) => {
+                    out.sources.insert(resource_id(&kind, &key), file.to_path_buf());
+                    out.signing_keys.push((KeyRef { namespace, name }, s))
+                }
                 Err(e) => out.problems.push(problem(i, format!("SigningKey {key}: {e}"))),
             },
         }
@@ -235,15 +327,13 @@ impl LocalDir {
         })
     }
 
-    /// Scans, syncs keys and compiles. `last_good` keeps the previously accepted version of a
-    /// policy serving while its file is broken.
-    pub fn load(
-        &self,
-        now: Timestamp,
-        requests: &HashMap<KeyRef, Requests>,
-        last_good: &HashMap<String, PolicyConfig>,
-    ) -> Result<Loaded, String> {
-        let scanned = scan(&self.dir);
+    /// Scans, syncs keys and compiles. `memory` (the previous loads) keeps a resource whose file
+    /// no longer parses, and the last accepted version of a policy that no longer validates,
+    /// serving.
+    pub fn load(&self, now: Timestamp, requests: &HashMap<KeyRef, Requests>, memory: &Memory) -> Result<Loaded, String> {
+        let mut scanned = scan(&self.dir);
+        memory.keep_broken(&mut scanned);
+        let last_good = &memory.accepted;
         let KeySync { rings, events: key_events, next_wakeup } = self.sync_keys(&scanned.signing_keys, now, requests)?;
         let specs: BTreeMap<KeyRef, SigningKeySpec> = scanned.signing_keys.iter().cloned().collect();
         let mut published: BTreeMap<KeyRef, PublishedKeys> = BTreeMap::new();
@@ -280,7 +370,10 @@ impl LocalDir {
 pub fn report(loaded: &Loaded) -> Vec<String> {
     let mut lines = Vec::new();
     for p in &loaded.scanned.problems {
-        lines.push(format!("  skipped   {p}"));
+        lines.push(format!("  BROKEN    {p}"));
+    }
+    for k in &loaded.scanned.kept {
+        lines.push(format!("  kept      {k}"));
     }
     for o in &loaded.compiled.outcomes {
         let rules = loaded.compiled.config.policy(&o.namespace, &o.name).map_or(0, |p| p.rules.len());
@@ -303,9 +396,134 @@ pub fn report(loaded: &Loaded) -> Vec<String> {
     lines
 }
 
+/// How many resources the load refused: broken documents and rejected policies.
+pub fn rejected_count(loaded: &Loaded) -> usize {
+    loaded.scanned.problems.len() + loaded.compiled.outcomes.iter().filter(|o| o.outcome != policy::Outcome::Accepted).count()
+}
+
 pub fn now() -> Timestamp {
     Timestamp::now()
 }
 
 /// How often local mode looks for changed files.
 pub const POLL: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SigningAlgorithm;
+    use crate::testkit::TestIssuer;
+
+    fn policy(jwks: &str, require: &str) -> String {
+        format!(
+            r#"apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{ name: orders, namespace: shop }}
+spec:
+  hosts: [api.test]
+  issuers: [{{ issuer: "https://idp.test", audiences: [orders], algorithms: [ES256], jwks: {{ inline: {jwks} }} }}]
+  rules:
+    - {{ name: health, public: true, match: {{ paths: [{{ exact: /healthz }}] }} }}
+    - name: read
+      match: {{ paths: [{{ prefix: /orders }}] }}
+      require:
+        - {require}
+"#
+        )
+    }
+
+    const KEY: &str = "apiVersion: portcullis.dev/v1alpha1\nkind: SigningKey\nmetadata: { name: internal, namespace: shop }\nspec: { algorithm: EdDSA, rotationInterval: 1h, prePublish: 1m, retain: 10m }\n";
+
+    struct Dir {
+        tmp: tempfile::TempDir,
+        local: LocalDir,
+        memory: Memory,
+    }
+
+    impl Dir {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let local = LocalDir::new(tmp.path(), None, "default");
+            Self { tmp, local, memory: Memory::default() }
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            std::fs::write(self.tmp.path().join(file), text).unwrap();
+        }
+
+        fn load(&mut self) -> Loaded {
+            let loaded = self.local.load(Timestamp::now(), &HashMap::new(), &self.memory).unwrap();
+            self.memory.remember(&loaded);
+            loaded
+        }
+    }
+
+    fn read_rule(loaded: &Loaded) -> Option<crate::api::Requirement> {
+        loaded
+            .compiled
+            .config
+            .policy("shop", "orders")
+            .and_then(|p| p.rules.iter().find(|r| r.name == "read"))
+            .map(|r| r.require[0].clone())
+    }
+
+    #[test]
+    fn a_file_that_stops_parsing_keeps_every_resource_it_held() {
+        let issuer = TestIssuer::new("https://idp.test", SigningAlgorithm::ES256);
+        let jwks = issuer.jwks().to_string();
+        let good = policy(&jwks, r#"{ claim: scope, containsAny: ["orders:read"] }"#);
+        let mut d = Dir::new();
+        d.write("orders.yaml", &good);
+        d.write("key.yaml", KEY);
+        let first = d.load();
+        let rule = read_rule(&first).expect("accepted");
+        assert_eq!(rejected_count(&first), 0);
+        let kid = first.rings[&KeyRef { namespace: "shop".into(), name: "internal".into() }].active().unwrap().kid.clone();
+
+        for (what, broken, says) in [
+            ("YAML syntax", good.replace("rules:", "rules: [").clone(), "not valid YAML"),
+            ("unknown field", good.replace("require:", "requir:"), "unknown field(s) spec.rules[read].requir"),
+            ("unknown operator", good.replace("containsAny", "containsAnyy"), "unknown field(s) spec.rules[read].require[0].containsAnyy"),
+            (
+                "wrong type",
+                good.replace(r#"containsAny: ["orders:read"]"#, r#"containsAny: "admin""#),
+                "spec.rules[read].require[0].containsAny: invalid type: string \"admin\", expected a sequence",
+            ),
+            ("wrong type at the top", good.replace("hosts: [api.test]", "hosts: api.test"), "spec.hosts: invalid type"),
+        ] {
+            d.write("orders.yaml", &broken);
+            let loaded = d.load();
+            assert_eq!(read_rule(&loaded).as_ref(), Some(&rule), "{what}: the policy must keep serving");
+            let text = report(&loaded).join("\n");
+            assert!(text.contains("orders.yaml") && text.contains(says), "{what}: {text}");
+            assert!(text.contains("kept      AuthPolicy shop/orders"), "{what}: {text}");
+            assert!(rejected_count(&loaded) >= 1, "{what}");
+            // Broken twice in a row: still the same last good version.
+            assert_eq!(read_rule(&d.load()).as_ref(), Some(&rule), "{what}, second load");
+        }
+
+        // A SigningKey whose file breaks keeps its keys (and so the JWKS services trust).
+        d.write("orders.yaml", &good);
+        d.write("key.yaml", &KEY.replace("rotationInterval: 1h", "rotationInterval: 5"));
+        let loaded = d.load();
+        let ring = &loaded.rings[&KeyRef { namespace: "shop".into(), name: "internal".into() }];
+        assert_eq!(ring.active().unwrap().kid, kid);
+        assert!(loaded.specs.contains_key(&KeyRef { namespace: "shop".into(), name: "internal".into() }), "still scheduled");
+        assert!(report(&loaded).join("\n").contains("kept      SigningKey shop/internal"));
+
+        // Removing a file does remove what it held.
+        std::fs::remove_file(d.tmp.path().join("orders.yaml")).unwrap();
+        assert!(read_rule(&d.load()).is_none());
+    }
+
+    #[test]
+    fn without_a_last_good_version_a_broken_file_serves_nothing_of_it() {
+        let issuer = TestIssuer::new("https://idp.test", SigningAlgorithm::ES256);
+        let mut d = Dir::new();
+        d.write("orders.yaml", &policy(&issuer.jwks().to_string(), "{ claim: scope, containsAny: admin }"));
+        let loaded = d.load();
+        assert!(read_rule(&loaded).is_none());
+        assert_eq!(rejected_count(&loaded), 1);
+        assert!(loaded.scanned.kept.is_empty());
+    }
+}

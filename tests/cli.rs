@@ -209,8 +209,14 @@ fn local_mode_reloads_and_keeps_a_broken_policy_serving_its_last_good_version() 
     // A misspelt field is an error, not a silently open route.
     std::fs::write(&orders, good.replace("      require:\n        - claim: scope", "      requir:\n        - claim: scope")).unwrap();
     wait_until("the unknown field", Duration::from_secs(10), || {
-        pc.log_text().contains("unknown field(s) spec.rules[2].requir").then_some(())
+        pc.log_text().contains("unknown field(s) spec.rules[read].requir").then_some(())
     });
+    assert!(pc.log_text().contains("kept      AuthPolicy shop/orders"), "{}", pc.log_text());
+    assert_eq!(ask("/orders/1"), 200, "the last good version keeps serving");
+    let metrics = String::from_utf8(http(port, "GET", "x", "/metrics", &[]).unwrap().body).unwrap();
+    // The broken document, and the invalid version before it (kept as the file's last parse,
+    // still rejected, its accepted version still serving).
+    assert!(metrics.contains("portcullis_config_rejected_resources 2"), "{metrics}");
 
     // A real change takes effect.
     std::fs::write(&orders, good.replace(r#"containsAll: ["orders:read"]"#, r#"containsAll: ["orders:list"]"#)).unwrap();
@@ -336,4 +342,24 @@ fn writing_to_a_closed_pipe_ends_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn compile_writes_nothing_when_any_input_is_broken() {
+    let shop = shop_copy();
+    let out = tempfile::tempdir().unwrap();
+    let config = out.path().join("config.json");
+    let orders = shop.path().join("orders.yaml");
+    let good = std::fs::read_to_string(&orders).unwrap();
+    std::fs::write(
+        &orders,
+        good.replace("      require:\n        - claim: scope", "      require:\n        - claim: scope\n          containsAny: admin"),
+    )
+    .unwrap();
+    let (code, stdout, err) = run(&["compile", "--dir", shop.path().to_str().unwrap(), "--out", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!config.exists(), "a partial config was written");
+    assert!(stdout.is_empty());
+    assert!(err.contains("orders.yaml") && err.contains("containsAny"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
 }

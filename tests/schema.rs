@@ -167,7 +167,7 @@ fn every_example_directory_compiles_with_every_policy_accepted() {
     for entry in std::fs::read_dir(&root).unwrap().flatten().filter(|e| e.path().is_dir()) {
         let state = tempfile::tempdir().unwrap();
         let local = portcullis::local::LocalDir::new(&entry.path(), Some(state.path()), "default");
-        let loaded = local.load(jiff::Timestamp::now(), &HashMap::new(), &HashMap::new()).unwrap();
+        let loaded = local.load(jiff::Timestamp::now(), &HashMap::new(), &Default::default()).unwrap();
         assert!(loaded.scanned.problems.is_empty(), "{:?}", loaded.scanned.problems);
         assert!(!loaded.compiled.outcomes.is_empty());
         for o in &loaded.compiled.outcomes {

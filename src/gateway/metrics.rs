@@ -18,6 +18,9 @@ pub struct Metrics {
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
     pub token_cache_entries: IntGauge,
+    /// Resources (files' documents, policies) refused by the last load; their last good
+    /// versions keep serving.
+    pub rejected_resources: IntGauge,
     signing_key_age: IntGaugeVec,
     signing_key_next: IntGaugeVec,
 }
@@ -68,6 +71,11 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("portcullis_jwks_keys", "Keys held for a remote JWKS URL."), &["uri"]).expect("valid metric");
         let token_cache_entries =
             IntGauge::new("portcullis_token_cache_entries", "Verified tokens held in the cache.").expect("valid metric");
+        let rejected_resources = IntGauge::new(
+            "portcullis_config_rejected_resources",
+            "Resources the last load refused (unparsable or invalid); the last good version of each keeps serving.",
+        )
+        .expect("valid metric");
         let signing_key_age = IntGaugeVec::new(
             Opts::new("portcullis_signing_key_active_age_seconds", "Age of the key that signs now, by SigningKey."),
             &["signing_key"],
@@ -90,6 +98,7 @@ impl Metrics {
                 Box::new(jwks_fetches.clone()),
                 Box::new(jwks_keys.clone()),
                 Box::new(token_cache_entries.clone()),
+                Box::new(rejected_resources.clone()),
                 Box::new(signing_key_age.clone()),
                 Box::new(signing_key_next.clone()),
             ],
@@ -106,6 +115,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             token_cache_entries,
+            rejected_resources,
             signing_key_age,
             signing_key_next,
         }
