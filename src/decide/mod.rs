@@ -281,9 +281,8 @@ pub struct Engine {
     routes: RouteTable,
     policies: Vec<RtPolicy>,
     identity_headers: Vec<HeaderName>,
-    /// Request headers that may carry a token for some policy (and `cookie` if any policy reads
-    /// cookies): header-mode proxies overwrite them from every answer, so every answer says
-    /// what they must be.
+    /// Request headers that may carry a token for some policy, and `cookie`: header-mode proxies
+    /// overwrite them from every answer, so every answer says what they must be.
     token_carriers: Vec<HeaderName>,
     cache: TokenCache,
     issuer_url: String,
@@ -300,7 +299,9 @@ impl Engine {
         let mut remote_sets: Vec<Arc<KeySet>> = Vec::new();
         let mut minters: HashMap<KeyRef, Option<Arc<Minter>>> = HashMap::new();
         let mut identity: Vec<HeaderName> = Vec::new();
-        let mut carriers: Vec<HeaderName> = Vec::new();
+        // `cookie` always: header-mode proxies configured to take Cookie from the answer must get
+        // it on every answer, whether or not a policy reads cookies today.
+        let mut carriers: Vec<HeaderName> = vec![http::header::COOKIE];
         let mut policies = Vec::with_capacity(config.policies.len());
         for p in &config.policies {
             let key = p.key();
@@ -450,8 +451,7 @@ impl Engine {
         &self.identity_headers
     }
 
-    /// Headers besides `Authorization` that carry a token for some policy (`cookie` included
-    /// when a policy reads cookies).
+    /// `cookie` and the headers besides `Authorization` that carry a token for some policy.
     pub fn token_carriers(&self) -> &[HeaderName] {
         &self.token_carriers
     }

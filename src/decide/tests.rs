@@ -300,7 +300,7 @@ fn answer<'a>(a: &'a Allowed, name: &str) -> Option<&'a str> {
 fn the_token_leaves_only_when_the_policy_forwards_it_from_any_source() {
     let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
     let e = engine(&compile_yaml("default", &cookie_policy(&issuer), &BTreeMap::new()));
-    assert_eq!(e.token_carriers(), [http::HeaderName::from_static("x-api-token"), http::header::COOKIE]);
+    assert_eq!(e.token_carriers(), [http::header::COOKIE, http::HeaderName::from_static("x-api-token")]);
     let token = issuer.token("web", NOW, json!({}));
     let in_cookie = headers(&[("cookie", &format!("theme=dark; session={token}")), ("cookie", "legacy=x; lang=en")]);
     let in_header = headers(&[("x-api-token", &token)]);

@@ -227,8 +227,113 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.exists()))
 }
 
-/// The NGINX configuration the docs recommend (docs/gateways/nginx.md), with test ports.
-pub fn nginx_conf(dir: &Path, port: u16, authz: u16, upstream: u16) -> String {
+/// The NGINX site the docs recommend (docs/gateways/nginx.md, verbatim), with test ports.
+pub fn nginx_site(port: u16, authz: u16, upstream: u16) -> String {
+    format!(
+        r#"upstream portcullis {{ server 127.0.0.1:{authz}; keepalive 32; }}
+upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+
+server {{
+  listen 127.0.0.1:{port};
+
+  location / {{
+    auth_request /_portcullis;
+    # Every identity header, Authorization and each token-carrying header (Cookie, or a
+    # custom token header of your policies) is set from the authorizer's answer, which
+    # overwrites (or, when empty, removes) whatever the client sent.
+    auth_request_set $pc_user $upstream_http_x_user_id;
+    auth_request_set $pc_roles $upstream_http_x_user_roles;
+    auth_request_set $pc_tenant $upstream_http_x_tenant_id;
+    auth_request_set $pc_authorization $upstream_http_authorization;
+    auth_request_set $pc_cookie $upstream_http_cookie;
+    auth_request_set $pc_api_token $upstream_http_x_api_token;
+    proxy_set_header X-User-Id $pc_user;
+    proxy_set_header X-User-Roles $pc_roles;
+    proxy_set_header X-Tenant-Id $pc_tenant;
+    proxy_set_header Authorization $pc_authorization;
+    proxy_set_header Cookie $pc_cookie;
+    proxy_set_header X-Api-Token $pc_api_token;
+    # The upstream must see the host Portcullis decided on.
+    proxy_set_header Host $host;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    # No URI part: the upstream gets the target exactly as the client sent it, which is
+    # why Portcullis refuses targets that are not in normal form.
+    proxy_pass http://app;
+  }}
+
+  location = /_portcullis {{
+    internal;
+    proxy_pass http://portcullis/authz;
+    proxy_pass_request_body off;
+    proxy_set_header Content-Length "";
+    proxy_set_header X-Forwarded-Method $request_method;
+    proxy_set_header X-Forwarded-Uri $request_uri;
+    proxy_set_header X-Forwarded-Host $host;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+  }}
+}}
+"#
+    )
+}
+
+/// What ingress-nginx generates for an Ingress with `nginx.ingress.kubernetes.io/auth-url:
+/// http://portcullis/authz/ingress-nginx` and `auth-response-headers` listing the identity and
+/// token headers (docs/gateways/ingress-nginx.md): the auth location sets X-Original-URL and
+/// X-Original-Method and passes every other client header through.
+pub fn ingress_nginx_site(port: u16, authz: u16, upstream: u16) -> String {
+    format!(
+        r#"upstream portcullis {{ server 127.0.0.1:{authz}; keepalive 32; }}
+upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+
+server {{
+  listen 127.0.0.1:{port};
+
+  location = /_external-auth-Lw-Prefix {{
+    internal;
+    proxy_pass_request_body off;
+    proxy_set_header Content-Length "";
+    proxy_set_header X-Forwarded-Proto "";
+    proxy_set_header Host portcullis;
+    proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+    proxy_set_header X-Original-Method $request_method;
+    proxy_set_header X-Sent-From "nginx-ingress-controller";
+    proxy_set_header X-Real-IP $remote_addr;
+    proxy_set_header X-Forwarded-For $remote_addr;
+    proxy_set_header X-Auth-Request-Redirect $request_uri;
+    proxy_pass_request_headers on;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_pass http://portcullis/authz/ingress-nginx;
+  }}
+
+  location / {{
+    auth_request /_external-auth-Lw-Prefix;
+    auth_request_set $authHeader0 $upstream_http_x_user_id;
+    proxy_set_header 'X-User-Id' $authHeader0;
+    auth_request_set $authHeader1 $upstream_http_x_user_roles;
+    proxy_set_header 'X-User-Roles' $authHeader1;
+    auth_request_set $authHeader2 $upstream_http_x_tenant_id;
+    proxy_set_header 'X-Tenant-Id' $authHeader2;
+    auth_request_set $authHeader3 $upstream_http_authorization;
+    proxy_set_header 'Authorization' $authHeader3;
+    auth_request_set $authHeader4 $upstream_http_cookie;
+    proxy_set_header 'Cookie' $authHeader4;
+    auth_request_set $authHeader5 $upstream_http_x_api_token;
+    proxy_set_header 'X-Api-Token' $authHeader5;
+    proxy_set_header Host $http_host;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_pass http://app;
+  }}
+}}
+"#
+    )
+}
+
+/// A runnable nginx.conf around a site: unprivileged, everything inside `dir`.
+pub fn nginx_conf(dir: &Path, site: &str) -> String {
     let d = dir.display();
     format!(
         r#"
@@ -245,48 +350,22 @@ http {{
   fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
-  upstream portcullis {{ server 127.0.0.1:{authz}; keepalive 32; }}
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      auth_request /_portcullis;
-      # Every identity header is set from the authorizer's answer, which overwrites (or, when
-      # empty, removes) whatever the client sent.
-      auth_request_set $pc_user $upstream_http_x_user_id;
-      auth_request_set $pc_roles $upstream_http_x_user_roles;
-      auth_request_set $pc_tenant $upstream_http_x_tenant_id;
-      auth_request_set $pc_authorization $upstream_http_authorization;
-      proxy_set_header X-User-Id $pc_user;
-      proxy_set_header X-User-Roles $pc_roles;
-      proxy_set_header X-Tenant-Id $pc_tenant;
-      proxy_set_header Authorization $pc_authorization;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://app;
-    }}
-    location = /_portcullis {{
-      internal;
-      proxy_pass http://portcullis/authz;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Forwarded-Method $request_method;
-      proxy_set_header X-Forwarded-Uri $request_uri;
-      proxy_set_header X-Forwarded-Host $host;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-  }}
+{site}
 }}
 "#
     )
 }
 
+/// NGINX with the docs' site.
 pub fn start_nginx(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
+    start_nginx_site(dir, |port| nginx_site(port, authz, upstream))
+}
+
+pub fn start_nginx_site(dir: &Path, site: impl Fn(u16) -> String) -> (Proc, u16) {
     require_tool("/usr/sbin/nginx", "apt-get install -y nginx");
     std::fs::create_dir_all(dir).unwrap();
     let port = free_port();
-    std::fs::write(dir.join("nginx.conf"), nginx_conf(dir, port, authz, upstream)).unwrap();
+    std::fs::write(dir.join("nginx.conf"), nginx_conf(dir, &site(port))).unwrap();
     let mut cmd = Command::new("/usr/sbin/nginx");
     cmd.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf"));
     let mut p = Proc::spawn("nginx", &mut cmd, dir.join("nginx.out"));
@@ -360,6 +439,9 @@ static_resources:
                               - {{ exact: x-user-roles, ignore_case: true }}
                               - {{ exact: x-tenant-id, ignore_case: true }}
                               - {{ exact: authorization, ignore_case: true }}
+                              # Token-carrying headers, rewritten when a rule does not forward
+                              # the caller's token (a cookie jar without the token cookie).
+                              - {{ exact: cookie, ignore_case: true }}
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
