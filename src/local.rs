@@ -163,9 +163,16 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
         }
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
         let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-        if !matches!(kind.as_str(), "AuthPolicy" | "SigningKey") || api_version != api::API_VERSION {
-            if api_version.starts_with(api::GROUP) {
-                out.problems.push(problem(i, format!("{kind} {api_version} is not a resource this version of Portcullis knows")));
+        let ours = matches!(kind.as_str(), "AuthPolicy" | "SigningKey");
+        if !ours || api_version != api::API_VERSION {
+            // Other manifests may share the directory; but one of our kinds with a mistyped
+            // apiVersion, or our group with a mistyped kind, is a broken resource, not a
+            // stranger to skip.
+            if ours || api_version.contains("portcullis") || !doc.is_object() {
+                out.problems.push(problem(
+                    i,
+                    format!("kind {kind:?} apiVersion {api_version:?} is not a resource this version of Portcullis knows (AuthPolicy or SigningKey, {})", api::API_VERSION),
+                ));
             }
             continue;
         }
