@@ -19,19 +19,16 @@ use crate::controller::desired::{config_from_configmap, gateway_secret_name};
 use crate::keys::store::KeyRing;
 use crate::policy::KeyRef;
 
-/// Minting keyrings from the gateway's key Secret.
-pub fn keys_from_secret(secret: &Secret) -> BTreeMap<KeyRef, KeyRing> {
+/// Minting keyrings from the gateway's key Secret. An entry that does not parse fails the whole
+/// Secret, so the previous config and keys keep serving instead of losing a minting key.
+pub fn keys_from_secret(secret: &Secret) -> Result<BTreeMap<KeyRef, KeyRing>, String> {
     let mut out = BTreeMap::new();
     for (file, bytes) in secret.data.iter().flatten() {
         let Some(key) = parse_keyring_file_name(file) else { continue };
-        match KeyRing::from_json(&bytes.0) {
-            Ok(ring) => {
-                out.insert(key, ring);
-            }
-            Err(e) => tracing::warn!(entry = %file, "key Secret entry is not a keyring, skipped: {e}"),
-        }
+        let ring = KeyRing::from_json(&bytes.0).map_err(|e| format!("key Secret entry {file} is not a valid keyring: {e}"))?;
+        out.insert(key, ring);
     }
-    out
+    Ok(out)
 }
 
 /// Watches the two objects and applies every new combination of them.
@@ -73,12 +70,11 @@ pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: S
             continue;
         }
         applied = Some(versions);
-        match config_from_configmap(&cm) {
-            Ok(config) => {
-                let keys = secret.as_deref().map(keys_from_secret).unwrap_or_default();
-                let _ = gateway.apply(config, &keys);
-            }
-            Err(e) => gateway.load_failed(&format!("ConfigMap {namespace}/{name}: {e}")),
+        let keys = secret.as_deref().map(keys_from_secret).transpose().map(Option::unwrap_or_default);
+        match (config_from_configmap(&cm), keys) {
+            (Ok(config), Ok(keys)) => drop(gateway.apply(config, &keys)),
+            (Err(e), _) => gateway.load_failed(&format!("ConfigMap {namespace}/{name}: {e}")),
+            (_, Err(e)) => gateway.load_failed(&format!("Secret {namespace}/{secret_name}: {e}")),
         }
     }
 }
@@ -183,5 +179,16 @@ mod tests {
                 "every request is narrowed to the gateway's own objects: {uri}"
             );
         }
+    }
+
+    #[test]
+    fn a_broken_key_secret_entry_fails_the_secret_instead_of_dropping_a_key() {
+        use k8s_openapi::ByteString;
+        let mut secret = Secret::default();
+        let good = ByteString(KeyRing::default().to_json());
+        secret.data = Some([("shop.a.json".to_owned(), good.clone()), ("..data".to_owned(), ByteString(b"x".to_vec()))].into());
+        assert_eq!(keys_from_secret(&secret).unwrap().len(), 1);
+        secret.data.as_mut().unwrap().insert("shop.b.json".to_owned(), ByteString(b"{".to_vec()));
+        assert!(keys_from_secret(&secret).unwrap_err().contains("shop.b.json is not a valid keyring"));
     }
 }

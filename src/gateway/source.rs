@@ -30,8 +30,9 @@ pub fn read_config(path: &Path) -> Result<GatewayConfig, String> {
     GatewayConfig::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Reads every keyring of a keys directory. Files that are not keyrings are skipped with a
-/// warning (a mounted Secret also holds `..data` links and the like).
+/// Reads every keyring of a keys directory. Files not named like keyrings are skipped (a mounted
+/// Secret also holds `..data` links and the like); a keyring file that does not parse fails the
+/// whole read, so the previous config and keys keep serving instead of losing a minting key.
 pub fn read_keys_dir(dir: &Path) -> Result<BTreeMap<KeyRef, KeyRing>, String> {
     let mut out = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
@@ -46,7 +47,7 @@ pub fn read_keys_dir(dir: &Path) -> Result<BTreeMap<KeyRef, KeyRing>, String> {
             Ok(ring) => {
                 out.insert(key, ring);
             }
-            Err(e) => tracing::warn!(file = %entry.path().display(), "not a keyring, skipped: {e}"),
+            Err(e) => return Err(format!("{}: not a valid keyring: {e}", entry.path().display())),
         }
     }
     Ok(out)
@@ -97,6 +98,17 @@ pub async fn watch_files(gateway: Arc<Gateway>, config: PathBuf, keys: Option<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_keyring_fails_the_read_instead_of_dropping_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("shop.good.json"), KeyRing::default().to_json()).unwrap();
+        std::fs::write(dir.path().join("..data"), "ignored").unwrap();
+        assert_eq!(read_keys_dir(dir.path()).unwrap().len(), 1);
+        std::fs::write(dir.path().join("shop.internal.json"), b"{\"format\": 1, \"keys\": [").unwrap();
+        let err = read_keys_dir(dir.path()).unwrap_err();
+        assert!(err.contains("shop.internal.json: not a valid keyring"), "{err}");
+    }
 
     #[test]
     fn keyring_file_names_round_trip() {
