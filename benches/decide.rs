@@ -173,7 +173,7 @@ fn bench_compile(c: &mut Criterion) {
             b.iter_batched(
                 || inputs.clone(),
                 |inputs| {
-                    let compiled = compile("default", &inputs, &BTreeMap::new());
+                    let compiled = compile("default", &inputs, &BTreeMap::new(), &portcullis::policy::Tenancy::single_owner());
                     assert_eq!(compiled.config.route_count(), n);
                     let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 1000 };
                     black_box(Engine::build(compiled.config, &opts).unwrap())
@@ -181,7 +181,7 @@ fn bench_compile(c: &mut Criterion) {
                 BatchSize::LargeInput,
             )
         });
-        let compiled = compile("default", &inputs, &BTreeMap::new());
+        let compiled = compile("default", &inputs, &BTreeMap::new(), &portcullis::policy::Tenancy::single_owner());
         let json = compiled.config.to_json();
         let gz = compiled.config.to_gzip();
         eprintln!("{n} routes: config {} bytes JSON, {} bytes gzip", json.len(), gz.len());

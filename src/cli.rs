@@ -69,6 +69,11 @@ struct DirArgs {
     /// The gateway whose policies are used.
     #[arg(long, default_value = "default")]
     gateway: String,
+    /// Who may use which hosts and minting keys, per gateway (JSON or YAML; docs/kubernetes.md,
+    /// "Multi-tenant gateways"). Without it the directory has one owner and nothing is refused
+    /// for tenancy.
+    #[arg(long, env = "PORTCULLIS_GATEWAY_SETTINGS")]
+    gateway_settings: Option<String>,
 }
 
 impl DirArgs {
@@ -78,7 +83,12 @@ impl DirArgs {
         if !self.dir.is_dir() {
             bail!("--dir {:?} is not a directory", self.dir.display().to_string());
         }
-        Ok(LocalDir::new(&self.dir, self.state_dir.as_deref(), &self.gateway))
+        let mut local = LocalDir::new(&self.dir, self.state_dir.as_deref(), &self.gateway);
+        if let Some(text) = &self.gateway_settings {
+            let mut all = crate::policy::tenancy::parse_settings(text).map_err(|e| anyhow!(e))?;
+            local.tenancy = crate::policy::Tenancy { settings: all.remove(&self.gateway).unwrap_or_default(), ..Default::default() };
+        }
+        Ok(local)
     }
 }
 
@@ -173,6 +183,12 @@ struct ControllerArgs {
     /// PEM CA certificates to trust when probing JWKS URLs (as the gateways do).
     #[arg(long, env = "PORTCULLIS_JWKS_CA_FILE")]
     jwks_ca_file: Option<PathBuf>,
+    /// Per gateway: which namespaces may use which hosts, which may write policies without
+    /// hosts, and which SigningKeys may mint (JSON or YAML; docs/kubernetes.md, "Multi-tenant
+    /// gateways"). Without it: a host belongs to the namespace that claimed it first, only the
+    /// controller's namespace may omit hosts or mint.
+    #[arg(long, env = "PORTCULLIS_GATEWAY_SETTINGS")]
+    gateway_settings: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -429,6 +445,10 @@ async fn run_controller(args: ControllerArgs) -> Result<u8> {
         jwks_roots: match &args.jwks_ca_file {
             Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
             None => Vec::new(),
+        },
+        gateway_settings: match &args.gateway_settings {
+            Some(text) => crate::policy::tenancy::parse_settings(text).map_err(|e| anyhow!(e))?,
+            None => Default::default(),
         },
     };
     let metrics = crate::controller::metrics::ControllerMetrics::new();

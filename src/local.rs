@@ -243,6 +243,8 @@ pub struct LocalDir {
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     pub gateway: String,
+    /// One owner for the whole directory unless gateway settings say otherwise.
+    pub tenancy: policy::Tenancy,
 }
 
 /// Keyrings after a schedule run, what changed, and when the schedule next needs a run.
@@ -268,6 +270,7 @@ impl LocalDir {
             dir: dir.to_path_buf(),
             state_dir: state_dir.map_or_else(|| dir.join(".portcullis"), Path::to_path_buf),
             gateway: gateway.to_owned(),
+            tenancy: policy::Tenancy::single_owner(),
         }
     }
 
@@ -352,7 +355,7 @@ impl LocalDir {
             .iter()
             .map(|(meta, spec)| PolicyInput { meta: meta.clone(), spec: spec.clone(), last_good: last_good.get(&meta.key()).cloned() })
             .collect();
-        let compiled = policy::compile(&self.gateway, &inputs, &published);
+        let compiled = policy::compile(&self.gateway, &inputs, &published, &self.tenancy);
         Ok(Loaded { scanned, compiled, rings, specs, key_events, next_wakeup })
     }
 

@@ -81,7 +81,7 @@ pub fn inputs_from_yaml(yaml: &str) -> Vec<PolicyInput> {
 }
 
 pub fn compile_yaml(gateway: &str, yaml: &str, keys: &BTreeMap<KeyRef, PublishedKeys>) -> Compiled {
-    compile(gateway, &inputs_from_yaml(yaml), keys)
+    compile(gateway, &inputs_from_yaml(yaml), keys, &crate::policy::Tenancy::single_owner())
 }
 
 /// An engine with no minting keys and no remote JWKS.

@@ -108,6 +108,9 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         debounce: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         jwks_roots: Vec::new(),
+        // The shop's policies have no hosts and mint with the shop's key: the platform allows both.
+        gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
+            .unwrap(),
     };
     let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets };
     let ctx = Arc::new(Context::new(client, opts, stores, ControllerMetrics::new()));
@@ -424,6 +427,9 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
         debounce: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         jwks_roots: Vec::new(),
+        // The shop's policies have no hosts and mint with the shop's key: the platform allows both.
+        gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
+            .unwrap(),
     };
     let metrics = ControllerMetrics::new();
     let cell = Arc::new(tokio::sync::OnceCell::new());

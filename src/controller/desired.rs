@@ -14,7 +14,8 @@ use kube::{Resource, ResourceExt};
 use crate::api::{AuthPolicy, AuthPolicyStatus, KeyStatus, SigningKey, SigningKeyStatus};
 use crate::keys::schedule::{self, Requests};
 use crate::keys::store::{KeyRing, SECRET_KEY};
-use crate::policy::{GatewayConfig, KeyRef, Outcome, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys};
+use crate::policy::tenancy::{ANNOTATION_VERIFIABLE_FROM, SettingsByGateway, parse_grant};
+use crate::policy::{GatewayConfig, KeyRef, Outcome, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys, Tenancy};
 
 pub const FIELD_MANAGER: &str = "portcullis";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "portcullis");
@@ -149,6 +150,25 @@ pub fn published_keys(
         }
     }
     (published, rings)
+}
+
+/// Tenancy for one gateway: its settings, the controller's namespace as the platform's, and the
+/// verification grants SigningKeys give other namespaces (annotation
+/// `portcullis.dev/verifiable-from`).
+pub fn tenancy(settings: &SettingsByGateway, platform_namespace: &str, gateway: &str, signing_keys: &[Arc<SigningKey>]) -> Tenancy {
+    let verify_grants = signing_keys
+        .iter()
+        .filter_map(|sk| {
+            let grant = sk.annotations().get(ANNOTATION_VERIFIABLE_FROM)?;
+            Some((KeyRef { namespace: sk.namespace().unwrap_or_default(), name: sk.name_any() }, parse_grant(grant)))
+        })
+        .collect();
+    Tenancy {
+        settings: settings.get(gateway).cloned().unwrap_or_default(),
+        platform_namespace: Some(platform_namespace.to_owned()),
+        single_owner: false,
+        verify_grants,
+    }
 }
 
 /// Compilation inputs for the policies of one gateway.

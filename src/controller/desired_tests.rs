@@ -61,6 +61,7 @@ struct World {
     policies: Vec<Arc<AuthPolicy>>,
     keys: Vec<Arc<SigningKey>>,
     secrets: HashMap<(String, String), Arc<Secret>>,
+    settings: policy::tenancy::SettingsByGateway,
 }
 
 impl World {
@@ -75,6 +76,8 @@ impl World {
             policies: vec![Arc::new(policy("shop", "orders", 0, orders_spec()))],
             keys: vec![Arc::new(idp), Arc::new(internal)],
             secrets,
+            // The platform lets the shop mint with its own key.
+            settings: policy::tenancy::parse_settings("default: { mintingKeys: [shop/internal] }").unwrap(),
         }
     }
 
@@ -84,7 +87,8 @@ impl World {
         last_good: &HashMap<String, crate::policy::PolicyConfig>,
     ) -> (policy::Compiled, std::collections::BTreeMap<KeyRef, KeyRing>) {
         let (published, rings) = published_keys(&self.keys, |ns, name| self.secrets.get(&(ns.to_owned(), name.to_owned())).cloned());
-        (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good), &published), rings)
+        let tenancy = tenancy(&self.settings, "portcullis", gateway, &self.keys);
+        (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good), &published, &tenancy), rings)
     }
 }
 
@@ -168,13 +172,25 @@ fn a_conflict_and_a_deleted_signing_key_are_reported_on_the_right_policy() {
     later["rules"] = json!([{"name": "mine", "match": {"paths": [{"prefix": "/orders"}], "methods": ["GET"]}}]);
     later["forward"] = json!(null);
     later["issuers"][0]["jwks"]["signingKeyRef"]["namespace"] = json!("shop");
-    world.policies.push(Arc::new(policy("team-b", "grab", 10, later)));
+    // Another namespace cannot even contest the shop's host: it is refused for the host, and
+    // the shop's policy stays whole.
+    world.policies.push(Arc::new(policy("team-b", "grab", 10, later.clone())));
+    // In the shop's own namespace the same route is a conflict, and the older policy keeps it.
+    world.policies.push(Arc::new(policy("shop", "grab", 20, later)));
     let (compiled, _) = world.compile("default", &HashMap::new());
-    let outcome = |n: &str| compiled.outcomes.iter().find(|o| o.name == n).unwrap().outcome.clone();
-    assert_eq!(outcome("orders"), Outcome::Accepted);
-    let Outcome::Rejected { rejection, .. } = outcome("grab") else { panic!() };
+    let outcome = |ns: &str, n: &str| compiled.outcomes.iter().find(|o| o.namespace == ns && o.name == n).unwrap().outcome.clone();
+    assert_eq!(outcome("shop", "orders"), Outcome::Accepted);
+    let Outcome::Rejected { rejection, .. } = outcome("team-b", "grab") else { panic!() };
+    assert_eq!(rejection.reason, RejectReason::HostNotAllowed);
+    assert!(
+        rejection.message().contains("host api.shop.example belongs to namespace shop (AuthPolicy shop/orders"),
+        "{}",
+        rejection.message()
+    );
+    let Outcome::Rejected { rejection, .. } = outcome("shop", "grab") else { panic!() };
     assert_eq!(rejection.reason, RejectReason::Conflicted);
-    assert!(rejection.message().contains("shop/orders"));
+    assert!(rejection.message().contains("shop/orders, which is older (created first)"), "{}", rejection.message());
+    world.policies.retain(|p| p.metadata.name.as_deref() != Some("grab"));
 
     // The SigningKey the policy mints with is deleted (its Secret goes with it).
     world.keys.retain(|k| k.metadata.name.as_deref() != Some("internal"));
@@ -207,7 +223,12 @@ fn ten_thousand_routes_fit_one_configmap() {
         policies.push(Arc::new(policy(&format!("team-{}", i % 40), &format!("svc-{i}"), i, spec)));
     }
     let started = std::time::Instant::now();
-    let compiled = policy::compile("default", &policy_inputs(&policies, "default", &HashMap::new()), &Default::default());
+    let compiled = policy::compile(
+        "default",
+        &policy_inputs(&policies, "default", &HashMap::new()),
+        &Default::default(),
+        &policy::Tenancy::single_owner(),
+    );
     let cm = gateway_configmap(NS, &compiled.config);
     let elapsed = started.elapsed();
     assert_eq!(compiled.config.route_count(), 10_000);

@@ -140,7 +140,8 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     for gateway in names {
         let empty = HashMap::new();
         let inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
-        let compiled = policy::compile(&gateway, &inputs, &published);
+        let tenancy = desired::tenancy(&ctx.opts.gateway_settings, ns, &gateway, &signing_keys);
+        let compiled = policy::compile(&gateway, &inputs, &published, &tenancy);
         let cm = desired::gateway_configmap(ns, &compiled.config);
         let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings);
         // Keys first: a config that mints with a key must find it when it arrives.

@@ -133,6 +133,8 @@ pub struct Options {
     pub max_delay: Duration,
     /// Extra CA certificates for probing JWKS URLs (as the gateways' `--jwks-ca-file`).
     pub jwks_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The platform team's word per gateway: hosts, host-less namespaces, minting keys.
+    pub gateway_settings: crate::policy::tenancy::SettingsByGateway,
 }
 
 pub struct Context {

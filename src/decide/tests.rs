@@ -500,12 +500,12 @@ spec:
 fn an_invalid_update_keeps_the_last_good_version_serving() {
     let good =
         crate::testkit::inputs_from_yaml("name: p\nspec:\n  rules: [{ name: r, public: true, match: { paths: [{ prefix: /a }] } }]\n");
-    let compiled = crate::policy::compile("default", &good, &BTreeMap::new());
+    let compiled = crate::policy::compile("default", &good, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
     let last_good = compiled.config.policies[0].clone();
     let mut bad =
         crate::testkit::inputs_from_yaml("name: p\nspec:\n  rules: [{ name: r, public: true, match: { paths: [{ prefix: /a/../b }] } }]\n");
     bad[0].last_good = Some(last_good);
-    let again = crate::policy::compile("default", &bad, &BTreeMap::new());
+    let again = crate::policy::compile("default", &bad, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
     let Outcome::Rejected { rejection, serving_previous: true } = &again.outcomes[0].outcome else { panic!("{:?}", again.outcomes) };
     assert_eq!(rejection.reason, RejectReason::Invalid);
     assert!(rejection.message().contains("normalised form"));

@@ -124,7 +124,7 @@ impl Gateway {
         let _guard = self.apply_lock.lock().expect("apply lock");
         let version = config.version.clone();
         let jwks_doc = public_jwks(&config);
-        let jwks_max_age = config.signing_keys.iter().map(|k| k.max_age_secs).min().unwrap_or(300);
+        let jwks_max_age = config.minting_keys().map(|k| k.max_age_secs).min().unwrap_or(300);
         let opts =
             BuildOptions { issuer_url: &self.issuer_url, minting, remote: &*self.jwks, cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY };
         let engine = match Engine::build(config, &opts) {
@@ -164,7 +164,7 @@ impl Gateway {
     }
 
     fn discovery(&self, config: &GatewayConfig) -> serde_json::Value {
-        let mut algs: Vec<&str> = config.signing_keys.iter().map(|k| k.algorithm.as_str()).collect();
+        let mut algs: Vec<&str> = config.minting_keys().map(|k| k.algorithm.as_str()).collect();
         algs.sort_unstable();
         algs.dedup();
         json!({
@@ -357,12 +357,12 @@ fn deny_response(realm: &str, d: &Denied) -> Response<Full<Bytes>> {
     resp
 }
 
-/// The public keys of every SigningKey in the config, each kid once.
+/// The public keys of the SigningKeys the gateway mints with, each kid once. Keys that only
+/// verify callers stay out: a team's own key must never become one that services trust.
 pub fn public_jwks(config: &GatewayConfig) -> serde_json::Value {
     let mut seen = std::collections::BTreeSet::new();
     let keys: Vec<&serde_json::Map<String, serde_json::Value>> = config
-        .signing_keys
-        .iter()
+        .minting_keys()
         .flat_map(|k| k.keys.iter().map(|j| &j.0))
         .filter(|j| seen.insert(j.get("kid").and_then(|k| k.as_str()).unwrap_or_default().to_owned()))
         .collect();

@@ -69,6 +69,20 @@ impl std::fmt::Display for KeyRef {
     }
 }
 
+impl std::str::FromStr for KeyRef {
+    type Err = String;
+
+    /// `namespace/name`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+            }
+            _ => Err(format!("{s:?} is not namespace/name")),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum KeySource {
@@ -246,6 +260,17 @@ impl GatewayConfig {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         enc.write_all(&self.to_json()).expect("writing to memory");
         enc.finish().expect("writing to memory")
+    }
+
+    /// The SigningKeys some rule mints with: the only keys the gateway publishes (what services
+    /// trust). Keys used only to verify callers are never published.
+    pub fn minting_keys(&self) -> impl Iterator<Item = &PublishedKeys> {
+        let minting: std::collections::BTreeSet<KeyRef> = self
+            .policies
+            .iter()
+            .flat_map(|p| p.rules.iter().filter_map(|r| r.forward.issue.as_ref().map(|i| i.signing_key.clone())))
+            .collect();
+        self.signing_keys.iter().filter(move |k| minting.contains(&k.key_ref()))
     }
 
     pub fn published_keys(&self, key: &KeyRef) -> Option<&PublishedKeys> {

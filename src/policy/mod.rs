@@ -12,11 +12,13 @@ pub mod claims;
 pub mod config;
 pub mod host;
 pub mod path;
+pub mod tenancy;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 
 pub use config::{GatewayConfig, KeyRef, PolicyConfig, PublishedKeys};
+pub use tenancy::Tenancy;
 pub use validate::{PolicyMeta, RejectReason, Rejection, validate};
 
 use crate::api::AuthPolicySpec;
@@ -84,7 +86,12 @@ fn describe_methods(mask: u16) -> String {
     crate::api::HttpMethod::ALL.iter().filter(|m| mask & validate::method_bit(**m) != 0).map(|m| m.as_str()).collect::<Vec<_>>().join(",")
 }
 
-fn find_conflict(claimed: &HashMap<RouteKey, Vec<Claimed>>, cfg: &PolicyConfig) -> Option<String> {
+/// How "older" was decided, for messages: local mode has no creation times.
+fn older_rule(by_time: bool) -> &'static str {
+    if by_time { "is older (created first)" } else { "sorts first by namespace/name (no creation times here)" }
+}
+
+fn find_conflict(claimed: &HashMap<RouteKey, Vec<Claimed>>, cfg: &PolicyConfig, by_time: bool) -> Option<String> {
     for (key, mask, rule) in routes_of(cfg) {
         if let Some(c) = claimed.get(&key).and_then(|v| v.iter().find(|c| c.methods & mask != 0)) {
             let kind = match key.1 {
@@ -93,12 +100,13 @@ fn find_conflict(claimed: &HashMap<RouteKey, Vec<Claimed>>, cfg: &PolicyConfig) 
                 PatternKind::Template => "template",
             };
             return Some(format!(
-                "rule {rule} ({kind} {} on host {}, {}) conflicts with rule {} of AuthPolicy {}, which is older and keeps it",
+                "rule {rule} ({kind} {} on host {}, {}) conflicts with rule {} of AuthPolicy {}, which {} and keeps it",
                 key.2,
                 key.0,
                 describe_methods(mask & c.methods),
                 c.rule,
-                c.policy
+                c.policy,
+                older_rule(by_time)
             ));
         }
     }
@@ -112,8 +120,10 @@ fn claim(claimed: &mut HashMap<RouteKey, Vec<Claimed>>, cfg: &PolicyConfig) {
     }
 }
 
-/// Compiles the policies of `gateway` (inputs for other gateways are ignored).
-pub fn compile(gateway: &str, inputs: &[PolicyInput], keys: &BTreeMap<KeyRef, PublishedKeys>) -> Compiled {
+/// Compiles the policies of `gateway` (inputs for other gateways are ignored). `tenancy` says
+/// which namespace may use which hosts and keys; policies are taken oldest first (creation
+/// time, then namespace/name), and an older policy keeps a contested route or host.
+pub fn compile(gateway: &str, inputs: &[PolicyInput], keys: &BTreeMap<KeyRef, PublishedKeys>, tenancy: &Tenancy) -> Compiled {
     struct Candidate<'a> {
         input: &'a PolicyInput,
         current: Result<PolicyConfig, Rejection>,
@@ -132,16 +142,19 @@ pub fn compile(gateway: &str, inputs: &[PolicyInput], keys: &BTreeMap<KeyRef, Pu
         ))
     });
 
+    let by_time = candidates.iter().any(|c| c.input.meta.created.is_some());
     let key_exists = |cfg: &PolicyConfig| referenced_keys(cfg).iter().all(|k| keys.contains_key(k));
     let mut claimed: HashMap<RouteKey, Vec<Claimed>> = HashMap::new();
+    let mut hosts: Vec<tenancy::HostClaim> = Vec::new();
     let mut accepted = Vec::new();
     let mut outcomes = Vec::new();
     for c in candidates {
         let meta = &c.input.meta;
-        let rejection = match c.current {
-            Ok(cfg) => match find_conflict(&claimed, &cfg) {
+        let rejection = match c.current.and_then(|cfg| tenancy.check(&cfg, &hosts).map(|()| cfg)) {
+            Ok(cfg) => match find_conflict(&claimed, &cfg, by_time) {
                 None => {
                     claim(&mut claimed, &cfg);
+                    hosts.extend(tenancy::claims_of(&cfg));
                     accepted.push(cfg);
                     outcomes.push(PolicyOutcome {
                         namespace: meta.namespace.clone(),
@@ -156,12 +169,15 @@ pub fn compile(gateway: &str, inputs: &[PolicyInput], keys: &BTreeMap<KeyRef, Pu
             Err(r) => r,
         };
         // A missing key cannot be served from memory: its public keys are gone too.
-        let previous =
-            c.input.last_good.as_ref().filter(|prev| {
-                rejection.reason != RejectReason::KeyNotFound && key_exists(prev) && find_conflict(&claimed, prev).is_none()
-            });
+        let previous = c.input.last_good.as_ref().filter(|prev| {
+            rejection.reason != RejectReason::KeyNotFound
+                && key_exists(prev)
+                && tenancy.check(prev, &hosts).is_ok()
+                && find_conflict(&claimed, prev, by_time).is_none()
+        });
         if let Some(prev) = previous {
             claim(&mut claimed, prev);
+            hosts.extend(tenancy::claims_of(prev));
             accepted.push(prev.clone());
         }
         outcomes.push(PolicyOutcome {

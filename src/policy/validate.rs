@@ -72,6 +72,8 @@ pub enum RejectReason {
     Invalid,
     Conflicted,
     KeyNotFound,
+    HostNotAllowed,
+    SigningKeyNotAllowed,
 }
 
 impl RejectReason {
@@ -80,6 +82,8 @@ impl RejectReason {
             Self::Invalid => "Invalid",
             Self::Conflicted => "Conflicted",
             Self::KeyNotFound => "KeyNotFound",
+            Self::HostNotAllowed => "HostNotAllowed",
+            Self::SigningKeyNotAllowed => "SigningKeyNotAllowed",
         }
     }
 }
