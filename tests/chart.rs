@@ -145,6 +145,9 @@ fn default_values_render_a_least_privilege_secure_install() {
     let gargs = gateway["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
     assert!(gargs.contains(&json!("--configmap=$(POD_NAMESPACE)/portcullis-gateway-default")), "{gargs:?}");
     assert!(gargs.contains(&json!("--issuer-url=http://portcullis-gateway.portcullis.svc:8080")));
+    assert!(gargs.contains(&json!("--path-mode=strict")), "paths not in normal form are refused by default: {gargs:?}");
+    let cenv = controller["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(!cenv.iter().any(|e| e["name"] == "PORTCULLIS_GATEWAY_SETTINGS"), "no settings: the safe default");
     for optional in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"] {
         assert!(!objects.iter().any(|o| o["kind"] == optional), "{optional} is off by default");
     }
@@ -153,7 +156,8 @@ fn default_values_render_a_least_privilege_secure_install() {
 #[test]
 fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
     let objects = render(json!({
-        "controller": {"watchNamespaces": ["shop", "billing"], "replicas": 3, "podDisruptionBudget": {"enabled": true, "minAvailable": 1}},
+        "controller": {"watchNamespaces": ["shop", "billing"], "replicas": 3, "podDisruptionBudget": {"enabled": true, "minAvailable": 1},
+                       "gatewaySettings": {"edge": {"hosts": [{"pattern": "*.shop.example", "namespaces": ["shop"]}], "mintingKeys": ["shop/internal"]}}},
         "gateway": {"name": "edge", "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}, "podDisruptionBudget": {"enabled": true, "minAvailable": "50%"},
                     "issuerURL": "https://auth.example.com", "service": {"type": "LoadBalancer"}},
         "jwksCA": {"configMap": "corporate-ca"},
@@ -172,8 +176,13 @@ fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
     }
     assert_eq!(one(&objects, "Role", "portcullis-gateway")["rules"], gateway_rules("edge"));
     assert_eq!(gateway_bindings(&objects), [("RoleBinding".to_owned(), "portcullis-gateway".to_owned())]);
-    let args = one(&objects, "Deployment", "portcullis-controller")["spec"]["template"]["spec"]["containers"][0]["args"].clone();
-    assert!(args.as_array().unwrap().contains(&json!("--watch-namespaces=shop,billing")));
+    let controller = &one(&objects, "Deployment", "portcullis-controller")["spec"]["template"]["spec"]["containers"][0];
+    assert!(controller["args"].as_array().unwrap().contains(&json!("--watch-namespaces=shop,billing")));
+    // The gateway settings reach the controller as it parses them.
+    let settings = controller["env"].as_array().unwrap().iter().find(|e| e["name"] == "PORTCULLIS_GATEWAY_SETTINGS").expect("settings env");
+    let parsed = portcullis::policy::tenancy::parse_settings(settings["value"].as_str().unwrap()).unwrap();
+    assert_eq!(parsed["edge"].minting_keys, ["shop/internal"]);
+    assert_eq!(parsed["edge"].hosts[0].namespaces, ["shop"]);
     let gateway = one(&objects, "Deployment", "portcullis-gateway");
     assert!(gateway["spec"].get("replicas").is_none(), "the HPA owns the replica count");
     for d in ["portcullis-gateway", "portcullis-controller"] {
@@ -200,6 +209,9 @@ fn wrong_values_fail_at_install_time() {
         (json!({"controller": {"logFormat": "xml"}}), "/controller/logFormat"),
         (json!({"gatway": {}}), "gatway"),
         (json!({"image": {"pullPolicy": "Sometimes"}}), "/image/pullPolicy"),
+        (json!({"gateway": {"pathMode": "lenient"}}), "/gateway/pathMode"),
+        (json!({"controller": {"gatewaySettings": {"default": {"mintingKeys": ["internal"]}}}}), "mintingKeys"),
+        (json!({"controller": {"gatewaySettings": {"default": {"hostz": []}}}}), "hostz"),
     ] {
         let err = render(values.clone()).expect_err(&values.to_string());
         assert!(err.contains(complaint), "{values}: {err}");
