@@ -43,7 +43,8 @@ fn controller_watch_rules() -> Value {
     json!([
         {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies", "signingkeys"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies/status", "signingkeys/status"], "verbs": ["get", "patch"]},
-        {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch", "create", "update"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ])
 }
