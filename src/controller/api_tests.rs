@@ -42,6 +42,19 @@ impl ApiServer {
         (uri, sent)
     }
 
+    /// Answers every request until none comes for a while (each echoed with 200), in order.
+    async fn answer_all(&mut self) -> Vec<(String, String, Value)> {
+        let mut seen = Vec::new();
+        while let Ok(Some((req, reply))) = tokio::time::timeout(Duration::from_millis(500), self.0.next_request()).await {
+            let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let sent: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+            reply.send_response(Response::builder().status(200).body(Body::from(serde_json::to_vec(&echo(&sent)).unwrap())).unwrap());
+            seen.push((method, path, sent));
+        }
+        seen
+    }
+
     async fn expect_nothing(&mut self) {
         if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await {
             panic!("no request expected, got {} {}", req.method(), req.uri());
@@ -441,4 +454,43 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
     assert_eq!(count("PATCH /api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys"), 1);
     assert!(!seen.iter().any(|l| l.contains("leases")), "no Lease without leader election");
     assert!(metrics.render().contains("portcullis_controller_leader 0"), "not leading after shutdown");
+}
+
+#[tokio::test]
+async fn another_namespaces_takeover_attempt_is_refused_in_its_own_status_and_changes_nothing_of_the_shop() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    // Team B: no hosts (every host, the shop's too) and a public rule on the shop's admin path.
+    put(
+        &mut w.policies,
+        policy("team-b", "grab", 10, json!({"rules": [{"name": "open", "public": true, "match": {"paths": [{"prefix": "/orders"}]}}]})),
+    );
+    let task = spawn_sync(ctx.clone(), LoopState { last_good: HashMap::new() });
+    let seen = api.answer_all().await;
+    let (result, _) = task.await.unwrap();
+    result.unwrap();
+    let body = |method: &str, path: &str| {
+        seen.iter()
+            .find(|(m, p, _)| m == method && p == path)
+            .map(|(_, _, b)| b.clone())
+            .unwrap_or_else(|| panic!("no {method} {path}: {seen:#?}"))
+    };
+    let cm: ConfigMap =
+        serde_json::from_value(body("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default")).unwrap();
+    let config = desired::config_from_configmap(&cm).unwrap();
+    assert_eq!(config.policies.iter().map(|p| p.key()).collect::<Vec<_>>(), ["shop/orders"], "team B's policy is not served");
+    let grab = body("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/team-b/authpolicies/grab/status");
+    let accepted = &grab["status"]["conditions"][0];
+    assert_eq!(
+        (accepted["type"].as_str(), accepted["status"].as_str(), accepted["reason"].as_str()),
+        (Some("Accepted"), Some("False"), Some("HostNotAllowed"))
+    );
+    assert!(accepted["message"].as_str().unwrap().contains("anyHostNamespaces"), "{accepted}");
+    let orders = body("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status");
+    assert_eq!(orders["status"]["conditions"][0]["status"], "True");
+    // The refusal is an Event in team B's namespace, not the shop's.
+    let events: Vec<&Value> = seen.iter().filter(|(m, p, _)| m == "POST" && p.ends_with("/events")).map(|(_, _, b)| b).collect();
+    assert!(events.iter().any(|e| e["regarding"]["namespace"] == "team-b" && e["type"] == "Warning"), "{events:#?}");
+    assert!(!events.iter().any(|e| e["regarding"]["namespace"] == "shop" && e["type"] == "Warning"), "{events:#?}");
 }

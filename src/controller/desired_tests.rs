@@ -285,3 +285,64 @@ fn signing_key_status_mirrors_the_schedule_and_annotations_become_requests() {
     assert_eq!(r.rotate.as_deref(), Some("2026-11-29"));
     assert_eq!(r.revoke, ["a", "b"]);
 }
+
+#[test]
+fn a_second_team_cannot_take_a_host_mint_trusted_tokens_or_borrow_keys_without_consent() {
+    let mut world = World::shop();
+    // Team B: its own SigningKey, a policy that mints with it, and one that verifies callers
+    // with the shop's identity provider key.
+    let forge = signing_key("team-b", "forge", json!({"algorithm": "EdDSA"}));
+    world.secrets.insert(("team-b".into(), "forge".into()), Arc::new(keyed(&forge).1));
+    world.keys.push(Arc::new(forge));
+    let b_issuer =
+        json!([{"issuer": "https://b", "audiences": ["b"], "algorithms": ["EdDSA"], "jwks": {"signingKeyRef": {"name": "forge"}}}]);
+    world.policies.push(Arc::new(policy(
+        "team-b",
+        "mint",
+        5,
+        json!({
+            "hosts": ["b.example"], "issuers": b_issuer,
+            "rules": [{"name": "all", "match": {"paths": [{"prefix": "/"}]}}],
+            "forward": {"token": "issue", "issue": {"signingKeyRef": {"name": "forge"}, "audience": "billing"}},
+        }),
+    )));
+    world.policies.push(Arc::new(policy("team-b", "borrow", 6, json!({
+        "hosts": ["b2.example"],
+        "issuers": [{"issuer": "https://id", "audiences": ["orders"], "algorithms": ["ES256"], "jwks": {"signingKeyRef": {"name": "idp", "namespace": "shop"}}}],
+        "rules": [{"name": "all", "match": {"paths": [{"prefix": "/"}]}}],
+    }))));
+    world.policies.push(Arc::new(policy(
+        "team-b",
+        "takeover",
+        7,
+        json!({
+            "hosts": ["api.shop.example"],
+            "rules": [{"name": "open", "public": true, "match": {"paths": [{"exact": "/orders/admin/7"}]}}],
+        }),
+    )));
+    let (compiled, rings) = world.compile("default", &HashMap::new());
+    let reason = |n: &str| match outcome_of(&compiled, n) {
+        Outcome::Rejected { rejection, .. } => (rejection.reason, rejection.message()),
+        Outcome::Accepted => panic!("{n} accepted"),
+    };
+    assert_eq!(outcome_of(&compiled, "orders"), Outcome::Accepted);
+    assert_eq!(reason("takeover").0, RejectReason::HostNotAllowed);
+    assert_eq!(reason("mint").0, RejectReason::SigningKeyNotAllowed);
+    let (why, message) = reason("borrow");
+    assert_eq!(why, RejectReason::KeyNotFound);
+    assert!(message.contains("portcullis.dev/verifiable-from"), "{message}");
+    // Only the shop's minting key reaches the gateway's keys Secret and JWKS.
+    let secret = gateway_keys_secret(NS, &compiled.config, &rings);
+    assert_eq!(secret.data.unwrap().keys().cloned().collect::<Vec<_>>(), ["shop.internal.json"]);
+    let published: Vec<String> = compiled.config.minting_keys().map(|k| k.key_ref().to_string()).collect();
+    assert_eq!(published, ["shop/internal"]);
+
+    // With the shop's consent, team B may verify with its identity provider's key.
+    let mut idp = (*world.keys[0]).clone();
+    assert_eq!(idp.metadata.name.as_deref(), Some("idp"));
+    idp.metadata.annotations = Some([(crate::policy::tenancy::ANNOTATION_VERIFIABLE_FROM.to_owned(), "team-b".to_owned())].into());
+    world.keys[0] = Arc::new(idp);
+    let (compiled, _) = world.compile("default", &HashMap::new());
+    assert_eq!(outcome_of(&compiled, "borrow"), Outcome::Accepted);
+    assert!(compiled.config.minting_keys().all(|k| k.namespace == "shop"), "verifying never publishes");
+}
