@@ -88,6 +88,8 @@ struct Cluster {
     client: Client,
     kubeconfig: String,
     ns: String,
+    /// A second team's namespace, watched too.
+    tenant_ns: String,
     gateway_name: String,
     dir: tempfile::TempDir,
 }
@@ -98,9 +100,12 @@ impl Cluster {
         install_crds(&client).await;
         let suffix = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 0xffffff);
         let ns = format!("portcullis-e2e-{suffix}");
-        apply(&Api::<Namespace>::all(client.clone()), &ns, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-            .await;
-        Self { client, kubeconfig, gateway_name: format!("e2e{suffix}"), ns, dir: tempfile::tempdir().unwrap() }
+        let tenant_ns = format!("{ns}-b");
+        for n in [&ns, &tenant_ns] {
+            apply(&Api::<Namespace>::all(client.clone()), n, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+                .await;
+        }
+        Self { client, kubeconfig, gateway_name: format!("e2e{suffix}"), ns, tenant_ns, dir: tempfile::tempdir().unwrap() }
     }
 
     fn controller(&self, admin: u16, identity: &str) -> Proc {
@@ -110,7 +115,7 @@ impl Cluster {
             "--namespace",
             &self.ns,
             "--watch-namespaces",
-            &self.ns,
+            &format!("{},{}", self.ns, self.tenant_ns),
             "--gateways",
             &self.gateway_name,
             "--admin-listen",
@@ -140,7 +145,9 @@ impl Cluster {
     }
 
     async fn cleanup(self) {
-        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.ns, &DeleteParams::default()).await;
+        for n in [&self.ns, &self.tenant_ns] {
+            let _ = Api::<Namespace>::all(self.client.clone()).delete(n, &DeleteParams::default()).await;
+        }
     }
 }
 
@@ -210,6 +217,45 @@ async fn policies_and_signing_keys_end_to_end_on_a_real_cluster() {
     let ask = |path: &str| http(gateway_port, "GET", "api.test", &format!("/ext_authz{path}"), &[("Authorization", &auth)]).unwrap().status;
     eventually("the gateway to enforce the policy", Duration::from_secs(5), async || (ask("/orders/1") == 200).then_some(())).await;
     assert_eq!(ask("/other"), 403);
+
+    // Another team tries to take the route over from its own namespace: refused for the host,
+    // and nothing of the platform's policy changes. Its own key may not mint either.
+    let tenant = cluster.tenant_ns.clone();
+    let tenant_policies: Api<AuthPolicy> = Api::namespaced(cluster.client.clone(), &tenant);
+    apply(&tenant_policies, "grab", json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "grab", "namespace": tenant},
+        "spec": {"gateway": gw, "hosts": ["api.test"], "rules": [{"name": "open", "public": true, "match": {"paths": [{"exact": "/orders/1"}]}}]}
+    })).await;
+    let (_, reason, message) = eventually("the takeover to be refused", Duration::from_secs(5), async || {
+        condition(&tenant_policies.get("grab").await.ok()?, "Accepted").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(reason, "HostNotAllowed", "{message}");
+    let without_token = http(gateway_port, "GET", "api.test", "/ext_authz/orders/1", &[]).unwrap().status;
+    assert_eq!(without_token, 401, "the platform's route still needs a token");
+    apply(&Api::<SigningKey>::namespaced(cluster.client.clone(), &tenant), "forge", json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "forge", "namespace": tenant}, "spec": {"algorithm": "EdDSA"}
+    })).await;
+    let mut mint = policy(&tenant, &gw, "mint", "/b", &issuer);
+    mint["spec"]["hosts"] = json!(["b.test"]);
+    mint["spec"]["forward"]["issue"]["signingKeyRef"]["name"] = json!("forge");
+    apply(&tenant_policies, "mint", mint).await;
+    let (_, reason, message) = eventually("minting with a team's own key to be refused", Duration::from_secs(5), async || {
+        condition(&tenant_policies.get("mint").await.ok()?, "Accepted").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert!(reason == "SigningKeyNotAllowed" || reason == "HostNotAllowed", "{reason}: {message}");
+    let jwks = http(gateway_port, "GET", "x", "/.well-known/jwks.json", &[]).unwrap().json();
+    let forge_kids = Api::<SigningKey>::namespaced(cluster.client.clone(), &tenant)
+        .get("forge")
+        .await
+        .unwrap()
+        .status
+        .map(|s| s.keys)
+        .unwrap_or_default();
+    for k in forge_kids {
+        assert!(!jwks.to_string().contains(&k.kid), "team B's key is in the gateway JWKS");
+    }
 
     // An invalid update: Accepted=False with a useful message, the previous config keeps serving.
     let mut bad = policy(&ns, &gw, "orders", "/orders", &issuer);

@@ -9,8 +9,9 @@
 //! host pattern that overlaps it — in either direction, since a request for a host falls through
 //! from exact to wildcard to host-less routes. A host no rule governs belongs to the namespace
 //! whose policy claimed it first (oldest accepted policy); other namespaces are refused. A
-//! policy without `hosts` matches every host, so it is allowed only to namespaces the settings
-//! list in `anyHostNamespaces`. The platform namespace (the controller's) may do all of this.
+//! policy without `hosts` matches (and so claims) every host, and is allowed only to namespaces
+//! the settings list in `anyHostNamespaces`. The platform namespace (the controller's) may do
+//! all of this.
 //!
 //! Minting. A gateway's JWKS is what services trust, so only SigningKeys the settings name in
 //! `mintingKeys` (or keys in the platform namespace) may mint for it.
@@ -155,9 +156,10 @@ impl Tenancy {
                 continue;
             }
             if let Some(c) = claims.iter().find(|c| c.namespace != ns && overlaps(&c.pattern, &pattern)) {
+                let what = if c.pattern == HostPattern::Any { "every host (it has no hosts)".to_owned() } else { c.pattern.to_string() };
                 return Err(format!(
-                    "host {h} belongs to namespace {} (AuthPolicy {} claimed {} first); a platform team can share it in the gateway settings' hosts",
-                    c.namespace, c.policy, c.pattern
+                    "host {h} belongs to namespace {} (AuthPolicy {} claimed {what} first); a platform team can share it in the gateway settings' hosts",
+                    c.namespace, c.policy
                 ));
             }
         }
@@ -201,14 +203,13 @@ impl Tenancy {
     }
 }
 
-/// The host patterns an accepted policy holds (host-less policies hold none: they are allowed
-/// by the settings, not by being first).
+/// The host patterns an accepted policy holds. A policy without hosts holds every host: its
+/// routes are the fall-back of every host, so another namespace's host-specific routes would
+/// override them — only the settings can share a host then.
 pub fn claims_of(cfg: &PolicyConfig) -> Vec<HostClaim> {
-    cfg.hosts
-        .iter()
-        .filter_map(|h| HostPattern::parse(h).ok())
-        .map(|pattern| HostClaim { pattern, namespace: cfg.namespace.clone(), policy: cfg.key() })
-        .collect()
+    let patterns: Vec<HostPattern> =
+        if cfg.hosts.is_empty() { vec![HostPattern::Any] } else { cfg.hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect() };
+    patterns.into_iter().map(|pattern| HostClaim { pattern, namespace: cfg.namespace.clone(), policy: cfg.key() }).collect()
 }
 
 #[cfg(test)]
@@ -251,6 +252,10 @@ mod tests {
         Tenancy { settings: all["default"].clone(), platform_namespace: Some("platform".into()), ..Tenancy::default() }
     }
 
+    fn claim_any(ns: &str) -> HostClaim {
+        HostClaim { pattern: HostPattern::Any, namespace: ns.into(), policy: format!("{ns}/first") }
+    }
+
     fn claim(pattern: &str, ns: &str) -> HostClaim {
         HostClaim { pattern: HostPattern::parse(pattern).unwrap(), namespace: ns.into(), policy: format!("{ns}/first") }
     }
@@ -288,6 +293,15 @@ mod tests {
             ("{}", "team-b", &["*.a.example"], &a_claims, Err("belongs to namespace team-a")),
             ("{}", "team-b", &["x.wild.example"], &a_claims, Err("belongs to namespace team-a")),
             ("{}", "team-b", &["other.example"], &a_claims, Ok(())),
+            // A host-less policy holds every host: nobody else may claim one, unless settings share it.
+            (
+                "{}",
+                "team-b",
+                &["other.example"],
+                &[claim_any("edge")],
+                Err("belongs to namespace edge (AuthPolicy edge/first claimed every host (it has no hosts) first)"),
+            ),
+            (shared, "team-b", &["api.shared.example"], &[claim_any("edge")], Ok(())),
             // Host-less policies match every host: only where the settings say so.
             ("{}", "team-b", &[], &[], Err("not in the gateway settings' anyHostNamespaces")),
             (shared, "edge", &[], &a_claims, Ok(())),
