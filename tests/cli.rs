@@ -188,7 +188,8 @@ fn local_mode_reloads_and_keeps_a_broken_policy_serving_its_last_good_version() 
     // What downstream services use to verify internal tokens, and what people watch.
     let jwks = http(port, "GET", "x", "/.well-known/jwks.json", &[]).unwrap();
     assert_eq!(jwks.header("cache-control"), Some("public, max-age=300"), "max-age is the shortest prePublish (5m)");
-    assert_eq!(jwks.json()["keys"].as_array().unwrap().len(), 2);
+    // Only the key the gateway mints with: demo-idp verifies callers and is never published.
+    assert_eq!(jwks.json()["keys"].as_array().unwrap().len(), 1);
     let discovery = http(port, "GET", "x", "/.well-known/openid-configuration", &[]).unwrap().json();
     assert_eq!(discovery["jwks_uri"], format!("http://127.0.0.1:{port}/.well-known/jwks.json"));
     assert_eq!(discovery["issuer"], format!("http://127.0.0.1:{port}"));

@@ -372,8 +372,8 @@ impl HttpMethod {
         "message": "exactly one of claim or claimPath must be set"
     },
     {
-        "rule": "(has(self.equals) ? 1 : 0) + (has(self.__in__) ? 1 : 0) + (has(self.notIn) ? 1 : 0) + (has(self.containsAll) ? 1 : 0) + (has(self.containsAny) ? 1 : 0) + (has(self.exists) ? 1 : 0) + (has(self.absent) ? 1 : 0) + (has(self.matches) ? 1 : 0) + (has(self.equalsHeader) ? 1 : 0) == 1",
-        "message": "exactly one operator (equals, in, notIn, containsAll, containsAny, exists, absent, matches, equalsHeader) must be set"
+        "rule": "(has(self.equals) ? 1 : 0) + (has(self.__in__) ? 1 : 0) + (has(self.notIn) ? 1 : 0) + (has(self.containsAll) ? 1 : 0) + (has(self.containsAny) ? 1 : 0) + (has(self.exists) ? 1 : 0) + (has(self.absent) ? 1 : 0) + (has(self.matches) ? 1 : 0) + (has(self.equalsHeader) ? 1 : 0) + (has(self.equalsPathParam) ? 1 : 0) == 1",
+        "message": "exactly one operator (equals, in, notIn, containsAll, containsAny, exists, absent, matches, equalsHeader, equalsPathParam) must be set"
     },
     {"rule": "!has(self.exists) || self.exists", "message": "exists can only be true; use absent: true"},
     {"rule": "!has(self.absent) || self.absent", "message": "absent can only be true; use exists: true"}
@@ -420,6 +420,12 @@ pub struct Requirement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = HEADER_NAME_PATTERN), length(max = 128))]
     pub equals_header: Option<String>,
+    /// The claim equals this parameter of the matched path template (`tenant` for
+    /// `/tenants/{tenant}/orders/{**}`), percent-decoded. Every path of the rule must be a
+    /// template with that parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(max = 64))]
+    pub equals_path_param: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]

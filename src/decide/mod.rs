@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::api::{HttpMethod, JwtAlgorithm, TokenForwarding, TokenSource};
 use crate::keys::store::KeyRing;
-use crate::policy::claims::{ClaimPath, ClaimRequirement, Unmet};
+use crate::policy::claims::{ClaimPath, ClaimRequirement, RequestFacts, Unmet};
 use crate::policy::config::{IssueConfig, KeySource};
 use crate::policy::host::normalize_host;
 use crate::policy::path::{PathError, PathMode, normalize_as, split_target};
@@ -245,6 +245,8 @@ struct RtPolicy {
 struct RtRule {
     name: String,
     public: bool,
+    /// The rule's path templates, when a requirement compares a claim with a path parameter.
+    templates: Vec<crate::policy::path::Template>,
     require: Vec<ClaimRequirement>,
     any_of: Vec<Vec<ClaimRequirement>>,
     headers: Vec<(HeaderName, ClaimPath)>,
@@ -364,7 +366,8 @@ impl Engine {
             for r in &p.rules {
                 let at = |e: String| format!("{key} rule {}: {e}", r.name);
                 let require = compile_requirements(&r.require).map_err(at)?;
-                let any_of = r.any_of.iter().map(|g| compile_requirements(g)).collect::<Result<_, _>>().map_err(at)?;
+                let any_of: Vec<Vec<ClaimRequirement>> =
+                    r.any_of.iter().map(|g| compile_requirements(g)).collect::<Result<_, _>>().map_err(at)?;
                 let mut headers = Vec::new();
                 for (h, path) in &r.forward.claims_to_headers {
                     let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| at(format!("bad header name {h}")))?;
@@ -395,7 +398,28 @@ impl Engine {
                     }
                     _ => None,
                 };
-                rules.push(RtRule { name: r.name.clone(), public: r.public, require, any_of, headers, token: r.forward.token, issue });
+                let binds_params = require.iter().chain(any_of.iter().flatten()).any(|q: &ClaimRequirement| q.path_param().is_some());
+                let templates = if binds_params {
+                    r.paths
+                        .iter()
+                        .filter_map(|pm| match crate::policy::validate::compile_path(pm) {
+                            Ok(crate::policy::path::PathPattern::Template(t)) => Some(t),
+                            _ => None,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                rules.push(RtRule {
+                    name: r.name.clone(),
+                    public: r.public,
+                    templates,
+                    require,
+                    any_of,
+                    headers,
+                    token: r.forward.token,
+                    issue,
+                });
             }
             policies.push(RtPolicy { key, issuers, token_sources: p.token_sources.clone(), token_headers, token_cookies, rules });
         }
@@ -497,7 +521,9 @@ impl Engine {
             }
         };
 
-        if let Err((req_text, unmet, scopes)) = check_rule(rule, &verified.claims, req.headers) {
+        let params = rule.templates.iter().find_map(|t| t.params(&path)).unwrap_or_default();
+        let facts = RequestFacts { headers: req.headers, params: &params };
+        if let Err((req_text, unmet, scopes)) = check_rule(rule, &verified.claims, facts) {
             return Decision::Deny(Denied {
                 scopes,
                 ..deny(DenyReason::ClaimsNotSatisfied, Some(format!("{req_text}: {}", unmet.as_str())))
@@ -628,16 +654,16 @@ fn static_key_set(
 }
 
 /// `require` all hold, and (when there are groups) every requirement of at least one group.
-fn check_rule(rule: &RtRule, claims: &Value, headers: &HeaderMap) -> Result<(), (String, Unmet, Vec<String>)> {
+fn check_rule(rule: &RtRule, claims: &Value, facts: RequestFacts<'_>) -> Result<(), (String, Unmet, Vec<String>)> {
     for r in &rule.require {
-        r.check(claims, headers).map_err(|u| (r.to_string(), u, r.required_scopes().map(<[String]>::to_vec).unwrap_or_default()))?;
+        r.check(claims, facts).map_err(|u| (r.to_string(), u, r.required_scopes().map(<[String]>::to_vec).unwrap_or_default()))?;
     }
     if rule.any_of.is_empty() {
         return Ok(());
     }
     let mut first_failure = None;
     for group in &rule.any_of {
-        match group.iter().try_for_each(|r| r.check(claims, headers).map_err(|u| (r, u))) {
+        match group.iter().try_for_each(|r| r.check(claims, facts).map_err(|u| (r, u))) {
             Ok(()) => return Ok(()),
             Err((r, u)) => {
                 first_failure.get_or_insert((r, u));

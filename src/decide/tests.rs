@@ -657,3 +657,48 @@ spec:
     };
     assert_eq!(kid(&minted(&e, NOW)), rotated.active().unwrap().kid);
 }
+
+#[test]
+fn a_claim_bound_to_a_path_parameter_cannot_be_satisfied_with_a_header() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let policy = |require: &str, paths: &str| {
+        format!(
+            "name: t\nspec:\n  issuers: [{{ issuer: \"{ISS}\", audiences: [web], jwks: {{ inline: {} }}, algorithms: [ES256] }}]\n  rules: [{{ name: tenant, match: {{ paths: {paths} }}, require: [{require}] }}]\n",
+            issuer.jwks()
+        )
+    };
+    let e = engine(&compile_yaml(
+        "default",
+        &policy(
+            "{ claim: tenant, equalsPathParam: tenant }",
+            r#"[{ template: "/tenants/{tenant}/orders/{**}" }, { template: "/t/{tenant}" }]"#,
+        ),
+        &BTreeMap::new(),
+    ));
+    let globex = issuer.token("web", NOW, json!({"tenant": "globex"}));
+    let with = |token: &str, tenant_header: &str| headers(&[("authorization", &format!("Bearer {token}")), ("x-tenant", tenant_header)]);
+    assert!(decide(&e, "GET", "h", "/tenants/globex/orders/7", &with(&globex, "globex")).is_allow());
+    assert!(decide(&e, "GET", "h", "/t/globex", &with(&globex, "x")).is_allow());
+    // The tenant in the path decides, whatever header comes along.
+    let d = decide(&e, "GET", "h", "/tenants/acme/orders/7", &with(&globex, "globex"));
+    assert_eq!(reason(&d), DenyReason::ClaimsNotSatisfied);
+    let Decision::Deny(denied) = d else { unreachable!() };
+    assert_eq!(denied.detail.as_deref(), Some("tenant equalsPathParam {tenant}: claim value does not satisfy it"));
+    // Percent-encoded segments compare decoded; numbers compare by their text.
+    let odd = issuer.token("web", NOW, json!({"tenant": "a b"}));
+    assert!(decide(&e, "GET", "h", "/t/a%20b", &with(&odd, "")).is_allow());
+    let numeric = issuer.token("web", NOW, json!({"tenant": 42}));
+    assert!(decide(&e, "GET", "h", "/t/42", &with(&numeric, "")).is_allow());
+    assert_eq!(reason(&decide(&e, "GET", "h", "/t/43", &with(&numeric, ""))), DenyReason::ClaimsNotSatisfied);
+
+    // A rule whose paths do not all carry the parameter is refused.
+    for paths in [r#"[{ prefix: /tenants }]"#, r#"[{ template: "/t/{tenant}" }, { template: "/u/{id}" }]"#] {
+        let compiled = compile_yaml("default", &policy("{ claim: tenant, equalsPathParam: tenant }", paths), &BTreeMap::new());
+        let Outcome::Rejected { rejection, .. } = &compiled.outcomes[0].outcome else { panic!("{paths} accepted") };
+        assert!(
+            rejection.message().contains("equalsPathParam tenant needs every path of the rule to be a template with {tenant}"),
+            "{}",
+            rejection.message()
+        );
+    }
+}

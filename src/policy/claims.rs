@@ -60,6 +60,16 @@ pub enum ClaimOp {
     Absent,
     Matches(Regex),
     EqualsHeader(HeaderName),
+    EqualsPathParam(String),
+}
+
+/// What a requirement may compare a claim with besides the claims: the request's headers and
+/// the parameters of the path template the request matched.
+#[derive(Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub headers: &'a HeaderMap,
+    /// `(name, percent-decoded value)` of the matched template's parameters.
+    pub params: &'a [(String, String)],
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +87,7 @@ pub enum Unmet {
     WrongType,
     NoMatch,
     HeaderMissing,
+    ParamMissing,
 }
 
 impl Unmet {
@@ -87,6 +98,7 @@ impl Unmet {
             Self::WrongType => "claim has the wrong type",
             Self::NoMatch => "claim value does not satisfy it",
             Self::HeaderMissing => "request header is missing or repeated",
+            Self::ParamMissing => "path parameter is missing or not valid text",
         }
     }
 }
@@ -155,16 +167,27 @@ impl ClaimRequirement {
             let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("equalsHeader {h:?} is not a header name"))?;
             ops.push(ClaimOp::EqualsHeader(name));
         }
+        if let Some(p) = &req.equals_path_param {
+            ops.push(ClaimOp::EqualsPathParam(p.clone()));
+        }
         if ops.len() != 1 {
             return Err(format!(
-                "claim {path}: exactly one operator (equals, in, notIn, containsAll, containsAny, exists, absent, matches, equalsHeader) must be set, found {}",
+                "claim {path}: exactly one operator (equals, in, notIn, containsAll, containsAny, exists, absent, matches, equalsHeader, equalsPathParam) must be set, found {}",
                 ops.len()
             ));
         }
         Ok(Self { path, op: ops.remove(0) })
     }
 
-    pub fn check(&self, claims: &Value, headers: &HeaderMap) -> Result<(), Unmet> {
+    /// The path parameter this requirement compares with, if any.
+    pub fn path_param(&self) -> Option<&str> {
+        match &self.op {
+            ClaimOp::EqualsPathParam(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn check(&self, claims: &Value, facts: RequestFacts<'_>) -> Result<(), Unmet> {
         let value = self.path.lookup(claims);
         let value = match (&self.op, value) {
             (ClaimOp::Absent, None) => return Ok(()),
@@ -200,12 +223,16 @@ impl ClaimRequirement {
                 _ => re.is_match(&scalar_text(value).ok_or(Unmet::WrongType)?),
             },
             ClaimOp::EqualsHeader(name) => {
-                let mut values = headers.get_all(name).iter();
+                let mut values = facts.headers.get_all(name).iter();
                 let (Some(header), None) = (values.next(), values.next()) else {
                     return Err(Unmet::HeaderMissing);
                 };
                 let v = scalar_text(value).ok_or(Unmet::WrongType)?;
                 header.as_bytes() == v.as_bytes()
+            }
+            ClaimOp::EqualsPathParam(name) => {
+                let param = facts.params.iter().find(|(n, _)| n == name).ok_or(Unmet::ParamMissing)?;
+                scalar_text(value).ok_or(Unmet::WrongType)? == param.1.as_str()
             }
         };
         if holds { Ok(()) } else { Err(Unmet::NoMatch) }
@@ -241,6 +268,7 @@ impl fmt::Display for ClaimRequirement {
                 write!(f, "{p} matches {:?}", &src[4..src.len() - 2])
             }
             ClaimOp::EqualsHeader(h) => write!(f, "{p} equalsHeader {h}"),
+            ClaimOp::EqualsPathParam(n) => write!(f, "{p} equalsPathParam {{{n}}}"),
         }
     }
 }
@@ -270,7 +298,7 @@ mod tests {
     fn check(r: Value) -> Result<(), Unmet> {
         let mut headers = HeaderMap::new();
         headers.insert("x-tenant", "acme".parse().unwrap());
-        req(r).check(&claims(), &headers)
+        req(r).check(&claims(), RequestFacts { headers: &headers, params: &[] })
     }
 
     #[test]
@@ -333,7 +361,7 @@ mod tests {
         two.append("x-tenant", "acme".parse().unwrap());
         two.append("x-tenant", "globex".parse().unwrap());
         let r = req(json!({"claim": "tenant", "equalsHeader": "X-Tenant"}));
-        assert_eq!(r.check(&claims(), &two), Err(Unmet::HeaderMissing));
+        assert_eq!(r.check(&claims(), RequestFacts { headers: &two, params: &[] }), Err(Unmet::HeaderMissing));
     }
 
     #[test]

@@ -397,6 +397,22 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl Template {
+    /// The parameters of a normalised path this template matches, percent-decoded; `None` when
+    /// it does not match or a parameter is not valid UTF-8 text.
+    pub fn params(&self, path: &str) -> Option<Vec<(String, String)>> {
+        if !self.matches(path) {
+            return None;
+        }
+        self.segments
+            .iter()
+            .zip(path[1..].split('/'))
+            .filter_map(|(seg, part)| match seg {
+                TemplateSegment::Param(name) => Some(percent_decode(part).map(|v| (name.clone(), v))),
+                TemplateSegment::Literal(_) => None,
+            })
+            .collect()
+    }
+
     pub fn matches(&self, path: &str) -> bool {
         let mut parts = path[1..].split('/');
         for seg in &self.segments {
@@ -412,6 +428,26 @@ impl Template {
             Some(_) => self.tail,
         }
     }
+}
+
+/// Decodes every `%XX` of a path segment; `None` for a malformed escape or bytes that are not
+/// UTF-8.
+pub fn percent_decode(segment: &str) -> Option<String> {
+    let raw = segment.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hi = raw.get(i + 1).copied().and_then(hex_val)?;
+            let lo = raw.get(i + 2).copied().and_then(hex_val)?;
+            out.push((hi << 4) | lo);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn check_pattern_path(path: &str) -> Result<(), String> {

@@ -220,6 +220,21 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
                 }
             }
         }
+        // A claim bound to a path parameter needs that parameter in every path of the rule:
+        // otherwise some matching requests would have nothing to compare it with.
+        let bound =
+            rule.require.iter().chain(rule.any_of.iter().flat_map(|g| g.require.iter())).filter_map(|r| r.equals_path_param.as_deref());
+        for name in bound {
+            for (j, pm) in rule.match_.paths.iter().enumerate() {
+                let has = matches!(compile_path(pm), Ok(PathPattern::Template(t)) if t.segments.iter().any(|s| matches!(s, crate::policy::path::TemplateSegment::Param(n) if n == name)));
+                if !has {
+                    p.add(
+                        &format!("{at}.match.paths[{j}]"),
+                        format!("equalsPathParam {name} needs every path of the rule to be a template with {{{name}}}"),
+                    );
+                }
+            }
+        }
         let forward = match &rule.forward {
             Some(f) => validate_forward(&format!("{at}.forward"), meta, f, keys, &mut p),
             None => policy_forward.clone().unwrap_or_default(),
