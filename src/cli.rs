@@ -49,6 +49,9 @@ enum Command {
         out: Vec<PathBuf>,
     },
     /// Would this request be allowed, and why? Exit code 0: allowed, 1: denied, 2: error.
+    /// Run policy tests (`*.test.yaml`, kind AuthPolicyTest) against a directory, no server
+    /// needed (exit 0 all passed, 1 some failed, 2 broken input).
+    Test(TestArgs),
     Check(CheckArgs),
     /// Print a token signed by a SigningKey of a directory (for trying things out).
     Token(TokenArgs),
@@ -209,6 +212,17 @@ struct CheckArgs {
 }
 
 #[derive(Args, Debug)]
+struct TestArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Test files or directories (default: every `*.test.yaml` under --dir).
+    paths: Vec<PathBuf>,
+    /// Also write the results as JUnit XML, for CI systems.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 struct TokenArgs {
     #[command(flatten)]
     dir: DirArgs,
@@ -342,6 +356,7 @@ async fn run(command: Command) -> Result<u8> {
         Command::Controller(args) => run_controller(args).await,
         Command::Crds { out } => write_crds(&out),
         Command::Check(args) => run_check(args).await,
+        Command::Test(args) => run_tests(args),
         Command::Token(args) => run_token(args),
         Command::Compile(args) => run_compile(args),
         Command::Keys(args) => run_keys(args.action),
@@ -673,6 +688,63 @@ fn run_compile(args: CompileArgs) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn run_tests(args: TestArgs) -> Result<u8> {
+    use crate::policytest;
+    let loaded = load_once(&args.dir)?;
+    let broken_input = !loaded.scanned.problems.is_empty() || loaded.compiled.outcomes.iter().any(|o| o.outcome != Outcome::Accepted);
+    if broken_input {
+        for line in report(&loaded) {
+            eprintln!("{line}");
+        }
+        eprintln!("error: the policies do not all load; fix them before testing them");
+        return Ok(2);
+    }
+    let mut files = Vec::new();
+    let roots = if args.paths.is_empty() { vec![args.dir.dir.clone()] } else { args.paths.clone() };
+    for root in roots {
+        if root.is_dir() {
+            files.extend(policytest::find_files(&root));
+        } else if root.is_file() {
+            files.push(root);
+        } else {
+            bail!("{:?} is not a test file or directory", root.display().to_string());
+        }
+    }
+    if files.is_empty() {
+        eprintln!("error: no *.test.yaml files found");
+        return Ok(2);
+    }
+    let (engine, signers) = policytest::engine(loaded.compiled.config.clone(), &loaded.rings).map_err(|e| anyhow!(e))?;
+    let now = unix_now();
+    let mut results = Vec::new();
+    for path in &files {
+        let file = match policytest::read_file(path) {
+            Ok(f) => f,
+            Err(policytest::Broken(why)) => {
+                eprintln!("error: {why}");
+                return Ok(2);
+            }
+        };
+        let shown = path.display().to_string();
+        for case in &file.spec.cases {
+            results.push(policytest::run_case(&engine, &signers, &shown, case, now));
+        }
+    }
+    let failed: Vec<&policytest::CaseResult> = results.iter().filter(|r| !r.failures.is_empty()).collect();
+    for r in &failed {
+        outln!("FAIL {}: {}", r.file, r.name);
+        for f in &r.failures {
+            outln!("  {f}");
+        }
+        outln!("  decided: {}", r.explanation);
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, policytest::junit(&results)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    outln!("{} passed, {} failed", results.len() - failed.len(), failed.len());
+    Ok(u8::from(!failed.is_empty()))
 }
 
 async fn run_check(args: CheckArgs) -> Result<u8> {

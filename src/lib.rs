@@ -19,5 +19,6 @@ pub mod http;
 pub mod keys;
 pub mod local;
 pub mod policy;
+pub mod policytest;
 #[doc(hidden)]
 pub mod testkit;

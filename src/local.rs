@@ -163,6 +163,10 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
         }
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
         let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        // Policy tests live next to the policies; `portcullis test` reads them.
+        if kind == crate::policytest::KIND && api_version == api::API_VERSION {
+            continue;
+        }
         let ours = matches!(kind.as_str(), "AuthPolicy" | "SigningKey");
         if !ours || api_version != api::API_VERSION {
             // Other manifests may share the directory; but one of our kinds with a mistyped

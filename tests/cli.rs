@@ -12,8 +12,11 @@ use common::{Proc, free_port, http, portcullis, start_local, wait_ready, wait_un
 fn shop_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shop");
-    for f in std::fs::read_dir(&src).unwrap().flatten().filter(|f| f.path().is_file()) {
-        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    for sub in ["", "tests"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for f in std::fs::read_dir(src.join(sub)).unwrap().flatten().filter(|f| f.path().is_file()) {
+            std::fs::copy(f.path(), dir.path().join(sub).join(f.file_name())).unwrap();
+        }
     }
     dir
 }
@@ -363,4 +366,78 @@ fn compile_writes_nothing_when_any_input_is_broken() {
     assert!(stdout.is_empty());
     assert!(err.contains("orders.yaml") && err.contains("containsAny"), "{err}");
     assert!(err.contains("nothing was written"), "{err}");
+}
+
+#[test]
+fn portcullis_test_runs_the_shops_policy_tests_and_reports_like_a_test_runner() {
+    let shop = shop_copy();
+    let d = shop.path().to_str().unwrap();
+    let junit = shop.path().join("results.xml");
+    let out = Command::new(portcullis()).args(["test", "--dir", d, "--junit", junit.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let cases = std::fs::read_to_string(shop.path().join("tests/shop.test.yaml")).unwrap().matches("- name:").count();
+    assert_eq!(stdout.lines().last(), Some(format!("{cases} passed, 0 failed").as_str()), "{stdout}");
+
+    // The JUnit file is XML a CI system can read.
+    let check = Command::new("python3")
+        .args(["-c", "import sys, xml.etree.ElementTree as ET; r = ET.parse(sys.argv[1]).getroot(); print(r.tag, r.get('tests'), r.get('failures'), len(r.findall('.//testcase')))", junit.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("testsuites {cases} 0 {cases}"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // Each kind of failing expectation: one line per failure, expected vs actual, and the decision.
+    let file = shop.path().join("wrong.test.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicyTest
+metadata: { name: wrong }
+spec:
+  cases:
+    - name: wrong reason
+      request: { url: https://api.shop.example/orders/7 }
+      expect: { reason: expired }
+    - name: missing header
+      request: { url: https://api.shop.example/orders/7 }
+      token: { issuer: https://id.shop.example, audience: orders, claims: { sub: alice, scope: "orders:read" } }
+      expect: { allow: true, headers: { X-Tenant-Id: acme } }
+    - name: allow versus deny
+      request: { url: https://api.shop.example/orders/admin/1 }
+      expect: { allow: true }
+"#,
+    )
+    .unwrap();
+    let out =
+        Command::new(portcullis()).args(["test", "--dir", d, file.to_str().unwrap(), "--junit", junit.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for line in [
+        "FAIL ",
+        "wrong.test.yaml: wrong reason",
+        "  expected reason expired, got missing_token",
+        "  expected header X-Tenant-Id: \"acme\", got none",
+        "  expected allow, got deny",
+        "  decided: DENY 401 missing_token at AuthPolicy shop/orders, rule admin",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert_eq!(stdout.lines().last(), Some("0 passed, 3 failed"));
+    assert!(std::fs::read_to_string(&junit).unwrap().contains("failures=\"3\""));
+
+    // A malformed test file is exit 2, with where.
+    std::fs::write(&file, "apiVersion: portcullis.dev/v1alpha1\nkind: AuthPolicyTest\nspec:\n  cases:\n    - name: x\n      request: { url: https://a/ }\n      expect: { alow: true }\n").unwrap();
+    let out = Command::new(portcullis()).args(["test", "--dir", d, file.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("wrong.test.yaml: spec.cases[0].expect.alow: unknown field `alow`"), "{stderr}");
+
+    // Test files never disturb local mode: they are not resources.
+    let (code, _, err) = run(&["compile", "--dir", d]);
+    assert_eq!(code, 0, "{err}");
 }

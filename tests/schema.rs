@@ -62,7 +62,8 @@ fn example_documents() -> Vec<(String, Value)> {
     for file in portcullis::local::yaml_files(&root) {
         let text = std::fs::read_to_string(&file).unwrap();
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        for (i, d) in docs.into_iter().enumerate().filter(|(_, d)| !d.is_null()) {
+        // Policy tests (kind AuthPolicyTest) are files for `portcullis test`, not resources.
+        for (i, d) in docs.into_iter().enumerate().filter(|(_, d)| !d.is_null() && d["kind"] != "AuthPolicyTest") {
             out.push((format!("{} #{}", file.display(), i + 1), d));
         }
     }
