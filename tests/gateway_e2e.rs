@@ -37,6 +37,7 @@ kind: AuthPolicy
 metadata: {{ name: orders, namespace: shop }}
 spec:
   hosts: [{HOST}]
+  corsPreflight: true
   issuers:
     - {{ issuer: "{rs_url}", audiences: [orders], algorithms: [RS256], jwks: {{ inline: {rs_jwks} }} }}
     - {{ issuer: "{es_url}", audiences: [orders], algorithms: [ES256], jwks: {{ inline: {es_jwks} }} }}
@@ -49,6 +50,10 @@ spec:
       require: [{{ claim: realm_access.roles, containsAny: [admin] }}]
     - name: read
       match: {{ paths: [{{ prefix: /orders }}], methods: [GET, HEAD] }}
+      require: [{{ claim: scope, containsAll: ["orders:read"] }}]
+    - name: feed
+      authentication: Optional
+      match: {{ paths: [{{ prefix: /feed }}] }}
       require: [{{ claim: scope, containsAll: ["orders:read"] }}]
     - name: tenant
       match: {{ paths: [{{ template: "/tenants/{{tenant}}/orders/{{**}}" }}] }}
@@ -263,6 +268,29 @@ fn cases(fx: &Fixture) -> Vec<Case> {
                 expect_upstream("authorization", None)(r)
             },
         ),
+        with(case("optional authentication: anonymous", "/feed", &[("X-User-Id", "mallory")], 200), |r| {
+            expect_upstream("x-user-id", None)(r)?;
+            expect_upstream("authorization", None)(r)
+        }),
+        with(
+            case("optional authentication: a valid token", "/feed", &[("Authorization", &bearer(&rs_ok))], 200),
+            expect_upstream("x-user-id", Some("alice")),
+        ),
+        case("optional authentication: a bad token is refused", "/feed", &[("Authorization", &bearer(&bad_sig))], 401),
+        case("optional authentication: requirements still apply", "/feed", &[("Authorization", &bearer(&no_scope))], 403),
+        with(
+            Case {
+                method: "OPTIONS",
+                ..case(
+                    "CORS preflight without a token",
+                    "/orders/42",
+                    &[("Origin", "https://app.test"), ("Access-Control-Request-Method", "GET"), ("Authorization", "Bearer forged")],
+                    200,
+                )
+            },
+            expect_upstream("authorization", None),
+        ),
+        Case { method: "OPTIONS", ..case("OPTIONS that is not a preflight", "/orders/42", &[], 403) },
         with(case("internal token is minted for billing", "/billing/invoices", &[("Authorization", &bearer(&billing))], 200), minted_check),
     ]
 }

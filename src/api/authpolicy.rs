@@ -87,6 +87,12 @@ pub struct AuthPolicySpec {
     /// What the upstream receives on an allowed request; rules may override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<Forward>,
+
+    /// Let CORS preflights through: an `OPTIONS` request with one `Origin` and one
+    /// `Access-Control-Request-Method` is allowed without a token when the method it asks about
+    /// would reach a rule of this policy. Nothing is forwarded with it (no token, no identity).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cors_preflight: bool,
 }
 
 /// A trusted token issuer.
@@ -263,6 +269,10 @@ pub struct NamedSource {
     {
         "rule": "!(has(self.public) && self.public) || !has(self.forward) || !has(self.forward.token) || self.forward.token != 'issue'",
         "message": "a public rule has no caller token to issue an internal token from"
+    },
+    {
+        "rule": "!(has(self.public) && self.public) || !has(self.authentication) || self.authentication != 'Optional'",
+        "message": "a public rule takes no token; authentication: Optional is for rules that check one when it is there"
     }
 ]))]
 pub struct Rule {
@@ -274,6 +284,11 @@ pub struct Rule {
     /// No token needed. Must be said explicitly: nothing is public by omission.
     #[serde(default, skip_serializing_if = "is_false")]
     pub public: bool,
+    /// `Optional`: a request without a token is allowed as anonymous (identity headers cleared,
+    /// requirements not checked); a token that is present must be valid and satisfy the
+    /// requirements. Default `Required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Authentication>,
     /// Requirements that must all hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -285,6 +300,13 @@ pub struct Rule {
     /// Overrides the policy's `forward` for this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<Forward>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Authentication {
+    #[default]
+    Required,
+    Optional,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

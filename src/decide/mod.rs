@@ -240,11 +240,14 @@ struct RtPolicy {
     token_headers: Vec<HeaderName>,
     token_cookies: Vec<String>,
     rules: Vec<RtRule>,
+    cors_preflight: bool,
 }
 
 struct RtRule {
     name: String,
     public: bool,
+    /// Without a token: allowed as anonymous.
+    optional: bool,
     /// The rule's path templates, when a requirement compares a claim with a path parameter.
     templates: Vec<crate::policy::path::Template>,
     require: Vec<ClaimRequirement>,
@@ -413,6 +416,7 @@ impl Engine {
                 rules.push(RtRule {
                     name: r.name.clone(),
                     public: r.public,
+                    optional: r.optional,
                     templates,
                     require,
                     any_of,
@@ -421,7 +425,15 @@ impl Engine {
                     issue,
                 });
             }
-            policies.push(RtPolicy { key, issuers, token_sources: p.token_sources.clone(), token_headers, token_cookies, rules });
+            policies.push(RtPolicy {
+                key,
+                issuers,
+                token_sources: p.token_sources.clone(),
+                token_headers,
+                token_cookies,
+                rules,
+                cors_preflight: p.cors_preflight,
+            });
         }
         Ok(Self {
             config: Arc::new(config),
@@ -490,6 +502,9 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return Decision::deny(DenyReason::UnsafePath(e)),
         };
+        if let Some(allowed) = self.cors_preflight(req, &host, &path) {
+            return Decision::Allow(allowed);
+        }
         let Some(entry) = self.routes.lookup(&host, &path, request_method_bit(req.method)) else {
             return Decision::deny(DenyReason::NoRoute);
         };
@@ -500,15 +515,14 @@ impl Engine {
             |reason: DenyReason, detail: Option<String>| Denied { reason, route: Some(route), detail, scopes: Vec::new(), refetch: None };
 
         if rule.public {
-            // Nothing was verified, so nothing that could pass for a credential goes upstream.
-            let mut headers = Vec::new();
-            let mut strip = self.identity_headers.clone();
-            remove_token(policy, req.headers, &mut headers, &mut strip);
-            return Decision::Allow(Allowed { route, headers, authorization: None, strip });
+            return Decision::Allow(self.anonymous(route, policy, req.headers));
         }
 
         let (token, from_authorization) = match token::extract(&policy.token_sources, req.headers, query) {
             Extracted::Found { token, from_authorization } => (token, from_authorization),
+            // Optional authentication: no token is an anonymous caller; a token that is there
+            // is verified below like any other, and an invalid one is a 401, never anonymous.
+            Extracted::None if rule.optional => return Decision::Allow(self.anonymous(route, policy, req.headers)),
             Extracted::None => return Decision::Deny(deny(DenyReason::MissingToken, None)),
             Extracted::Ambiguous => return Decision::Deny(deny(DenyReason::AmbiguousToken, None)),
         };
@@ -554,6 +568,38 @@ impl Engine {
             remove_token(policy, req.headers, &mut headers, &mut strip);
         }
         Decision::Allow(Allowed { route, headers, authorization, strip })
+    }
+
+    /// An allowed request with no verified caller: nothing that could pass for a credential or
+    /// an identity goes upstream.
+    fn anonymous(&self, route: RouteRef, policy: &RtPolicy, request: &HeaderMap) -> Allowed {
+        let mut headers = Vec::new();
+        let mut strip = self.identity_headers.clone();
+        remove_token(policy, request, &mut headers, &mut strip);
+        Allowed { route, headers, authorization: None, strip }
+    }
+
+    /// A CORS preflight (`OPTIONS` with one `Origin` and one `Access-Control-Request-Method`)
+    /// for a route of a policy that lets preflights through: allowed as anonymous.
+    fn cors_preflight(&self, req: &Request<'_>, host: &str, path: &str) -> Option<Allowed> {
+        if req.method != "OPTIONS" {
+            return None;
+        }
+        let one = |name: &str| {
+            let mut v = req.headers.get_all(name).iter();
+            match (v.next(), v.next()) {
+                (Some(x), None) if !x.is_empty() => x.to_str().ok(),
+                _ => None,
+            }
+        };
+        one("origin")?;
+        let requested = one("access-control-request-method")?;
+        if !is_acceptable_method(requested) || requested == "OPTIONS" {
+            return None;
+        }
+        let entry = self.routes.lookup(host, path, request_method_bit(requested))?;
+        let policy = &self.policies[entry.policy as usize];
+        policy.cors_preflight.then(|| self.anonymous(RouteRef { policy: entry.policy, rule: entry.rule }, policy, req.headers))
     }
 
     /// Establishes who the caller is: from the cache when the same token was verified with the

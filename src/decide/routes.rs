@@ -229,11 +229,13 @@ mod tests {
                     paths,
                     methods,
                     public: true,
+                    optional: false,
                     require: Vec::new(),
                     any_of: Vec::new(),
                     forward: ForwardConfig { token: TokenForwarding::Original, ..Default::default() },
                 })
                 .collect(),
+            cors_preflight: false,
         })
     }
 

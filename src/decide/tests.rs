@@ -702,3 +702,73 @@ fn a_claim_bound_to_a_path_parameter_cannot_be_satisfied_with_a_header() {
         );
     }
 }
+
+fn optional_and_cors_policy(issuer: &TestIssuer) -> String {
+    format!(
+        r#"
+name: web
+spec:
+  corsPreflight: true
+  issuers: [{{ issuer: "{ISS}", audiences: [web], jwks: {{ inline: {jwks} }}, algorithms: [ES256] }}]
+  rules:
+    - name: feed
+      authentication: Optional
+      match: {{ paths: [{{ prefix: /feed }}] }}
+      require: [{{ claim: scope, containsAll: [feed] }}]
+    - name: write
+      match: {{ paths: [{{ prefix: /posts }}], methods: [POST] }}
+  forward: {{ claimsToHeaders: {{ X-User-Id: sub }} }}
+"#,
+        jwks = issuer.jwks()
+    )
+}
+
+#[test]
+fn optional_authentication_lets_anonymous_callers_in_but_never_bad_tokens() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let e = engine(&compile_yaml("default", &optional_and_cors_policy(&issuer), &BTreeMap::new()));
+    // No token: anonymous, and no client-sent identity reaches the upstream.
+    let spoofed = headers(&[("x-user-id", "mallory")]);
+    let Decision::Allow(a) = decide(&e, "GET", "h", "/feed", &spoofed) else { panic!("anonymous") };
+    assert!(a.headers.is_empty() && a.authorization.is_none());
+    assert!(a.strip.iter().any(|h| h == "x-user-id"));
+    // A valid token: the requirements apply and the identity goes on.
+    let reader = issuer.token("web", NOW, json!({"scope": "feed"}));
+    let Decision::Allow(a) = decide(&e, "GET", "h", "/feed", &bearer(&reader)) else { panic!("reader") };
+    assert_eq!(answer(&a, "x-user-id"), Some("alice"));
+    let other = issuer.token("web", NOW, json!({"scope": "other"}));
+    assert_eq!(reason(&decide(&e, "GET", "h", "/feed", &bearer(&other))), DenyReason::ClaimsNotSatisfied);
+    // An invalid token is a 401, never a silent anonymous.
+    let expired = issuer.token("web", NOW - 7200, json!({"scope": "feed", "exp": NOW - 600}));
+    assert_eq!(reason(&decide(&e, "GET", "h", "/feed", &bearer(&expired))), DenyReason::Expired);
+    assert_eq!(reason(&decide(&e, "GET", "h", "/feed", &bearer("junk"))), DenyReason::MalformedToken);
+    // Required stays required.
+    assert_eq!(reason(&decide(&e, "POST", "h", "/posts", &HeaderMap::new())), DenyReason::MissingToken);
+    // public + optional is a contradiction the validation refuses.
+    let bad = "name: x\nspec:\n  rules: [{ name: a, public: true, authentication: Optional, match: { paths: [{ prefix: / }] } }]\n";
+    let Outcome::Rejected { rejection, .. } = &compile_yaml("default", bad, &BTreeMap::new()).outcomes[0].outcome else { panic!() };
+    assert!(rejection.message().contains("a public rule takes no token"), "{}", rejection.message());
+}
+
+#[test]
+fn cors_preflights_pass_without_a_token_only_where_the_policy_allows_them() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let yaml = optional_and_cors_policy(&issuer);
+    let e = engine(&compile_yaml("default", &yaml, &BTreeMap::new()));
+    let preflight = |method: &str| {
+        headers(&[("origin", "https://app.example"), ("access-control-request-method", method), ("authorization", "Bearer forged")])
+    };
+    let Decision::Allow(a) = decide(&e, "OPTIONS", "h", "/posts/1", &preflight("POST")) else { panic!("preflight") };
+    assert_eq!(e.rule_name(a.route), "write");
+    assert!(a.authorization.is_none() && a.headers.is_empty(), "nothing is forwarded with a preflight");
+    // The method asked about must reach a rule; OPTIONS itself without the CORS headers is a
+    // normal request; and repeated or missing CORS headers are not a preflight.
+    assert_eq!(reason(&decide(&e, "OPTIONS", "h", "/posts/1", &preflight("DELETE"))), DenyReason::NoRoute);
+    assert_eq!(reason(&decide(&e, "OPTIONS", "h", "/posts/1", &HeaderMap::new())), DenyReason::NoRoute);
+    let twice = headers(&[("origin", "https://a"), ("origin", "https://b"), ("access-control-request-method", "POST")]);
+    assert_eq!(reason(&decide(&e, "OPTIONS", "h", "/posts/1", &twice)), DenyReason::NoRoute);
+    assert_eq!(reason(&decide(&e, "OPTIONS", "h", "/posts/1", &preflight("post"))), DenyReason::NoRoute);
+    // Without corsPreflight, a preflight is an ordinary OPTIONS request.
+    let off = engine(&compile_yaml("default", &yaml.replace("corsPreflight: true", "corsPreflight: false"), &BTreeMap::new()));
+    assert_eq!(reason(&decide(&off, "OPTIONS", "h", "/posts/1", &preflight("POST"))), DenyReason::NoRoute);
+}

@@ -44,6 +44,8 @@ pub struct PolicyConfig {
     pub issuers: Vec<IssuerConfig>,
     pub token_sources: Vec<TokenSource>,
     pub rules: Vec<RuleConfig>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cors_preflight: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -107,6 +109,9 @@ pub struct RuleConfig {
     pub methods: Vec<HttpMethod>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public: bool,
+    /// A request without a token is allowed as anonymous.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub require: Vec<Requirement>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

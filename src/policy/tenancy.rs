@@ -227,6 +227,7 @@ mod tests {
             issuers: Vec::new(),
             token_sources: Vec::new(),
             rules: Vec::new(),
+            cors_preflight: false,
         }
     }
 
@@ -237,6 +238,7 @@ mod tests {
             paths: Vec::new(),
             methods: Vec::new(),
             public: false,
+            optional: false,
             require: Vec::new(),
             any_of: Vec::new(),
             forward: ForwardConfig {

@@ -242,11 +242,16 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         if rule.public && forward.token == TokenForwarding::Issue {
             p.add(&at, "a public rule has no caller token to issue an internal token from");
         }
+        let optional = rule.authentication == Some(crate::api::Authentication::Optional);
+        if rule.public && optional {
+            p.add(&at, "a public rule takes no token; authentication: Optional is for rules that check one when it is there");
+        }
         rules.push(RuleConfig {
             name: rule.name.clone(),
             paths: rule.match_.paths.clone(),
             methods: methods.into_iter().collect(),
             public: rule.public,
+            optional,
             require: rule.require.clone(),
             any_of: rule.any_of.iter().map(|g| g.require.clone()).collect(),
             forward,
@@ -287,6 +292,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         issuers,
         token_sources,
         rules,
+        cors_preflight: spec.cors_preflight,
     })
 }
 
