@@ -203,12 +203,15 @@ struct CheckArgs {
     /// The request URL, e.g. https://api.example.com/orders/1?x=y
     #[arg(long)]
     url: String,
-    /// A token, sent as `Authorization: Bearer TOKEN`.
+    /// A token, sent as `Authorization: Bearer TOKEN` (a leading `Bearer ` is accepted).
     #[arg(long)]
     token: Option<String>,
     /// More request headers, `Name: value`.
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// PEM file of CA certificates to trust for JWKS URLs, as the gateway's.
+    #[arg(long, env = "PORTCULLIS_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -676,7 +679,7 @@ fn run_compile(args: CompileArgs) -> Result<u8> {
     if rejected || !loaded.scanned.problems.is_empty() {
         // A config without the broken resources would drop them from the gateway it is given to.
         eprintln!("error: not compiled: fix the resources above (nothing was written)");
-        return Ok(1);
+        return Ok(2);
     }
     let config = &loaded.compiled.config;
     let bytes = if args.gzip { config.to_gzip() } else { config.to_json() };
@@ -763,7 +766,11 @@ async fn run_check(args: CheckArgs) -> Result<u8> {
             );
         }
     }
-    let gateway = Gateway::new("https://portcullis.invalid", Metrics::new(), Duration::from_secs(1));
+    let roots = match &args.jwks_ca_file {
+        Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
+        None => Vec::new(),
+    };
+    let gateway = Gateway::with_options("https://portcullis.invalid", Metrics::new(), Duration::from_secs(1), &roots, Default::default());
     let engine = gateway.apply(loaded.compiled.config.clone(), &loaded.rings).map_err(|e| anyhow!(e))?;
     // Remote JWKS are fetched once, briefly.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -776,6 +783,15 @@ async fn run_check(args: CheckArgs) -> Result<u8> {
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut headers = http::HeaderMap::new();
     if let Some(t) = &args.token {
+        let t = t.trim();
+        // `--token 'Bearer eyJ…'` (copied from a header) means the token itself.
+        let t = match t.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => {
+                eprintln!("note: --token takes the token itself; the leading \"Bearer \" was dropped");
+                t[7..].trim_start()
+            }
+            _ => t,
+        };
         headers.insert(http::header::AUTHORIZATION, format!("Bearer {t}").parse().context("token is not a valid header value")?);
     }
     for h in &args.headers {
@@ -805,6 +821,11 @@ async fn run_check(args: CheckArgs) -> Result<u8> {
             outln!("DENY {} {}", d.reason.status(), d.reason.as_str());
             outln!("  route:   {}", route.unwrap_or_else(|| "none".into()));
             outln!("  because: {}", d.detail.clone().unwrap_or_else(|| d.reason.description().to_owned()));
+            if d.reason == crate::decide::DenyReason::NoRoute {
+                for near in engine.near_misses(&host, target, &args.method) {
+                    outln!("  near:    {near}");
+                }
+            }
             if let Some(w) = crate::gateway::www_authenticate(engine.realm(), &d) {
                 outln!("  WWW-Authenticate: {w}");
             }

@@ -394,10 +394,15 @@ pub fn report(loaded: &Loaded) -> Vec<String> {
         match &o.outcome {
             policy::Outcome::Accepted => lines.push(format!("  accepted  AuthPolicy {}/{} ({rules} rules)", o.namespace, o.name)),
             policy::Outcome::Rejected { rejection, serving_previous } => lines.push(format!(
-                "  REJECTED  AuthPolicy {}/{} ({}): {}{}",
+                "  REJECTED  AuthPolicy {}/{} ({}){}: {}{}",
                 o.namespace,
                 o.name,
                 rejection.reason.as_str(),
+                loaded
+                    .scanned
+                    .sources
+                    .get(&resource_id("AuthPolicy", &format!("{}/{}", o.namespace, o.name)))
+                    .map_or(String::new(), |f| format!(" in {}", f.display())),
                 rejection.message(),
                 if *serving_previous { " — the previous version keeps serving" } else { "" }
             )),
@@ -497,7 +502,11 @@ spec:
         for (what, broken, says) in [
             ("YAML syntax", good.replace("rules:", "rules: [").clone(), "not valid YAML"),
             ("unknown field", good.replace("require:", "requir:"), "unknown field(s) spec.rules[read].requir"),
-            ("unknown operator", good.replace("containsAny", "containsAnyy"), "unknown field(s) spec.rules[read].require[0].containsAnyy"),
+            (
+                "unknown operator",
+                good.replace("containsAny", "containsAnyy"),
+                "unknown field(s) spec.rules[read].require[0].containsAnyy (did you mean containsAny?)",
+            ),
             (
                 "wrong type",
                 good.replace(r#"containsAny: ["orders:read"]"#, r#"containsAny: "admin""#),

@@ -361,7 +361,7 @@ fn compile_writes_nothing_when_any_input_is_broken() {
     )
     .unwrap();
     let (code, stdout, err) = run(&["compile", "--dir", shop.path().to_str().unwrap(), "--out", config.to_str().unwrap()]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "broken input is exit 2, as everywhere: {err}");
     assert!(!config.exists(), "a partial config was written");
     assert!(stdout.is_empty());
     assert!(err.contains("orders.yaml") && err.contains("containsAny"), "{err}");
@@ -440,4 +440,29 @@ spec:
     // Test files never disturb local mode: they are not resources.
     let (code, _, err) = run(&["compile", "--dir", d]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_teaches_near_misses_and_takes_a_bearer_token_as_pasted() {
+    let shop = shop_copy();
+    let dir = shop.path().to_str().unwrap();
+    let reader = token(shop.path(), "orders", r#"{"sub":"alice","scope":"orders:read"}"#);
+    let (code, out, err) = run(&[
+        "check",
+        "--dir",
+        dir,
+        "--method",
+        "POST",
+        "--url",
+        "https://api.shop.example/orders/7",
+        "--token",
+        &format!("Bearer {reader}"),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("DENY 403 no_route"), "{out}");
+    assert!(out.contains("near:    path matches rule read of AuthPolicy shop/orders, but POST is not in [GET, HEAD]"), "{out}");
+    assert!(err.contains("the leading \"Bearer \" was dropped"), "{err}");
+    let (code, out, _) =
+        run(&["check", "--dir", dir, "--url", "https://api.shop.example/orders/7", "--token", &format!("bearer  {reader}")]);
+    assert_eq!(code, 0, "{out}");
 }

@@ -27,7 +27,10 @@ fn walk(schema: &Value, doc: &Value, at: String, out: &mut Vec<String>) {
                     (None, Some(Value::Bool(true))) => {}
                     // metadata is validated by the API server itself, not by the CRD.
                     (None, _) if at.is_empty() && matches!(k.as_str(), "metadata" | "apiVersion" | "kind") => {}
-                    (None, _) => out.push(child),
+                    (None, _) => out.push(match props.and_then(|p| nearest(k, p.keys().map(String::as_str))) {
+                        Some(near) => format!("{child} (did you mean {near}?)"),
+                        None => child,
+                    }),
                 }
             }
         }
@@ -40,6 +43,30 @@ fn walk(schema: &Value, doc: &Value, at: String, out: &mut Vec<String>) {
         }
         _ => {}
     }
+}
+
+/// The known name closest to a misspelt one, if it is close enough to be what was meant.
+pub fn nearest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    known
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).clamp(1, 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over bytes (names here are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j + 1] + 1).min(cur[j] + 1).min(prev[j] + usize::from(ca != cb));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// The openAPIV3Schema of a CRD, as JSON.
@@ -68,6 +95,15 @@ mod tests {
                 "forward": {"claimsToHeaders": {"X-A": "sub"}}
             }
         });
-        assert_eq!(unknown_fields(&schema, &doc), ["spec.rules[0].requir"]);
+        assert_eq!(unknown_fields(&schema, &doc), ["spec.rules[0].requir (did you mean require?)"]);
+    }
+
+    #[test]
+    fn misspelt_operators_get_the_nearest_name() {
+        let ops = ["equals", "in", "notIn", "containsAll", "containsAny", "exists", "absent", "matches", "equalsHeader"];
+        assert_eq!(nearest("containsAnyy", ops.into_iter()), Some("containsAny"));
+        assert_eq!(nearest("containsany", ops.into_iter()), Some("containsAny"));
+        assert_eq!(nearest("notin", ops.into_iter()), Some("notIn"));
+        assert_eq!(nearest("hostnames", ["hosts", "issuers"].into_iter()), None);
     }
 }

@@ -570,6 +570,35 @@ impl Engine {
         Decision::Allow(Allowed { route, headers, authorization, strip })
     }
 
+    /// Rules whose host and path match a request but whose methods do not: what `check` shows
+    /// to explain a `no_route`.
+    pub fn near_misses(&self, host: &str, target: &str, method: &str) -> Vec<String> {
+        let (Some(host), Ok(path)) = (normalize_host(host), crate::policy::path::normalize(split_target(target).0)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for p in &self.config.policies {
+            let host_ok = p.hosts.is_empty()
+                || p.hosts.iter().any(|h| crate::policy::host::HostPattern::parse(h).is_ok_and(|pat| pat.matches(&host)));
+            if !host_ok {
+                continue;
+            }
+            for r in &p.rules {
+                let path_ok = r.paths.iter().any(|pm| crate::policy::validate::compile_path(pm).is_ok_and(|pat| pat.matches(&path)));
+                if path_ok && !r.methods.is_empty() && !r.methods.iter().any(|m| m.as_str() == method) {
+                    let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
+                    out.push(format!(
+                        "path matches rule {} of AuthPolicy {}, but {method} is not in [{}]",
+                        r.name,
+                        p.key(),
+                        methods.join(", ")
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// An allowed request with no verified caller: nothing that could pass for a credential or
     /// an identity goes upstream.
     fn anonymous(&self, route: RouteRef, policy: &RtPolicy, request: &HeaderMap) -> Allowed {
