@@ -500,6 +500,73 @@ mod tests {
         }
     }
 
+    /// A random policy: rules of every path kind, method sets, public and optional rules,
+    /// scope requirements.
+    fn random_policy() -> impl Strategy<Value = String> {
+        let rule = (
+            prop_oneof![Just("prefix: /a"), Just("exact: /a/b"), Just("template: \"/a/{id}\""), Just("prefix: /"), Just("prefix: /c")],
+            prop_oneof![Just("[]"), Just("[GET]"), Just("[POST, DELETE]")],
+            0u8..3,
+            proptest::option::of(prop_oneof![Just("s1"), Just("s2")]),
+        );
+        proptest::collection::vec(rule, 1..4).prop_map(|rules| {
+            let mut yaml = String::from("name: p\nspec:\n  issuers: [{ issuer: \"https://idp\", audiences: [api], algorithms: [ES256], jwks: { uri: \"https://idp/jwks\" } }]\n  rules:\n");
+            for (i, (path, methods, kind, scope)) in rules.into_iter().enumerate() {
+                let (public, optional) = (kind == 0, kind == 1);
+                yaml.push_str(&format!("    - name: r{i}\n      match: {{ paths: [{{ {path} }}], methods: {methods} }}\n"));
+                if public {
+                    yaml.push_str("      public: true\n");
+                } else {
+                    if optional {
+                        yaml.push_str("      authentication: Optional\n");
+                    }
+                    if let Some(s) = scope {
+                        yaml.push_str(&format!("      require: [{{ claim: scope, containsAll: [{s}] }}]\n"));
+                    }
+                }
+            }
+            yaml
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 150, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn for_random_policies_the_engines_answer_passes_and_a_flipped_one_fails(
+            yaml in random_policy(),
+            method in prop_oneof![Just("GET"), Just("POST"), Just("DELETE")],
+            path in prop_oneof![Just("/a"), Just("/a/b"), Just("/a/x"), Just("/c/d"), Just("/z")],
+            scope in proptest::option::of(prop_oneof![Just("s1"), Just("s2"), Just("s1 s2")]),
+            flip in 0u8..3,
+        ) {
+            let compiled = crate::testkit::compile_yaml("default", &yaml, &BTreeMap::new());
+            prop_assume!(compiled.outcomes.iter().all(|o| o.outcome == crate::policy::Outcome::Accepted));
+            let (engine, signers) = engine(compiled.config, &BTreeMap::new()).unwrap();
+            let mk = |expect: Expect| Case {
+                name: "c".into(),
+                request: TestRequest { method: method.into(), url: format!("https://h.example{path}"), headers: BTreeMap::new(), cookies: BTreeMap::new() },
+                token: scope.map(|s| TokenSpec { issuer: "https://idp".into(), audience: json!("api"), claims: json!({"scope": s}).as_object().unwrap().clone(), algorithm: None, lifetime: None, kid: None, send_as: None }),
+                raw_token: None,
+                expect,
+            };
+            let probe = run_case(&engine, &signers, "f", &mk(Expect::default()), NOW);
+            prop_assert!(probe.failures.is_empty(), "{probe:?}");
+            let allowed = probe.explanation.starts_with("ALLOW");
+            let rule = probe.explanation.split("rule ").nth(1).map(|r| r.split(':').next().unwrap().to_owned());
+            let exact = Expect { allow: Some(allowed), rule: rule.clone(), ..Expect::default() };
+            let r = run_case(&engine, &signers, "f", &mk(exact.clone()), NOW);
+            prop_assert!(r.failures.is_empty(), "{yaml}\n{r:?}");
+            let flipped = match (flip, rule) {
+                (0, _) | (_, None) => Expect { allow: Some(!allowed), ..exact },
+                (1, Some(r)) => Expect { rule: Some(format!("{r}x")), ..exact },
+                _ => Expect { status: Some(if allowed { 401 } else { 200 }), ..exact },
+            };
+            let r = run_case(&engine, &signers, "f", &mk(flipped), NOW);
+            prop_assert!(!r.failures.is_empty(), "a flipped expectation passed: {yaml}\n{r:?}");
+        }
+    }
+
     #[test]
     fn the_issuers_keys_are_replaced_so_tests_sign_their_own_tokens() {
         let (engine, _) = shop();
