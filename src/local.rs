@@ -172,7 +172,7 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             // Other manifests may share the directory; but one of our kinds with a mistyped
             // apiVersion, or our group with a mistyped kind, is a broken resource, not a
             // stranger to skip.
-            if ours || api_version.contains("portcullis") || !doc.is_object() {
+            if ours || api_version.contains("portcullis") || !doc.is_object() || looks_like_ours(&doc) {
                 out.problems.push(problem(
                     i,
                     format!("kind {kind:?} apiVersion {api_version:?} is not a resource this version of Portcullis knows (AuthPolicy or SigningKey, {})", api::API_VERSION),
@@ -228,6 +228,16 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             },
         }
     }
+}
+
+/// A document that lost its `apiVersion` or `kind` to a typo but is still recognisably one of
+/// ours (it names portcullis, or has an AuthPolicy's or SigningKey's spec): broken, not foreign.
+fn looks_like_ours(doc: &Value) -> bool {
+    let missing = |k: &str| doc.get(k).and_then(Value::as_str).is_none_or(str::is_empty);
+    let spec = doc.get("spec");
+    (missing("apiVersion") || missing("kind"))
+        && (doc.to_string().contains("portcullis")
+            || ["rules", "issuers", "rotationInterval", "algorithm"].iter().any(|k| spec.and_then(|s| s.get(k)).is_some()))
 }
 
 pub fn scan(dir: &Path) -> Scanned {
@@ -513,6 +523,12 @@ spec:
                 "spec.rules[read].require[0].containsAny: invalid type: string \"admin\", expected a sequence",
             ),
             ("wrong type at the top", good.replace("hosts: [api.test]", "hosts: api.test"), "spec.hosts: invalid type"),
+            // Found by the fuzzer: a lost line break merges apiVersion and kind into one key.
+            (
+                "apiVersion and kind run together",
+                good.replacen("apiVersion: portcullis.dev/v1alpha1\nkind", "apiVersion:portcullis.dev/v1alpha1kind", 1),
+                "is not a resource this version of Portcullis knows",
+            ),
         ] {
             d.write("orders.yaml", &broken);
             let loaded = d.load();

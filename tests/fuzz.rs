@@ -2,8 +2,8 @@
 //! resource files with random and mutated input. The oracle: nothing panics, and nothing is
 //! allowed on a protected route without a signature that an independent verifier accepts.
 //!
-//! CI runs a few thousand cases per target; run longer with
-//! `PORTCULLIS_FUZZ_CASES=200000 cargo test --release --test fuzz`.
+//! CI runs a few thousand cases per target from a fixed seed; explore further with
+//! `PORTCULLIS_FUZZ_SEED=random PORTCULLIS_FUZZ_CASES=200000 cargo test --release --test fuzz`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +26,17 @@ const ISS: &str = "https://idp.fuzz";
 
 fn cases() -> u32 {
     std::env::var("PORTCULLIS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+}
+
+/// CI runs a fixed seed, so a red run is reproducible; `PORTCULLIS_FUZZ_SEED=random` (or a
+/// number) explores further.
+fn seed() -> proptest::test_runner::RngSeed {
+    use proptest::test_runner::RngSeed;
+    match std::env::var("PORTCULLIS_FUZZ_SEED").as_deref() {
+        Ok("random") => RngSeed::Random,
+        Ok(n) => n.parse().map(RngSeed::Fixed).unwrap_or(RngSeed::Fixed(0x9a7e_f022)),
+        Err(_) => RngSeed::Fixed(0x9a7e_f022),
+    }
 }
 
 struct World {
@@ -194,7 +205,7 @@ fn path_strategy() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, rng_seed: seed(), ..ProptestConfig::default() })]
 
     #[test]
     fn random_tokens_never_panic_and_never_pass(raw in "[A-Za-z0-9_.=+/ -]{0,300}", path in prop_oneof![Just("/admin"), Just("/x"), Just("/public")]) {

@@ -368,6 +368,7 @@ fn the_docs_show_the_configurations_these_tests_use() {
         ("docs/gateways/nginx.md", common::nginx_site(8000, 8080, 9000)),
         ("docs/gateways/ingress-nginx.md", common::ingress_nginx_site(8000, 8080, 9000)),
         ("docs/gateways/envoy.md", common::envoy_conf(8000, 9901, 8080, 9000)),
+        ("docs/gateways/caddy.md", common::caddy_site(8000, 8080, 9000)),
     ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap_or_else(|e| panic!("{doc}: {e}"));
         assert!(text.contains(conf.trim()), "{doc} does not contain, verbatim, the configuration the tests run:\n{}", conf.trim());

@@ -561,6 +561,15 @@ fn envoy_with_the_docs_config_never_serves_what_portcullis_denies() {
     assert_sound("envoy", port, &h, &authz);
 }
 
+#[test]
+fn caddy_forward_auth_never_serves_what_portcullis_denies() {
+    let h = harness();
+    let (authz, authz_port) = authorizer(&h, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_caddy, port) = common::start_caddy(dir.path(), authz_port, h.upstream);
+    assert_sound("caddy", port, &h, &authz);
+}
+
 /// The harness can fail: normalising paths behind NGINX, which forwards the raw target, lets
 /// Werkzeug serve a protected handler for a path Portcullis read as public.
 #[test]

