@@ -34,3 +34,17 @@ fn generated_crds_parse_back_as_crds() {
         assert_eq!(back, crd);
     }
 }
+
+#[test]
+fn printer_columns_never_show_invalid_or_blank() {
+    let crds = crds();
+    let find = |kind: &str| crds.iter().find(|c| c.spec.names.kind == kind).unwrap().spec.versions[0].clone();
+    let sk = find("SigningKey");
+    let next = sk.additional_printer_columns.unwrap().into_iter().find(|c| c.name == "Next").unwrap();
+    // kubectl prints a future time in a `date` column as <invalid>.
+    assert_eq!(next.type_, "string");
+    let ap = find("AuthPolicy");
+    let schema = serde_json::to_value(ap.schema.unwrap().open_api_v3_schema.unwrap()).unwrap();
+    // Defaulted by the API server, so the GATEWAY column shows it.
+    assert_eq!(schema["properties"]["spec"]["properties"]["gateway"]["default"], "default");
+}

@@ -59,6 +59,8 @@ pub struct AuthPolicySpec {
     /// Name of the gateway whose configuration this policy joins.
     #[serde(default = "default_gateway", skip_serializing_if = "is_default_gateway")]
     #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    // Defaulted by the API server too, so that the GATEWAY column is never blank.
+    #[schemars(extend("default" = "default"))]
     pub gateway: String,
 
     /// Hosts this policy applies to: exact names or `*.suffix` wildcards, lowercase, no port.

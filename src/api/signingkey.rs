@@ -35,7 +35,8 @@ fn default_retain() -> Duration {
     doc = "SigningKey asks Portcullis for a signing key pair kept in a Secret, rotated on a schedule without ever breaking a valid token.",
     printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm"),
     printcolumn(name = "Active", type_ = "string", json_path = ".status.activeKid"),
-    printcolumn(name = "Next", type_ = "date", json_path = ".status.nextTransition"),
+    // A `date` column shows a future time as <invalid>: the next transition is in the future.
+    printcolumn(name = "Next", type_ = "string", json_path = ".status.nextTransition"),
     printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

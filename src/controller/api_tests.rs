@@ -494,3 +494,42 @@ async fn another_namespaces_takeover_attempt_is_refused_in_its_own_status_and_ch
     assert!(events.iter().any(|e| e["regarding"]["namespace"] == "team-b" && e["type"] == "Warning"), "{events:#?}");
     assert!(!events.iter().any(|e| e["regarding"]["namespace"] == "shop" && e["type"] == "Warning"), "{events:#?}");
 }
+
+#[tokio::test]
+async fn a_status_for_a_policy_deleted_meanwhile_does_not_fail_the_pass() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let task = spawn_sync(ctx.clone(), LoopState { last_good: HashMap::new() });
+    api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 201, Value::Null).await;
+    api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 201, Value::Null).await;
+    api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status", 404, status_error(404, "NotFound"))
+        .await;
+    let seen = api.answer_all().await;
+    let (result, _) = task.await.unwrap();
+    result.expect("a deleted policy's status is not an error of the whole pass");
+    assert!(seen.iter().all(|(m, p, _)| !(m == "PATCH" && p.contains("/status"))), "no retry of the gone object: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_signing_key_in_a_terminating_namespace_never_recreates_its_secret() {
+    let (client, mut api) = mock();
+    let (ctx, _w) = context(client);
+    let sk = signing_key("gone", "internal", json!({"algorithm": "EdDSA"}));
+    let task = tokio::spawn({
+        let (ctx, sk) = (ctx.clone(), sk.clone());
+        async move { reconcile_inner(&sk, &ctx).await }
+    });
+    let terminating = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": "secrets \"internal\" is forbidden: unable to create new content in namespace gone because it is being terminated"});
+    api.expect("POST", "/api/v1/namespaces/gone/secrets", 403, terminating).await;
+    let action = task.await.unwrap().expect("not an error to retry");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    api.expect_nothing().await;
+
+    // A SigningKey being deleted is left alone from the start.
+    let mut deleting = signing_key("shop", "old", json!({"algorithm": "EdDSA"}));
+    deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    assert_eq!(reconcile_inner(&deleting, &ctx).await.unwrap(), kube::runtime::controller::Action::await_change());
+    api.expect_nothing().await;
+}

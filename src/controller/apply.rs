@@ -67,6 +67,19 @@ where
         "kind": K::kind(&Default::default()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map_err(Error::Kube)?;
-    Ok(())
+    match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        // Deleted since it was read: there is nobody left to tell, and the other objects of the
+        // same pass must still get their status.
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            tracing::debug!(object = name, "status not written: the object is gone");
+            Ok(())
+        }
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Whether an API error says the namespace is being deleted (nothing can be created in it).
+pub fn namespace_terminating(e: &Error) -> bool {
+    matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 403 && (s.reason == "Forbidden" || s.reason == "NamespaceTerminating") && s.message.contains("being terminated"))
 }

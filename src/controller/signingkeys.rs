@@ -69,6 +69,10 @@ async fn reconcile(sk: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action, Err
 }
 
 pub(super) async fn reconcile_inner(sk: &SigningKey, ctx: &Context) -> Result<Action, Error> {
+    // Being deleted (its namespace too, perhaps): its Secret goes with it; never recreate it.
+    if sk.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let ns = sk.namespace().unwrap_or_default();
     let name = sk.name_any();
     let now = Timestamp::now();
@@ -93,6 +97,11 @@ pub(super) async fn reconcile_inner(sk: &SigningKey, ctx: &Context) -> Result<Ac
             Err(Error::Conflict(_)) if current.is_none() => {
                 report_problem(sk, ctx, &statuses, &RingProblem::Foreign, now).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+            // A namespace being deleted takes the SigningKey with it: nothing to recreate.
+            Err(e) if super::apply::namespace_terminating(&e) => {
+                tracing::debug!(signing_key = %format!("{ns}/{name}"), "namespace is being deleted; keyring not recreated");
+                return Ok(Action::await_change());
             }
             Err(e) => return Err(e),
         }
