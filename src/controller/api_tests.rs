@@ -151,7 +151,8 @@ async fn apply_creates_updates_and_skips_unchanged_content() {
     let (client, mut api) = mock();
     let cms: kube::Api<ConfigMap> = kube::Api::namespaced(client, "portcullis");
     let config = crate::policy::GatewayConfig::new("default", Vec::new(), Vec::new());
-    let desired = desired::gateway_configmap("portcullis", &config);
+    let desired =
+        desired::gateway_configmap("portcullis", &config, &desired::gateway_keys_secret("portcullis", &config, &Default::default()));
 
     let task = tokio::spawn({
         let (cms, desired) = (cms.clone(), desired.clone());

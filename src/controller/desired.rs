@@ -23,6 +23,9 @@ pub const LABEL_GATEWAY: &str = "portcullis.dev/gateway";
 pub const LABEL_SIGNING_KEY: &str = "portcullis.dev/signing-key";
 pub const ANNOTATION_HASH: &str = "portcullis.dev/content-hash";
 pub const ANNOTATION_VERSION: &str = "portcullis.dev/config-version";
+/// On the gateway ConfigMap: the content hash of the key Secret this config needs. Gateways
+/// serve a config only together with exactly those keys.
+pub const ANNOTATION_KEYS: &str = "portcullis.dev/keys-hash";
 pub const ANNOTATION_ROTATE: &str = "portcullis.dev/rotate";
 pub const ANNOTATION_REVOKE: &str = "portcullis.dev/revoke";
 /// The compiled config inside the gateway ConfigMap (`binaryData`, gzip-compressed JSON).
@@ -186,7 +189,8 @@ pub fn policy_inputs(policies: &[Arc<AuthPolicy>], gateway: &str, last_good: &Ha
 
 /// The gateway's ConfigMap: the compiled config, gzip-compressed (10,000 routes stay far below
 /// the 1 MiB object limit), with its version as an annotation.
-pub fn gateway_configmap(namespace: &str, config: &GatewayConfig) -> ConfigMap {
+pub fn gateway_configmap(namespace: &str, config: &GatewayConfig, keys: &Secret) -> ConfigMap {
+    let keys_hash = content_hash(keys).unwrap_or_default().to_owned();
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(gateway_configmap_name(&config.gateway)),
@@ -194,12 +198,26 @@ pub fn gateway_configmap(namespace: &str, config: &GatewayConfig) -> ConfigMap {
             labels: Some(labels(&[("app.kubernetes.io/component", "gateway-config"), (LABEL_GATEWAY, &config.gateway)])),
             annotations: Some(BTreeMap::from([
                 (ANNOTATION_VERSION.to_owned(), config.version.clone()),
-                (ANNOTATION_HASH.to_owned(), config.version.clone()),
+                (ANNOTATION_HASH.to_owned(), sha256_hex(&[config.version.as_bytes(), keys_hash.as_bytes()])),
+                (ANNOTATION_KEYS.to_owned(), keys_hash),
             ])),
             ..Default::default()
         },
         binary_data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), ByteString(config.to_gzip()))])),
         ..Default::default()
+    }
+}
+
+/// Whether a gateway ConfigMap and key Secret belong together: the Secret holds exactly the
+/// keys the config was published with. A config from before this annotation pairs with any
+/// Secret. The controller writes the Secret first, so a gateway that sees a new Secret before
+/// the new config keeps serving the old pair instead of an inconsistent one (a config that mints
+/// with a key its Secret no longer has answers 503).
+pub fn pair_is_consistent(cm: &ConfigMap, keys: Option<&Secret>) -> bool {
+    let Some(want) = cm.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_KEYS)) else { return true };
+    match keys {
+        Some(secret) => content_hash(secret) == Some(want.as_str()),
+        None => *want == sha256_hex(&[]),
     }
 }
 

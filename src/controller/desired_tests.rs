@@ -97,7 +97,8 @@ fn a_valid_policy_becomes_a_compressed_configmap_and_a_key_secret_with_only_mint
     let world = World::shop();
     let (compiled, rings) = world.compile("default", &HashMap::new());
     assert_eq!(compiled.outcomes[0].outcome, Outcome::Accepted);
-    let cm = gateway_configmap(NS, &compiled.config);
+    let keys = gateway_keys_secret(NS, &compiled.config, &rings);
+    let cm = gateway_configmap(NS, &compiled.config, &keys);
     assert_eq!(cm.metadata.name.as_deref(), Some("portcullis-gateway-default"));
     assert_eq!(cm.metadata.namespace.as_deref(), Some(NS));
     assert_eq!(cm.metadata.labels.as_ref().unwrap()[LABEL_GATEWAY], "default");
@@ -229,7 +230,7 @@ fn ten_thousand_routes_fit_one_configmap() {
         &Default::default(),
         &policy::Tenancy::single_owner(),
     );
-    let cm = gateway_configmap(NS, &compiled.config);
+    let cm = gateway_configmap(NS, &compiled.config, &gateway_keys_secret(NS, &compiled.config, &Default::default()));
     let elapsed = started.elapsed();
     assert_eq!(compiled.config.route_count(), 10_000);
     assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted));
@@ -345,4 +346,33 @@ fn a_second_team_cannot_take_a_host_mint_trusted_tokens_or_borrow_keys_without_c
     let (compiled, _) = world.compile("default", &HashMap::new());
     assert_eq!(outcome_of(&compiled, "borrow"), Outcome::Accepted);
     assert!(compiled.config.minting_keys().all(|k| k.namespace == "shop"), "verifying never publishes");
+}
+
+#[test]
+fn a_gateway_serves_a_config_only_with_the_keys_it_was_published_with() {
+    let mut world = World::shop();
+    let (minting, rings) = world.compile("default", &HashMap::new());
+    let keys_on = gateway_keys_secret(NS, &minting.config, &rings);
+    let cm_on = gateway_configmap(NS, &minting.config, &keys_on);
+    // Minting is switched off: the controller writes the (now empty) Secret first, then the config.
+    let mut spec = orders_spec();
+    spec["forward"] = json!(null);
+    world.policies = vec![Arc::new(policy("shop", "orders", 0, spec))];
+    let (plain, rings) = world.compile("default", &HashMap::new());
+    let keys_off = gateway_keys_secret(NS, &plain.config, &rings);
+    let cm_off = gateway_configmap(NS, &plain.config, &keys_off);
+    assert!(keys_off.data.as_ref().unwrap().is_empty());
+    // Each config pairs with its own keys, never with the other's: the gateway keeps serving the
+    // old pair (which mints) until the new config arrives, instead of a config without its key.
+    assert!(pair_is_consistent(&cm_on, Some(&keys_on)));
+    assert!(pair_is_consistent(&cm_off, Some(&keys_off)));
+    assert!(!pair_is_consistent(&cm_on, Some(&keys_off)), "old config with the new Secret: 503 mint_unavailable");
+    assert!(!pair_is_consistent(&cm_off, Some(&keys_on)));
+    assert!(!pair_is_consistent(&cm_on, None));
+    // A config from before the annotation pairs with anything (an upgrade never stalls).
+    let mut legacy = cm_on.clone();
+    legacy.metadata.annotations.as_mut().unwrap().remove(ANNOTATION_KEYS);
+    assert!(pair_is_consistent(&legacy, Some(&keys_off)));
+    // The config object changes whenever its keys do, so the pair always moves together.
+    assert_ne!(content_hash(&cm_on), content_hash(&gateway_configmap(NS, &minting.config, &keys_off)));
 }

@@ -142,8 +142,8 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
         let inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
         let tenancy = desired::tenancy(&ctx.opts.gateway_settings, ns, &gateway, &signing_keys);
         let compiled = policy::compile(&gateway, &inputs, &published, &tenancy);
-        let cm = desired::gateway_configmap(ns, &compiled.config);
         let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings);
+        let cm = desired::gateway_configmap(ns, &compiled.config, &keys);
         // Keys first: a config that mints with a key must find it when it arrives.
         let written = async {
             let current_keys = ctx.stores.gateway_secrets.get(ns, &desired::gateway_secret_name(&gateway));

@@ -63,6 +63,12 @@ pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: S
         }
         let Some(cm) = cm_store.get(&ObjectRef::new(&name).within(&namespace)) else { continue };
         let secret = secret_store.get(&ObjectRef::new(&secret_name).within(&namespace));
+        // Only a pair that belongs together: a new key Secret seen before its config (or the
+        // other way round) waits for its partner while the current pair keeps serving.
+        if !crate::controller::desired::pair_is_consistent(&cm, secret.as_deref()) {
+            tracing::debug!("config and key Secret are of different publications; waiting for the other");
+            continue;
+        }
         // Apply each distinct pair of versions once.
         let versions =
             (cm.metadata.resource_version.clone().unwrap_or_default(), secret.as_ref().and_then(|s| s.metadata.resource_version.clone()));
@@ -149,9 +155,13 @@ mod tests {
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(svc, "default");
         let config = GatewayConfig::new("default", Vec::new(), Vec::new());
-        let mut cm = serde_json::to_value(gateway_configmap("portcullis", &config)).unwrap();
+        let keys_secret = crate::controller::desired::gateway_keys_secret("portcullis", &config, &Default::default());
+        let mut cm = serde_json::to_value(gateway_configmap("portcullis", &config, &keys_secret)).unwrap();
         cm = with_rv(cm, "5");
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "portcullis-gateway-default-keys", "namespace": "portcullis", "resourceVersion": "6"}, "data": {}});
+        let mut secret = serde_json::to_value(&keys_secret).unwrap();
+        secret["apiVersion"] = json!("v1");
+        secret["kind"] = json!("Secret");
+        secret = with_rv(secret, "6");
         let mut broken = cm.clone();
         broken["binaryData"][crate::controller::desired::CONFIG_KEY] = json!("bm90IGd6aXA=");
         let events = vec![json!({"type": "MODIFIED", "object": with_rv(broken, "11")})];
