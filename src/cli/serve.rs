@@ -165,7 +165,7 @@ pub(super) fn print_welcome(local: &LocalDir, loaded: &Loaded, addr: SocketAddr)
         outln!("{line}");
     }
     outln!(
-        "listening on http://{addr}  (NGINX/Traefik/Caddy: /authz · Envoy: /ext_authz/<path> · JWKS: /.well-known/jwks.json · /metrics)"
+        "listening on http://{addr}  (NGINX/Traefik/Caddy: /authz · ingress-nginx: /authz/ingress-nginx · Envoy: /ext_authz/<path> · JWKS: /.well-known/jwks.json · /metrics)"
     );
     // A rule that a token from a local SigningKey can satisfy, with claims that satisfy it.
     let example = loaded.compiled.config.policies.iter().find_map(|p| {
