@@ -534,3 +534,11 @@ async fn a_signing_key_in_a_terminating_namespace_never_recreates_its_secret() {
     assert_eq!(reconcile_inner(&deleting, &ctx).await.unwrap(), kube::runtime::controller::Action::await_change());
     api.expect_nothing().await;
 }
+
+#[test]
+fn each_replica_writes_the_lease_under_its_own_field_manager() {
+    let (a, b) = (super::lease_field_manager("controller-7d9f-a"), super::lease_field_manager("controller-7d9f-b"));
+    assert_ne!(a, b);
+    assert!(a.starts_with("portcullis-") && a.len() <= 128);
+    assert!(super::lease_field_manager(&"x".repeat(300)).len() <= 128);
+}

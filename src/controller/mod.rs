@@ -137,6 +137,15 @@ pub struct Options {
     pub gateway_settings: crate::policy::tenancy::SettingsByGateway,
 }
 
+/// Each replica writes the Lease under a field manager of its own: with one shared manager,
+/// server-side apply cannot see two writers contend, and another replica silently takes the
+/// Lease.
+pub fn lease_field_manager(identity: &str) -> String {
+    let name = format!("{}-{identity}", desired::FIELD_MANAGER);
+    // Field managers are at most 128 characters.
+    name.chars().take(128).collect()
+}
+
 pub struct Context {
     pub client: Client,
     pub opts: Options,
@@ -263,7 +272,7 @@ pub async fn run(
                 .with_identity(&ctx.opts.identity)
                 .with_duration(15)
                 .with_grace(5)
-                .with_field_manager(desired::FIELD_MANAGER)
+                .with_field_manager(lease_field_manager(&ctx.opts.identity))
                 .build()
                 .await?;
             let (rx, task) = manager.watch().await;
