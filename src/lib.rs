@@ -16,9 +16,11 @@ pub mod controller;
 pub mod decide;
 pub mod gateway;
 pub mod http;
+pub mod jwk;
 pub mod keys;
 pub mod local;
 pub mod policy;
 pub mod policytest;
+pub mod publish;
 #[doc(hidden)]
 pub mod testkit;

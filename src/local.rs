@@ -293,7 +293,7 @@ impl LocalDir {
     }
 
     pub fn keyring_path(&self, key: &KeyRef) -> PathBuf {
-        self.keys_dir().join(crate::gateway::source::keyring_file_name(key))
+        self.keys_dir().join(crate::publish::keyring_file_name(key))
     }
 
     /// Runs `f` holding the state directory's lock, so that concurrent commands (a running

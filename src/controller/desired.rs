@@ -16,20 +16,18 @@ use crate::keys::schedule::{self, Requests};
 use crate::keys::store::{KeyRing, SECRET_KEY};
 use crate::policy::tenancy::{ANNOTATION_VERIFIABLE_FROM, SettingsByGateway, parse_grant};
 use crate::policy::{GatewayConfig, KeyRef, Outcome, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys, Tenancy};
+use crate::publish::sha256_hex;
+pub use crate::publish::{
+    ANNOTATION_HASH, ANNOTATION_KEYS, ANNOTATION_VERSION, CONFIG_KEY, config_from_configmap, content_hash, gateway_configmap_name,
+    gateway_secret_name, pair_is_consistent,
+};
 
 pub const FIELD_MANAGER: &str = "portcullis";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "portcullis");
 pub const LABEL_GATEWAY: &str = "portcullis.dev/gateway";
 pub const LABEL_SIGNING_KEY: &str = "portcullis.dev/signing-key";
-pub const ANNOTATION_HASH: &str = "portcullis.dev/content-hash";
-pub const ANNOTATION_VERSION: &str = "portcullis.dev/config-version";
-/// On the gateway ConfigMap: the content hash of the key Secret this config needs. Gateways
-/// serve a config only together with exactly those keys.
-pub const ANNOTATION_KEYS: &str = "portcullis.dev/keys-hash";
 pub const ANNOTATION_ROTATE: &str = "portcullis.dev/rotate";
 pub const ANNOTATION_REVOKE: &str = "portcullis.dev/revoke";
-/// The compiled config inside the gateway ConfigMap (`binaryData`, gzip-compressed JSON).
-pub const CONFIG_KEY: &str = "config.json.gz";
 /// The public JWKS inside a SigningKey's `<name>-jwks` ConfigMap.
 pub const JWKS_KEY: &str = "jwks.json";
 
@@ -44,25 +42,8 @@ pub mod reasons {
     pub const SECRET_INVALID: &str = "SecretInvalid";
 }
 
-pub fn gateway_configmap_name(gateway: &str) -> String {
-    format!("portcullis-gateway-{gateway}")
-}
-
-pub fn gateway_secret_name(gateway: &str) -> String {
-    format!("portcullis-gateway-{gateway}-keys")
-}
-
 pub fn jwks_configmap_name(signing_key: &str) -> String {
     format!("{signing_key}-jwks")
-}
-
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for p in parts {
-        ctx.update(&(p.len() as u64).to_be_bytes());
-        ctx.update(p);
-    }
-    ctx.finish().as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -72,10 +53,6 @@ fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     ]);
     l.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     l
-}
-
-pub fn content_hash<K: Resource>(obj: &K) -> Option<&str> {
-    obj.meta().annotations.as_ref()?.get(ANNOTATION_HASH).map(String::as_str)
 }
 
 /// The identity of a policy for compilation: creation time and generation from its metadata.
@@ -208,39 +185,13 @@ pub fn gateway_configmap(namespace: &str, config: &GatewayConfig, keys: &Secret)
     }
 }
 
-/// Whether a gateway ConfigMap and key Secret belong together: the Secret holds exactly the
-/// keys the config was published with. A config from before this annotation pairs with any
-/// Secret. The controller writes the Secret first, so a gateway that sees a new Secret before
-/// the new config keeps serving the old pair instead of an inconsistent one (a config that mints
-/// with a key its Secret no longer has answers 503).
-pub fn pair_is_consistent(cm: &ConfigMap, keys: Option<&Secret>) -> bool {
-    let Some(want) = cm.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_KEYS)) else { return true };
-    match keys {
-        Some(secret) => content_hash(secret) == Some(want.as_str()),
-        None => *want == sha256_hex(&[]),
-    }
-}
-
-/// The config held by a gateway ConfigMap, if it holds a valid one.
-pub fn config_from_configmap(cm: &ConfigMap) -> Result<GatewayConfig, String> {
-    if let Some(b) = cm.binary_data.as_ref().and_then(|d| d.get(CONFIG_KEY)) {
-        return GatewayConfig::from_bytes(&b.0);
-    }
-    if let Some(s) = cm.data.as_ref().and_then(|d| d.get("config.json")) {
-        return GatewayConfig::from_bytes(s.as_bytes());
-    }
-    Err(format!("ConfigMap has neither binaryData.{CONFIG_KEY} nor data.config.json"))
-}
-
 /// The gateway's key Secret: the keyrings of the SigningKeys its rules mint with, and nothing
 /// else. Private keys never go into the ConfigMap.
 pub fn gateway_keys_secret(namespace: &str, config: &GatewayConfig, rings: &BTreeMap<KeyRef, KeyRing>) -> Secret {
     let minting: BTreeSet<&KeyRef> =
         config.policies.iter().flat_map(|p| p.rules.iter().filter_map(|r| r.forward.issue.as_ref().map(|i| &i.signing_key))).collect();
-    let data: BTreeMap<String, ByteString> = minting
-        .into_iter()
-        .filter_map(|k| rings.get(k).map(|r| (crate::gateway::source::keyring_file_name(k), ByteString(r.to_json()))))
-        .collect();
+    let data: BTreeMap<String, ByteString> =
+        minting.into_iter().filter_map(|k| rings.get(k).map(|r| (crate::publish::keyring_file_name(k), ByteString(r.to_json())))).collect();
     let parts: Vec<&[u8]> = data.iter().flat_map(|(k, v)| [k.as_bytes(), &v.0[..]]).collect();
     Secret {
         metadata: ObjectMeta {

@@ -3,7 +3,6 @@
 //! `resourceNames`), and swaps the engine when either changes. API errors and invalid content
 //! leave the last good config serving.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -14,22 +13,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use super::Gateway;
-use super::source::parse_keyring_file_name;
-use crate::controller::desired::{config_from_configmap, gateway_secret_name};
-use crate::keys::store::KeyRing;
-use crate::policy::KeyRef;
-
-/// Minting keyrings from the gateway's key Secret. An entry that does not parse fails the whole
-/// Secret, so the previous config and keys keep serving instead of losing a minting key.
-pub fn keys_from_secret(secret: &Secret) -> Result<BTreeMap<KeyRef, KeyRing>, String> {
-    let mut out = BTreeMap::new();
-    for (file, bytes) in secret.data.iter().flatten() {
-        let Some(key) = parse_keyring_file_name(file) else { continue };
-        let ring = KeyRing::from_json(&bytes.0).map_err(|e| format!("key Secret entry {file} is not a valid keyring: {e}"))?;
-        out.insert(key, ring);
-    }
-    Ok(out)
-}
+use crate::publish::{config_from_configmap, gateway_secret_name, keys_from_secret, pair_is_consistent};
 
 /// Watches the two objects and applies every new combination of them.
 pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: String, name: String, mut stop: watch::Receiver<bool>) {
@@ -65,7 +49,7 @@ pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: S
         let secret = secret_store.get(&ObjectRef::new(&secret_name).within(&namespace));
         // Only a pair that belongs together: a new key Secret seen before its config (or the
         // other way round) waits for its partner while the current pair keeps serving.
-        if !crate::controller::desired::pair_is_consistent(&cm, secret.as_deref()) {
+        if !pair_is_consistent(&cm, secret.as_deref()) {
             tracing::debug!("config and key Secret are of different publications; waiting for the other");
             continue;
         }
@@ -163,7 +147,7 @@ mod tests {
         secret["kind"] = json!("Secret");
         secret = with_rv(secret, "6");
         let mut broken = cm.clone();
-        broken["binaryData"][crate::controller::desired::CONFIG_KEY] = json!("bm90IGd6aXA=");
+        broken["binaryData"][crate::publish::CONFIG_KEY] = json!("bm90IGd6aXA=");
         let events = vec![json!({"type": "MODIFIED", "object": with_rv(broken, "11")})];
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         tokio::spawn(api_server(handle, cm, secret, events, seen.clone()));
@@ -195,7 +179,7 @@ mod tests {
     fn a_broken_key_secret_entry_fails_the_secret_instead_of_dropping_a_key() {
         use k8s_openapi::ByteString;
         let mut secret = Secret::default();
-        let good = ByteString(KeyRing::default().to_json());
+        let good = ByteString(crate::keys::store::KeyRing::default().to_json());
         secret.data = Some([("shop.a.json".to_owned(), good.clone()), ("..data".to_owned(), ByteString(b"x".to_vec()))].into());
         assert_eq!(keys_from_secret(&secret).unwrap().len(), 1);
         secret.data.as_mut().unwrap().insert("shop.b.json".to_owned(), ByteString(b"{".to_vec()));

@@ -12,17 +12,7 @@ use super::Gateway;
 use crate::keys::store::KeyRing;
 use crate::policy::{GatewayConfig, KeyRef};
 
-/// File name of a SigningKey's keyring in a keys directory or Secret: `<namespace>.<name>.json`
-/// (namespaces have no dots, so the first dot separates).
-pub fn keyring_file_name(key: &KeyRef) -> String {
-    format!("{}.{}.json", key.namespace, key.name)
-}
-
-pub fn parse_keyring_file_name(file: &str) -> Option<KeyRef> {
-    let stem = file.strip_suffix(".json")?;
-    let (namespace, name) = stem.split_once('.')?;
-    (!namespace.is_empty() && !name.is_empty()).then(|| KeyRef { namespace: namespace.to_owned(), name: name.to_owned() })
-}
+pub use crate::publish::{keyring_file_name, parse_keyring_file_name};
 
 /// Reads a compiled config: JSON, or gzip-compressed JSON.
 pub fn read_config(path: &Path) -> Result<GatewayConfig, String> {

@@ -335,7 +335,7 @@ fn validate_issuer(
     } else if let Some(inline) = &j.inline {
         let mut usable = 0;
         for (k, jwk) in inline.keys.iter().enumerate() {
-            match crate::keys::parse_jwk(&jwk.0) {
+            match crate::jwk::parse_jwk(&jwk.0) {
                 Ok(Some(_)) => usable += 1,
                 Ok(None) => {}
                 Err(e) => p.add(&format!("{at}.jwks.inline.keys[{k}]"), e),
