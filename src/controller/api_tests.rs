@@ -79,6 +79,12 @@ fn echo(sent: &Value) -> Value {
     v
 }
 
+/// The result of a spawned reconcile: a conversation that changed under a test fails it within
+/// seconds instead of hanging it.
+async fn finished<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the task did not finish within 10 s").expect("the task panicked")
+}
+
 fn mock() -> (Client, ApiServer) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     (Client::new(svc, "default"), ApiServer(handle))
@@ -163,7 +169,7 @@ async fn apply_creates_updates_and_skips_unchanged_content() {
     assert!(uri.contains("fieldManager=portcullis") && uri.contains("force=true"), "server-side apply with a field manager: {uri}");
     assert_eq!((body["apiVersion"].as_str(), body["kind"].as_str()), (Some("v1"), Some("ConfigMap")));
     assert!(body["binaryData"][desired::CONFIG_KEY].is_string());
-    assert_eq!(task.await.unwrap().unwrap(), Applied::Written);
+    assert_eq!(finished(task).await.unwrap(), Applied::Written);
 
     // Same content hash in the watch cache: no request at all.
     assert_eq!(apply_if_changed(&cms, &desired, Some(&desired)).await.unwrap(), Applied::Unchanged);
@@ -174,7 +180,7 @@ async fn apply_creates_updates_and_skips_unchanged_content() {
     old.metadata.annotations.as_mut().unwrap().insert(desired::ANNOTATION_HASH.into(), "older".into());
     let task = tokio::spawn(async move { apply_if_changed(&cms, &desired, Some(&old)).await });
     api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 200, Value::Null).await;
-    assert_eq!(task.await.unwrap().unwrap(), Applied::Written);
+    assert_eq!(finished(task).await.unwrap(), Applied::Written);
 }
 
 #[tokio::test]
@@ -191,7 +197,7 @@ async fn keyring_secrets_are_written_at_the_version_they_were_read() {
     let (_, body) = api.expect("POST", "/api/v1/namespaces/shop/secrets", 201, stored(&desired, "7")).await;
     assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "SigningKey");
     assert!(body["data"][crate::keys::store::SECRET_KEY].is_string());
-    task.await.unwrap().unwrap();
+    finished(task).await.unwrap();
 
     let mut current = desired.clone();
     current.metadata.resource_version = Some("7".into());
@@ -201,12 +207,12 @@ async fn keyring_secrets_are_written_at_the_version_they_were_read() {
     });
     let (_, body) = api.expect("PUT", "/api/v1/namespaces/shop/secrets/internal", 200, stored(&desired, "8")).await;
     assert_eq!(body["metadata"]["resourceVersion"], "7");
-    task.await.unwrap().unwrap();
+    finished(task).await.unwrap();
 
     // Someone else wrote first: a conflict, never a blind overwrite.
     let task = tokio::spawn(async move { write_keyring_secret(&secrets, desired, Some(&current)).await });
     api.expect("PUT", "/api/v1/namespaces/shop/secrets/internal", 409, status_error(409, "Conflict")).await;
-    assert!(matches!(task.await.unwrap(), Err(Error::Conflict(_))));
+    assert!(matches!(finished(task).await, Err(Error::Conflict(_))));
 }
 
 #[tokio::test]
@@ -234,7 +240,7 @@ async fn a_new_signing_key_gets_its_secret_jwks_status_and_events() {
     assert_eq!(status["status"]["activeKid"], kid.as_str());
     assert_eq!(status["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(status["status"]["conditions"][0]["status"], "True");
-    let action = task.await.unwrap().unwrap();
+    let action = finished(task).await.unwrap();
     // Requeued exactly for the successor's creation: 1h - 5m - 1s after the first key.
     assert!((3297.0..=3299.0).contains(&requeue_secs(&action)), "{action:?}");
 }
@@ -274,7 +280,7 @@ async fn an_unchanged_signing_key_costs_no_request_and_a_stale_cache_never_write
     });
     let (_, body) = api.expect("PUT", "/api/v1/namespaces/shop/secrets/internal", 409, status_error(409, "Conflict")).await;
     assert_eq!(body["metadata"]["resourceVersion"], "41");
-    let err = task.await.unwrap().unwrap_err();
+    let err = finished(task).await.unwrap_err();
     assert!(matches!(err, Error::Conflict(_)));
     let action = super::signingkeys::error_policy(Arc::new(sk), &err, ctx);
     assert_eq!(requeue_secs(&action), 0.5, "retried soon, from the fresh cache");
@@ -331,7 +337,7 @@ async fn a_gateway_is_published_once_and_then_left_alone() {
     assert_eq!(status["status"]["observedGeneration"], 3);
     let (_, ev) = api.expect("POST", "/apis/events.k8s.io/v1/namespaces/shop/events", 201, Value::Null).await;
     assert_eq!(ev["reason"], "Programmed");
-    let (result, mut state) = task.await.unwrap();
+    let (result, mut state) = finished(task).await;
     result.unwrap();
     assert_eq!(state.last_good["default"].len(), 1);
 
@@ -360,7 +366,7 @@ async fn an_api_error_keeps_the_last_good_config_and_says_so_in_status() {
         api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status", 200, Value::Null).await;
     let programmed = &status["status"]["conditions"][1];
     assert_eq!((programmed["status"].as_str(), programmed["reason"].as_str()), (Some("False"), Some("PublishFailed")));
-    let (result, state) = task.await.unwrap();
+    let (result, state) = finished(task).await;
     assert!(matches!(result, Err(Error::Kube(_))));
     assert!(state.last_good.is_empty(), "nothing was published, so nothing new counts as last good");
     api.expect_nothing().await;
@@ -469,7 +475,7 @@ async fn another_namespaces_takeover_attempt_is_refused_in_its_own_status_and_ch
     );
     let task = spawn_sync(ctx.clone(), LoopState { last_good: HashMap::new() });
     let seen = api.answer_all().await;
-    let (result, _) = task.await.unwrap();
+    let (result, _) = finished(task).await;
     result.unwrap();
     let body = |method: &str, path: &str| {
         seen.iter()
@@ -507,7 +513,7 @@ async fn a_status_for_a_policy_deleted_meanwhile_does_not_fail_the_pass() {
     api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status", 404, status_error(404, "NotFound"))
         .await;
     let seen = api.answer_all().await;
-    let (result, _) = task.await.unwrap();
+    let (result, _) = finished(task).await;
     result.expect("a deleted policy's status is not an error of the whole pass");
     assert!(seen.iter().all(|(m, p, _)| !(m == "PATCH" && p.contains("/status"))), "no retry of the gone object: {seen:?}");
 }
@@ -524,7 +530,7 @@ async fn a_signing_key_in_a_terminating_namespace_never_recreates_its_secret() {
     let terminating = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
         "message": "secrets \"internal\" is forbidden: unable to create new content in namespace gone because it is being terminated"});
     api.expect("POST", "/api/v1/namespaces/gone/secrets", 403, terminating).await;
-    let action = task.await.unwrap().expect("not an error to retry");
+    let action = finished(task).await.expect("not an error to retry");
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     api.expect_nothing().await;
 
