@@ -254,29 +254,26 @@ impl Gateway {
                     }
                     (false, None) => {}
                 }
-                match header_mode {
+                if header_mode {
                     // Proxies that copy named response headers must overwrite what a client sent,
                     // so every identity header is answered, empty when the caller has no value.
-                    true => {
-                        for name in a.strip {
-                            h.insert(name, HeaderValue::from_static(""));
-                        }
-                        // The same proxies overwrite token-carrying headers from the answer: those
-                        // this answer leaves alone are passed on as the client sent them.
-                        for name in slot.engine.token_carriers() {
-                            if !h.contains_key(name) {
-                                h.insert(name.clone(), passthrough(headers, name));
-                            }
+                    for name in a.strip {
+                        h.insert(name, HeaderValue::from_static(""));
+                    }
+                    // The same proxies overwrite token-carrying headers from the answer: those
+                    // this answer leaves alone are passed on as the client sent them.
+                    for name in slot.engine.token_carriers() {
+                        if !h.contains_key(name) {
+                            h.insert(name.clone(), passthrough(headers, name));
                         }
                     }
-                    false => {
-                        let mut remove: Vec<&str> = a.strip.iter().map(HeaderName::as_str).collect();
-                        if !h.contains_key(http::header::AUTHORIZATION) {
-                            remove.push("authorization");
-                        }
-                        if !remove.is_empty() {
-                            h.insert(ENVOY_REMOVE, HeaderValue::try_from(remove.join(",")).expect("header names are valid values"));
-                        }
+                } else {
+                    let mut remove: Vec<&str> = a.strip.iter().map(HeaderName::as_str).collect();
+                    if !h.contains_key(http::header::AUTHORIZATION) {
+                        remove.push("authorization");
+                    }
+                    if !remove.is_empty() {
+                        h.insert(ENVOY_REMOVE, HeaderValue::try_from(remove.join(",")).expect("header names are valid values"));
                     }
                 }
                 resp

@@ -33,12 +33,8 @@ pub fn read_keys_dir(dir: &Path) -> Result<BTreeMap<KeyRef, KeyRing>, String> {
         }
         let Some(key) = parse_keyring_file_name(&name) else { continue };
         let bytes = std::fs::read(entry.path()).map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
-        match KeyRing::from_json(&bytes) {
-            Ok(ring) => {
-                out.insert(key, ring);
-            }
-            Err(e) => return Err(format!("{}: not a valid keyring: {e}", entry.path().display())),
-        }
+        let ring = KeyRing::from_json(&bytes).map_err(|e| format!("{}: not a valid keyring: {e}", entry.path().display()))?;
+        out.insert(key, ring);
     }
     Ok(out)
 }
