@@ -188,10 +188,12 @@ pub fn gateway_configmap(namespace: &str, config: &GatewayConfig, keys: &Secret)
 /// The gateway's key Secret: the keyrings of the SigningKeys its rules mint with, and nothing
 /// else. Private keys never go into the ConfigMap.
 pub fn gateway_keys_secret(namespace: &str, config: &GatewayConfig, rings: &BTreeMap<KeyRef, KeyRing>) -> Secret {
-    let minting: BTreeSet<&KeyRef> =
-        config.policies.iter().flat_map(|p| p.rules.iter().filter_map(|r| r.forward.issue.as_ref().map(|i| &i.signing_key))).collect();
-    let data: BTreeMap<String, ByteString> =
-        minting.into_iter().filter_map(|k| rings.get(k).map(|r| (crate::publish::keyring_file_name(k), ByteString(r.to_json())))).collect();
+    // Exactly the keys the gateway publishes in its JWKS: the ones it mints with.
+    let data: BTreeMap<String, ByteString> = config
+        .minting_keys()
+        .map(|k| k.key_ref())
+        .filter_map(|k| rings.get(&k).map(|r| (crate::publish::keyring_file_name(&k), ByteString(r.to_json()))))
+        .collect();
     let parts: Vec<&[u8]> = data.iter().flat_map(|(k, v)| [k.as_bytes(), &v.0[..]]).collect();
     Secret {
         metadata: ObjectMeta {
