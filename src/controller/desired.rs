@@ -289,8 +289,15 @@ pub fn merge_conditions(existing: &[Condition], new: Vec<Condition>) -> Vec<Cond
 /// Whether (and where) a gateway config that contains the policy was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Programmed {
-    Published { gateway: String, version: String },
-    Failed { gateway: String, why: String },
+    /// No version here: it would change every policy's status on any edit (the version lives in
+    /// the ConfigMap's annotation and in `status.gateways`' heartbeat view instead).
+    Published {
+        gateway: String,
+    },
+    Failed {
+        gateway: String,
+        why: String,
+    },
 }
 
 /// An AuthPolicy's status from its compilation outcome and the publication of its gateway.
@@ -316,9 +323,9 @@ pub fn policy_status(
         }
     };
     let programmed = match (programmed, served) {
-        (Programmed::Published { gateway, version }, true) => {
+        (Programmed::Published { gateway }, true) => {
             let what = if matches!(outcome, Outcome::Accepted) { "" } else { "previous version in " };
-            condition("Programmed", true, reasons::CONFIG_PUBLISHED, format!("{what}gateway {gateway} @ {version}"), generation, now)
+            condition("Programmed", true, reasons::CONFIG_PUBLISHED, format!("{what}gateway {gateway}"), generation, now)
         }
         (Programmed::Published { gateway, .. }, false) => {
             condition("Programmed", false, reasons::NOT_SERVED, format!("not part of the config of gateway {gateway}"), generation, now)

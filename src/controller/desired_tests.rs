@@ -118,16 +118,16 @@ fn a_valid_policy_becomes_a_compressed_configmap_and_a_key_secret_with_only_mint
 }
 
 #[test]
-fn statuses_say_accepted_and_programmed_with_the_version_and_stay_equal_when_nothing_changes() {
+fn statuses_say_accepted_and_programmed_and_stay_equal_when_nothing_changes() {
     let world = World::shop();
     let (compiled, _) = world.compile("default", &HashMap::new());
-    let programmed = Programmed::Published { gateway: "default".into(), version: compiled.config.version.clone() };
+    let programmed = Programmed::Published { gateway: "default".into() };
     let status = policy_status(None, Some(3), &compiled.outcomes[0].outcome, &programmed, None, now());
     assert_eq!(status.observed_generation, Some(3));
     let by = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
     assert_eq!((by("Accepted").status.as_str(), by("Accepted").reason.as_str()), ("True", "Valid"));
     assert_eq!(by("Programmed").status, "True");
-    assert_eq!(by("Programmed").message, format!("gateway default @ {}", compiled.config.version));
+    assert_eq!(by("Programmed").message, "gateway default");
     // Later, same content: identical (so the controller writes nothing).
     let later = Timestamp::from_second(1_800_000_600).unwrap();
     assert_eq!(policy_status(Some(&status), Some(3), &compiled.outcomes[0].outcome, &programmed, None, later), status);
@@ -152,7 +152,7 @@ fn an_invalid_update_is_reported_while_its_last_good_version_stays_published() {
     world.policies = vec![Arc::new(policy("shop", "orders", 0, bad))];
     let (compiled, _) = world.compile("default", &last_good);
     assert_eq!(compiled.config.version, good.config.version, "the gateway keeps enforcing the last good version");
-    let programmed = Programmed::Published { gateway: "default".into(), version: compiled.config.version.clone() };
+    let programmed = Programmed::Published { gateway: "default".into() };
     let status = policy_status(None, Some(4), &compiled.outcomes[0].outcome, &programmed, None, now());
     let a = status.conditions.iter().find(|c| c.type_ == "Accepted").unwrap();
     assert_eq!((a.status.as_str(), a.reason.as_str()), ("False", "Invalid"));
@@ -200,7 +200,7 @@ fn a_conflict_and_a_deleted_signing_key_are_reported_on_the_right_policy() {
     let Outcome::Rejected { rejection, serving_previous } = outcome_of(&compiled, "orders") else { panic!() };
     assert_eq!((rejection.reason, serving_previous), (RejectReason::KeyNotFound, false));
     assert!(rejection.message().contains("SigningKey shop/internal not found"));
-    let programmed = Programmed::Published { gateway: "default".into(), version: compiled.config.version.clone() };
+    let programmed = Programmed::Published { gateway: "default".into() };
     let status = policy_status(None, Some(3), &outcome_of(&compiled, "orders"), &programmed, None, now());
     assert!(status.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == "False" && c.reason == reasons::NOT_SERVED));
     assert!(gateway_keys_secret(NS, &compiled.config, &rings).data.unwrap().is_empty());

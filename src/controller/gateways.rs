@@ -165,7 +165,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                 let size = cm.binary_data.as_ref().and_then(|d| d.get(desired::CONFIG_KEY)).map_or(0, |b| b.0.len());
                 ctx.metrics.config_bytes.with_label_values(&[&gateway]).set(size as i64);
                 state.last_good.insert(gateway.clone(), compiled.config.policies_by_key());
-                Programmed::Published { gateway: gateway.clone(), version: compiled.config.version.clone() }
+                Programmed::Published { gateway: gateway.clone() }
             }
             Err(e) => Programmed::Failed { gateway: gateway.clone(), why: e.to_string() },
         };
