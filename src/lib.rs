@@ -24,3 +24,4 @@ pub mod policytest;
 pub mod publish;
 #[doc(hidden)]
 pub mod testkit;
+pub mod watch_backoff;

@@ -197,7 +197,7 @@ where
     for api in apis {
         let (reader, writer) = reflector::store::<K>();
         stores.push(reader);
-        let stream = reflector::reflector(writer, watcher(api, config.clone()).default_backoff());
+        let stream = reflector::reflector(writer, watcher(api, config.clone()).backoff(crate::watch_backoff::WatchBackoff::default()));
         let slot = ctx_slot.clone();
         tasks.push(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);

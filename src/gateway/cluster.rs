@@ -24,11 +24,13 @@ pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: S
     let (secret_store, secret_writer) = reflector::store();
     let cms = reflector::reflector(
         cm_writer,
-        watcher(cm_api, watcher::Config::default().fields(&format!("metadata.name={name}"))).default_backoff(),
+        watcher(cm_api, watcher::Config::default().fields(&format!("metadata.name={name}")))
+            .backoff(crate::watch_backoff::WatchBackoff::default()),
     );
     let secrets = reflector::reflector(
         secret_writer,
-        watcher(secret_api, watcher::Config::default().fields(&format!("metadata.name={secret_name}"))).default_backoff(),
+        watcher(secret_api, watcher::Config::default().fields(&format!("metadata.name={secret_name}")))
+            .backoff(crate::watch_backoff::WatchBackoff::default()),
     );
     let mut events = std::pin::pin!(futures::stream::select(cms.map(|e| e.map(|_| ())), secrets.map(|e| e.map(|_| ()))));
     let mut applied: Option<(String, Option<String>)> = None;
