@@ -15,6 +15,7 @@ pub mod cli;
 pub mod controller;
 pub mod decide;
 pub mod gateway;
+pub mod heartbeat;
 pub mod http;
 pub mod jwk;
 pub mod keys;

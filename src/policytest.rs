@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::{JwtAlgorithm, SigningAlgorithm};
-use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Engine, NoRemoteKeys, Request};
+use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Engine, NoRemoteKeys, Request, Verdict};
 use crate::keys::store::KeyRing;
 use crate::keys::{SigningKeyPair, b64url_decode};
 use crate::policy::config::KeySource;
@@ -300,18 +300,25 @@ pub fn run_case(engine: &Engine, signers: &Signers, file: &str, c: &Case, now: i
     }
     let decision = engine
         .decide(&Request { method: &c.request.method, host: &host, target: &target, headers: &headers, path_mode: PathMode::Strict }, now);
-    let (allowed, status, reason) = match &decision {
-        Decision::Allow(_) => (true, 200, "allowed".to_owned()),
-        Decision::Deny(d) => (false, d.reason.status(), d.reason.as_str().to_owned()),
+    // A test states what the policy decides when enforced: Audit mode (which allows) is how it
+    // is rolled out, not what it means.
+    let (allowed, status, reason, detail, audited) = match &decision {
+        Decision::Allow(a) => match &a.audit {
+            Some(Verdict::WouldDeny { reason, detail }) => (false, reason.status(), reason.as_str().to_owned(), detail.clone(), true),
+            _ => (true, 200, "allowed".to_owned(), None, a.audit.is_some()),
+        },
+        Decision::Deny(d) => (false, d.reason.status(), d.reason.as_str().to_owned(), d.detail.clone(), false),
     };
     let route = decision.route().map(|r| (engine.policy_key(r).to_owned(), engine.rule_name(r).to_owned()));
-    result.explanation = match &decision {
-        Decision::Allow(_) => format!("ALLOW 200 by {}", route.as_ref().map_or("-".into(), |(p, r)| format!("AuthPolicy {p}, rule {r}"))),
-        Decision::Deny(d) => format!(
-            "DENY {status} {reason}{}{}",
+    let audit_note = if audited { " (rule in Audit mode: allowed until enforced)" } else { "" };
+    result.explanation = if allowed {
+        format!("ALLOW 200 by {}{audit_note}", route.as_ref().map_or("-".into(), |(p, r)| format!("AuthPolicy {p}, rule {r}")))
+    } else {
+        format!(
+            "DENY {status} {reason}{}{}{audit_note}",
             route.as_ref().map_or(String::new(), |(p, r)| format!(" at AuthPolicy {p}, rule {r}")),
-            d.detail.as_ref().map_or(String::new(), |x| format!(": {x}"))
-        ),
+            detail.as_ref().map_or(String::new(), |x| format!(": {x}"))
+        )
     };
     let e = &c.expect;
     if let Some(want) = e.allow

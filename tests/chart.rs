@@ -60,7 +60,31 @@ fn gateway_rules(gateway: &str) -> Value {
     json!([
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [format!("portcullis-gateway-{gateway}")], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [format!("portcullis-gateway-{gateway}-keys")], "verbs": ["get", "list", "watch"]},
+        // Its heartbeats, held to those names by the admission policy.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch", "delete"]},
     ])
+}
+
+/// The admission policy that keeps the gateway's Lease writes to its own heartbeats.
+fn heartbeat_policy(objects: &[Value], gateway: &str) {
+    let name = "portcullis-gateway-portcullis-heartbeats";
+    let policy = one(objects, "ValidatingAdmissionPolicy", name);
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        r#"request.userInfo.username == "system:serviceaccount:portcullis:portcullis-gateway""#
+    );
+    let rule = policy["spec"]["validations"][0]["expression"].as_str().unwrap();
+    let prefix = format!(r#"startsWith("portcullis-heartbeat-{gateway}-")"#);
+    assert_eq!(rule.matches(&prefix).count(), 2, "create/update and delete are both held to the prefix: {rule}");
+    assert!(rule.contains(&format!(r#"object.metadata.labels["portcullis.dev/heartbeat"] == "{gateway}""#)), "{rule}");
+    let binding = one(objects, "ValidatingAdmissionPolicyBinding", name);
+    assert_eq!((binding["spec"]["policyName"].as_str(), binding["spec"]["validationActions"][0].as_str()), (Some(name), Some("Deny")));
+    // The gateway names its heartbeat after its Pod and lets the Pod own it.
+    let gateway_pod = &one(objects, "Deployment", "portcullis-gateway")["spec"]["template"]["spec"]["containers"][0];
+    let env: Vec<&str> =
+        gateway_pod["env"].as_array().unwrap().iter().filter_map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str()).collect();
+    assert!(env.contains(&"metadata.name") && env.contains(&"metadata.uid"), "{env:?}");
 }
 
 fn no_wildcards(objects: &[Value]) {
@@ -132,6 +156,7 @@ fn default_values_render_a_least_privilege_secure_install() {
     assert_eq!(one(&objects, "ClusterRole", "portcullis-controller")["rules"], controller_watch_rules());
     assert_eq!(one(&objects, "Role", "portcullis-controller-self")["rules"], controller_self_rules());
     assert_eq!(one(&objects, "Role", "portcullis-gateway")["rules"], gateway_rules("default"));
+    heartbeat_policy(&objects, "default");
     assert_eq!(
         gateway_bindings(&objects),
         [("RoleBinding".to_owned(), "portcullis-gateway".to_owned())],
@@ -176,6 +201,7 @@ fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
         assert_eq!(r["rules"], controller_watch_rules());
     }
     assert_eq!(one(&objects, "Role", "portcullis-gateway")["rules"], gateway_rules("edge"));
+    heartbeat_policy(&objects, "edge");
     assert_eq!(gateway_bindings(&objects), [("RoleBinding".to_owned(), "portcullis-gateway".to_owned())]);
     let controller = &one(&objects, "Deployment", "portcullis-controller")["spec"]["template"]["spec"]["containers"][0];
     assert!(controller["args"].as_array().unwrap().contains(&json!("--watch-namespaces=shop,billing")));
@@ -199,6 +225,16 @@ fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
     assert_eq!(np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "ingress-nginx");
     assert_eq!(one(&objects, "ServiceMonitor", "portcullis-gateway")["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(one(&objects, "Service", "portcullis-gateway")["spec"]["type"], "LoadBalancer");
+}
+
+#[test]
+fn without_heartbeats_the_gateway_writes_nothing_at_all() {
+    let objects = render(json!({"gateway": {"heartbeat": {"enabled": false}}})).unwrap();
+    let rules = one(&objects, "Role", "portcullis-gateway")["rules"].clone();
+    assert!(rules.as_array().unwrap().iter().all(|r| r["verbs"] == json!(["get", "list", "watch"])), "{rules}");
+    assert!(!objects.iter().any(|o| o["kind"] == "ValidatingAdmissionPolicy"));
+    let gateway = one(&objects, "Deployment", "portcullis-gateway");
+    assert!(gateway["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().contains(&json!("--no-heartbeat")));
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //!
 //! They install the CRDs from `crds/`, run `portcullis controller` and `portcullis gateway
 //! --configmap` as local processes against the cluster, and drive everything through the API.
+//! The gateways' heartbeat Leases are written with the kubeconfig's own rights (the chart's
+//! admission policy is not installed here).
 
 mod common;
 
@@ -13,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, free_port, http, portcullis, wait_ready};
+use common::{IdpServer, Proc, free_port, http, portcullis, wait_ready};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -131,15 +133,22 @@ impl Cluster {
     }
 
     fn gateway(&self, port: u16) -> Proc {
+        self.gateway_replica(port, "gateway")
+    }
+
+    /// A gateway process with its own heartbeat (named `replica`).
+    fn gateway_replica(&self, port: u16, replica: &str) -> Proc {
         let mut cmd = Command::new(portcullis());
-        cmd.env("KUBECONFIG", &self.kubeconfig).args([
+        cmd.env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info,portcullis=debug").args([
             "gateway",
             "--configmap",
             &format!("{}/portcullis-gateway-{}", self.ns, self.gateway_name),
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--replica-name",
+            replica,
         ]);
-        let mut p = Proc::spawn("gateway", &mut cmd, self.dir.path().join("gateway.log"));
+        let mut p = Proc::spawn(replica, &mut cmd, self.dir.path().join(format!("{replica}.log")));
         wait_ready(&mut p, port);
         p
     }
@@ -329,8 +338,96 @@ async fn only_one_controller_leads_and_it_hands_over_on_sigterm() {
     let handed_over = Instant::now();
     let _ = Command::new("kill").args(["-TERM", &leading.pid().to_string()]).status();
     eventually("the other replica to lead", Duration::from_secs(10), async || leader(other)?.then_some(())).await;
-    eprintln!("handed over in {:?}", handed_over.elapsed());
+    let took = handed_over.elapsed();
+    eprintln!("handed over in {took:?}");
+    assert!(took < Duration::from_secs(2), "a released Lease is taken over at once, not at its expiry: {took:?}");
     drop(leading);
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: PORTCULLIS_E2E_KUBECONFIG=... cargo test --test cluster_e2e -- --ignored"]
+async fn status_tells_what_the_gateway_replicas_serve_on_a_real_cluster() {
+    let kubeconfig = kubeconfig();
+    let cluster = Cluster::new(kubeconfig).await;
+    let (ns, gw) = (cluster.ns.clone(), cluster.gateway_name.clone());
+    let policies: Api<AuthPolicy> = Api::namespaced(cluster.client.clone(), &ns);
+    let _controller = cluster.controller(free_port(), "controller-a");
+    let (port_a, port_b) = (free_port(), free_port());
+    let _gw_a = cluster.gateway_replica(port_a, "gw-a");
+    let mut gw_b = cluster.gateway_replica(port_b, "gw-b");
+    let issuer = TestIssuer::new("https://idp.e2e", SigningAlgorithm::ES256);
+    let idp = IdpServer::start();
+    idp.serve(200, &[&issuer]);
+    let spec = |prefix: &str| {
+        json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "search", "namespace": ns},
+            "spec": {
+                "gateway": gw, "hosts": ["api.test"], "mode": "Audit",
+                "issuers": [{"issuer": issuer.url, "audiences": ["api"], "algorithms": ["ES256"],
+                             "jwks": {"uri": format!("http://127.0.0.1:{}/jwks", idp.port), "refreshInterval": "10s"}}],
+                "rules": [{"name": "query", "match": {"paths": [{"prefix": prefix}]}, "require": [{"claim": "scope", "containsAll": ["search"]}]}]
+            }
+        })
+    };
+    let status = async || policies.get("search").await.ok()?.status;
+    let enforced = async || {
+        let p = policies.get("search").await.ok()?;
+        condition(&p, "Enforced")
+    };
+
+    // Both replicas serve it: Enforced, 2 of 2, within 2 s of the apply.
+    let applied = Instant::now();
+    apply(&policies, "search", spec("/search")).await;
+    eventually("Enforced=True", Duration::from_secs(5), async || enforced().await.filter(|c| c.0 == "True")).await;
+    let took = applied.elapsed();
+    eprintln!("apply -> Enforced=True in {took:?}");
+    assert!(took < Duration::from_secs(2), "apply -> Enforced took {took:?}");
+    let g = status().await.unwrap().gateways;
+    assert_eq!((g[0].replicas, g[0].serving), (2, 2));
+    eventually("IssuersReady=True", Duration::from_secs(15), async || {
+        condition(&policies.get("search").await.ok()?, "IssuersReady").filter(|c| c.0 == "True")
+    })
+    .await;
+
+    // Audit: requests the rule would deny go through, and the counts reach the status.
+    for port in [port_a, port_b] {
+        for _ in 0..5 {
+            assert_eq!(http(port, "GET", "api.test", "/ext_authz/search?q=1", &[]).unwrap().status, 200);
+        }
+    }
+    let audit = eventually("audit counts in status", Duration::from_secs(30), async || {
+        let s = status().await?;
+        (s.audit.first()?.would_deny >= 10).then_some(s)
+    })
+    .await;
+    assert_eq!(audit.audit[0].top_reasons[0].reason, "missing_token");
+    assert!(audit.audit_summary.unwrap().starts_with("would deny 100%"));
+
+    // One replica dies without a word; the next change is Stale until its heartbeat expires.
+    gw_b.kill();
+    apply(&policies, "search", spec("/find")).await;
+    let (_, reason, message) = eventually("Enforced=False (Stale)", Duration::from_secs(10), async || {
+        enforced().await.filter(|c| c.0 == "False" && c.1 == "Stale")
+    })
+    .await;
+    eprintln!("{reason}: {message}");
+    eventually("Enforced=True once the dead replica expired", Duration::from_secs(45), async || enforced().await.filter(|c| c.0 == "True"))
+        .await;
+    assert_eq!(status().await.unwrap().gateways[0].replicas, 1);
+
+    // The issuer's JWKS fails: IssuersReady=False, then True once it is back.
+    idp.serve(503, &[]);
+    eventually("IssuersReady=False", Duration::from_secs(30), async || {
+        condition(&policies.get("search").await.ok()?, "IssuersReady").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(status().await.unwrap().issuers[0].jwks, "Failing");
+    idp.serve(200, &[&issuer]);
+    eventually("IssuersReady=True again", Duration::from_secs(30), async || {
+        condition(&policies.get("search").await.ok()?, "IssuersReady").filter(|c| c.0 == "True")
+    })
+    .await;
     cluster.cleanup().await;
 }
 

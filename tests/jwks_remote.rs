@@ -3,53 +3,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::IdpServer;
 use portcullis::api::SigningAlgorithm;
 use portcullis::gateway::metrics::Metrics;
 use portcullis::gateway::{Endpoints, Gateway, serve};
 use portcullis::testkit::{TestIssuer, compile_yaml};
-use serde_json::{Value, json};
-
-/// A JWKS endpoint whose answer the test changes, counting requests.
-struct IdpServer {
-    port: u16,
-    answer: Arc<Mutex<(u16, String)>>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl IdpServer {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let answer = Arc::new(Mutex::new((200, "{\"keys\":[]}".to_owned())));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (a, h) = (answer.clone(), hits.clone());
-        std::thread::spawn(move || {
-            for mut s in listener.incoming().flatten() {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                h.fetch_add(1, Ordering::SeqCst);
-                let (status, body) = a.lock().unwrap().clone();
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        Self { port, answer, hits }
-    }
-
-    fn serve(&self, status: u16, keys: &[&TestIssuer]) {
-        let keys: Vec<Value> = keys.iter().map(|i| i.jwks()["keys"][0].clone()).collect();
-        *self.answer.lock().unwrap() = (status, json!({ "keys": keys }).to_string());
-    }
-}
+use serde_json::json;
 
 const ISS: &str = "https://idp.test";
 
@@ -112,7 +74,7 @@ async fn remote_keys_are_fetched_refetched_on_unknown_kid_and_kept_on_failure() 
     let d = TestIssuer::new(ISS, SigningAlgorithm::ES256);
     for (status, body) in [(500, "oops".to_owned()), (200, json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).to_string())] {
         tokio::time::sleep(Duration::from_millis(900)).await;
-        *idp.answer.lock().unwrap() = (status, body);
+        idp.answer(status, body);
         let before = idp.hits.load(Ordering::SeqCst);
         assert_eq!(ask(&d).await, 401, "an unknown kid is still unknown");
         assert_eq!(idp.hits.load(Ordering::SeqCst), before + 1);

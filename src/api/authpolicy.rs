@@ -45,6 +45,8 @@ fn is_false(b: &bool) -> bool {
     printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gateway"),
     printcolumn(name = "Accepted", type_ = "string", json_path = r#".status.conditions[?(@.type=="Accepted")].status"#),
     printcolumn(name = "Programmed", type_ = "string", json_path = r#".status.conditions[?(@.type=="Programmed")].status"#),
+    printcolumn(name = "Enforced", type_ = "string", json_path = r#".status.conditions[?(@.type=="Enforced")].status"#),
+    printcolumn(name = "Audit", type_ = "string", json_path = ".status.auditSummary"),
     printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = r#".status.conditions[?(@.type=="Accepted")].reason"#),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -95,6 +97,20 @@ pub struct AuthPolicySpec {
     /// would reach a rule of this policy. Nothing is forwarded with it (no token, no identity).
     #[serde(default, skip_serializing_if = "is_false")]
     pub cors_preflight: bool,
+
+    /// `Audit`: every decision is computed and counted (metrics, status) but the request is
+    /// allowed, with identity headers when the token verified. For rolling out a stricter
+    /// policy safely; rules may override it. Default `Enforce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+/// Whether decisions are enforced or only recorded.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
 }
 
 /// A trusted token issuer.
@@ -302,6 +318,9 @@ pub struct Rule {
     /// Overrides the policy's `forward` for this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<Forward>,
+    /// Overrides the policy's `mode` for this rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -573,4 +592,63 @@ pub struct AuthPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The data plane as the gateway replicas report it (their heartbeats).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayServing>,
+    /// Remote key sets of the policy's issuers, as the gateway replicas see them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerHealth>,
+    /// Rules in Audit mode: what enforcing them would have decided recently, all replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<RuleAudit>,
+    /// One line for `kubectl get`: e.g. `would deny 0.3% (wrong_audience)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_summary: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayServing {
+    pub name: String,
+    /// Live replicas (heartbeat renewed in time).
+    pub replicas: u32,
+    /// Live replicas whose config contains this generation of the policy.
+    pub serving: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerHealth {
+    pub issuer: String,
+    pub uri: String,
+    /// `Ready` on every replica that reported it, `Failing` on at least one, `Unknown` before
+    /// any replica fetched it.
+    pub jwks: String,
+    /// Keys held (the fewest across replicas).
+    pub keys: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Since when the worst replica's state holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleAudit {
+    pub rule: String,
+    pub would_allow: u64,
+    pub would_deny: u64,
+    /// Most frequent deny reasons, most frequent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_reasons: Vec<ReasonCount>,
+    /// Length of the window the counts cover, in seconds.
+    pub window_seconds: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasonCount {
+    pub reason: String,
+    pub count: u64,
 }

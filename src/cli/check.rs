@@ -57,6 +57,18 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
         Decision::Allow(a) => {
             outln!("ALLOW 200");
             outln!("  route:   {}", route.unwrap_or_default());
+            match &a.audit {
+                Some(crate::decide::Verdict::WouldAllow) => outln!("  audit:   the rule is in Audit mode; enforcing would allow too"),
+                Some(crate::decide::Verdict::WouldDeny { reason, detail }) => {
+                    outln!(
+                        "  audit:   allowed only because the rule is in Audit mode; enforcing would DENY {} {}",
+                        reason.status(),
+                        reason.as_str()
+                    );
+                    outln!("  because: {}", detail.clone().unwrap_or_else(|| reason.description().to_owned()));
+                }
+                None => {}
+            }
             for (name, value) in &a.headers {
                 outln!("  header:  {name}: {}", value.to_str().unwrap_or("<binary>"));
             }
@@ -67,7 +79,8 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
                 Some(_) => outln!("  forward: a minted internal token"),
                 None => outln!("  forward: no token"),
             }
-            Ok(0)
+            // Exit 1 for what enforcing would deny, so scripts see the same answer either way.
+            Ok(if matches!(a.audit, Some(crate::decide::Verdict::WouldDeny { .. })) { 1 } else { 0 })
         }
         Decision::Deny(d) => {
             outln!("DENY {} {}", d.reason.status(), d.reason.as_str());

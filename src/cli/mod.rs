@@ -150,6 +150,15 @@ struct GatewayArgs {
     /// `-keys` Secret (and nothing else).
     #[arg(long, env = "PORTCULLIS_CONFIGMAP")]
     configmap: Option<String>,
+    /// This replica's name in its heartbeat Lease (with --configmap); default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    replica_name: Option<String>,
+    /// The Pod's UID: the heartbeat Lease is owned by the Pod and deleted with it.
+    #[arg(long, env = "POD_UID")]
+    pod_uid: Option<String>,
+    /// Do not publish a heartbeat Lease (the controller then cannot report `Enforced`).
+    #[arg(long)]
+    no_heartbeat: bool,
     #[command(flatten)]
     serve: ServeArgs,
 }

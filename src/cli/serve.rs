@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn run_gateway(args: GatewayArgs) -> Result<u8> {
     let gateway = args.serve.gateway()?;
-    let (stop, tasks, addr) = start_serving(&gateway, &args.serve).await?;
+    let (stop, mut tasks, addr) = start_serving(&gateway, &args.serve).await?;
     let source = match (&args.config, &args.configmap) {
         (Some(path), _) => {
             tracing::info!(%addr, config = %path.display(), "gateway listening");
@@ -20,6 +20,21 @@ pub(super) async fn run_gateway(args: GatewayArgs) -> Result<u8> {
             let (namespace, name) = cm.split_once('/').context("--configmap must be NAMESPACE/NAME")?;
             let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
             tracing::info!(%addr, configmap = %cm, "gateway listening");
+            let replica = args.replica_name.clone().unwrap_or_else(host_name);
+            let _ = gateway.replica.set(replica.clone());
+            if !args.no_heartbeat {
+                let owner = args.pod_uid.as_ref().map(|uid| crate::heartbeat::pod_owner(&replica, uid));
+                let gateway_name = name.strip_prefix("portcullis-gateway-").unwrap_or(name).to_owned();
+                tasks.push(tokio::spawn(crate::gateway::status::heartbeat(
+                    gateway.clone(),
+                    client.clone(),
+                    namespace.to_owned(),
+                    gateway_name,
+                    replica,
+                    owner,
+                    stop.subscribe(),
+                )));
+            }
             tokio::spawn(crate::gateway::cluster::watch_configmap(
                 gateway.clone(),
                 client,
@@ -40,13 +55,17 @@ pub(super) async fn run_gateway(args: GatewayArgs) -> Result<u8> {
     Ok(0)
 }
 
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| format!("portcullis-{}", std::process::id()))
+}
+
 pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| format!("portcullis-{}", std::process::id()))
-    });
+    let identity = args.identity.clone().unwrap_or_else(host_name);
     let opts = crate::controller::Options {
         namespace: args.namespace,
         scope: if args.watch_namespaces.is_empty() {

@@ -2,11 +2,11 @@
 //! controller-rs does): each test lists the exact conversation it expects — method, path and the
 //! parts of the body that matter — and fails on any request it did not expect.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::client::Body;
@@ -101,6 +101,7 @@ struct Writers {
     jwks: Writer<ConfigMap>,
     gateway_configmaps: Writer<ConfigMap>,
     gateway_secrets: Writer<Secret>,
+    heartbeats: Writer<Lease>,
 }
 
 fn context(client: Client) -> (Arc<Context>, Writers) {
@@ -118,6 +119,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
     let (jwks, jw) = pair();
     let (gateway_configmaps, gcw) = pair();
     let (gateway_secrets, gsw) = pair();
+    let (heartbeats, hw) = pair();
     let opts = Options {
         namespace: "portcullis".into(),
         scope: Scope::All,
@@ -131,9 +133,9 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
             .unwrap(),
     };
-    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets };
+    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats };
     let ctx = Arc::new(Context::new(client, opts, stores, ControllerMetrics::new()));
-    (ctx, Writers { policies: pw, keys: kw, key_secrets: sw, jwks: jw, gateway_configmaps: gcw, gateway_secrets: gsw })
+    (ctx, Writers { policies: pw, keys: kw, key_secrets: sw, jwks: jw, gateway_configmaps: gcw, gateway_secrets: gsw, heartbeats: hw })
 }
 
 fn put<K>(w: &mut Writer<K>, obj: K)
@@ -323,7 +325,7 @@ async fn a_gateway_is_published_once_and_then_left_alone() {
     let (client, mut api) = mock();
     let (ctx, mut w) = context(client);
     shop_world(&mut w);
-    let state = LoopState { last_good: HashMap::new() };
+    let state = LoopState::default();
     let task = spawn_sync(ctx.clone(), state);
     let (_, keys) = api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 201, Value::Null).await;
     assert_eq!(keys["data"].as_object().unwrap().keys().collect::<Vec<_>>(), ["shop.internal.json"]);
@@ -367,7 +369,10 @@ async fn serve_pass(api: &mut ApiServer, w: &mut Writers, ctx: &Arc<Context>) ->
         } else if path.contains("/secrets/") {
             put(&mut w.gateway_secrets, serde_json::from_value(stored(&sent, "3")).unwrap());
         }
-        seen.push(format!("{method} {path}"));
+        match sent["reason"].as_str() {
+            Some(reason) if path.contains("/events") => seen.push(format!("{method} {path} {reason}")),
+            _ => seen.push(format!("{method} {path}")),
+        }
     }
     seen
 }
@@ -388,7 +393,7 @@ async fn editing_one_of_three_hundred_policies_writes_the_status_of_that_policy_
     for i in 0..300 {
         put(&mut w.policies, policy("shop", &format!("p{i}"), i as i64, spec(i, &["GET"])));
     }
-    let mut state = LoopState { last_good: HashMap::new() };
+    let mut state = LoopState::default();
     let sync = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -428,7 +433,7 @@ async fn an_api_error_keeps_the_last_good_config_and_says_so_in_status() {
     let (client, mut api) = mock();
     let (ctx, mut w) = context(client);
     shop_world(&mut w);
-    let state = LoopState { last_good: HashMap::new() };
+    let state = LoopState::default();
     let task = spawn_sync(ctx.clone(), state);
     api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 200, Value::Null).await;
     api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 500, status_error(500, "InternalError"))
@@ -530,7 +535,9 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
     let count = |line: &str| seen.iter().filter(|l| l.as_str() == line).count();
     assert_eq!(count("PATCH /api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default"), 1, "{seen:#?}");
     assert_eq!(count("PATCH /api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys"), 1);
-    assert!(!seen.iter().any(|l| l.contains("leases")), "no Lease without leader election");
+    // Heartbeat Leases are listed and watched; no Lease is read by name or written.
+    assert!(!seen.iter().any(|l| l.contains("/leases/") || (l.contains("/leases") && !l.starts_with("GET "))), "{seen:#?}");
+    assert!(seen.iter().any(|l| l == "GET /apis/coordination.k8s.io/v1/namespaces/portcullis/leases"), "{seen:#?}");
     assert!(metrics.render().contains("portcullis_controller_leader 0"), "not leading after shutdown");
 }
 
@@ -544,7 +551,7 @@ async fn another_namespaces_takeover_attempt_is_refused_in_its_own_status_and_ch
         &mut w.policies,
         policy("team-b", "grab", 10, json!({"rules": [{"name": "open", "public": true, "match": {"paths": [{"prefix": "/orders"}]}}]})),
     );
-    let task = spawn_sync(ctx.clone(), LoopState { last_good: HashMap::new() });
+    let task = spawn_sync(ctx.clone(), LoopState::default());
     let seen = api.answer_all().await;
     let (result, _) = finished(task).await;
     result.unwrap();
@@ -578,7 +585,7 @@ async fn a_status_for_a_policy_deleted_meanwhile_does_not_fail_the_pass() {
     let (client, mut api) = mock();
     let (ctx, mut w) = context(client);
     shop_world(&mut w);
-    let task = spawn_sync(ctx.clone(), LoopState { last_good: HashMap::new() });
+    let task = spawn_sync(ctx.clone(), LoopState::default());
     api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 201, Value::Null).await;
     api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 201, Value::Null).await;
     api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status", 404, status_error(404, "NotFound"))
@@ -618,4 +625,174 @@ fn each_replica_writes_the_lease_under_its_own_field_manager() {
     assert_ne!(a, b);
     assert!(a.starts_with("portcullis-") && a.len() <= 128);
     assert!(super::lease_field_manager(&"x".repeat(300)).len() <= 128);
+}
+
+fn beat(version: Option<&str>, replica: &str, renewed: jiff::Timestamp, jwks: Vec<crate::heartbeat::JwksHealth>) -> Lease {
+    let hb = crate::heartbeat::Heartbeat {
+        gateway: "default".into(),
+        replica: replica.into(),
+        version: version.map(str::to_owned),
+        jwks,
+        ..Default::default()
+    };
+    crate::heartbeat::to_lease("portcullis", &hb, renewed, None)
+}
+
+fn delete<K>(w: &mut Writer<K>, obj: K)
+where
+    K: kube::Resource + Clone,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Default,
+{
+    w.apply_watcher_event(&watcher::Event::Delete(obj));
+}
+
+fn condition_of(ctx: &Context, name: &str, type_: &str) -> (String, String) {
+    let p = ctx.stores.policies.get("shop", name).unwrap();
+    let c = p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap().clone();
+    (c.status, c.reason)
+}
+
+/// One pass of statuses only (heartbeats changed), answered and fed back.
+async fn status_pass(api: &mut ApiServer, w: &mut Writers, ctx: &Arc<Context>, state: LoopState) -> (Vec<String>, LoopState) {
+    let task = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut state = state;
+            let r = super::gateways::write_statuses(&ctx, &mut state, false).await;
+            (r, state)
+        })
+    };
+    let seen = serve_pass(api, w, ctx).await;
+    let (r, state) = finished(task).await;
+    r.unwrap();
+    (seen, state)
+}
+
+#[tokio::test]
+async fn heartbeats_make_a_policy_enforced_with_one_status_write_per_real_change_whatever_the_replica_count() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let mut state = LoopState::default();
+    let task = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let r = sync_all(&ctx, &mut state).await;
+            (r, state)
+        })
+    };
+    serve_pass(&mut api, &mut w, &ctx).await;
+    let (r, state) = finished(task).await;
+    r.unwrap();
+    assert_eq!(condition_of(&ctx, "orders", "Enforced"), ("False".into(), "NoReplicas".into()));
+    let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
+    let version = cm.metadata.annotations.as_ref().unwrap()[desired::ANNOTATION_VERSION].clone();
+    let now = jiff::Timestamp::now();
+
+    // A hundred replicas report the current config: one write, Enforced.
+    for i in 0..100 {
+        put(&mut w.heartbeats, beat(Some(&version), &format!("gw-{i}"), now, Vec::new()));
+    }
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(seen, ["PATCH /apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status"]);
+    assert_eq!(condition_of(&ctx, "orders", "Enforced"), ("True".into(), "Enforced".into()));
+    let gateways = ctx.stores.policies.get("shop", "orders").unwrap().status.clone().unwrap().gateways;
+    assert_eq!((gateways[0].replicas, gateways[0].serving), (100, 100));
+
+    // They all renew, three times: nothing to write.
+    let mut state = state;
+    for round in 1..=3 {
+        for i in 0..100 {
+            put(&mut w.heartbeats, beat(Some(&version), &format!("gw-{i}"), now + jiff::SignedDuration::from_secs(round * 10), Vec::new()));
+        }
+        let (seen, s) = status_pass(&mut api, &mut w, &ctx, state).await;
+        assert!(seen.is_empty(), "renewals alone write nothing: {seen:?}");
+        state = s;
+    }
+
+    // One replica restarts on a config the controller never published: Stale, one write.
+    put(&mut w.heartbeats, beat(Some("0000000000000000"), "gw-7", now, Vec::new()));
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(condition_of(&ctx, "orders", "Enforced"), ("False".into(), "Stale".into()));
+
+    // It goes away (Lease deleted): the 99 others serve it, Enforced again.
+    delete(&mut w.heartbeats, beat(Some("0000000000000000"), "gw-7", now, Vec::new()));
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(condition_of(&ctx, "orders", "Enforced"), ("True".into(), "Enforced".into()));
+
+    // Every heartbeat stops being renewed: once they expire, no replicas.
+    let long_ago = now - jiff::SignedDuration::from_secs(120);
+    for i in 0..100 {
+        put(&mut w.heartbeats, beat(Some(&version), &format!("gw-{i}"), long_ago, Vec::new()));
+    }
+    let (seen, _) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(condition_of(&ctx, "orders", "Enforced"), ("False".into(), "NoReplicas".into()));
+}
+
+#[tokio::test]
+async fn an_issuer_failing_on_a_gateway_replica_is_in_status_with_an_event_when_it_fails_and_recovers() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    // The controller's own probe of this URL fails at once (nothing listens on port 9).
+    let uri = "http://127.0.0.1:9/jwks";
+    put(
+        &mut w.policies,
+        policy(
+            "shop",
+            "orders",
+            0,
+            json!({
+                "issuers": [{"issuer": "https://id", "audiences": ["orders"], "algorithms": ["RS256"], "jwks": {"uri": uri}}],
+                "rules": [{"name": "read", "match": {"paths": [{"prefix": "/orders"}]}}],
+            }),
+        ),
+    );
+    let mut state = LoopState::default();
+    // Two passes: the second carries the controller probe's result.
+    for _ in 0..2 {
+        let task = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let r = sync_all(&ctx, &mut state).await;
+                (r, state)
+            })
+        };
+        serve_pass(&mut api, &mut w, &ctx).await;
+        let (r, s) = finished(task).await;
+        r.unwrap();
+        state = s;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("Unknown".into(), "JwksUnknown".into()));
+    let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
+    let version = cm.metadata.annotations.as_ref().unwrap()[desired::ANNOTATION_VERSION].clone();
+    let now = jiff::Timestamp::now();
+    let health = |ready: bool| crate::heartbeat::JwksHealth {
+        uri: uri.into(),
+        ready,
+        keys: 2,
+        last_error: (!ready).then(|| "HTTP 503".to_owned()),
+        since: now,
+    };
+    put(&mut w.heartbeats, beat(Some(&version), "a", now, vec![health(true)]));
+    put(&mut w.heartbeats, beat(Some(&version), "b", now, vec![health(true)]));
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("True".into(), "JwksReady".into()));
+
+    put(&mut w.heartbeats, beat(Some(&version), "b", now, vec![health(false)]));
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].ends_with("/authpolicies/orders/status") && seen[1].ends_with(" IssuerFailing"), "{seen:?}");
+    assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("False".into(), "JwksFailing".into()));
+    let issuers = ctx.stores.policies.get("shop", "orders").unwrap().status.clone().unwrap().issuers;
+    assert_eq!((issuers[0].jwks.as_str(), issuers[0].last_error.as_deref(), issuers[0].keys), ("Failing", Some("HTTP 503"), 2));
+
+    put(&mut w.heartbeats, beat(Some(&version), "b", now, vec![health(true)]));
+    let (seen, _) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(seen.len() == 2 && seen[1].ends_with(" IssuerRecovered"), "status and an event: {seen:?}");
+    assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("True".into(), "JwksReady".into()));
 }

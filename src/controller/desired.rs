@@ -340,7 +340,11 @@ pub fn policy_status(
         ),
     };
     let existing_conditions = existing.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    AuthPolicyStatus { observed_generation: generation, conditions: merge_conditions(existing_conditions, vec![accepted, programmed]) }
+    AuthPolicyStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(existing_conditions, vec![accepted, programmed]),
+        ..Default::default()
+    }
 }
 
 fn truncate(mut s: String) -> String {

@@ -12,16 +12,24 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
 use super::apply::{Applied, apply_if_changed, apply_status};
+use super::dataplane::{self, History};
 use super::desired::{self, Programmed};
 use super::signingkeys::publish_event;
 use super::{Context, Error};
-use crate::api::AuthPolicy;
+use crate::api::{AuthPolicy, AuthPolicyStatus};
+use crate::heartbeat::{self, Heartbeat};
+use crate::policy::GatewayConfig;
 use crate::policy::config::KeySource;
 use crate::policy::{self, Outcome, PolicyConfig};
 
 /// A full resync even without changes (catches drift, e.g. a ConfigMap edited by hand).
 const RESYNC: Duration = Duration::from_secs(300);
 const PROBE_EVERY: Duration = Duration::from_secs(300);
+/// How often statuses are re-derived from heartbeats without any event (replicas that stop
+/// renewing send none).
+const STATUS_EVERY: Duration = Duration::from_secs(heartbeat::RENEW_SECS);
+/// Audit counts change with traffic: a policy's are rewritten at most this often.
+const AUDIT_EVERY: Duration = Duration::from_secs(60);
 
 /// Reachability of remote JWKS as seen from the controller (`IssuerUnreachable`).
 #[derive(Default)]
@@ -59,10 +67,35 @@ impl IssuerProbes {
     }
 }
 
+#[derive(Default)]
 pub(super) struct LoopState {
     /// Per gateway, the last accepted version of each policy (recovered from the published
     /// ConfigMaps at start, so a restart does not drop a broken policy's last good version).
     pub(super) last_good: HashMap<String, HashMap<String, PolicyConfig>>,
+    /// Per gateway, what the last pass compiled and whether it was published: statuses are
+    /// rewritten from this when only heartbeats change.
+    published: BTreeMap<String, Pass>,
+    /// Recent configs per gateway, to tell which replicas serve which policy generation.
+    history: History,
+    /// When each policy's audit counts were last written (they change with every request).
+    audit_written: HashMap<String, Instant>,
+    /// Per gateway, the heartbeats the statuses were last computed from (audit counts aside):
+    /// an unchanged data plane is not recomputed.
+    seen: HashMap<String, (Vec<Heartbeat>, bool)>,
+}
+
+struct Pass {
+    config: Arc<GatewayConfig>,
+    outcomes: HashMap<(String, String), (Option<i64>, Outcome)>,
+    programmed: Programmed,
+    /// Remote JWKS per policy key (for the controller's own reachability probe).
+    remote: BTreeMap<String, Vec<String>>,
+}
+
+impl LoopState {
+    pub(super) fn recovered(last_good: HashMap<String, HashMap<String, PolicyConfig>>) -> Self {
+        Self { last_good, ..Default::default() }
+    }
 }
 
 pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
@@ -73,28 +106,50 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-    let mut state = LoopState { last_good: recover_last_good(&ctx) };
-    loop {
-        ctx.pending.store(0, Ordering::Relaxed);
-        ctx.metrics.queue_depth.with_label_values(&["gateway"]).set(0);
-        let started = Instant::now();
-        let result = sync_all(&ctx, &mut state).await;
-        ctx.metrics.duration.with_label_values(&["gateway"]).observe(started.elapsed().as_secs_f64());
-        ctx.metrics.reconciles.with_label_values(&["gateway", if result.is_ok() { "success" } else { "error" }]).inc();
-        let retry = match result {
-            Ok(()) => RESYNC,
-            Err(e) => {
-                ctx.metrics.errors.with_label_values(&["gateway", e.metric_label()]).inc();
-                tracing::warn!("publishing gateway configs failed, retrying: {e}");
-                Duration::from_secs(5)
-            }
-        };
-        // Wait for a change, then let a burst settle: quiet for `debounce`, at most `max_delay`.
-        tokio::select! {
-            _ = ctx.trigger.notified() => {}
-            _ = tokio::time::sleep(retry) => {}
-            _ = stop.wait_for(|s| *s) => return,
+    let mut state = LoopState::recovered(recover_last_good(&ctx));
+    for cm in ctx.stores.gateway_configmaps.state() {
+        if let Ok(config) = desired::config_from_configmap(&cm) {
+            state.history.record(&config);
         }
+    }
+    let mut full = true;
+    let mut retry = Duration::ZERO;
+    let mut last_full = Instant::now();
+    loop {
+        let started = Instant::now();
+        let (kind, result) = if full {
+            ctx.pending.store(0, Ordering::Relaxed);
+            ctx.metrics.queue_depth.with_label_values(&["gateway"]).set(0);
+            last_full = Instant::now();
+            ("gateway", sync_all(&ctx, &mut state).await)
+        } else {
+            ("status", write_statuses(&ctx, &mut state, false).await)
+        };
+        ctx.metrics.duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+        ctx.metrics.reconciles.with_label_values(&[kind, if result.is_ok() { "success" } else { "error" }]).inc();
+        if full {
+            retry = match result {
+                Ok(()) => RESYNC,
+                Err(e) => {
+                    ctx.metrics.errors.with_label_values(&["gateway", e.metric_label()]).inc();
+                    tracing::warn!("publishing gateway configs failed, retrying: {e}");
+                    Duration::from_secs(5)
+                }
+            };
+        } else if let Err(e) = result {
+            ctx.metrics.errors.with_label_values(&["status", e.metric_label()]).inc();
+            tracing::warn!("writing data-plane status failed, retrying: {e}");
+        }
+        // Wait for a change (inputs: compile; heartbeats only: statuses), then let a burst
+        // settle: quiet for `debounce`, at most `max_delay`. Statuses are also re-derived every
+        // heartbeat period, as replicas that stop renewing send no event.
+        let due = retry.saturating_sub(last_full.elapsed());
+        full = tokio::select! {
+            _ = ctx.trigger.notified() => true,
+            _ = ctx.status_trigger.notified() => false,
+            _ = tokio::time::sleep(due.min(STATUS_EVERY)) => due <= STATUS_EVERY,
+            _ = stop.wait_for(|s| *s) => return,
+        };
         let first = Instant::now();
         loop {
             let left = ctx.opts.max_delay.saturating_sub(first.elapsed());
@@ -102,7 +157,8 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
                 break;
             }
             tokio::select! {
-                _ = ctx.trigger.notified() => continue,
+                _ = ctx.trigger.notified() => full = true,
+                _ = ctx.status_trigger.notified() => {}
                 _ = tokio::time::sleep(ctx.opts.debounce.min(left)) => break,
                 _ = stop.wait_for(|s| *s) => return,
             }
@@ -137,7 +193,8 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut first_error = None;
-    for gateway in names {
+    for gateway in &names {
+        let gateway = gateway.clone();
         let empty = HashMap::new();
         let inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
         let tenancy = desired::tenancy(&ctx.opts.gateway_settings, ns, &gateway, &signing_keys);
@@ -165,6 +222,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                 let size = cm.binary_data.as_ref().and_then(|d| d.get(desired::CONFIG_KEY)).map_or(0, |b| b.0.len());
                 ctx.metrics.config_bytes.with_label_values(&[&gateway]).set(size as i64);
                 state.last_good.insert(gateway.clone(), compiled.config.policies_by_key());
+                state.history.record(&compiled.config);
                 Programmed::Published { gateway: gateway.clone() }
             }
             Err(e) => Programmed::Failed { gateway: gateway.clone(), why: e.to_string() },
@@ -181,37 +239,81 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                 (p.key(), uris.collect())
             })
             .collect();
-        let outcomes: HashMap<(&str, &str), &Outcome> =
-            compiled.outcomes.iter().map(|o| ((o.namespace.as_str(), o.name.as_str()), &o.outcome)).collect();
-        for p in policies.iter().filter(|p| p.spec.gateway == gateway) {
-            let (namespace, name) = (p.namespace().unwrap_or_default(), p.name_any());
-            let Some(outcome) = outcomes.get(&(namespace.as_str(), name.as_str())) else { continue };
-            let key = format!("{namespace}/{name}");
-            let warning = remote.get(&key).into_iter().flatten().find_map(|uri| ctx.probes.check(uri, ctx));
-            if let Err(e) = write_policy_status(ctx, p, outcome, &programmed, warning.as_deref()).await {
-                first_error.get_or_insert(e);
-            }
-        }
+        let outcomes = compiled.outcomes.into_iter().map(|o| ((o.namespace, o.name), (o.generation, o.outcome))).collect();
+        state.published.insert(gateway.clone(), Pass { config: Arc::new(compiled.config), outcomes, programmed, remote });
         if let Err(e) = written {
             first_error.get_or_insert(e);
+        }
+    }
+    state.published.retain(|g, _| names.contains(g));
+    if let Err(e) = write_statuses(ctx, state, true).await {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Writes every policy status that differs from what its compilation, its gateway's
+/// publication and the gateway replicas' heartbeats say. `inputs_changed`: policies were
+/// compiled since the last call (otherwise a gateway whose heartbeats did not change is
+/// skipped).
+pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, inputs_changed: bool) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let leases = ctx.stores.heartbeats.state();
+    let policies = ctx.stores.policies.state();
+    let mut first_error = None;
+    for (gateway, pass) in &state.published {
+        let live = heartbeat::live(leases.iter().map(|l| &**l), gateway, now);
+        let audit_due = state.audit_written.values().any(|t| t.elapsed() >= AUDIT_EVERY) || state.audit_written.is_empty();
+        let without_audit: Vec<Heartbeat> = live.iter().map(|hb| Heartbeat { audit: Vec::new(), ..hb.clone() }).collect();
+        let seen = (without_audit, audit_due);
+        if !inputs_changed && state.seen.get(gateway) == Some(&seen) {
+            continue;
+        }
+        state.seen.insert(gateway.clone(), seen);
+        let in_config: HashMap<String, &PolicyConfig> = pass.config.policies.iter().map(|p| (p.key(), p)).collect();
+        for p in policies.iter().filter(|p| p.spec.gateway == *gateway) {
+            let (namespace, name) = (p.namespace().unwrap_or_default(), p.name_any());
+            // Changed since it was compiled: the next compile writes its status.
+            let Some((generation, outcome)) = pass.outcomes.get(&(namespace.clone(), name.clone())) else { continue };
+            if *generation != p.metadata.generation {
+                continue;
+            }
+            let key = format!("{namespace}/{name}");
+            let warning = pass.remote.get(&key).into_iter().flatten().find_map(|uri| ctx.probes.check(uri, ctx));
+            let config = in_config.get(&key).copied();
+            let plane = dataplane::View {
+                enforced: dataplane::enforced(gateway, &key, config.map(|c| c.generation), &live, &state.history),
+                issuers: dataplane::issuers(config, &live),
+                audit: dataplane::audit(&key, config, &live),
+            };
+            let mut status =
+                desired::policy_status(p.status.as_ref(), p.metadata.generation, outcome, &pass.programmed, warning.as_deref(), now);
+            dataplane::add_to_status(&mut status, p.status.as_ref(), plane, p.metadata.generation, now);
+            let audit_fresh = state.audit_written.get(&key).is_some_and(|t| t.elapsed() < AUDIT_EVERY);
+            if audit_fresh {
+                dataplane::keep_recent_audit(&mut status, p.status.as_ref());
+            }
+            if p.status.as_ref() == Some(&status) {
+                continue;
+            }
+            let audit_changed = p.status.as_ref().is_none_or(|s| s.audit != status.audit);
+            match write_policy_status(ctx, p, outcome, &status).await {
+                Ok(()) if audit_changed => {
+                    state.audit_written.insert(key, Instant::now());
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
     }
     first_error.map_or(Ok(()), Err)
 }
 
-async fn write_policy_status(
-    ctx: &Context,
-    p: &AuthPolicy,
-    outcome: &Outcome,
-    programmed: &Programmed,
-    warning: Option<&str>,
-) -> Result<(), Error> {
-    let status = desired::policy_status(p.status.as_ref(), p.metadata.generation, outcome, programmed, warning, Timestamp::now());
-    if p.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
+async fn write_policy_status(ctx: &Context, p: &AuthPolicy, outcome: &Outcome, status: &AuthPolicyStatus) -> Result<(), Error> {
     let api: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-    apply_status(&api, &p.name_any(), &status).await?;
+    apply_status(&api, &p.name_any(), status).await?;
     // Events for what people care about: a rejection, and a new generation going live.
     let old = |t: &str| p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned());
     let new = |t: &str| status.conditions.iter().find(|c| c.type_ == t).cloned();
@@ -227,6 +329,17 @@ async fn write_policy_status(
         && p.status.as_ref().and_then(|s| s.observed_generation) != p.metadata.generation
     {
         publish_event(ctx, p, false, "Programmed", pr.message).await;
+    }
+    // An issuer's key set starting or stopping to fail on the gateways.
+    if let Some(ir) = new("IssuersReady")
+        && let Some(before) = old("IssuersReady")
+        && ir.status != before.status
+    {
+        match ir.status.as_str() {
+            "False" => publish_event(ctx, p, true, "IssuerFailing", ir.message).await,
+            "True" if before.status == "False" => publish_event(ctx, p, false, "IssuerRecovered", ir.message).await,
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -13,8 +13,10 @@
 //! reads from watch caches (no per-event LIST) and writes only what differs.
 
 pub mod apply;
+pub mod dataplane;
 pub mod desired;
 mod gateways;
+pub mod leader;
 pub mod metrics;
 mod signingkeys;
 
@@ -28,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -118,6 +121,9 @@ pub struct Stores {
     /// Gateway ConfigMaps and Secrets in the controller's namespace (label `portcullis.dev/gateway`).
     pub gateway_configmaps: MultiStore<ConfigMap>,
     pub gateway_secrets: MultiStore<Secret>,
+    /// Gateway replicas' heartbeat Leases in the controller's namespace (label
+    /// `portcullis.dev/heartbeat`).
+    pub heartbeats: MultiStore<Lease>,
 }
 
 pub struct Options {
@@ -154,6 +160,8 @@ pub struct Context {
     pub metrics: ControllerMetrics,
     /// Wakes the gateway loop; `pending` counts the watch events it has not compiled yet.
     pub trigger: Notify,
+    /// Wakes the gateway loop for statuses only (a heartbeat changed).
+    pub status_trigger: Notify,
     pub pending: AtomicI64,
     pub ready: AtomicBool,
     probes: gateways::IssuerProbes,
@@ -168,11 +176,16 @@ impl Context {
             stores,
             metrics,
             trigger: Notify::new(),
+            status_trigger: Notify::new(),
             pending: AtomicI64::new(0),
             ready: AtomicBool::new(false),
             probes: gateways::IssuerProbes::default(),
             opts,
         }
+    }
+
+    fn heartbeat_changed(&self) {
+        self.status_trigger.notify_one();
     }
 
     fn changed(&self) {
@@ -187,6 +200,7 @@ fn watch_kind<K>(
     ctx_slot: Arc<tokio::sync::OnceCell<Arc<Context>>>,
     apis: Vec<Api<K>>,
     config: watcher::Config,
+    on_event: fn(&Context),
 ) -> (MultiStore<K>, Vec<tokio::task::JoinHandle<()>>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -205,7 +219,7 @@ where
                 match event {
                     Ok(_) => {
                         if let Some(ctx) = slot.get() {
-                            ctx.changed();
+                            on_event(ctx);
                         }
                     }
                     Err(e) => tracing::warn!(kind = %K::kind(&Default::default()), "watch failed, retrying: {e}"),
@@ -230,19 +244,23 @@ pub async fn run(
     let managed_gateways =
         watcher::Config::default().labels(&format!("{}={},{}", desired::MANAGED_BY.0, desired::MANAGED_BY.1, desired::LABEL_GATEWAY));
     let own_ns = Scope::Namespaces(vec![opts.namespace.clone()]);
-    let (policies, mut tasks) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default());
-    let (signing_keys, t) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default());
+    let changed = Context::changed;
+    let (policies, mut tasks) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default(), changed);
+    let (signing_keys, t) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default(), changed);
     tasks.extend(t);
-    let (key_secrets, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys.clone());
+    let (key_secrets, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys.clone(), changed);
     tasks.extend(t);
-    let (jwks, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys);
+    let (jwks, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys, changed);
     tasks.extend(t);
-    let (gateway_configmaps, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways.clone());
+    let (gateway_configmaps, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways.clone(), changed);
     tasks.extend(t);
-    let (gateway_secrets, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways);
+    let (gateway_secrets, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways, changed);
+    tasks.extend(t);
+    let heartbeat_leases = watcher::Config::default().labels(crate::heartbeat::LABEL_HEARTBEAT);
+    let (heartbeats, t) = watch_kind(slot.clone(), own_ns.apis(&client), heartbeat_leases, Context::heartbeat_changed);
     tasks.extend(t);
 
-    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets };
+    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats };
     let ctx = Arc::new(Context::new(client.clone(), opts, stores, metrics));
     let _ = slot.set(ctx.clone());
     let _ = published.set(ctx.clone());
@@ -256,6 +274,7 @@ pub async fn run(
             s.jwks.wait_until_ready().await;
             s.gateway_configmaps.wait_until_ready().await;
             s.gateway_secrets.wait_until_ready().await;
+            s.heartbeats.wait_until_ready().await;
             ctx.ready.store(true, Ordering::Release);
             tracing::info!("watch caches synced");
         });
@@ -267,15 +286,9 @@ pub async fn run(
     let (always, not_elected) = watch::channel(true);
     let (mut leading, lease_task) = match &ctx.opts.lease_name {
         Some(name) => {
-            let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), name)
-                .with_namespace(&ctx.opts.namespace)
-                .with_identity(&ctx.opts.identity)
-                .with_duration(15)
-                .with_grace(5)
-                .with_field_manager(lease_field_manager(&ctx.opts.identity))
-                .build()
-                .await?;
-            let (rx, task) = manager.watch().await;
+            let field_manager = lease_field_manager(&ctx.opts.identity);
+            let (rx, task) =
+                leader::elect(client.clone(), &ctx.opts.namespace, name, &ctx.opts.identity, field_manager, leader::Timing::default());
             (rx, Some(task))
         }
         None => (not_elected, None),
@@ -304,8 +317,15 @@ pub async fn run(
             _ = &mut work => false,
         };
         let _ = stop_tx.send(true);
-        if tokio::time::timeout(Duration::from_secs(10), &mut work).await.is_err() {
+        if stopping {
+            // Still holding the Lease: let the work finish what it is writing (briefly).
+            if tokio::time::timeout(Duration::from_secs(10), &mut work).await.is_err() {
+                work.abort();
+            }
+        } else {
+            // Leadership is gone (another replica may take over shortly): stop acting now.
             work.abort();
+            let _ = work.await;
         }
         ctx.metrics.leader.set(0);
         tracing::info!(identity = %ctx.opts.identity, "no longer leading");
@@ -319,15 +339,14 @@ pub async fn run(
 async fn finish(
     ctx: Arc<Context>,
     leading: watch::Receiver<bool>,
-    lease_task: Option<tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>>,
+    lease_task: Option<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Arc<Context>> {
     drop(leading);
     if let Some(t) = lease_task {
-        match tokio::time::timeout(Duration::from_secs(5), t).await {
-            Ok(Ok(Ok(_))) => tracing::info!("leader Lease released"),
-            Ok(Ok(Err(e))) => tracing::warn!("releasing the Lease failed: {e}"),
-            _ => tracing::warn!("releasing the Lease timed out"),
+        // The election releases the Lease (if held) once nobody listens to it any more.
+        if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+            tracing::warn!("releasing the Lease timed out");
         }
     }
     for t in tasks {

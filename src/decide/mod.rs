@@ -187,6 +187,15 @@ pub struct Allowed {
     /// the token's own header (or `cookie`, when only token cookies were sent) when the policy
     /// does not forward the caller's token. The gateway removes whatever a client sent in them.
     pub strip: Vec<HeaderName>,
+    /// Set on rules in Audit mode: what enforcing would have decided.
+    pub audit: Option<Verdict>,
+}
+
+/// What an audited rule would have decided, had it been enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    WouldAllow,
+    WouldDeny { reason: DenyReason, detail: Option<String> },
 }
 
 #[derive(Debug)]
@@ -255,6 +264,7 @@ struct RtRule {
     headers: Vec<(HeaderName, ClaimPath)>,
     token: TokenForwarding,
     issue: Option<(IssueConfig, Option<Arc<Minter>>)>,
+    audit: bool,
 }
 
 /// Supplies key sets that live longer than one engine (remote JWKS, fetched by the gateway).
@@ -423,6 +433,7 @@ impl Engine {
                     headers,
                     token: r.forward.token,
                     issue,
+                    audit: r.audit,
                 });
             }
             policies.push(RtPolicy {
@@ -511,39 +522,92 @@ impl Engine {
         let route = RouteRef { policy: entry.policy, rule: entry.rule };
         let policy = &self.policies[entry.policy as usize];
         let rule = &policy.rules[entry.rule as usize];
+        let (decision, caller) = self.decide_rule(route, policy, rule, req, &path, query, now);
+        if !rule.audit {
+            return decision;
+        }
+        // Audit: allowed whatever the rule says, with the caller's identity when the token
+        // verified; what enforcing would have done travels with the answer.
+        match decision {
+            Decision::Allow(mut a) => {
+                a.audit = Some(Verdict::WouldAllow);
+                Decision::Allow(a)
+            }
+            Decision::Deny(d) => {
+                let mut a = caller
+                    .and_then(|(verified, from_authorization)| {
+                        self.identity(route, policy, rule, &verified, req.headers, from_authorization, now).ok()
+                    })
+                    .unwrap_or_else(|| self.anonymous(route, policy, req.headers));
+                a.audit = Some(Verdict::WouldDeny { reason: d.reason, detail: d.detail });
+                Decision::Allow(a)
+            }
+        }
+    }
+
+    /// The decision of one rule, and the verified caller when there is one (for Audit).
+    #[allow(clippy::too_many_arguments)]
+    fn decide_rule(
+        &self,
+        route: RouteRef,
+        policy: &RtPolicy,
+        rule: &RtRule,
+        req: &Request<'_>,
+        path: &str,
+        query: Option<&str>,
+        now: i64,
+    ) -> (Decision, Option<(Arc<Verified>, bool)>) {
         let deny =
             |reason: DenyReason, detail: Option<String>| Denied { reason, route: Some(route), detail, scopes: Vec::new(), refetch: None };
 
         if rule.public {
-            return Decision::Allow(self.anonymous(route, policy, req.headers));
+            return (Decision::Allow(self.anonymous(route, policy, req.headers)), None);
         }
 
         let (token, from_authorization) = match token::extract(&policy.token_sources, req.headers, query) {
             Extracted::Found { token, from_authorization } => (token, from_authorization),
             // Optional authentication: no token is an anonymous caller; a token that is there
             // is verified below like any other, and an invalid one is a 401, never anonymous.
-            Extracted::None if rule.optional => return Decision::Allow(self.anonymous(route, policy, req.headers)),
-            Extracted::None => return Decision::Deny(deny(DenyReason::MissingToken, None)),
-            Extracted::Ambiguous => return Decision::Deny(deny(DenyReason::AmbiguousToken, None)),
+            Extracted::None if rule.optional => return (Decision::Allow(self.anonymous(route, policy, req.headers)), None),
+            Extracted::None => return (Decision::Deny(deny(DenyReason::MissingToken, None)), None),
+            Extracted::Ambiguous => return (Decision::Deny(deny(DenyReason::AmbiguousToken, None)), None),
         };
         let verified = match self.authenticate(policy, token, now) {
             Ok(v) => v,
             Err((reason, refetch)) => {
                 let detail =
                     (reason == DenyReason::UntrustedIssuer).then(|| "the token's iss is not among the policy's issuers".to_owned());
-                return Decision::Deny(Denied { refetch, ..deny(reason, detail) });
+                return (Decision::Deny(Denied { refetch, ..deny(reason, detail) }), None);
             }
         };
 
-        let params = rule.templates.iter().find_map(|t| t.params(&path)).unwrap_or_default();
+        let params = rule.templates.iter().find_map(|t| t.params(path)).unwrap_or_default();
         let facts = RequestFacts { headers: req.headers, params: &params };
-        if let Err((req_text, unmet, scopes)) = check_rule(rule, &verified.claims, facts) {
-            return Decision::Deny(Denied {
-                scopes,
-                ..deny(DenyReason::ClaimsNotSatisfied, Some(format!("{req_text}: {}", unmet.as_str())))
-            });
-        }
+        let decision = match check_rule(rule, &verified.claims, facts) {
+            Err((req_text, unmet, scopes)) => {
+                Decision::Deny(Denied { scopes, ..deny(DenyReason::ClaimsNotSatisfied, Some(format!("{req_text}: {}", unmet.as_str()))) })
+            }
+            Ok(()) => match self.identity(route, policy, rule, &verified, req.headers, from_authorization, now) {
+                Ok(a) => Decision::Allow(a),
+                Err(detail) => Decision::Deny(deny(DenyReason::MintUnavailable, Some(detail))),
+            },
+        };
+        (decision, Some((verified, from_authorization)))
+    }
 
+    /// What the upstream gets for a verified caller: identity headers, the token the rule
+    /// forwards (or a minted one), and what must be stripped. Fails only when minting cannot.
+    #[allow(clippy::too_many_arguments)]
+    fn identity(
+        &self,
+        route: RouteRef,
+        policy: &RtPolicy,
+        rule: &RtRule,
+        verified: &Verified,
+        request: &HeaderMap,
+        from_authorization: bool,
+        now: i64,
+    ) -> Result<Allowed, String> {
         let mut headers = Vec::with_capacity(rule.headers.len());
         for (name, path) in &rule.headers {
             if let Some(v) = path.lookup(&verified.claims).and_then(header_value) {
@@ -552,22 +616,17 @@ impl Engine {
         }
         let authorization = match (&rule.token, &rule.issue) {
             (TokenForwarding::Issue, Some((issue, Some(minter)))) => {
-                match minter.authorization(&self.issuer_url, issue, &verified, (route.policy, route.rule), now) {
-                    Ok(header) => Some(header),
-                    Err(e) => return Decision::Deny(deny(DenyReason::MintUnavailable, Some(e.to_string()))),
-                }
+                Some(minter.authorization(&self.issuer_url, issue, verified, (route.policy, route.rule), now).map_err(|e| e.to_string())?)
             }
-            (TokenForwarding::Issue, _) => {
-                return Decision::Deny(deny(DenyReason::MintUnavailable, Some("the signing key is not available to this gateway".into())));
-            }
-            (TokenForwarding::Original, _) if from_authorization => req.headers.get(http::header::AUTHORIZATION).cloned(),
+            (TokenForwarding::Issue, _) => return Err("the signing key is not available to this gateway".into()),
+            (TokenForwarding::Original, _) if from_authorization => request.get(http::header::AUTHORIZATION).cloned(),
             _ => None,
         };
         let mut strip: Vec<HeaderName> = self.identity_headers.iter().filter(|h| !headers.iter().any(|(n, _)| n == *h)).cloned().collect();
         if rule.token != TokenForwarding::Original {
-            remove_token(policy, req.headers, &mut headers, &mut strip);
+            remove_token(policy, request, &mut headers, &mut strip);
         }
-        Decision::Allow(Allowed { route, headers, authorization, strip })
+        Ok(Allowed { route, headers, authorization, strip, audit: None })
     }
 
     /// Rules whose host and path match a request but whose methods do not: what `check` shows
@@ -605,7 +664,7 @@ impl Engine {
         let mut headers = Vec::new();
         let mut strip = self.identity_headers.clone();
         remove_token(policy, request, &mut headers, &mut strip);
-        Allowed { route, headers, authorization: None, strip }
+        Allowed { route, headers, authorization: None, strip, audit: None }
     }
 
     /// A CORS preflight (`OPTIONS` with one `Origin` and one `Access-Control-Request-Method`)

@@ -233,6 +233,7 @@ mod tests {
                     require: Vec::new(),
                     any_of: Vec::new(),
                     forward: ForwardConfig { token: TokenForwarding::Original, ..Default::default() },
+                    audit: false,
                 })
                 .collect(),
             cors_preflight: false,

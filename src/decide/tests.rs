@@ -772,3 +772,48 @@ fn cors_preflights_pass_without_a_token_only_where_the_policy_allows_them() {
     let off = engine(&compile_yaml("default", &yaml.replace("corsPreflight: true", "corsPreflight: false"), &BTreeMap::new()));
     assert_eq!(reason(&decide(&off, "OPTIONS", "h", "/posts/1", &preflight("POST"))), DenyReason::NoRoute);
 }
+
+#[test]
+fn audit_mode_allows_what_it_would_deny_and_says_why_with_identity_only_for_a_verified_token() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    // The policy audits; its admin rule is enforced (a rule's mode overrides the policy's).
+    let yaml = shop_yaml(&issuer)
+        .replace("  forward:\n", "  mode: Audit\n  forward:\n")
+        .replace("    - name: admin\n", "    - name: admin\n      mode: Enforce\n");
+    let compiled = compile_yaml("default", &yaml, &BTreeMap::new());
+    assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted), "{:?}", compiled.outcomes);
+    let engine = engine(&compiled);
+    let audit = |d: &Decision| match d {
+        Decision::Allow(a) => a.audit.clone(),
+        Decision::Deny(d) => panic!("audited rules never deny: {d:?}"),
+    };
+
+    // No token: allowed, anonymous, would be a missing_token.
+    let d = decide(&engine, "GET", "api.example.com", "/orders/1", &headers(&[("x-user-id", "spoofed")]));
+    assert_eq!(audit(&d), Some(Verdict::WouldDeny { reason: DenyReason::MissingToken, detail: None }));
+    let Decision::Allow(a) = &d else { unreachable!() };
+    assert!(a.headers.is_empty() && a.strip.contains(&HeaderName::from_static("x-user-id")), "no identity for no caller");
+
+    // A verified token that lacks the scope: allowed with its identity, would be a 403.
+    let token = issuer.token("orders", NOW, json!({"sub": "bob", "tenant": "acme"}));
+    let d = decide(&engine, "GET", "api.example.com", "/orders/1", &bearer(&token));
+    let Some(Verdict::WouldDeny { reason: DenyReason::ClaimsNotSatisfied, detail: Some(detail) }) = audit(&d) else { panic!("{d:?}") };
+    assert!(detail.contains("orders:read"), "{detail}");
+    let Decision::Allow(a) = &d else { unreachable!() };
+    assert!(a.headers.iter().any(|(n, v)| n == "x-user-id" && v == "bob"), "{:?}", a.headers);
+
+    // A forged token is not a caller: anonymous, would be a 401.
+    let forged = forge_none(&issuer.claims("orders", NOW, json!({"sub": "mallory"})));
+    let d = decide(&engine, "GET", "api.example.com", "/orders/1", &bearer(&forged));
+    assert!(matches!(audit(&d), Some(Verdict::WouldDeny { reason, .. }) if reason.status() == 401), "{d:?}");
+    let Decision::Allow(a) = &d else { unreachable!() };
+    assert!(a.headers.is_empty());
+
+    // What enforcing allows is allowed and counted as such.
+    let token = issuer.token("orders", NOW, reader_claims());
+    assert_eq!(audit(&decide(&engine, "GET", "api.example.com", "/orders/1", &bearer(&token))), Some(Verdict::WouldAllow));
+
+    // The enforced rule still denies.
+    let d = decide(&engine, "GET", "api.example.com", "/orders/admin/x", &bearer(&token));
+    assert!(matches!(d, Decision::Deny(Denied { reason: DenyReason::ClaimsNotSatisfied, .. })), "{d:?}");
+}

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use super::metrics::Metrics;
 use crate::decide::RemoteKeys;
 use crate::decide::keyset::KeySet;
+use crate::heartbeat::JwksHealth;
 
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +98,10 @@ impl Drop for Remote {
 /// One fetcher per (URL, refresh interval), shared by every config that uses it.
 pub struct JwksRegistry {
     remotes: Mutex<HashMap<(String, u64), Remote>>,
+    /// Per URL, the outcome of its fetches (for heartbeats and `/status`).
+    health: Arc<Mutex<HashMap<String, JwksHealth>>>,
+    /// Notified when a URL starts or stops failing.
+    pub health_changed: Arc<Notify>,
     client: HttpClient,
     metrics: Metrics,
     /// Shortest time between two fetches of one URL, whatever asks for them.
@@ -105,7 +110,14 @@ pub struct JwksRegistry {
 
 impl JwksRegistry {
     pub fn new(metrics: Metrics, min_interval: Duration, extra_roots: &[CertificateDer<'static>]) -> Arc<Self> {
-        Arc::new(Self { remotes: Mutex::new(HashMap::new()), client: http_client(extra_roots), metrics, min_interval })
+        Arc::new(Self {
+            remotes: Mutex::new(HashMap::new()),
+            health: Arc::default(),
+            health_changed: Arc::default(),
+            client: http_client(extra_roots),
+            metrics,
+            min_interval,
+        })
     }
 
     /// Asks for one early refetch of `set` (an unknown kid was seen) and waits for it, at most
@@ -129,7 +141,15 @@ impl JwksRegistry {
 
     /// Stops fetchers that no current config uses.
     pub fn retain_only(&self, in_use: &[Arc<KeySet>]) {
-        self.remotes.lock().expect("registry lock").retain(|_, r| in_use.iter().any(|s| Arc::ptr_eq(s, &r.set)));
+        let mut remotes = self.remotes.lock().expect("registry lock");
+        remotes.retain(|_, r| in_use.iter().any(|s| Arc::ptr_eq(s, &r.set)));
+        self.health.lock().expect("health lock").retain(|uri, _| remotes.keys().any(|(u, _)| u == uri));
+    }
+
+    /// The health of `uris` that have been fetched at least once, in order.
+    pub fn health(&self, uris: &[&str]) -> Vec<JwksHealth> {
+        let health = self.health.lock().expect("health lock");
+        uris.iter().filter_map(|u| health.get(*u).cloned()).collect()
     }
 
     fn spawn(&self, uri: &str, refresh: Duration) -> Remote {
@@ -147,6 +167,7 @@ impl JwksRegistry {
             wake.clone(),
             tx,
             last_attempt.clone(),
+            (self.health.clone(), self.health_changed.clone()),
         ));
         Remote { set, wake, attempts: rx, last_attempt, task }
     }
@@ -170,11 +191,18 @@ async fn fetch_loop(
     wake: Arc<Notify>,
     attempts: watch::Sender<u64>,
     last_attempt: Arc<Mutex<Option<Instant>>>,
+    (health, health_changed): (Arc<Mutex<HashMap<String, JwksHealth>>>, Arc<Notify>),
 ) {
     let mut failures: u32 = 0;
     loop {
         *last_attempt.lock().expect("lock") = Some(Instant::now());
-        let next = match fetch_jwks(&client, &uri).await {
+        let result = fetch_jwks(&client, &uri).await;
+        let flipped =
+            record_health(&mut health.lock().expect("health lock"), &uri, &result, set.state().keys.len(), jiff::Timestamp::now());
+        if flipped {
+            health_changed.notify_waiters();
+        }
+        let next = match result {
             Ok((keys, skipped)) => {
                 for s in &skipped {
                     tracing::warn!(%uri, "JWKS key skipped: {s}");
@@ -207,5 +235,47 @@ async fn fetch_loop(
                 }
             }
         }
+    }
+}
+
+/// Records one fetch of `uri` (`held`: keys in use after it); true when it started or stopped
+/// failing (or is the first result).
+fn record_health(
+    health: &mut HashMap<String, JwksHealth>,
+    uri: &str,
+    result: &Result<(Vec<crate::keys::VerifyKey>, Vec<String>), String>,
+    held: usize,
+    now: jiff::Timestamp,
+) -> bool {
+    let (ready, keys, last_error) = match result {
+        Ok((keys, _)) => (true, keys.len(), None),
+        Err(why) => (false, held, Some(why.clone())),
+    };
+    let previous = health.get(uri);
+    let flipped = previous.is_none_or(|h| h.ready != ready);
+    let since = match previous {
+        Some(h) if !flipped => h.since,
+        _ => now,
+    };
+    let entry = JwksHealth { uri: uri.to_owned(), ready, keys: keys as u32, last_error, since };
+    health.insert(uri.to_owned(), entry);
+    flipped
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn health_says_since_when_a_url_fails_and_flips_only_on_a_change() {
+        let mut h = HashMap::new();
+        let t = |s: i64| jiff::Timestamp::from_second(1_800_000_000 + s).unwrap();
+        assert!(record_health(&mut h, "u", &Ok((Vec::new(), Vec::new())), 0, t(0)), "first result");
+        assert!(!record_health(&mut h, "u", &Ok((Vec::new(), Vec::new())), 0, t(5)));
+        assert_eq!(h["u"].since, t(0));
+        assert!(record_health(&mut h, "u", &Err("HTTP 503".into()), 2, t(10)));
+        assert!(!record_health(&mut h, "u", &Err("timed out".into()), 2, t(20)));
+        let e = &h["u"];
+        assert_eq!((e.ready, e.keys, e.last_error.as_deref(), e.since), (false, 2, Some("timed out"), t(10)));
     }
 }

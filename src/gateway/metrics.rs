@@ -23,6 +23,7 @@ pub struct Metrics {
     pub rejected_resources: IntGauge,
     signing_key_age: IntGaugeVec,
     signing_key_next: IntGaugeVec,
+    pub audit_decisions: IntCounterVec,
 }
 
 /// Decision counters of one policy (or of requests that matched no policy).
@@ -86,6 +87,14 @@ impl Metrics {
             &["signing_key"],
         )
         .expect("valid metric");
+        let audit_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_audit_decisions_total",
+                "Decisions of rules in Audit mode (the request was allowed) by what enforcing would have done.",
+            ),
+            &["policy", "rule", "result", "reason"],
+        )
+        .expect("valid metric");
         register(
             &registry,
             vec![
@@ -101,6 +110,7 @@ impl Metrics {
                 Box::new(rejected_resources.clone()),
                 Box::new(signing_key_age.clone()),
                 Box::new(signing_key_next.clone()),
+                Box::new(audit_decisions.clone()),
             ],
         );
         Self {
@@ -118,6 +128,7 @@ impl Metrics {
             rejected_resources,
             signing_key_age,
             signing_key_next,
+            audit_decisions,
         }
     }
 

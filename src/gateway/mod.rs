@@ -9,11 +9,13 @@
 //!                                   ArcSwap<Slot{Engine, counters}> ◀── apply(config) ◀── file / ConfigMap / local dir
 //! ```
 
+pub mod audit;
 pub mod cluster;
 pub mod jwks;
 pub mod metrics;
 pub mod request;
 pub mod source;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Denied, DenyReason, Engine, Request};
+use crate::decide::{self, BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Denied, DenyReason, Engine, Request};
 use crate::http::reply;
 use crate::keys::store::KeyRing;
 use crate::policy::path::PathMode;
@@ -60,6 +62,9 @@ pub enum Endpoints {
 
 struct Slot {
     engine: Arc<Engine>,
+    loaded_at: jiff::Timestamp,
+    /// (policy, rule) of every rule in Audit mode.
+    audited: Vec<(String, String)>,
     counters: Vec<PolicyCounters>,
     jwks: Bytes,
     jwks_max_age: u64,
@@ -75,6 +80,12 @@ pub struct Gateway {
     no_route: PolicyCounters,
     /// Serialises `apply` so that two sources cannot interleave swaps.
     apply_lock: std::sync::Mutex<()>,
+    pub audit: audit::AuditLog,
+    /// Notified when what `/status` and the heartbeat report changes: a config loads, or a
+    /// JWKS starts or stops failing.
+    pub changed: Arc<tokio::sync::Notify>,
+    /// This replica's name in `/status` (the Pod's name in a cluster).
+    pub replica: std::sync::OnceLock<String>,
 }
 
 impl Gateway {
@@ -92,9 +103,13 @@ impl Gateway {
         jwks_roots: &[rustls::pki_types::CertificateDer<'static>],
         path_mode: PathMode,
     ) -> Arc<Self> {
+        let jwks = JwksRegistry::new(metrics.clone(), jwks_min_interval, jwks_roots);
         Arc::new(Self {
             slot: ArcSwapOption::empty(),
-            jwks: JwksRegistry::new(metrics.clone(), jwks_min_interval, jwks_roots),
+            changed: jwks.health_changed.clone(),
+            replica: std::sync::OnceLock::new(),
+            audit: audit::AuditLog::new(metrics.audit_decisions.clone()),
+            jwks,
             no_route: metrics.policy_counters(""),
             metrics,
             issuer_url: issuer_url.trim_end_matches('/').to_owned(),
@@ -139,8 +154,17 @@ impl Gateway {
             tracing::warn!(version = %version, "{w}");
         }
         let counters = engine.config.policies.iter().map(|p| self.metrics.policy_counters(&p.key())).collect();
+        let audited: Vec<(String, String)> = engine
+            .config
+            .policies
+            .iter()
+            .flat_map(|p| p.rules.iter().filter(|r| r.audit).map(move |r| (p.key(), r.name.clone())))
+            .collect();
+        self.audit.retain(&audited);
         let previous = self.slot.swap(Some(Arc::new(Slot {
             engine: engine.clone(),
+            loaded_at: jiff::Timestamp::now(),
+            audited,
             counters,
             jwks: Bytes::from(jwks_doc.to_string()),
             jwks_max_age,
@@ -160,6 +184,7 @@ impl Gateway {
         self.metrics.config_last_success.set(unix_now());
         self.metrics.set_config(engine.realm(), &version);
         tracing::info!(gateway = engine.realm(), version = %version, policies = engine.policy_count(), routes = engine.route_count(), "config loaded");
+        self.changed.notify_waiters();
         Ok(engine)
     }
 
@@ -192,6 +217,11 @@ impl Gateway {
                 Some(s) => reply(StatusCode::OK, "text/plain", Bytes::from(format!("ready: config {}\n", s.engine.version()))),
                 None => not_ready(),
             },
+            "/status" if admin => {
+                let replica = self.replica.get().map_or("local", String::as_str);
+                let status = serde_json::to_vec_pretty(&self.status("", replica)).expect("serializes");
+                reply(StatusCode::OK, "application/json", Bytes::from(status))
+            }
             "/metrics" if admin => {
                 if let Some(s) = &*self.slot.load() {
                     self.metrics.token_cache_entries.set(s.engine.cached_tokens() as i64);
@@ -239,7 +269,16 @@ impl Gateway {
         match decision {
             Decision::Allow(a) => {
                 counters.allowed.inc();
-                tracing::debug!(policy, rule, method, host, path, "allow");
+                match &a.audit {
+                    None => tracing::debug!(policy, rule, method, host, path, "allow"),
+                    Some(v) => {
+                        self.audit.record(policy, rule, v, unix_now());
+                        if let decide::Verdict::WouldDeny { reason, detail } = v {
+                            let (reason, detail) = (reason.as_str(), detail.as_deref().unwrap_or(""));
+                            tracing::info!(policy, rule, method, host, path, reason, detail, "audit: allowed, enforcing would deny");
+                        }
+                    }
+                }
                 let mut resp = Response::new(Full::new(Bytes::new()));
                 let h = resp.headers_mut();
                 for (name, value) in a.headers {

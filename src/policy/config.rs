@@ -117,6 +117,9 @@ pub struct RuleConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub any_of: Vec<Vec<Requirement>>,
     pub forward: ForwardConfig,
+    /// Audit mode: decided and counted, but allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -245,6 +245,7 @@ mod tests {
                 issue: Some(IssueConfig { signing_key: key.parse().unwrap(), audience: "x".into(), ttl_secs: 60, claims: Vec::new() }),
                 ..ForwardConfig::default()
             },
+            audit: false,
         });
         p
     }

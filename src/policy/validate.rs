@@ -255,6 +255,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
             require: rule.require.clone(),
             any_of: rule.any_of.iter().map(|g| g.require.clone()).collect(),
             forward,
+            audit: rule.mode.or(spec.mode) == Some(crate::api::Mode::Audit),
         });
     }
 

@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -521,4 +523,45 @@ pub fn start_envoy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
         http(admin, "GET", "localhost", "/ready", &[]).ok().filter(|r| r.status == 200)
     });
     (p, port)
+}
+
+/// A JWKS endpoint whose answer the test changes, counting requests.
+pub struct IdpServer {
+    pub port: u16,
+    answer: Arc<Mutex<(u16, String)>>,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl IdpServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = Arc::new(Mutex::new((200, "{\"keys\":[]}".to_owned())));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (a, h) = (answer.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                h.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = a.lock().unwrap().clone();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { port, answer, hits }
+    }
+
+    /// Answers `status` with `body` from now on.
+    pub fn answer(&self, status: u16, body: String) {
+        *self.answer.lock().unwrap() = (status, body);
+    }
+
+    pub fn serve(&self, status: u16, keys: &[&portcullis::testkit::TestIssuer]) {
+        let keys: Vec<Value> = keys.iter().map(|i| i.jwks()["keys"][0].clone()).collect();
+        *self.answer.lock().unwrap() = (status, json!({ "keys": keys }).to_string());
+    }
 }

@@ -1,0 +1,271 @@
+//! The data plane's truth in AuthPolicy status (pure): gateway heartbeats × published configs
+//! → `Enforced`, `status.gateways`, `status.issuers` + `IssuersReady`, and audit counts.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{AuthPolicyStatus, GatewayServing, IssuerHealth, ReasonCount, RuleAudit};
+use crate::heartbeat::{AUDIT_WINDOW_SECS, Heartbeat, TOP_REASONS};
+use crate::policy::GatewayConfig;
+use crate::policy::config::KeySource;
+
+pub mod reasons {
+    pub const ENFORCED: &str = "Enforced";
+    pub const PENDING: &str = "Pending";
+    pub const STALE: &str = "Stale";
+    pub const NO_REPLICAS: &str = "NoReplicas";
+    pub const NOT_PROGRAMMED: &str = "NotProgrammed";
+    pub const JWKS_READY: &str = "JwksReady";
+    pub const JWKS_FAILING: &str = "JwksFailing";
+    pub const JWKS_UNKNOWN: &str = "JwksUnknown";
+}
+
+/// Versions a gateway's replicas may still serve: the last few published configs, each with
+/// the generation of every policy in it. A replica on a version not remembered here (published
+/// before the controller started) counts as not serving anything newer.
+#[derive(Default, Debug)]
+pub struct History(HashMap<String, VecDeque<(String, Generations)>>);
+
+/// Policy key → generation, of one config.
+type Generations = HashMap<String, Option<i64>>;
+
+const HISTORY: usize = 32;
+
+impl History {
+    pub fn record(&mut self, config: &GatewayConfig) {
+        let versions = self.0.entry(config.gateway.clone()).or_default();
+        if versions.back().is_some_and(|(v, _)| *v == config.version) {
+            return;
+        }
+        versions.retain(|(v, _)| *v != config.version);
+        versions.push_back((config.version.clone(), config.policies.iter().map(|p| (p.key(), p.generation)).collect()));
+        while versions.len() > HISTORY {
+            versions.pop_front();
+        }
+    }
+
+    /// Whether config `version` of `gateway` holds `policy` at `generation`.
+    fn holds(&self, gateway: &str, version: &str, policy: &str, generation: Option<i64>) -> bool {
+        self.0
+            .get(gateway)
+            .and_then(|vs| vs.iter().find(|(v, _)| v == version))
+            .is_some_and(|(_, policies)| policies.get(policy) == Some(&generation))
+    }
+}
+
+/// A status condition without its transition time (set when merged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn into_condition(self, type_: &str, generation: Option<i64>, now: Timestamp) -> Condition {
+        Condition {
+            type_: type_.to_owned(),
+            status: self.status.to_owned(),
+            reason: self.reason.to_owned(),
+            message: self.message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }
+    }
+}
+
+/// `Enforced` for a policy whose published config holds it at `served` (None: not in the
+/// config), given the live heartbeats of its gateway.
+pub fn enforced(
+    gateway: &str,
+    policy: &str,
+    served: Option<Option<i64>>,
+    live: &[Heartbeat],
+    history: &History,
+) -> (Verdict, GatewayServing) {
+    let replicas = live.len() as u32;
+    let serving = match served {
+        Some(generation) => {
+            live.iter().filter(|hb| hb.version.as_deref().is_some_and(|v| history.holds(gateway, v, policy, generation))).count() as u32
+        }
+        None => 0,
+    };
+    let summary = GatewayServing { name: gateway.to_owned(), replicas, serving };
+    let verdict = match (served, replicas, serving) {
+        (None, _, _) => {
+            Verdict { status: "False", reason: reasons::NOT_PROGRAMMED, message: format!("not part of the config of gateway {gateway}") }
+        }
+        (Some(_), 0, _) => Verdict {
+            status: "False",
+            reason: reasons::NO_REPLICAS,
+            message: format!("no replica of gateway {gateway} reports a heartbeat"),
+        },
+        (Some(_), n, s) if s == n => {
+            Verdict { status: "True", reason: reasons::ENFORCED, message: format!("{s}/{n} replicas of gateway {gateway} serve it") }
+        }
+        (Some(_), n, 0) => {
+            Verdict { status: "False", reason: reasons::PENDING, message: format!("0/{n} replicas of gateway {gateway} serve it yet") }
+        }
+        (Some(_), n, s) => Verdict {
+            status: "False",
+            reason: reasons::STALE,
+            message: format!("{} of {n} replicas of gateway {gateway} are on an older version", n - s),
+        },
+    };
+    (verdict, summary)
+}
+
+/// Per remote JWKS of the policy's issuers, its health across the live replicas, and
+/// `IssuersReady`. Issuers with inline keys or a SigningKey have nothing to fetch.
+pub fn issuers(config: Option<&crate::policy::PolicyConfig>, live: &[Heartbeat]) -> (Verdict, Vec<IssuerHealth>) {
+    let mut out = Vec::new();
+    for i in config.map(|c| c.issuers.as_slice()).unwrap_or_default() {
+        let KeySource::Remote { uri, .. } = &i.keys else { continue };
+        let reports: Vec<&crate::heartbeat::JwksHealth> = live.iter().flat_map(|hb| hb.jwks.iter().filter(|j| j.uri == *uri)).collect();
+        let failing: Vec<_> = reports.iter().filter(|r| !r.ready).collect();
+        let health = if reports.is_empty() {
+            IssuerHealth { issuer: i.issuer.clone(), uri: uri.clone(), jwks: "Unknown".into(), keys: 0, last_error: None, since: None }
+        } else if let Some(worst) = failing.iter().min_by_key(|r| r.since) {
+            IssuerHealth {
+                issuer: i.issuer.clone(),
+                uri: uri.clone(),
+                jwks: "Failing".into(),
+                keys: reports.iter().map(|r| r.keys).min().unwrap_or(0),
+                last_error: worst.last_error.clone(),
+                since: Some(Time(worst.since)),
+            }
+        } else {
+            IssuerHealth {
+                issuer: i.issuer.clone(),
+                uri: uri.clone(),
+                jwks: "Ready".into(),
+                keys: reports.iter().map(|r| r.keys).min().unwrap_or(0),
+                last_error: None,
+                since: reports.iter().map(|r| r.since).max().map(Time),
+            }
+        };
+        out.push(health);
+    }
+    let failing: Vec<String> = out
+        .iter()
+        .filter(|h| h.jwks == "Failing")
+        .map(|h| format!("{} ({})", h.uri, h.last_error.as_deref().unwrap_or("failing")))
+        .collect();
+    let unknown = out.iter().filter(|h| h.jwks == "Unknown").count();
+    let verdict = if !failing.is_empty() {
+        Verdict {
+            status: "False",
+            reason: reasons::JWKS_FAILING,
+            message: format!("gateway replicas cannot fetch {}; they keep the last good keys", failing.join(", ")),
+        }
+    } else if unknown > 0 {
+        Verdict {
+            status: "Unknown",
+            reason: reasons::JWKS_UNKNOWN,
+            message: format!("{unknown} key set(s) not fetched by any replica yet"),
+        }
+    } else if out.is_empty() {
+        Verdict { status: "True", reason: reasons::JWKS_READY, message: "no remote key sets".into() }
+    } else {
+        Verdict { status: "True", reason: reasons::JWKS_READY, message: format!("{} remote key set(s) fresh on every replica", out.len()) }
+    };
+    (verdict, out)
+}
+
+/// Everything the data plane says about one policy.
+pub struct View {
+    pub enforced: (Verdict, GatewayServing),
+    pub issuers: (Verdict, Vec<IssuerHealth>),
+    pub audit: (Vec<RuleAudit>, Option<String>),
+}
+
+/// Adds `Enforced`, `IssuersReady` and the data-plane fields to a status, keeping the
+/// transition time of conditions whose status did not change since `existing`.
+pub fn add_to_status(
+    status: &mut AuthPolicyStatus,
+    existing: Option<&AuthPolicyStatus>,
+    view: View,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let (enforced, serving) = view.enforced;
+    let (ready, issuers) = view.issuers;
+    let new = vec![enforced.into_condition("Enforced", generation, now), ready.into_condition("IssuersReady", generation, now)];
+    let merged = crate::controller::desired::merge_conditions(existing.map(|s| s.conditions.as_slice()).unwrap_or_default(), new);
+    status.conditions.extend(merged);
+    status.gateways = vec![serving];
+    status.issuers = issuers;
+    (status.audit, status.audit_summary) = view.audit;
+}
+
+/// Keeps the audit counts already in `existing` (written recently), unless the audited rules
+/// themselves changed or the old counts were all zero (the first traffic shows at once): counts
+/// move with every request and would otherwise be rewritten on every heartbeat.
+pub fn keep_recent_audit(status: &mut AuthPolicyStatus, existing: Option<&AuthPolicyStatus>) {
+    let Some(old) = existing else { return };
+    let rules = |s: &AuthPolicyStatus| s.audit.iter().map(|r| r.rule.clone()).collect::<Vec<_>>();
+    let counted = old.audit.iter().any(|r| r.would_allow + r.would_deny > 0);
+    if counted && rules(old) == rules(status) {
+        status.audit = old.audit.clone();
+        status.audit_summary = old.audit_summary.clone();
+    }
+}
+
+/// The audited rules' counts summed over the live replicas, and a one-line summary.
+pub fn audit(policy: &str, config: Option<&crate::policy::PolicyConfig>, live: &[Heartbeat]) -> (Vec<RuleAudit>, Option<String>) {
+    let Some(config) = config else { return (Vec::new(), None) };
+    let mut rules = Vec::new();
+    let mut reasons_all: BTreeMap<String, u64> = BTreeMap::new();
+    for r in config.rules.iter().filter(|r| r.audit) {
+        let mut sum = RuleAudit { rule: r.name.clone(), window_seconds: AUDIT_WINDOW_SECS, ..Default::default() };
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        for c in live.iter().flat_map(|hb| hb.audit.iter().filter(|c| c.policy == policy && c.rule == r.name)) {
+            sum.would_allow += c.would_allow;
+            sum.would_deny += c.would_deny;
+            for (reason, n) in &c.reasons {
+                *reasons.entry(reason.clone()).or_default() += n;
+                *reasons_all.entry(reason.clone()).or_default() += n;
+            }
+        }
+        sum.top_reasons = top(reasons);
+        rules.push(sum);
+    }
+    if rules.is_empty() {
+        return (rules, None);
+    }
+    let (allow, deny) = rules.iter().fold((0, 0), |(a, d), r| (a + r.would_allow, d + r.would_deny));
+    let summary = match (allow + deny, top(reasons_all).first()) {
+        (0, _) => "audit: no requests yet".to_owned(),
+        (total, Some(r)) => format!("would deny {} ({})", percent(deny, total), r.reason),
+        (total, None) => format!("would deny {}", percent(deny, total)),
+    };
+    (rules, Some(summary))
+}
+
+fn top(reasons: BTreeMap<String, u64>) -> Vec<ReasonCount> {
+    let mut v: Vec<ReasonCount> = reasons.into_iter().map(|(reason, count)| ReasonCount { reason, count }).collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+    v.truncate(TOP_REASONS);
+    v
+}
+
+/// A share as a percentage with one decimal; never rounds a non-zero share to "0%" or a
+/// partial one to "100%".
+fn percent(part: u64, total: u64) -> String {
+    let p = part as f64 * 100.0 / total as f64;
+    let shown = if part > 0 && p < 0.1 {
+        "<0.1".to_owned()
+    } else if part < total && p > 99.9 {
+        ">99.9".to_owned()
+    } else {
+        let s = format!("{p:.1}");
+        s.strip_suffix(".0").map(str::to_owned).unwrap_or(s)
+    };
+    format!("{shown}%")
+}
+
+#[cfg(test)]
+#[path = "dataplane_tests.rs"]
+mod tests;
