@@ -196,5 +196,58 @@ fn bench_compile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_preparsed, bench_compile);
+/// The controller's work for one edit among 3,000 policies: compiling the gateway, and deriving
+/// every policy's status from two replicas' heartbeats (what a status pass does before it
+/// compares and writes the few that differ).
+fn bench_controller(c: &mut Criterion) {
+    use portcullis::controller::dataplane::{self, History};
+    use portcullis::controller::desired::{Programmed, policy_status};
+    use portcullis::heartbeat::Heartbeat;
+    let mut g = c.benchmark_group("controller");
+    g.sample_size(10);
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let jwks = issuer.jwks();
+    let mut inputs = Vec::new();
+    for p in 0..3_000 {
+        let yaml = format!(
+            "name: svc-{p}\nspec:\n  hosts: [svc-{h}.example.com]\n  issuers: [{{ issuer: \"{ISS}\", audiences: [svc], algorithms: [ES256], jwks: {{ inline: {jwks} }} }}]\n  rules:\n    - {{ name: r, match: {{ paths: [{{ prefix: /api/p{p} }}] }}, require: [{{ claim: scope, containsAll: [s] }}] }}\n",
+            h = p % 50
+        );
+        inputs.extend(inputs_from_yaml(&yaml));
+    }
+    let tenancy = portcullis::policy::Tenancy::single_owner();
+    g.bench_function("3000-policies/compile", |b| b.iter(|| black_box(compile("default", &inputs, &BTreeMap::new(), &tenancy))));
+    let compiled = compile("default", &inputs, &BTreeMap::new(), &tenancy);
+    let mut history = History::default();
+    history.record(&compiled.config);
+    let live: Vec<Heartbeat> = ["a", "b"]
+        .iter()
+        .map(|r| Heartbeat {
+            gateway: "default".into(),
+            replica: (*r).into(),
+            version: Some(compiled.config.version.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let programmed = Programmed::Published { gateway: "default".into() };
+    let now = jiff::Timestamp::now();
+    g.bench_function("3000-policies/status-pass", |b| {
+        b.iter(|| {
+            for (o, p) in compiled.outcomes.iter().zip(&compiled.config.policies) {
+                let key = p.key();
+                let view = dataplane::View {
+                    enforced: dataplane::enforced("default", &key, Some(p.generation), &live, &history),
+                    issuers: dataplane::issuers(Some(p), &live),
+                    audit: dataplane::audit(&key, Some(p), &live),
+                };
+                let mut status = policy_status(None, p.generation, &o.outcome, &programmed, None, now);
+                dataplane::add_to_status(&mut status, None, view, p.generation, now);
+                black_box(status);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_preparsed, bench_compile, bench_controller);
 criterion_main!(benches);

@@ -172,6 +172,10 @@ fn default_values_render_a_least_privilege_secure_install() {
     assert!(gargs.contains(&json!("--configmap=$(POD_NAMESPACE)/portcullis-gateway-default")), "{gargs:?}");
     assert!(gargs.contains(&json!("--issuer-url=http://portcullis-gateway.portcullis.svc:8080")));
     assert!(gargs.contains(&json!("--path-mode=strict")), "paths not in normal form are refused by default: {gargs:?}");
+    assert!(gargs.contains(&json!("--grpc-listen=0.0.0.0:9001")), "gRPC ext_authz is on in the chart: {gargs:?}");
+    let grpc =
+        one(&objects, "Service", "portcullis-gateway")["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "grpc").cloned();
+    assert_eq!(grpc.map(|p| (p["port"].clone(), p["appProtocol"].clone())), Some((json!(9001), json!("grpc"))));
     let cenv = controller["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
     assert!(!cenv.iter().any(|e| e["name"] == "PORTCULLIS_GATEWAY_SETTINGS"), "no settings: the safe default");
     for optional in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"] {

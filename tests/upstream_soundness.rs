@@ -562,6 +562,16 @@ fn envoy_with_the_docs_config_never_serves_what_portcullis_denies() {
 }
 
 #[test]
+fn envoy_grpc_with_the_docs_config_never_serves_what_portcullis_denies() {
+    let h = harness();
+    let grpc = free_port();
+    let (authz, _) = authorizer(&h, &["--grpc-listen", &format!("127.0.0.1:{grpc}")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_envoy, port) = common::start_envoy_grpc(dir.path(), grpc, h.upstream);
+    assert_sound("envoy-grpc", port, &h, &authz);
+}
+
+#[test]
 fn caddy_forward_auth_never_serves_what_portcullis_denies() {
     let h = harness();
     let (authz, authz_port) = authorizer(&h, &[]);

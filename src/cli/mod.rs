@@ -117,6 +117,15 @@ struct ServeArgs {
     /// normalised path upstream (docs/gateways/).
     #[arg(long, default_value = "strict", env = "PORTCULLIS_PATH_MODE")]
     path_mode: crate::policy::path::PathMode,
+    /// Address for Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization`, HTTP/2);
+    /// off unless given.
+    #[arg(long, env = "PORTCULLIS_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// PEM certificate chain for gRPC over TLS (with --grpc-tls-key); plaintext without.
+    #[arg(long, requires = "grpc_tls_key", env = "PORTCULLIS_GRPC_TLS_CERT")]
+    grpc_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "grpc_tls_cert", env = "PORTCULLIS_GRPC_TLS_KEY")]
+    grpc_tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -416,6 +425,24 @@ async fn start_serving(
     if let Some(admin) = args.admin_listen {
         let l = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("binding {admin}"))?;
         tasks.push(tokio::spawn(serve(l, gateway.clone(), Endpoints::Admin, stop_rx.clone(), Duration::from_secs(10))));
+    }
+    if let Some(addr) = args.grpc_listen {
+        let tls = match (&args.grpc_tls_cert, &args.grpc_tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+                let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+                Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+            }
+            _ => None,
+        };
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(grpc = %l.local_addr()?, tls = tls.is_some(), "gRPC ext_authz listening");
+        let (gw, stop) = (gateway.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::gateway::grpc::serve(l, gw, Default::default(), tls, stop).await {
+                tracing::error!("{e}");
+            }
+        }));
     }
     Ok((stop_tx, tasks, main_addr))
 }

@@ -141,10 +141,29 @@ pub(super) async fn run_local(args: LocalArgs) -> Result<u8> {
 
     let mut fingerprint = local.fingerprint();
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut audit_logged = (std::time::Instant::now(), Vec::new());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(crate::local::POLL) => {}
             _ = &mut shutdown => break,
+        }
+        // What /status says about Audit rules, in the log once a minute when it changed.
+        if audit_logged.0.elapsed() >= Duration::from_secs(60) {
+            let audit = gateway.status(&local.gateway, "local").audit;
+            if audit != audit_logged.1 {
+                for a in &audit {
+                    let reasons: Vec<String> = a.reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                    tracing::info!(
+                        policy = %a.policy,
+                        rule = %a.rule,
+                        would_allow = a.would_allow,
+                        would_deny = a.would_deny,
+                        reasons = %reasons.join(", "),
+                        "audit: last 10 minutes"
+                    );
+                }
+            }
+            audit_logged = (std::time::Instant::now(), audit);
         }
         let now = jiff::Timestamp::now();
         let due = loaded.next_wakeup.is_some_and(|w| w <= now);

@@ -189,6 +189,11 @@ pub struct Allowed {
     pub strip: Vec<HeaderName>,
     /// Set on rules in Audit mode: what enforcing would have decided.
     pub audit: Option<Verdict>,
+    /// The verified caller (for integrations that pass claims on, e.g. Envoy's dynamic metadata).
+    pub caller: Option<Arc<Verified>>,
+    /// Query parameters carrying a token that the upstream must not receive. Only an
+    /// integration that can rewrite the query (Envoy gRPC ext_authz) can allow such a request.
+    pub strip_query: Vec<String>,
 }
 
 /// What an audited rule would have decided, had it been enforced.
@@ -248,6 +253,7 @@ struct RtPolicy {
     /// Header sources other than `Authorization`, and cookie names, the token may come from.
     token_headers: Vec<HeaderName>,
     token_cookies: Vec<String>,
+    token_queries: Vec<String>,
     rules: Vec<RtRule>,
     cors_preflight: bool,
 }
@@ -322,6 +328,7 @@ impl Engine {
             let key = p.key();
             let mut token_headers = Vec::new();
             let mut token_cookies = Vec::new();
+            let token_queries: Vec<String> = p.token_sources.iter().filter_map(|s| s.query.as_ref().map(|q| q.name.clone())).collect();
             for source in &p.token_sources {
                 let carrier = match (&source.header, &source.cookie) {
                     (Some(h), _) => {
@@ -442,6 +449,7 @@ impl Engine {
                 token_sources: p.token_sources.clone(),
                 token_headers,
                 token_cookies,
+                token_queries,
                 rules,
                 cors_preflight: p.cors_preflight,
             });
@@ -513,7 +521,8 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return Decision::deny(DenyReason::UnsafePath(e)),
         };
-        if let Some(allowed) = self.cors_preflight(req, &host, &path) {
+        if let Some((policy, mut allowed)) = self.cors_preflight(req, &host, &path) {
+            allowed.strip_query = query_tokens(policy, query);
             return Decision::Allow(allowed);
         }
         let Some(entry) = self.routes.lookup(&host, &path, request_method_bit(req.method)) else {
@@ -523,11 +532,29 @@ impl Engine {
         let policy = &self.policies[entry.policy as usize];
         let rule = &policy.rules[entry.rule as usize];
         let (decision, caller) = self.decide_rule(route, policy, rule, req, &path, query, now);
-        if !rule.audit {
-            return decision;
+        let mut decision = if rule.audit { self.audited(decision, caller, route, policy, rule, req.headers, now) } else { decision };
+        // A token read from the query goes on only where the rule forwards the caller's own.
+        if let Decision::Allow(a) = &mut decision
+            && !(rule.token == TokenForwarding::Original && a.caller.is_some())
+        {
+            a.strip_query = query_tokens(policy, query);
         }
-        // Audit: allowed whatever the rule says, with the caller's identity when the token
-        // verified; what enforcing would have done travels with the answer.
+        decision
+    }
+
+    /// Audit: allowed whatever the rule says, with the caller's identity when the token
+    /// verified; what enforcing would have done travels with the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn audited(
+        &self,
+        decision: Decision,
+        caller: Option<(Arc<Verified>, bool)>,
+        route: RouteRef,
+        policy: &RtPolicy,
+        rule: &RtRule,
+        request: &HeaderMap,
+        now: i64,
+    ) -> Decision {
         match decision {
             Decision::Allow(mut a) => {
                 a.audit = Some(Verdict::WouldAllow);
@@ -536,9 +563,9 @@ impl Engine {
             Decision::Deny(d) => {
                 let mut a = caller
                     .and_then(|(verified, from_authorization)| {
-                        self.identity(route, policy, rule, &verified, req.headers, from_authorization, now).ok()
+                        self.identity(route, policy, rule, &verified, request, from_authorization, now).ok()
                     })
-                    .unwrap_or_else(|| self.anonymous(route, policy, req.headers));
+                    .unwrap_or_else(|| self.anonymous(route, policy, request));
                 a.audit = Some(Verdict::WouldDeny { reason: d.reason, detail: d.detail });
                 Decision::Allow(a)
             }
@@ -603,7 +630,7 @@ impl Engine {
         route: RouteRef,
         policy: &RtPolicy,
         rule: &RtRule,
-        verified: &Verified,
+        verified: &Arc<Verified>,
         request: &HeaderMap,
         from_authorization: bool,
         now: i64,
@@ -626,7 +653,7 @@ impl Engine {
         if rule.token != TokenForwarding::Original {
             remove_token(policy, request, &mut headers, &mut strip);
         }
-        Ok(Allowed { route, headers, authorization, strip, audit: None })
+        Ok(Allowed { route, headers, authorization, strip, audit: None, caller: Some(verified.clone()), strip_query: Vec::new() })
     }
 
     /// Rules whose host and path match a request but whose methods do not: what `check` shows
@@ -664,12 +691,12 @@ impl Engine {
         let mut headers = Vec::new();
         let mut strip = self.identity_headers.clone();
         remove_token(policy, request, &mut headers, &mut strip);
-        Allowed { route, headers, authorization: None, strip, audit: None }
+        Allowed { route, headers, authorization: None, strip, audit: None, caller: None, strip_query: Vec::new() }
     }
 
     /// A CORS preflight (`OPTIONS` with one `Origin` and one `Access-Control-Request-Method`)
     /// for a route of a policy that lets preflights through: allowed as anonymous.
-    fn cors_preflight(&self, req: &Request<'_>, host: &str, path: &str) -> Option<Allowed> {
+    fn cors_preflight(&self, req: &Request<'_>, host: &str, path: &str) -> Option<(&RtPolicy, Allowed)> {
         if req.method != "OPTIONS" {
             return None;
         }
@@ -687,7 +714,7 @@ impl Engine {
         }
         let entry = self.routes.lookup(host, path, request_method_bit(requested))?;
         let policy = &self.policies[entry.policy as usize];
-        policy.cors_preflight.then(|| self.anonymous(RouteRef { policy: entry.policy, rule: entry.rule }, policy, req.headers))
+        policy.cors_preflight.then(|| (policy, self.anonymous(RouteRef { policy: entry.policy, rule: entry.rule }, policy, req.headers)))
     }
 
     /// Establishes who the caller is: from the cache when the same token was verified with the
@@ -717,6 +744,17 @@ impl Engine {
         self.cache.insert(token, verified.clone(), now);
         Ok(verified)
     }
+}
+
+/// The policy's token query parameters present in `query`.
+fn query_tokens(policy: &RtPolicy, query: Option<&str>) -> Vec<String> {
+    let Some(query) = query else { return Vec::new() };
+    policy
+        .token_queries
+        .iter()
+        .filter(|name| query.split('&').any(|pair| pair.split_once('=').map_or(pair, |(n, _)| n) == name.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Takes every token source of the policy out of the upstream request: its headers are

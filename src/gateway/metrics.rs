@@ -24,6 +24,7 @@ pub struct Metrics {
     signing_key_age: IntGaugeVec,
     signing_key_next: IntGaugeVec,
     pub audit_decisions: IntCounterVec,
+    grpc_checks: IntCounterVec,
 }
 
 /// Decision counters of one policy (or of requests that matched no policy).
@@ -95,6 +96,11 @@ impl Metrics {
             &["policy", "rule", "result", "reason"],
         )
         .expect("valid metric");
+        let grpc_checks = IntCounterVec::new(
+            Opts::new("portcullis_grpc_checks_total", "gRPC ext_authz Check calls by the gRPC status answered (OK allows)."),
+            &["code"],
+        )
+        .expect("valid metric");
         register(
             &registry,
             vec![
@@ -111,6 +117,7 @@ impl Metrics {
                 Box::new(signing_key_age.clone()),
                 Box::new(signing_key_next.clone()),
                 Box::new(audit_decisions.clone()),
+                Box::new(grpc_checks.clone()),
             ],
         );
         Self {
@@ -129,7 +136,20 @@ impl Metrics {
             signing_key_age,
             signing_key_next,
             audit_decisions,
+            grpc_checks,
         }
+    }
+
+    pub fn grpc_check(&self, code: i32) {
+        let name = match code {
+            0 => "OK",
+            3 => "INVALID_ARGUMENT",
+            7 => "PERMISSION_DENIED",
+            14 => "UNAVAILABLE",
+            16 => "UNAUTHENTICATED",
+            _ => "OTHER",
+        };
+        self.grpc_checks.with_label_values(&[name]).inc();
     }
 
     pub fn policy_counters(&self, policy: &str) -> PolicyCounters {

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod grpc;
 pub mod jwks;
 pub mod metrics;
 pub mod request;
@@ -255,30 +256,16 @@ impl Gateway {
         };
         let header_mode = profile != Profile::EnvoyPrefix;
         let request = Request { method, host, target, headers, path_mode: self.path_mode };
-        let started = Instant::now();
-        let mut decision = slot.engine.decide(&request, unix_now());
-        if let Decision::Deny(Denied { refetch: Some(set), .. }) = &decision
-            && self.jwks.refetch(set, REFETCH_WAIT).await
+        let decision = self.decide(&slot, &request).await;
+        if let Decision::Allow(a) = &decision
+            && !a.strip_query.is_empty()
         {
-            decision = slot.engine.decide(&request, unix_now());
+            // The proxy forwards the target as the client sent it: the token cannot be taken out.
+            self.metrics.denial(DenyReason::BadRequest).inc();
+            return bad_request(&request::BadRequest::QueryToken);
         }
-        self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
-        let counters = decision.route().map_or(&self.no_route, |r| &slot.counters[r.policy as usize]);
-        let (policy, rule) = decision.route().map_or(("", ""), |r| (slot.engine.policy_key(r), slot.engine.rule_name(r)));
-        let path = target.split('?').next().unwrap_or("");
         match decision {
             Decision::Allow(a) => {
-                counters.allowed.inc();
-                match &a.audit {
-                    None => tracing::debug!(policy, rule, method, host, path, "allow"),
-                    Some(v) => {
-                        self.audit.record(policy, rule, v, unix_now());
-                        if let decide::Verdict::WouldDeny { reason, detail } = v {
-                            let (reason, detail) = (reason.as_str(), detail.as_deref().unwrap_or(""));
-                            tracing::info!(policy, rule, method, host, path, reason, detail, "audit: allowed, enforcing would deny");
-                        }
-                    }
-                }
                 let mut resp = Response::new(Full::new(Bytes::new()));
                 let h = resp.headers_mut();
                 for (name, value) in a.headers {
@@ -317,22 +304,47 @@ impl Gateway {
                 }
                 resp
             }
+            Decision::Deny(d) => deny_response(slot.engine.realm(), &d),
+        }
+    }
+
+    /// The one decision path of every integration: decide (once more after a JWKS refetch on
+    /// an unknown kid), then count and log it.
+    async fn decide(&self, slot: &Slot, request: &Request<'_>) -> Decision {
+        let started = Instant::now();
+        let mut decision = slot.engine.decide(request, unix_now());
+        if let Decision::Deny(Denied { refetch: Some(set), .. }) = &decision
+            && self.jwks.refetch(set, REFETCH_WAIT).await
+        {
+            decision = slot.engine.decide(request, unix_now());
+        }
+        self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
+        let counters = decision.route().map_or(&self.no_route, |r| &slot.counters[r.policy as usize]);
+        let (policy, rule) = decision.route().map_or(("", ""), |r| (slot.engine.policy_key(r), slot.engine.rule_name(r)));
+        let (method, host) = (request.method, request.host);
+        let path = request.target.split('?').next().unwrap_or("");
+        match &decision {
+            Decision::Allow(a) => {
+                counters.allowed.inc();
+                match &a.audit {
+                    None => tracing::debug!(policy, rule, method, host, path, "allow"),
+                    Some(v) => {
+                        self.audit.record(policy, rule, v, unix_now());
+                        if let decide::Verdict::WouldDeny { reason, detail } = v {
+                            let (reason, detail) = (reason.as_str(), detail.as_deref().unwrap_or(""));
+                            tracing::info!(policy, rule, method, host, path, reason, detail, "audit: allowed, enforcing would deny");
+                        }
+                    }
+                }
+            }
             Decision::Deny(d) => {
                 counters.denied.inc();
                 self.metrics.denial(d.reason).inc();
-                tracing::debug!(
-                    policy,
-                    rule,
-                    method,
-                    host,
-                    path,
-                    reason = d.reason.as_str(),
-                    detail = d.detail.as_deref().unwrap_or(""),
-                    "deny"
-                );
-                deny_response(slot.engine.realm(), &d)
+                let (reason, detail) = (d.reason.as_str(), d.detail.as_deref().unwrap_or(""));
+                tracing::debug!(policy, rule, method, host, path, reason, detail, "deny");
             }
         }
+        decision
     }
 }
 
@@ -381,10 +393,14 @@ pub fn www_authenticate(realm: &str, d: &Denied) -> Option<String> {
     Some(v)
 }
 
+/// The JSON body of a denial (the same over HTTP and gRPC).
+fn deny_body(d: &Denied) -> serde_json::Value {
+    json!({"error": d.reason.bearer_error().unwrap_or(d.reason.as_str()), "reason": d.reason.as_str(), "description": d.reason.description()})
+}
+
 fn deny_response(realm: &str, d: &Denied) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(d.reason.status()).expect("valid status");
-    let body = json!({"error": d.reason.bearer_error().unwrap_or(d.reason.as_str()), "reason": d.reason.as_str(), "description": d.reason.description()});
-    let mut resp = reply(status, "application/json", Bytes::from(body.to_string()));
+    let mut resp = reply(status, "application/json", Bytes::from(deny_body(d).to_string()));
     let h = resp.headers_mut();
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(v) = www_authenticate(realm, d).and_then(|v| HeaderValue::try_from(v).ok()) {

@@ -73,6 +73,9 @@ pub enum BadRequest {
     NotAbsoluteUrl,
     /// A target that is not in origin form (`/path?query`).
     NotOriginForm,
+    /// A token in the query string that the upstream must not get: only an integration that
+    /// rewrites the query (Envoy gRPC ext_authz) can take it out.
+    QueryToken,
 }
 
 impl std::fmt::Display for BadRequest {
@@ -83,6 +86,9 @@ impl std::fmt::Display for BadRequest {
             Self::NotText(h) => write!(f, "{h} is not valid text"),
             Self::NotAbsoluteUrl => write!(f, "{X_ORIGINAL_URL} is not an absolute http(s) URL"),
             Self::NotOriginForm => f.write_str("the request target does not start with /"),
+            Self::QueryToken => f.write_str(
+                "a token in the query string cannot be removed from the request by this integration; send it in a header or cookie, or use Envoy's gRPC ext_authz",
+            ),
         }
     }
 }

@@ -259,23 +259,6 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         });
     }
 
-    // NGINX, Traefik, Caddy and Envoy's HTTP ext_authz forward the request target as the client
-    // sent it: a token in the query cannot be taken out, so it may only be read where it is
-    // meant to go on.
-    if let Some(i) = token_sources.iter().position(|t| t.query.is_some()) {
-        let leaking: Vec<&str> =
-            rules.iter().filter(|r| r.public || r.forward.token != TokenForwarding::Original).map(|r| r.name.as_str()).collect();
-        if !leaking.is_empty() {
-            p.add(
-                &format!("tokenSources[{i}].query"),
-                format!(
-                    "a token in the query string cannot be removed from the request by the HTTP integrations, but rule(s) {} must not pass the caller's token on (public, or forward.token none/issue); read the token from a header or cookie instead",
-                    leaking.join(", ")
-                ),
-            );
-        }
-    }
-
     if !p.invalid.is_empty() {
         let mut problems = p.invalid;
         problems.extend(p.missing_keys);

@@ -193,8 +193,12 @@ pub fn upstream_header(resp: &Resp, name: &str) -> Option<String> {
 
 /// `portcullis local` on a directory, ready to serve.
 pub fn start_local(dir: &Path, port: u16, log: PathBuf) -> Proc {
+    start_local_with(dir, port, log, &[])
+}
+
+pub fn start_local_with(dir: &Path, port: u16, log: PathBuf, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(portcullis());
-    cmd.args(["local", "--dir"]).arg(dir).args(["--listen", &format!("127.0.0.1:{port}"), "--jwks-min-refetch", "1s"]);
+    cmd.args(["local", "--dir"]).arg(dir).args(["--listen", &format!("127.0.0.1:{port}"), "--jwks-min-refetch", "1s"]).args(extra);
     cmd.env("RUST_LOG", "info,portcullis=debug");
     let mut p = Proc::spawn("portcullis", &mut cmd, log);
     wait_ready(&mut p, port);
@@ -508,11 +512,87 @@ static_resources:
     )
 }
 
+/// The Envoy configuration for gRPC ext_authz (docs/gateways/envoy.md), with test ports.
+pub fn envoy_grpc_conf(port: u16, admin: u16, authz_grpc: u16, upstream: u16) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+    - name: ingress
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                # Portcullis decides on the path Envoy forwards: the normalised one.
+                normalize_path: true
+                merge_slashes: true
+                path_with_escaped_slashes_action: KEEP_UNCHANGED
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: app }}
+                          # The caller's subject from Portcullis' dynamic metadata; a client's
+                          # own copy is removed first (and stays removed when there is none).
+                          request_headers_to_remove: [x-portcullis-sub]
+                          request_headers_to_add:
+                            - header: {{ key: x-portcullis-sub, value: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:sub)%" }}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                http_filters:
+                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      transport_api_version: V3
+                      failure_mode_allow: false
+                      # Repeated headers stay separate: two tokens are seen as two.
+                      encode_raw_headers: true
+                      grpc_service:
+                        envoy_grpc: {{ cluster_name: portcullis_grpc }}
+                        timeout: 2s
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: app
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: app
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }} }}] }}]
+    - name: portcullis_grpc
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{ http2_protocol_options: {{}} }}
+      load_assignment:
+        cluster_name: portcullis_grpc
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {authz_grpc} }} }} }} }}] }}]
+"#
+    )
+}
+
 pub fn start_envoy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
+    start_envoy_conf(dir, |port, admin| envoy_conf(port, admin, authz, upstream))
+}
+
+pub fn start_envoy_grpc(dir: &Path, authz_grpc: u16, upstream: u16) -> (Proc, u16) {
+    start_envoy_conf(dir, |port, admin| envoy_grpc_conf(port, admin, authz_grpc, upstream))
+}
+
+fn start_envoy_conf(dir: &Path, conf: impl Fn(u16, u16) -> String) -> (Proc, u16) {
     let bin = envoy_binary();
     std::fs::create_dir_all(dir).unwrap();
     let (port, admin) = (free_port(), free_port());
-    std::fs::write(dir.join("envoy.yaml"), envoy_conf(port, admin, authz, upstream)).unwrap();
+    std::fs::write(dir.join("envoy.yaml"), conf(port, admin)).unwrap();
     let mut cmd = Command::new(bin);
     cmd.arg("-c").arg(dir.join("envoy.yaml")).args(["--disable-hot-restart", "-l", "warning", "--concurrency", "1"]);
     let mut p = Proc::spawn("envoy", &mut cmd, dir.join("envoy.out"));

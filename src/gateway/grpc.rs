@@ -1,0 +1,251 @@
+//! Envoy's gRPC external authorization (`envoy.service.auth.v3.Authorization/Check`), as Istio
+//! (`envoyExtAuthzGrpc`) and Envoy Gateway (`extAuth.grpc`) call it: the request's attributes
+//! arrive structured (method, `:path` as Envoy normalised it, `:authority`, headers), and the
+//! answer sets, overwrites and removes upstream headers and query parameters. The decision is
+//! the HTTP mode's ([`Gateway::decide`]): one core, two transports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpCode};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use http::{HeaderMap, HeaderName};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{Gateway, Slot, www_authenticate};
+use crate::decide::{Decision, Denied, DenyReason, Request, Verdict};
+
+/// gRPC status codes Envoy reads (google.rpc.Code).
+mod code {
+    pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// How the gRPC listener is bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest time one Check may take (Envoy's own timeout should be shorter).
+    pub deadline: Duration,
+    /// Concurrent streams per HTTP/2 connection (Envoy multiplexes on few connections).
+    pub max_streams: u32,
+    /// Largest CheckRequest accepted (headers only; Envoy sends no body unless asked).
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { deadline: Duration::from_secs(5), max_streams: 1024, max_message_bytes: 1 << 20 }
+    }
+}
+
+struct Service(Arc<Gateway>);
+
+#[tonic::async_trait]
+impl Authorization for Service {
+    async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let answer = self.0.check(request.into_inner()).await;
+        let code = answer.status.as_ref().map_or(code::OK, |s| s.code);
+        self.0.metrics.grpc_check(code);
+        Ok(tonic::Response::new(answer))
+    }
+}
+
+/// Serves gRPC Check on `listener` until `shutdown` turns true, with optional TLS.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    limits: Limits,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let service = AuthorizationServer::new(Service(gateway))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(limits.deadline)
+        .max_concurrent_streams(limits.max_streams)
+        .concurrency_limit_per_connection(limits.max_streams as usize)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| format!("gRPC TLS: {e}"))?;
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    builder
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(|e| format!("gRPC server: {e}"))
+}
+
+impl Gateway {
+    /// Answers one Check: the same decision as the HTTP endpoints, in Envoy's terms.
+    pub async fn check(&self, request: CheckRequest) -> CheckResponse {
+        let Some(slot) = self.slot.load_full() else {
+            return denied(
+                code::UNAVAILABLE,
+                503,
+                "no config loaded yet",
+                &[],
+                json!({"error": "unavailable", "description": "no config loaded yet"}),
+            );
+        };
+        let Some(http) = request.attributes.and_then(|a| a.request).and_then(|r| r.http) else {
+            self.metrics.denial(DenyReason::BadRequest).inc();
+            return bad_request("the CheckRequest has no HTTP request attributes");
+        };
+        let headers = match header_map(&http) {
+            Ok(h) => h,
+            Err(e) => {
+                self.metrics.denial(DenyReason::BadRequest).inc();
+                return bad_request(&e);
+            }
+        };
+        let req = Request { method: &http.method, host: &http.host, target: &http.path, headers: &headers, path_mode: self.path_mode };
+        match self.decide(&slot, &req).await {
+            Decision::Allow(a) => allowed(&slot, a),
+            Decision::Deny(d) => deny(slot.engine.realm(), &d),
+        }
+    }
+}
+
+/// The request headers Envoy sent: one entry per header line with `encode_raw_headers: true`
+/// (repeats kept, so two tokens are seen as two), else its merged map. Pseudo-headers are
+/// Envoy's attributes, not headers.
+fn header_map(http: &HttpRequest) -> Result<HeaderMap, String> {
+    let mut out = HeaderMap::new();
+    let mut add = |key: &str, value: &[u8]| -> Result<(), String> {
+        if key.starts_with(':') {
+            return Ok(());
+        }
+        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| format!("header name {key:?} is not valid"))?;
+        let value = http::HeaderValue::from_bytes(value).map_err(|_| format!("header {key} has an invalid value"))?;
+        out.append(name, value);
+        Ok(())
+    };
+    match &http.header_map {
+        Some(raw) => {
+            for h in &raw.headers {
+                let value = if h.raw_value.is_empty() { h.value.as_bytes() } else { h.raw_value.as_slice() };
+                add(&h.key, value)?;
+            }
+        }
+        None => {
+            for (k, v) in &http.headers {
+                add(k, v.as_bytes())?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn header(key: &str, value: &[u8]) -> HeaderValueOption {
+    let header = match std::str::from_utf8(value) {
+        Ok(text) => HeaderValue { key: key.to_owned(), value: text.to_owned(), raw_value: Vec::new() },
+        Err(_) => HeaderValue { key: key.to_owned(), value: String::new(), raw_value: value.to_vec() },
+    };
+    HeaderValueOption { header: Some(header), append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32, ..Default::default() }
+}
+
+fn allowed(slot: &Slot, a: crate::decide::Allowed) -> CheckResponse {
+    let mut ok = OkHttpResponse::default();
+    for (name, value) in &a.headers {
+        ok.headers.push(header(name.as_str(), value.as_bytes()));
+    }
+    match &a.authorization {
+        Some(v) => ok.headers.push(header("authorization", v.as_bytes())),
+        None => ok.headers_to_remove.push("authorization".into()),
+    }
+    ok.headers_to_remove.extend(a.strip.iter().map(|h| h.as_str().to_owned()));
+    ok.query_parameters_to_remove = a.strip_query.clone();
+    // For Envoy's RBAC filter and access logs (namespace envoy.filters.http.ext_authz).
+    let mut meta = serde_json::Map::new();
+    meta.insert("policy".into(), json!(slot.engine.policy_key(a.route)));
+    meta.insert("rule".into(), json!(slot.engine.rule_name(a.route)));
+    if let Some(caller) = &a.caller {
+        for claim in ["sub", "iss"] {
+            if let Some(v) = caller.claims.get(claim) {
+                meta.insert(claim.into(), v.clone());
+            }
+        }
+        meta.insert("claims".into(), caller.claims.clone());
+    }
+    if let Some(Verdict::WouldDeny { reason, .. }) = &a.audit {
+        meta.insert("audit_would_deny".into(), json!(reason.as_str()));
+    }
+    CheckResponse {
+        status: Some(RpcStatus { code: code::OK, ..Default::default() }),
+        dynamic_metadata: Some(to_struct(&meta)),
+        http_response: Some(HttpResponse::OkResponse(ok)),
+    }
+}
+
+fn deny(realm: &str, d: &Denied) -> CheckResponse {
+    let status = d.reason.status();
+    let grpc = match status {
+        401 => code::UNAUTHENTICATED,
+        400 => code::INVALID_ARGUMENT,
+        503 => code::UNAVAILABLE,
+        _ => code::PERMISSION_DENIED,
+    };
+    let challenge = www_authenticate(realm, d);
+    let extra: Vec<(&str, &str)> = challenge.as_deref().map(|c| vec![("www-authenticate", c)]).unwrap_or_default();
+    denied(grpc, status, d.reason.as_str(), &extra, super::deny_body(d))
+}
+
+fn bad_request(why: &str) -> CheckResponse {
+    let body = json!({"error": "invalid_request", "reason": DenyReason::BadRequest.as_str(), "description": why});
+    denied(code::INVALID_ARGUMENT, 400, why, &[], body)
+}
+
+/// A denial: Envoy answers the client `http` with these headers and body.
+fn denied(grpc: i32, http: u16, message: &str, extra: &[(&str, &str)], body: Value) -> CheckResponse {
+    let mut resp = DeniedHttpResponse {
+        status: Some(HttpStatus { code: HttpCode::try_from(i32::from(http)).unwrap_or(HttpCode::Forbidden) as i32 }),
+        body: body.to_string(),
+        ..Default::default()
+    };
+    resp.headers.push(header("content-type", b"application/json"));
+    resp.headers.push(header("cache-control", b"no-store"));
+    for (k, v) in extra {
+        resp.headers.push(header(k, v.as_bytes()));
+    }
+    CheckResponse {
+        status: Some(RpcStatus { code: grpc, message: message.to_owned(), ..Default::default() }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(resp)),
+    }
+}
+
+fn to_struct(map: &serde_json::Map<String, Value>) -> Struct {
+    Struct { fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect() }
+}
+
+fn to_value(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(ListValue { values: items.iter().map(to_value).collect() }),
+        Value::Object(m) => Kind::StructValue(to_struct(m)),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+#[cfg(test)]
+#[path = "grpc_tests.rs"]
+mod tests;
