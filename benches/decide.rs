@@ -14,7 +14,7 @@ use serde_json::json;
 const NOW: i64 = 1_800_000_000;
 const ISS: &str = "https://id.example.com";
 
-fn engine_for(issuer: &TestIssuer, alg: &str, cache_capacity: usize) -> Engine {
+fn engine_for(issuer: &TestIssuer, alg: &str, cache_bytes: usize) -> Engine {
     let yaml = format!(
         r#"
 name: orders
@@ -34,7 +34,7 @@ spec:
     );
     let compiled = compile_yaml("default", &yaml, &BTreeMap::new());
     let minting = BTreeMap::new();
-    Engine::build(compiled.config, &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity })
+    Engine::build(compiled.config, &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes })
         .unwrap()
 }
 
@@ -58,7 +58,7 @@ fn bench_decide(c: &mut Criterion) {
             path_mode: Default::default(),
         };
 
-        let cached = engine_for(&issuer, name, 100_000);
+        let cached = engine_for(&issuer, name, 64 << 20);
         assert!(cached.decide(&req, NOW).is_allow());
         g.bench_function(format!("allow/{name}/cached"), |b| b.iter(|| black_box(cached.decide(black_box(&req), NOW))));
 
@@ -78,7 +78,7 @@ fn bench_decide(c: &mut Criterion) {
     bench_minting(&mut g);
 
     let issuer = TestIssuer::new(ISS, SigningAlgorithm::RS256);
-    let engine = engine_for(&issuer, "RS256", 100_000);
+    let engine = engine_for(&issuer, "RS256", 64 << 20);
     let none = HeaderMap::new();
     let no_token = Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &none, path_mode: Default::default() };
     g.bench_function("deny/no-token", |b| b.iter(|| black_box(engine.decide(black_box(&no_token), NOW))));
@@ -114,7 +114,7 @@ fn bench_minting(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::W
     let minting = BTreeMap::from([(key, ring)]);
     let engine = Engine::build(
         compiled.config,
-        &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 100_000 },
+        &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 64 << 20 },
     )
     .unwrap();
     let h = headers(&issuer.token("orders", NOW, json!({})));
@@ -175,7 +175,7 @@ fn bench_compile(c: &mut Criterion) {
                 |inputs| {
                     let compiled = compile("default", &inputs, &BTreeMap::new(), &portcullis::policy::Tenancy::single_owner());
                     assert_eq!(compiled.config.route_count(), n);
-                    let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 1000 };
+                    let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 1 << 20 };
                     black_box(Engine::build(compiled.config, &opts).unwrap())
                 },
                 BatchSize::LargeInput,
@@ -185,7 +185,7 @@ fn bench_compile(c: &mut Criterion) {
         let json = compiled.config.to_json();
         let gz = compiled.config.to_gzip();
         eprintln!("{n} routes: config {} bytes JSON, {} bytes gzip", json.len(), gz.len());
-        let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 1000 };
+        let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 1 << 20 };
         let engine = Engine::build(compiled.config.clone(), &opts).unwrap();
         let none = HeaderMap::new();
         let host = "svc-7.example.com";
@@ -249,5 +249,65 @@ fn bench_controller(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_preparsed, bench_compile, bench_controller);
+/// Route lookup on one host as the route count grows: 80 % prefix and exact routes, 20 %
+/// templates (what used to be scanned one by one), the request hitting a prefix route.
+fn bench_routes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("routes");
+    g.sample_size(20);
+    for n in [1usize, 1_000, 10_000, 100_000] {
+        let mut inputs = Vec::new();
+        let per_policy = 100.min(n);
+        for p in 0..n.div_ceil(per_policy) {
+            let mut yaml = format!("name: svc-{p}\nspec:\n  hosts: [api.example.com]\n  rules:\n");
+            for r in 0..per_policy.min(n - p * per_policy) {
+                let i = p * per_policy + r;
+                let path = match i % 5 {
+                    0 => format!("{{ template: \"/t{i}/{{id}}/items\" }}"),
+                    1 => format!("{{ exact: /e{i}/x }}"),
+                    _ => format!("{{ prefix: /p{i} }}"),
+                };
+                yaml.push_str(&format!("    - {{ name: r{r}, public: true, match: {{ paths: [{path}] }} }}\n"));
+            }
+            inputs.extend(inputs_from_yaml(&yaml));
+        }
+        let compiled = compile("default", &inputs, &BTreeMap::new(), &portcullis::policy::Tenancy::single_owner());
+        assert_eq!(compiled.config.route_count(), n);
+        let minting = BTreeMap::new();
+        let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 0 };
+        let engine = Engine::build(compiled.config, &opts).unwrap();
+        let none = HeaderMap::new();
+        let target = if n == 1 { "/t0/7/items".to_owned() } else { format!("/p{}/a/b", n - 3) };
+        let req = Request { method: "GET", host: "api.example.com", target: &target, headers: &none, path_mode: Default::default() };
+        assert!(engine.decide(&req, NOW).is_allow());
+        g.bench_function(format!("{n}-routes-one-host/lookup"), |b| b.iter(|| black_box(engine.decide(black_box(&req), NOW))));
+    }
+    g.finish();
+}
+
+/// Inserting distinct verified tokens into a full cache (every insert evicts).
+fn bench_cache(c: &mut Criterion) {
+    use portcullis::decide::cache::TokenCache;
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let token = issuer.token("orders", NOW, json!({"scope": "orders:read", "realm_access": {"roles": ["clerk"]}}));
+    let verified = portcullis::decide::token::Verified::from_claims(
+        &portcullis::decide::keyset::KeySet::new_static("x", Vec::new()),
+        1,
+        portcullis::api::JwtAlgorithm::ES256,
+        issuer.claims("orders", NOW, json!({"scope": "orders:read"})),
+    )
+    .unwrap();
+    let verified = std::sync::Arc::new(verified);
+    let cache = TokenCache::new(1 << 20);
+    let tokens: Vec<String> = (0..100_000).map(|i| format!("{token}.{i}")).collect();
+    let mut i = 0;
+    c.bench_function("cache/insert-with-eviction-1KiB-tokens", |b| {
+        b.iter(|| {
+            cache.insert(&tokens[i % tokens.len()], verified.clone());
+            i += 1;
+        })
+    });
+    assert!(cache.bytes() <= 1 << 20);
+}
+
+criterion_group!(benches, bench_decide, bench_preparsed, bench_compile, bench_controller, bench_routes, bench_cache);
 criterion_main!(benches);

@@ -49,11 +49,34 @@ pub struct VerifyKey {
     pub alg: Option<JwtAlgorithm>,
     pub family: KeyFamily,
     pub decoding: DecodingKey,
+    /// The key parsed once per algorithm it may verify: verification goes straight to aws-lc
+    /// without re-parsing the key (and, for RSA, re-deriving its parameters) per token.
+    verifiers: Vec<(JwtAlgorithm, sig::ParsedPublicKey)>,
 }
 
 impl VerifyKey {
     pub fn allows(&self, alg: JwtAlgorithm) -> bool {
         self.family.allows(alg) && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Whether `signature` (raw bytes, JWS encoding) signs `message` under `alg` with this key.
+    pub fn verify(&self, alg: JwtAlgorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.verifiers.iter().find(|(a, _)| *a == alg).is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
+    }
+}
+
+/// aws-lc's verification algorithm for a JWS algorithm (ECDSA in JWS' fixed r||s encoding).
+fn verification(alg: JwtAlgorithm) -> &'static dyn sig::VerificationAlgorithm {
+    match alg {
+        JwtAlgorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        JwtAlgorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        JwtAlgorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        JwtAlgorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        JwtAlgorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        JwtAlgorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        JwtAlgorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        JwtAlgorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        JwtAlgorithm::EdDSA => &sig::ED25519,
     }
 }
 
@@ -92,7 +115,9 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
         Some(Value::String(a)) => Some(JwtAlgorithm::from_name(a).ok_or_else(|| format!("unsupported alg {a:?}"))?),
         Some(_) => return Err("alg must be a string".into()),
     };
-    let (family, decoding) = match member(jwk, "kty")? {
+    // The key in the encoding aws-lc parses: RSA as PKCS#1 DER, EC as an uncompressed point,
+    // Ed25519 as its 32 bytes.
+    let (family, decoding, public) = match member(jwk, "kty")? {
         "RSA" => {
             let n = member_bytes(jwk, "n")?;
             let e = member_bytes(jwk, "e")?;
@@ -104,7 +129,8 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
             if e.is_empty() || e.len() > 8 {
                 return Err("RSA exponent is malformed".into());
             }
-            (KeyFamily::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+            let der = rsa_public_der(n_trimmed, &e);
+            (KeyFamily::Rsa, DecodingKey::from_rsa_raw_components(&n, &e), der)
         }
         "EC" => {
             let (family, size) = match member(jwk, "crv")? {
@@ -125,7 +151,7 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
             // Parsing checks that the point lies on the curve (an invalid-curve key is refused here,
             // not discovered per token).
             sig::ParsedPublicKey::new(curve, &point).map_err(|_| "EC point is not on the curve".to_owned())?;
-            (family, DecodingKey::from_ec_der(&point))
+            (family, DecodingKey::from_ec_der(&point), point)
         }
         "OKP" => {
             if member(jwk, "crv")? != "Ed25519" {
@@ -138,7 +164,7 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
             if let Some(why) = weak_ed25519(&x) {
                 return Err(format!("Ed25519 key is {why}"));
             }
-            (KeyFamily::Ed25519, DecodingKey::from_ed_der(&x))
+            (KeyFamily::Ed25519, DecodingKey::from_ed_der(&x), x.to_vec())
         }
         "oct" => return Err("symmetric (oct) keys are never trusted: HMAC tokens are not accepted".into()),
         other => return Err(format!("unsupported key type {other:?}")),
@@ -148,7 +174,41 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, String> 
     {
         return Err(format!("alg {} does not fit a {family:?} key", a.as_str()));
     }
-    Ok(Some(VerifyKey { kid, alg, family, decoding }))
+    let mut verifiers = Vec::new();
+    for a in JwtAlgorithm::ALL.into_iter().filter(|a| family.allows(*a) && alg.is_none_or(|k| k == *a)) {
+        let parsed = sig::ParsedPublicKey::new(verification(a), &public).map_err(|_| format!("the key cannot verify {}", a.as_str()))?;
+        verifiers.push((a, parsed));
+    }
+    Ok(Some(VerifyKey { kid, alg, family, decoding, verifiers }))
+}
+
+/// An RSA public key as PKCS#1 `RSAPublicKey ::= SEQUENCE { n INTEGER, e INTEGER }` (DER).
+fn rsa_public_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, n: usize) {
+        match n {
+            0..=0x7f => out.push(n as u8),
+            0x80..=0xff => out.extend_from_slice(&[0x81, n as u8]),
+            _ => out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+        }
+    }
+    fn integer(out: &mut Vec<u8>, v: &[u8]) {
+        let v = &v[v.iter().take_while(|b| **b == 0).count().min(v.len().saturating_sub(1))..];
+        let pad = v.first().is_some_and(|b| b & 0x80 != 0);
+        out.push(0x02);
+        len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(0x30);
+    len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// The canonical encodings of the eight Ed25519 points of small order (computed from the curve

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::{JwtAlgorithm, SigningAlgorithm};
-use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Engine, NoRemoteKeys, Request, Verdict};
+use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Decision, Engine, NoRemoteKeys, Request, Verdict};
 use crate::keys::store::KeyRing;
 use crate::keys::{SigningKeyPair, b64url_decode};
 use crate::policy::config::KeySource;
@@ -223,12 +223,8 @@ pub struct CaseResult {
 /// Builds the engine the cases run against: the compiled config with issuers substituted.
 pub fn engine(mut config: GatewayConfig, minting: &BTreeMap<KeyRef, KeyRing>) -> Result<(Engine, Signers), String> {
     let signers = substitute_issuers(&mut config)?;
-    let opts = BuildOptions {
-        issuer_url: "https://portcullis.test",
-        minting,
-        remote: &NoRemoteKeys,
-        cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY,
-    };
+    let opts =
+        BuildOptions { issuer_url: "https://portcullis.test", minting, remote: &NoRemoteKeys, cache_bytes: DEFAULT_TOKEN_CACHE_BYTES };
     Ok((Engine::build(config, &opts)?, signers))
 }
 

@@ -7,7 +7,7 @@ use aws_lc_rs::hmac;
 use serde_json::{Value, json};
 
 use crate::api::{AuthPolicySpec, SigningAlgorithm};
-use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Engine, NoRemoteKeys};
+use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Engine, NoRemoteKeys};
 use crate::keys::{SigningKeyPair, b64url};
 use crate::policy::{Compiled, KeyRef, PolicyInput, PolicyMeta, PublishedKeys, compile};
 
@@ -93,7 +93,7 @@ pub fn engine(compiled: &Compiled) -> Engine {
             issuer_url: "https://gateway.test",
             minting: &minting,
             remote: &NoRemoteKeys,
-            cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY,
+            cache_bytes: DEFAULT_TOKEN_CACHE_BYTES,
         },
     )
     .expect("engine builds")

@@ -173,6 +173,10 @@ fn default_values_render_a_least_privilege_secure_install() {
     assert!(gargs.contains(&json!("--issuer-url=http://portcullis-gateway.portcullis.svc:8080")));
     assert!(gargs.contains(&json!("--path-mode=strict")), "paths not in normal form are refused by default: {gargs:?}");
     assert!(gargs.contains(&json!("--grpc-listen=0.0.0.0:9001")), "gRPC ext_authz is on in the chart: {gargs:?}");
+    // The token cache's budget sits well inside the container's memory limit.
+    assert!(gargs.contains(&json!("--token-cache-mib=64")), "{gargs:?}");
+    let limit = gateway["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"].as_str().unwrap();
+    assert_eq!(limit, "256Mi");
     let grpc =
         one(&objects, "Service", "portcullis-gateway")["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "grpc").cloned();
     assert_eq!(grpc.map(|p| (p["port"].clone(), p["appProtocol"].clone())), Some((json!(9001), json!("grpc"))));

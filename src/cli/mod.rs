@@ -117,6 +117,10 @@ struct ServeArgs {
     /// normalised path upstream (docs/gateways/).
     #[arg(long, default_value = "strict", env = "PORTCULLIS_PATH_MODE")]
     path_mode: crate::policy::path::PathMode,
+    /// Memory for verified tokens (MiB): each distinct token costs about its length plus its
+    /// claims; least recently inserted tokens go first. Keep it well under the memory limit.
+    #[arg(long, default_value_t = 64, env = "PORTCULLIS_TOKEN_CACHE_MIB")]
+    token_cache_mib: usize,
     /// Address for Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization`, HTTP/2);
     /// off unless given.
     #[arg(long, env = "PORTCULLIS_GRPC_LISTEN")]
@@ -134,7 +138,9 @@ impl ServeArgs {
             Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
             None => Vec::new(),
         };
-        Ok(Gateway::with_options(&issuer_url(self), Metrics::new(), self.jwks_min_refetch, &roots, self.path_mode))
+        let gateway = Gateway::with_options(&issuer_url(self), Metrics::new(), self.jwks_min_refetch, &roots, self.path_mode);
+        gateway.set_token_cache_bytes(self.token_cache_mib << 20);
+        Ok(gateway)
     }
 }
 

@@ -9,6 +9,7 @@
 //! Nothing here does I/O or reads a clock: `now` is a parameter, remote keys are fetched by the
 //! gateway, which is told (through [`Denied::refetch`]) when a kid was unknown.
 
+pub mod cache;
 pub mod keyset;
 pub mod mint;
 pub mod routes;
@@ -31,12 +32,14 @@ use crate::policy::host::normalize_host;
 use crate::policy::path::{PathError, PathMode, normalize_as, split_target};
 use crate::policy::validate::{compile_requirements, request_method_bit};
 use crate::policy::{GatewayConfig, KeyRef};
+use cache::TokenCache;
 use keyset::KeySet;
 use mint::Minter;
 use routes::RouteTable;
-use token::{Extracted, TokenCache, Verified};
+use token::{Extracted, Verified};
 
-pub const DEFAULT_TOKEN_CACHE_CAPACITY: usize = 100_000;
+/// The verified-token cache's byte budget: well inside the chart's 256 MiB memory limit.
+pub const DEFAULT_TOKEN_CACHE_BYTES: usize = 64 << 20;
 
 /// Why a request was denied. The string forms are stable: they label metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -293,7 +296,8 @@ pub struct BuildOptions<'a> {
     /// Private keys for minting, by SigningKey.
     pub minting: &'a BTreeMap<KeyRef, KeyRing>,
     pub remote: &'a dyn RemoteKeys,
-    pub cache_capacity: usize,
+    /// Byte budget of the verified-token cache (0: no cache).
+    pub cache_bytes: usize,
 }
 
 /// A GatewayConfig ready to decide. Immutable; replaced as a whole when the config changes.
@@ -460,7 +464,7 @@ impl Engine {
             policies,
             identity_headers: identity,
             token_carriers: carriers,
-            cache: TokenCache::new(opts.cache_capacity),
+            cache: TokenCache::new(opts.cache_bytes),
             issuer_url: opts.issuer_url.to_owned(),
             remote_sets,
             warnings,
@@ -494,6 +498,10 @@ impl Engine {
 
     pub fn cached_tokens(&self) -> usize {
         self.cache.len()
+    }
+
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 
     /// Remote key sets this engine relies on.
@@ -741,7 +749,7 @@ impl Engine {
         let verified = Verified::from_claims(&issuer.keys, generation, unverified.alg, unverified.claims).map_err(|r| (r, None))?;
         admit(&verified, issuer, now).map_err(|r| (r, None))?;
         let verified = Arc::new(verified);
-        self.cache.insert(token, verified.clone(), now);
+        self.cache.insert(token, verified.clone());
         Ok(verified)
     }
 }

@@ -52,7 +52,61 @@ pub fn precedence(a: &RouteEntry, b: &RouteEntry) -> Ordering {
 struct PathTable {
     exact: HashMap<Box<str>, Vec<u32>, RandomState>,
     prefix: HashMap<Box<str>, Vec<u32>, RandomState>,
+    /// Template routes in precedence order.
     templates: Vec<u32>,
+    /// The templates by segment, holding positions in `templates`: a lookup walks the path's
+    /// segments instead of trying every template.
+    trie: TemplateNode,
+}
+
+/// A segment trie over templates. A path segment follows the literal child of that name and,
+/// when not empty, the parameter child; `ends` match when the path ends at the node, `tails`
+/// (templates ending in `{**}`) whatever follows.
+#[derive(Default, Debug)]
+struct TemplateNode {
+    literal: HashMap<Box<str>, TemplateNode, RandomState>,
+    param: Option<Box<TemplateNode>>,
+    ends: Vec<u32>,
+    tails: Vec<u32>,
+}
+
+impl TemplateNode {
+    fn insert(&mut self, t: &crate::policy::path::Template, rank: u32) {
+        use crate::policy::path::TemplateSegment;
+        let mut node = self;
+        for seg in &t.segments {
+            node = match seg {
+                TemplateSegment::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                TemplateSegment::Param(_) => node.param.get_or_insert_with(Default::default),
+            };
+        }
+        if t.tail { node.tails.push(rank) } else { node.ends.push(rank) }
+    }
+
+    /// The lowest rank among templates matching the rest of a path (`parts[at..]`) that
+    /// `fits`; `best` is the lowest found so far, which nothing here can beat when lower.
+    fn best(&self, parts: &[&str], at: usize, fits: &impl Fn(u32) -> bool, best: &mut Option<u32>) {
+        let mut consider = |ranks: &[u32]| {
+            for &r in ranks {
+                if best.is_none_or(|b| r < b) && fits(r) {
+                    *best = Some(r);
+                }
+            }
+        };
+        consider(&self.tails);
+        let Some(part) = parts.get(at) else {
+            consider(&self.ends);
+            return;
+        };
+        if let Some(child) = self.literal.get(*part) {
+            child.best(parts, at + 1, fits, best);
+        }
+        if let Some(child) = &self.param
+            && !part.is_empty()
+        {
+            child.best(parts, at + 1, fits, best);
+        }
+    }
 }
 
 impl PathTable {
@@ -69,6 +123,11 @@ impl PathTable {
         self.exact.values_mut().for_each(|v| v.sort_by(by));
         self.prefix.values_mut().for_each(|v| v.sort_by(by));
         self.templates.sort_by(by);
+        for (rank, id) in self.templates.iter().enumerate() {
+            if let PathPattern::Template(t) = &entries[*id as usize].pattern {
+                self.trie.insert(t, rank as u32);
+            }
+        }
     }
 
     fn lookup(&self, entries: &[RouteEntry], path: &str, method: u16) -> Option<u32> {
@@ -76,28 +135,27 @@ impl PathTable {
         if let Some(id) = self.exact.get(path).and_then(|ids| ids.iter().find(fits)) {
             return Some(*id);
         }
-        // Merge prefixes (longest first) with templates (sorted by literal length) so that the
-        // first hit is the most specific route.
-        let template_hits = |t: &u32| {
-            let e = &entries[*t as usize];
-            e.methods & method != 0 && e.pattern.matches(path)
+        // The best template (templates are ranked by precedence, so by literal length first)
+        // beats a prefix whose literal is shorter; a prefix wins at equal length.
+        let template = if self.templates.is_empty() {
+            None
+        } else {
+            let parts: Vec<&str> = path[1..].split('/').collect();
+            let mut best = None;
+            let fits_rank = |rank: u32| entries[self.templates[rank as usize] as usize].methods & method != 0;
+            self.trie.best(&parts, 0, &fits_rank, &mut best);
+            best.map(|rank| self.templates[rank as usize])
         };
-        let mut t = 0;
+        let template_len = template.map(|t| entries[t as usize].literal_len);
         for key in prefix_keys(path) {
-            while let Some(tid) = self.templates.get(t) {
-                if entries[*tid as usize].literal_len <= key.len() {
-                    break;
-                }
-                if template_hits(tid) {
-                    return Some(*tid);
-                }
-                t += 1;
+            if template_len.is_some_and(|len| len > key.len()) {
+                return template;
             }
             if let Some(id) = self.prefix.get(key).and_then(|ids| ids.iter().find(fits)) {
                 return Some(*id);
             }
         }
-        self.templates[t.min(self.templates.len())..].iter().find(|tid| template_hits(tid)).copied()
+        template
     }
 
     fn is_empty(&self) -> bool {
@@ -250,22 +308,25 @@ mod tests {
             .prop_filter_map("normalised", |p| crate::policy::path::normalize(&p).ok())
     }
 
+    /// The host patterns each route was indexed under.
+    fn route_hosts(t: &RouteTable) -> Vec<Vec<HostPattern>> {
+        let mut hosts = vec![Vec::new(); t.entries.len()];
+        let ids =
+            |g: &PathTable| -> Vec<u32> { g.exact.values().chain(g.prefix.values()).flatten().chain(&g.templates).copied().collect() };
+        for (k, g) in t.exact_hosts.iter().chain(t.wildcard_hosts.iter()) {
+            let h = if k.starts_with('.') { HostPattern::Wildcard(k.to_string()) } else { HostPattern::Exact(k.to_string()) };
+            ids(g).into_iter().for_each(|id| hosts[id as usize].push(h.clone()));
+        }
+        ids(&t.any_host).into_iter().for_each(|id| hosts[id as usize].push(HostPattern::Any));
+        hosts
+    }
+
     /// The same answer by brute force: host groups in order, routes in precedence order.
     fn reference<'t>(t: &'t RouteTable, host: &str, path: &str, method: u16) -> Option<&'t RouteEntry> {
-        let config_hosts = |e: &RouteEntry| -> Vec<HostPattern> {
-            let groups: Vec<(&Box<str>, &PathTable)> = t.exact_hosts.iter().chain(t.wildcard_hosts.iter()).collect();
-            let id = t.entries.iter().position(|x| std::ptr::eq(x, e)).unwrap() as u32;
-            let mut hosts: Vec<HostPattern> = groups
-                .iter()
-                .filter(|(_, g)| g.exact.values().chain(g.prefix.values()).flatten().chain(&g.templates).any(|x| *x == id))
-                .map(|(k, _)| if k.starts_with('.') { HostPattern::Wildcard(k.to_string()) } else { HostPattern::Exact(k.to_string()) })
-                .collect();
-            let any = &t.any_host;
-            if any.exact.values().chain(any.prefix.values()).flatten().chain(&any.templates).any(|x| *x == id) {
-                hosts.push(HostPattern::Any);
-            }
-            hosts
-        };
+        reference_with(t, &route_hosts(t), host, path, method)
+    }
+
+    fn reference_with<'t>(t: &'t RouteTable, hosts: &[Vec<HostPattern>], host: &str, path: &str, method: u16) -> Option<&'t RouteEntry> {
         let rank = |h: &HostPattern| match h {
             HostPattern::Exact(_) => (0, 0),
             HostPattern::Wildcard(s) => (1, usize::MAX - s.len()),
@@ -274,7 +335,8 @@ mod tests {
         let mut candidates: Vec<((i32, usize), &RouteEntry)> = t
             .entries
             .iter()
-            .flat_map(|e| config_hosts(e).into_iter().filter(|h| h.matches(host)).map(move |h| (rank(&h), e)))
+            .zip(hosts)
+            .flat_map(|(e, hs)| hs.iter().filter(|h| h.matches(host)).map(move |h| (rank(h), e)))
             .filter(|(_, e)| e.methods & method != 0 && e.pattern.matches(path))
             .collect();
         candidates.sort_by(|(ra, a), (rb, b)| ra.cmp(rb).then_with(|| precedence(a, b)));
@@ -326,6 +388,31 @@ mod tests {
             for host in ["api.x.io", "b.x.io", "c.io"] {
                 let name = |t: &RouteTable| t.lookup(host, &path, get).map(|e| (e.name.clone(), e.rule, e.path_index));
                 prop_assert_eq!(name(&a), name(&b));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Hundreds of routes over a small alphabet, so that many exact, prefix and template
+        /// routes overlap on every path.
+        #[test]
+        fn lookup_agrees_with_brute_force_on_large_random_route_sets(
+            policies in (0..120).map(policy).collect::<Vec<_>>(),
+            paths in proptest::collection::vec(request_path(), 30),
+        ) {
+            let config = GatewayConfig::new("default", policies, Vec::new());
+            let table = RouteTable::build(&config).unwrap();
+            let hosts = route_hosts(&table);
+            for path in &paths {
+                for host in ["api.x.io", "b.x.io", "other.test"] {
+                    for method in [1 << (HttpMethod::GET as u16), 1 << (HttpMethod::POST as u16)] {
+                        let got = table.lookup(host, path, method).map(|e| (e.policy, e.rule, e.path_index));
+                        let want = reference_with(&table, &hosts, host, path, method).map(|e| (e.policy, e.rule, e.path_index));
+                        prop_assert_eq!(got, want, "{} {} among {} routes", host, path, table.len());
+                    }
+                }
             }
         }
     }

@@ -397,7 +397,7 @@ spec:
     let set = KeySet::new_remote("test");
     let compiled = compile_yaml("default", &yaml, &BTreeMap::new());
     let minting = BTreeMap::new();
-    let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &Fixed(set.clone()), cache_capacity: 10 };
+    let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &Fixed(set.clone()), cache_bytes: 64 * 1024 };
     let e = Engine::build(compiled.config, &opts).unwrap();
     let token = issuer.token("api", NOW, json!({}));
 
@@ -423,7 +423,7 @@ spec:
         let t = other.token("api", NOW, json!({ "n": i }));
         assert!(decide(&e, "GET", "h", "/", &bearer(&t)).is_allow());
     }
-    assert!(e.cached_tokens() <= 10);
+    assert!(e.cached_bytes() <= 64 * 1024 && e.cached_tokens() >= 1);
 }
 
 #[test]
@@ -628,7 +628,7 @@ spec:
         let minting = BTreeMap::from([(key.clone(), ring.clone())]);
         Engine::build(
             compiled.config,
-            &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_capacity: 100 },
+            &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 1 << 20 },
         )
         .unwrap()
     };

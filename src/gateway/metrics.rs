@@ -18,6 +18,7 @@ pub struct Metrics {
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
     pub token_cache_entries: IntGauge,
+    pub token_cache_bytes: IntGauge,
     /// Resources (files' documents, policies) refused by the last load; their last good
     /// versions keep serving.
     pub rejected_resources: IntGauge,
@@ -73,6 +74,11 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("portcullis_jwks_keys", "Keys held for a remote JWKS URL."), &["uri"]).expect("valid metric");
         let token_cache_entries =
             IntGauge::new("portcullis_token_cache_entries", "Verified tokens held in the cache.").expect("valid metric");
+        let token_cache_bytes = IntGauge::new(
+            "portcullis_token_cache_bytes",
+            "Bytes held by the verified-token cache (estimated per entry; bounded by --token-cache-mib).",
+        )
+        .expect("valid metric");
         let rejected_resources = IntGauge::new(
             "portcullis_config_rejected_resources",
             "Resources the last load refused (unparsable or invalid); the last good version of each keeps serving.",
@@ -113,6 +119,7 @@ impl Metrics {
                 Box::new(jwks_fetches.clone()),
                 Box::new(jwks_keys.clone()),
                 Box::new(token_cache_entries.clone()),
+                Box::new(token_cache_bytes.clone()),
                 Box::new(rejected_resources.clone()),
                 Box::new(signing_key_age.clone()),
                 Box::new(signing_key_next.clone()),
@@ -132,6 +139,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             token_cache_entries,
+            token_cache_bytes,
             rejected_resources,
             signing_key_age,
             signing_key_next,

@@ -20,6 +20,7 @@ pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -32,7 +33,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::decide::{self, BuildOptions, DEFAULT_TOKEN_CACHE_CAPACITY, Decision, Denied, DenyReason, Engine, Request};
+use crate::decide::{self, BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Decision, Denied, DenyReason, Engine, Request};
 use crate::http::reply;
 use crate::keys::store::KeyRing;
 use crate::policy::path::PathMode;
@@ -87,6 +88,8 @@ pub struct Gateway {
     pub changed: Arc<tokio::sync::Notify>,
     /// This replica's name in `/status` (the Pod's name in a cluster).
     pub replica: std::sync::OnceLock<String>,
+    /// Byte budget of each engine's verified-token cache.
+    token_cache_bytes: AtomicUsize,
 }
 
 impl Gateway {
@@ -109,6 +112,7 @@ impl Gateway {
             slot: ArcSwapOption::empty(),
             changed: jwks.health_changed.clone(),
             replica: std::sync::OnceLock::new(),
+            token_cache_bytes: AtomicUsize::new(DEFAULT_TOKEN_CACHE_BYTES),
             audit: audit::AuditLog::new(metrics.audit_decisions.clone()),
             jwks,
             no_route: metrics.policy_counters(""),
@@ -117,6 +121,11 @@ impl Gateway {
             path_mode,
             apply_lock: std::sync::Mutex::new(()),
         })
+    }
+
+    /// The verified-token cache budget for the configs applied from now on.
+    pub fn set_token_cache_bytes(&self, bytes: usize) {
+        self.token_cache_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn engine(&self) -> Option<Arc<Engine>> {
@@ -141,8 +150,12 @@ impl Gateway {
         let version = config.version.clone();
         let jwks_doc = public_jwks(&config);
         let jwks_max_age = config.minting_keys().map(|k| k.max_age_secs).min().unwrap_or(300);
-        let opts =
-            BuildOptions { issuer_url: &self.issuer_url, minting, remote: &*self.jwks, cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY };
+        let opts = BuildOptions {
+            issuer_url: &self.issuer_url,
+            minting,
+            remote: &*self.jwks,
+            cache_bytes: self.token_cache_bytes.load(Ordering::Relaxed),
+        };
         let engine = match Engine::build(config, &opts) {
             Ok(e) => Arc::new(e),
             Err(e) => {
@@ -226,6 +239,7 @@ impl Gateway {
             "/metrics" if admin => {
                 if let Some(s) = &*self.slot.load() {
                     self.metrics.token_cache_entries.set(s.engine.cached_tokens() as i64);
+                    self.metrics.token_cache_bytes.set(s.engine.cached_bytes() as i64);
                     self.metrics.signing_keys(&s.engine.config, jiff::Timestamp::now());
                 }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(self.metrics.render()))
