@@ -393,29 +393,14 @@ async fn editing_one_of_three_hundred_policies_writes_the_status_of_that_policy_
     for i in 0..300 {
         put(&mut w.policies, policy("shop", &format!("p{i}"), i as i64, spec(i, &["GET"])));
     }
-    let mut state = LoopState::default();
-    let sync = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let r = sync_all(&ctx, &mut state).await;
-            (r, state)
-        })
-    };
-    let first = serve_pass(&mut api, &mut w, &ctx).await;
-    let (r, mut state) = finished(sync).await;
-    r.unwrap();
+    let (first, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
     assert_eq!(first.iter().filter(|p| p.ends_with("/status")).count(), 300, "{first:?}");
 
     let mut edited = policy("shop", "p7", 7, spec(7, &["GET", "POST"]));
     edited.metadata.generation = Some(4);
     edited.status = ctx.stores.policies.get("shop", "p7").unwrap().status.clone();
     put(&mut w.policies, edited);
-    let sync = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move { sync_all(&ctx, &mut state).await })
-    };
-    let mut second = serve_pass(&mut api, &mut w, &ctx).await;
-    finished(sync).await.unwrap();
+    let (mut second, _) = full_pass(&mut api, &mut w, &ctx, state).await;
     let events = second.extract_if(.., |p| p.contains("/events")).count();
     assert_eq!(events, 1, "one Programmed event for the new generation");
     assert_eq!(
@@ -668,22 +653,21 @@ async fn status_pass(api: &mut ApiServer, w: &mut Writers, ctx: &Arc<Context>, s
     (seen, state)
 }
 
+/// One full pass (compile, publish, statuses), answered and fed back.
+async fn full_pass(api: &mut ApiServer, w: &mut Writers, ctx: &Arc<Context>, state: LoopState) -> (Vec<String>, LoopState) {
+    let task = spawn_sync(ctx.clone(), state);
+    let seen = serve_pass(api, w, ctx).await;
+    let (r, state) = finished(task).await;
+    r.unwrap();
+    (seen, state)
+}
+
 #[tokio::test]
 async fn heartbeats_make_a_policy_enforced_with_one_status_write_per_real_change_whatever_the_replica_count() {
     let (client, mut api) = mock();
     let (ctx, mut w) = context(client);
     shop_world(&mut w);
-    let mut state = LoopState::default();
-    let task = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let r = sync_all(&ctx, &mut state).await;
-            (r, state)
-        })
-    };
-    serve_pass(&mut api, &mut w, &ctx).await;
-    let (r, state) = finished(task).await;
-    r.unwrap();
+    let (_, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
     assert_eq!(condition_of(&ctx, "orders", "Enforced"), ("False".into(), "NoReplicas".into()));
     let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
     let version = cm.metadata.annotations.as_ref().unwrap()[desired::ANNOTATION_VERSION].clone();
@@ -753,17 +737,7 @@ async fn an_issuer_failing_on_a_gateway_replica_is_in_status_with_an_event_when_
     let mut state = LoopState::default();
     // Two passes: the second carries the controller probe's result.
     for _ in 0..2 {
-        let task = {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                let r = sync_all(&ctx, &mut state).await;
-                (r, state)
-            })
-        };
-        serve_pass(&mut api, &mut w, &ctx).await;
-        let (r, s) = finished(task).await;
-        r.unwrap();
-        state = s;
+        state = full_pass(&mut api, &mut w, &ctx, state).await.1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("Unknown".into(), "JwksUnknown".into()));
