@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use jiff::Timestamp;
-use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::api::{self, AuthPolicy, SigningKey, SigningKeySpec};
+use crate::api::{self, SigningKeySpec};
 use crate::keys::schedule::{self, Event, Requests};
 use crate::keys::store::{KeyRing, read_keyring, write_keyring};
 use crate::policy::{self, Compiled, KeyRef, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys};
@@ -180,7 +179,7 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             }
             continue;
         }
-        let crd = if kind == "AuthPolicy" { AuthPolicy::crd() } else { SigningKey::crd() };
+        let schema = api::schema_check::schema_of(&kind).expect("one of our kinds");
         let meta = doc.get("metadata");
         let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_owned();
         let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_owned();
@@ -189,7 +188,7 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             continue;
         }
         let key = format!("{namespace}/{name}");
-        let unknown = api::schema_check::unknown_fields(&api::schema_check::crd_schema(&crd), &doc);
+        let unknown = api::schema_check::unknown_fields(schema, &doc);
         if !unknown.is_empty() {
             let spec = doc.get("spec").unwrap_or(&Value::Null);
             let named: Vec<String> = unknown
@@ -200,11 +199,8 @@ pub fn parse_documents(file: &Path, text: &str, out: &mut Scanned) {
             continue;
         }
         let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
-        let duplicate = match kind.as_str() {
-            "AuthPolicy" => out.policies.iter().any(|(m, _)| m.namespace == namespace && m.name == name),
-            _ => out.signing_keys.iter().any(|(k, _)| k.namespace == namespace && k.name == name),
-        };
-        if duplicate {
+        // `sources` holds every resource parsed so far (a lookup, not a scan of all of them).
+        if out.sources.contains_key(&resource_id(&kind, &key)) {
             out.problems.push(problem(i, format!("{kind} {key} is defined more than once; this one is ignored")));
             continue;
         }
@@ -564,5 +560,26 @@ spec:
         assert!(read_rule(&loaded).is_none());
         assert_eq!(rejected_count(&loaded), 1);
         assert!(loaded.scanned.kept.is_empty());
+    }
+
+    #[test]
+    fn a_resource_defined_twice_keeps_the_first_and_reports_the_second() {
+        let jwks = TestIssuer::new("https://idp.test", SigningAlgorithm::ES256).jwks().to_string();
+        let first = policy(&jwks, "{ claim: scope, containsAll: [read] }");
+        let second = policy(&jwks, "{ claim: scope, containsAll: [write] }");
+        let mut out = Scanned::default();
+        parse_documents(Path::new("a.yaml"), &format!("{first}---\n{KEY}"), &mut out);
+        parse_documents(Path::new("b.yaml"), &format!("{KEY}---\n{second}"), &mut out);
+        assert_eq!((out.policies.len(), out.signing_keys.len()), (1, 1));
+        assert_eq!(out.policies[0].1.rules[1].require[0].contains_all.as_deref(), Some(&["read".to_owned()][..]));
+        let messages: Vec<(String, usize, String)> =
+            out.problems.iter().map(|p| (p.file.display().to_string(), p.document, p.message.clone())).collect();
+        assert_eq!(
+            messages,
+            [
+                ("b.yaml".to_owned(), 0, "SigningKey shop/internal is defined more than once; this one is ignored".to_owned()),
+                ("b.yaml".to_owned(), 1, "AuthPolicy shop/orders is defined more than once; this one is ignored".to_owned()),
+            ]
+        );
     }
 }

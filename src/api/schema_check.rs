@@ -70,6 +70,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The openAPIV3Schema of a CRD, as JSON.
+/// The structural schema of one of our kinds, generated once: generating a CRD costs about as
+/// much as parsing a hundred policies, and local mode checks every document against it.
+pub fn schema_of(kind: &str) -> Option<&'static Value> {
+    use kube::CustomResourceExt;
+    use std::sync::OnceLock;
+    static AUTH_POLICY: OnceLock<Value> = OnceLock::new();
+    static SIGNING_KEY: OnceLock<Value> = OnceLock::new();
+    match kind {
+        "AuthPolicy" => Some(AUTH_POLICY.get_or_init(|| crd_schema(&crate::api::AuthPolicy::crd()))),
+        "SigningKey" => Some(SIGNING_KEY.get_or_init(|| crd_schema(&crate::api::SigningKey::crd()))),
+        _ => None,
+    }
+}
+
 pub fn crd_schema(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
     let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("generated CRDs have a schema");
     serde_json::to_value(schema).expect("a schema serializes")
