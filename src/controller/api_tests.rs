@@ -770,3 +770,48 @@ async fn an_issuer_failing_on_a_gateway_replica_is_in_status_with_an_event_when_
     assert!(seen.len() == 2 && seen[1].ends_with(" IssuerRecovered"), "status and an event: {seen:?}");
     assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("True".into(), "JwksReady".into()));
 }
+
+#[tokio::test]
+async fn audit_counts_reach_the_status_at_once_and_then_at_most_once_a_minute() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let mut audited = (*ctx.stores.policies.get("shop", "orders").unwrap()).clone();
+    audited.spec.mode = Some(crate::api::Mode::Audit);
+    put(&mut w.policies, audited);
+    let (_, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
+    let status = || ctx.stores.policies.get("shop", "orders").unwrap().status.clone().unwrap();
+    assert_eq!(status().audit_summary.as_deref(), Some("audit: no requests yet"));
+    let version =
+        ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap().metadata.annotations.as_ref().unwrap()
+            [desired::ANNOTATION_VERSION]
+            .clone();
+    let counted = |allow, deny| {
+        let hb = crate::heartbeat::Heartbeat {
+            gateway: "default".into(),
+            replica: "a".into(),
+            version: Some(version.clone()),
+            audit: vec![crate::heartbeat::AuditCounts {
+                policy: "shop/orders".into(),
+                rule: "read".into(),
+                would_allow: allow,
+                would_deny: deny,
+                reasons: [("expired".to_owned(), deny)].into(),
+            }],
+            ..Default::default()
+        };
+        crate::heartbeat::to_lease("portcullis", &hb, jiff::Timestamp::now(), None)
+    };
+    // The first traffic: written at once.
+    put(&mut w.heartbeats, counted(0, 0));
+    let (_, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    put(&mut w.heartbeats, counted(997, 3));
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(status().audit_summary.as_deref(), Some("would deny 0.3% (expired)"));
+    // Counts move on within the minute: nothing written.
+    put(&mut w.heartbeats, counted(1990, 10));
+    let (seen, _) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(status().audit[0].would_deny, 3);
+}

@@ -79,8 +79,8 @@ pub(super) struct LoopState {
     history: History,
     /// When each policy's audit counts were last written (they change with every request).
     audit_written: HashMap<String, Instant>,
-    /// Per gateway, the heartbeats the statuses were last computed from (audit counts aside):
-    /// an unchanged data plane is not recomputed.
+    /// Per gateway, the heartbeats the statuses were last computed from: an unchanged data
+    /// plane is not recomputed.
     seen: HashMap<String, (Vec<Heartbeat>, bool)>,
 }
 
@@ -263,9 +263,10 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
     let mut first_error = None;
     for (gateway, pass) in &state.published {
         let live = heartbeat::live(leases.iter().map(|l| &**l), gateway, now);
-        let audit_due = state.audit_written.values().any(|t| t.elapsed() >= AUDIT_EVERY) || state.audit_written.is_empty();
-        let without_audit: Vec<Heartbeat> = live.iter().map(|hb| Heartbeat { audit: Vec::new(), ..hb.clone() }).collect();
-        let seen = (without_audit, audit_due);
+        // Recomputed when a heartbeat changed (audit counts included: the first counts show at
+        // once) or when some policy's audit counts may be written again.
+        let audit_due = state.audit_written.values().any(|t| t.elapsed() >= AUDIT_EVERY);
+        let seen = (live.clone(), audit_due);
         if !inputs_changed && state.seen.get(gateway) == Some(&seen) {
             continue;
         }
