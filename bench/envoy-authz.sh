@@ -191,7 +191,7 @@ measure() { # $1 mode, $2 round
   taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ENVOY_PORT/orders/1" >/dev/null
   local perf=""
   if [ -n "${PROFILE:-}" ]; then
-    perf record -F 999 -g -p "$PC_PID" -o "$WORK/perf-$1.data" -- sleep "$((DURATION - 1))" >/dev/null 2>&1 &
+    perf record -F 1999 -p "$PC_PID" -o "$WORK/perf-$1.data" -- sleep "$((DURATION - 1))" >/dev/null 2>&1 &
     perf=$!
   fi
   local pc0 envoy0; pc0=$(cpu_ticks "$PC_PID"); envoy0=$(cpu_ticks "$pid")
@@ -201,7 +201,7 @@ measure() { # $1 mode, $2 round
     'BEGIN { printf "  %s: CPU per request: Envoy %.1f us, Portcullis %.1f us\n", m, e / hz * 1e6 / n, p / hz * 1e6 / n }' >&2
   if [ -n "$perf" ]; then
     wait "$perf" || true
-    perf report -i "$WORK/perf-$1.data" --no-children --sort dso,symbol -g none --percent-limit 0.8 --stdio 2>/dev/null | grep -v '^#' | grep '%' | cut -c1-150 | head -40 >&2
+    perf report -i "$WORK/perf-$1.data" --no-children --sort dso,symbol -g none --percent-limit 0.4 --stdio 2>/dev/null | grep -v '^#' | grep '%' | cut -c1-150 | head -40 >&2
   fi
   local non2xx; non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
   [ -z "$non2xx" ] || { echo "$1: $non2xx non-2xx answers" >&2; exit 1; }
