@@ -520,9 +520,7 @@ impl Engine {
     }
 
     pub fn decide(&self, req: &Request<'_>, now: i64) -> Decision {
-        if !is_acceptable_method(req.method) {
-            return Decision::deny(DenyReason::BadMethod);
-        }
+        let Some(method_bit) = accepted_method_bit(req.method) else { return Decision::deny(DenyReason::BadMethod) };
         let Some(host) = normalize_host(req.host) else { return Decision::deny(DenyReason::BadHost) };
         let (raw_path, query) = split_target(req.target);
         let path = match normalize_as(raw_path, req.path_mode) {
@@ -533,7 +531,7 @@ impl Engine {
             allowed.strip_query = query_tokens(policy, query);
             return Decision::Allow(allowed);
         }
-        let Some(entry) = self.routes.lookup(&host, &path, request_method_bit(req.method)) else {
+        let Some(entry) = self.routes.lookup(&host, &path, method_bit) else {
             return Decision::deny(DenyReason::NoRoute);
         };
         let route = RouteRef { policy: entry.policy, rule: entry.rule };
@@ -717,10 +715,10 @@ impl Engine {
         };
         one("origin")?;
         let requested = one("access-control-request-method")?;
-        if !is_acceptable_method(requested) || requested == "OPTIONS" {
+        if requested == "OPTIONS" {
             return None;
         }
-        let entry = self.routes.lookup(host, path, request_method_bit(requested))?;
+        let entry = self.routes.lookup(host, path, accepted_method_bit(requested)?)?;
         let policy = &self.policies[entry.policy as usize];
         policy.cors_preflight.then(|| (policy, self.anonymous(RouteRef { policy: entry.policy, rule: entry.rule }, policy, req.headers)))
     }
@@ -800,13 +798,21 @@ fn remove_token(policy: &RtPolicy, request: &HeaderMap, headers: &mut Vec<(Heade
     }
 }
 
-/// A method is an HTTP token; one that equals a standard method but for case (`delete`) is
-/// refused, so that it can never slip past a rule that names `DELETE` into a rule without methods.
-fn is_acceptable_method(method: &str) -> bool {
-    !method.is_empty()
-        && method.len() <= 32
-        && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        && (HttpMethod::from_name(method).is_some() || !HttpMethod::ALL.iter().any(|m| m.as_str().eq_ignore_ascii_case(method)))
+/// The route bit of a request method (as `request_method_bit`), or `None` when the method is
+/// refused. A method is an HTTP token; one that equals a standard method but for case
+/// (`delete`) is refused, so that it can never slip past a rule that names `DELETE` into a rule
+/// without methods. The method is parsed once.
+fn accepted_method_bit(method: &str) -> Option<u16> {
+    let token =
+        !method.is_empty() && method.len() <= 32 && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return None;
+    }
+    match HttpMethod::from_name(method) {
+        Some(m) => Some(crate::policy::validate::method_bit(m)),
+        None if HttpMethod::ALL.iter().any(|m| m.as_str().eq_ignore_ascii_case(method)) => None,
+        None => Some(request_method_bit(method)),
+    }
 }
 
 /// What a verified token must also satisfy for this issuer of this policy, cached or not.
