@@ -377,6 +377,10 @@ fn every_decision_through_envoy_ext_authz() {
     let token = fx.ed.token("orders", fx.now, json!({"sub": "alice"}));
     let r = http(port, "GET", SEARCH_HOST, &format!("/search?q=1&access_token={token}"), &[]).unwrap();
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    // Counted as what it was answered: refused, never allowed.
+    let metrics = String::from_utf8(http(fx.authz_port, "GET", "x", "/metrics", &[]).unwrap().body).unwrap();
+    assert!(metrics.contains(r#"portcullis_decisions_total{policy="shop/search",result="deny"} 1"#), "{metrics}");
+    assert!(!metrics.contains(r#"portcullis_decisions_total{policy="shop/search",result="allow"} 1"#), "{metrics}");
 }
 
 #[test]

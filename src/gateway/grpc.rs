@@ -115,9 +115,10 @@ impl Gateway {
             }
         };
         let req = Request { method: &http.method, host: &http.host, target: &http.path, headers: &headers, path_mode: self.path_mode };
-        match self.decide(&slot, &req).await {
-            Decision::Allow(a) => allowed(&slot, a),
-            Decision::Deny(d) => deny(slot.engine.realm(), &d),
+        match self.decide(&slot, &req, true).await {
+            Ok(Decision::Allow(a)) => allowed(&slot, a),
+            Ok(Decision::Deny(d)) => deny(slot.engine.realm(), &d),
+            Err(e) => bad_request(&e.to_string()),
         }
     }
 }

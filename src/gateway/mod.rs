@@ -270,14 +270,11 @@ impl Gateway {
         };
         let header_mode = profile != Profile::EnvoyPrefix;
         let request = Request { method, host, target, headers, path_mode: self.path_mode };
-        let decision = self.decide(&slot, &request).await;
-        if let Decision::Allow(a) = &decision
-            && !a.strip_query.is_empty()
-        {
-            // The proxy forwards the target as the client sent it: the token cannot be taken out.
-            self.metrics.denial(DenyReason::BadRequest).inc();
-            return bad_request(&request::BadRequest::QueryToken);
-        }
+        // These proxies forward the target as the client sent it: a query token cannot be taken out.
+        let decision = match self.decide(&slot, &request, false).await {
+            Ok(d) => d,
+            Err(e) => return bad_request(&e),
+        };
         match decision {
             Decision::Allow(a) => {
                 let mut resp = Response::new(Full::new(Bytes::new()));
@@ -323,8 +320,9 @@ impl Gateway {
     }
 
     /// The one decision path of every integration: decide (once more after a JWKS refetch on
-    /// an unknown kid), then count and log it.
-    async fn decide(&self, slot: &Slot, request: &Request<'_>) -> Decision {
+    /// an unknown kid), then count and log it. An integration that cannot rewrite the query
+    /// (`rewrites_query` false) gets a 400 where a token would have to leave it, counted as such.
+    async fn decide(&self, slot: &Slot, request: &Request<'_>, rewrites_query: bool) -> Result<Decision, request::BadRequest> {
         let started = Instant::now();
         let mut decision = slot.engine.decide(request, unix_now());
         if let Decision::Deny(Denied { refetch: Some(set), .. }) = &decision
@@ -338,6 +336,12 @@ impl Gateway {
         let (method, host) = (request.method, request.host);
         let path = request.target.split('?').next().unwrap_or("");
         match &decision {
+            Decision::Allow(a) if !rewrites_query && !a.strip_query.is_empty() => {
+                counters.denied.inc();
+                self.metrics.denial(DenyReason::BadRequest).inc();
+                tracing::debug!(policy, rule, method, host, path, "refused: a query token cannot be removed by this integration");
+                return Err(request::BadRequest::QueryToken);
+            }
             Decision::Allow(a) => {
                 counters.allowed.inc();
                 match &a.audit {
@@ -358,7 +362,7 @@ impl Gateway {
                 tracing::debug!(policy, rule, method, host, path, reason, detail, "deny");
             }
         }
-        decision
+        Ok(decision)
     }
 }
 
