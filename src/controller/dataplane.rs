@@ -124,28 +124,15 @@ pub fn issuers(config: Option<&crate::policy::PolicyConfig>, live: &[Heartbeat])
     for i in config.map(|c| c.issuers.as_slice()).unwrap_or_default() {
         let KeySource::Remote { uri, .. } = &i.keys else { continue };
         let reports: Vec<&crate::heartbeat::JwksHealth> = live.iter().flat_map(|hb| hb.jwks.iter().filter(|j| j.uri == *uri)).collect();
-        let failing: Vec<_> = reports.iter().filter(|r| !r.ready).collect();
-        let health = if reports.is_empty() {
-            IssuerHealth { issuer: i.issuer.clone(), uri: uri.clone(), jwks: "Unknown".into(), keys: 0, last_error: None, since: None }
-        } else if let Some(worst) = failing.iter().min_by_key(|r| r.since) {
-            IssuerHealth {
-                issuer: i.issuer.clone(),
-                uri: uri.clone(),
-                jwks: "Failing".into(),
-                keys: reports.iter().map(|r| r.keys).min().unwrap_or(0),
-                last_error: worst.last_error.clone(),
-                since: Some(Time(worst.since)),
-            }
-        } else {
-            IssuerHealth {
-                issuer: i.issuer.clone(),
-                uri: uri.clone(),
-                jwks: "Ready".into(),
-                keys: reports.iter().map(|r| r.keys).min().unwrap_or(0),
-                last_error: None,
-                since: reports.iter().map(|r| r.since).max().map(Time),
-            }
+        let keys = reports.iter().map(|r| r.keys).min().unwrap_or(0);
+        let worst_failing = reports.iter().filter(|r| !r.ready).min_by_key(|r| r.since);
+        let (jwks, last_error, since) = match (reports.is_empty(), worst_failing) {
+            (true, _) => ("Unknown", None, None),
+            (false, Some(worst)) => ("Failing", worst.last_error.clone(), Some(worst.since)),
+            (false, None) => ("Ready", None, reports.iter().map(|r| r.since).max()),
         };
+        let health =
+            IssuerHealth { issuer: i.issuer.clone(), uri: uri.clone(), jwks: jwks.into(), keys, last_error, since: since.map(Time) };
         out.push(health);
     }
     let failing: Vec<String> = out
