@@ -34,8 +34,8 @@ spec:
 "#;
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(portcullis()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let (code, out, err) = common::run_portcullis(args);
+    (code, format!("{out}{err}"))
 }
 
 #[test]

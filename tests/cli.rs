@@ -21,10 +21,7 @@ fn shop_copy() -> tempfile::TempDir {
     dir
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(portcullis()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+use common::run_portcullis as run;
 
 fn token(dir: &Path, aud: &str, claims: &str) -> String {
     let (code, out, err) = run(&[

@@ -65,9 +65,9 @@ except Exception as e:
 "#;
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(portcullis()).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let (code, out, err) = common::run_portcullis(args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out.trim().to_owned()
 }
 
 /// What a service that pins the gateway's issuer and verifies with its JWKS says of a token.

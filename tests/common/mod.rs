@@ -191,6 +191,12 @@ pub fn upstream_header(resp: &Resp, name: &str) -> Option<String> {
     (!joined.is_empty()).then(|| joined.join(","))
 }
 
+/// Runs the `portcullis` command: exit code, stdout, stderr.
+pub fn run_portcullis(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(portcullis()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// `portcullis local` on a directory, ready to serve.
 pub fn start_local(dir: &Path, port: u16, log: PathBuf) -> Proc {
     start_local_with(dir, port, log, &[])
