@@ -162,13 +162,21 @@ cluster() { # $1 name, $2 port, $3 h2?
         endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $2 } } } }] }]
 YAML
 }
-http_authz() { # $1 cluster
+ext_authz() { # $1 = the HTTP authorizer's cluster, or grpc
   cat <<YAML
                   - name: envoy.filters.http.ext_authz
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
                       transport_api_version: V3
                       failure_mode_allow: false
+YAML
+  if [ "$1" = grpc ]; then
+    cat <<YAML
+                      encode_raw_headers: true
+                      grpc_service: { envoy_grpc: { cluster_name: portcullis_grpc }, timeout: 2s }
+YAML
+  else
+    cat <<YAML
                       http_service:
                         server_uri: { uri: "http://127.0.0.1", cluster: $1, timeout: 2s }
                         path_prefix: /ext_authz
@@ -177,17 +185,7 @@ http_authz() { # $1 cluster
                         authorization_response:
                           allowed_upstream_headers: { patterns: [{ exact: x-user-id }, { exact: authorization }] }
 YAML
-}
-grpc_authz() {
-  cat <<YAML
-                  - name: envoy.filters.http.ext_authz
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-                      transport_api_version: V3
-                      failure_mode_allow: false
-                      encode_raw_headers: true
-                      grpc_service: { envoy_grpc: { cluster_name: portcullis_grpc }, timeout: 2s }
-YAML
+  fi
 }
 jwt_authn() {
   cat <<YAML
@@ -229,9 +227,9 @@ cat >"$WORK/envoy.yaml" <<YAML
 admin: { address: { socket_address: { address: 127.0.0.1, port_value: $ENV_ADMIN } } }
 static_resources:
   listeners:
-$(listener "$ENV_TRIV" http_authz trivial)
-$(listener "$ENV_HTTP" http_authz portcullis)
-$(listener "$ENV_GRPC" grpc_authz)
+$(listener "$ENV_TRIV" ext_authz trivial)
+$(listener "$ENV_HTTP" ext_authz portcullis)
+$(listener "$ENV_GRPC" ext_authz grpc)
 $(listener "$ENV_JWT" jwt_authn)
   clusters:
 $(cluster app "$UP")
