@@ -9,6 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 
+// The same allocator as the portcullis binary, so that the floor is the same stack.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9090".into());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
