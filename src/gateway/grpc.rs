@@ -104,13 +104,13 @@ impl Gateway {
             );
         };
         let Some(http) = request.attributes.and_then(|a| a.request).and_then(|r| r.http) else {
-            self.metrics.denial(DenyReason::BadRequest).inc();
+            self.count_unusable();
             return bad_request("the CheckRequest has no HTTP request attributes");
         };
         let headers = match header_map(&http) {
             Ok(h) => h,
             Err(e) => {
-                self.metrics.denial(DenyReason::BadRequest).inc();
+                self.count_unusable();
                 return bad_request(&e);
             }
         };

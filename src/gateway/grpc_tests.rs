@@ -113,7 +113,14 @@ async fn denials_carry_envoys_codes_the_challenge_and_the_http_body() {
     // Not in normal form: refused as in the HTTP mode.
     let (_, http, d) = denied(&gw.check(check_request("GET", "/orders/../admin", &[], true)).await);
     assert_eq!((http, serde_json::from_str::<Value>(&d.body).unwrap()["reason"].as_str()), (403, Some("unsafe_path")));
-    // No HTTP attributes at all.
+    // No HTTP attributes at all: counted as the HTTP mode counts a request it cannot read.
+    let unusable = |gw: &Gateway| {
+        let text = gw.metrics.render();
+        let count = |series: &str| text.lines().find_map(|l| l.strip_prefix(series)).map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        (count(r#"portcullis_decisions_total{policy="",result="deny"}"#), count(r#"portcullis_denials_total{reason="bad_request"}"#))
+    };
+    let before = unusable(&gw);
     let (grpc, http, _) = denied(&gw.check(CheckRequest::default()).await);
     assert_eq!((grpc, http), (code::INVALID_ARGUMENT, 400));
+    assert_eq!(unusable(&gw), (before.0 + 1, before.1 + 1));
 }

@@ -262,8 +262,7 @@ impl Gateway {
         let request::Asked { method, host, target } = match request::asked(profile, req.method().as_str(), path_and_query, headers) {
             Ok(a) => a,
             Err(e) => {
-                self.no_route.denied.inc();
-                self.metrics.denial(DenyReason::BadRequest).inc();
+                self.count_unusable();
                 tracing::warn!(profile = profile.as_str(), "authorization request refused: {e}");
                 return bad_request(&e);
             }
@@ -317,6 +316,13 @@ impl Gateway {
             }
             Decision::Deny(d) => deny_response(slot.engine.realm(), &d),
         }
+    }
+
+    /// An authorization request too malformed to decide on (400): a denial of no policy, over
+    /// HTTP and gRPC alike.
+    fn count_unusable(&self) {
+        self.no_route.denied.inc();
+        self.metrics.denial(DenyReason::BadRequest).inc();
     }
 
     /// The one decision path of every integration: decide (once more after a JWKS refetch on
