@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{Gateway, Slot, www_authenticate};
-use crate::decide::{Decision, Denied, DenyReason, Request, Verdict};
+use crate::decide::{Decision, Denied, Request, Verdict};
 
 /// gRPC status codes Envoy reads (google.rpc.Code).
 mod code {
@@ -208,8 +208,7 @@ fn deny(realm: &str, d: &Denied) -> CheckResponse {
 }
 
 fn bad_request(why: &str) -> CheckResponse {
-    let body = json!({"error": "invalid_request", "reason": DenyReason::BadRequest.as_str(), "description": why});
-    denied(code::INVALID_ARGUMENT, 400, why, &[], body)
+    denied(code::INVALID_ARGUMENT, 400, why, &[], super::bad_request_body(why))
 }
 
 /// A denial: Envoy answers the client `http` with these headers and body.

@@ -391,8 +391,7 @@ fn passthrough(headers: &http::HeaderMap, name: &HeaderName) -> HeaderValue {
 }
 
 fn bad_request(e: &request::BadRequest) -> Response<Full<Bytes>> {
-    let body = json!({"error": "invalid_request", "reason": DenyReason::BadRequest.as_str(), "description": e.to_string()});
-    let mut resp = reply(StatusCode::BAD_REQUEST, "application/json", Bytes::from(body.to_string()));
+    let mut resp = reply(StatusCode::BAD_REQUEST, "application/json", Bytes::from(bad_request_body(&e.to_string()).to_string()));
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -415,6 +414,11 @@ pub fn www_authenticate(realm: &str, d: &Denied) -> Option<String> {
         v.push_str(&format!(", scope=\"{}\"", d.scopes.join(" ")));
     }
     Some(v)
+}
+
+/// The JSON body of a 400 (the same over HTTP and gRPC).
+fn bad_request_body(why: &str) -> serde_json::Value {
+    json!({"error": "invalid_request", "reason": DenyReason::BadRequest.as_str(), "description": why})
 }
 
 /// The JSON body of a denial (the same over HTTP and gRPC).
