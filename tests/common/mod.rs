@@ -277,6 +277,10 @@ server {{
   location = /_portcullis {{
     internal;
     proxy_pass http://portcullis/authz;
+    # The answer carries the caller's Authorization and Cookie back, with the identity: room for
+    # the largest request headers NGINX takes (large_client_header_buffers, 4 x 8k by default).
+    proxy_buffer_size 32k;
+    proxy_buffers 4 32k;
     proxy_pass_request_body off;
     proxy_set_header Content-Length "";
     proxy_set_header X-Forwarded-Method $request_method;
@@ -291,9 +295,10 @@ server {{
 }
 
 /// What ingress-nginx generates for an Ingress with `nginx.ingress.kubernetes.io/auth-url:
-/// http://portcullis/authz/ingress-nginx` and `auth-response-headers` listing the identity and
-/// token headers (docs/gateways/ingress-nginx.md): the auth location sets X-Original-URL and
-/// X-Original-Method and passes every other client header through.
+/// http://portcullis/authz/ingress-nginx`, `auth-response-headers` listing the identity and
+/// token headers and `proxy-buffer-size: 32k` (docs/gateways/ingress-nginx.md): the auth
+/// location sets X-Original-URL and X-Original-Method and passes every other client header
+/// through.
 pub fn ingress_nginx_site(port: u16, authz: u16, upstream: u16) -> String {
     format!(
         r#"upstream portcullis {{ server 127.0.0.1:{authz}; keepalive 32; }}
@@ -314,6 +319,9 @@ server {{
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
     proxy_set_header X-Auth-Request-Redirect $request_uri;
+    proxy_buffering off;
+    proxy_buffer_size 32k;
+    proxy_buffers 4 32k;
     proxy_pass_request_headers on;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
