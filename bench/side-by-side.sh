@@ -76,7 +76,7 @@ for p in range(200):
 open(f"{w}/many/p.yaml", "w").write("".join(docs))
 PY
 
-for name in PC PC_GRPC PC10K FLOOR UP TRIV TRIV_ECHO INPROC NGX_INPROC NGX_TRIV NGX_TRIV_ECHO NGX_FLOOR NGX_PC NGX_PC10K ENV_TRIV ENV_HTTP ENV_GRPC ENV_JWT ENV_ADMIN HAP; do
+for name in PC PC_GRPC PC10K FLOOR UP TRIV TRIV_ID TRIV_ECHO INPROC NGX_INPROC NGX_TRIV NGX_TRIV_ID NGX_TRIV_ECHO NGX_FLOOR NGX_PC NGX_PC10K ENV_TRIV ENV_HTTP ENV_GRPC ENV_JWT ENV_ADMIN HAP; do
   printf -v "$name" '%s' "$(free_port)"
 done
 
@@ -111,7 +111,7 @@ front() { # $1 = port, $2 = authorizer address; NGINX auth_request as docs/gatew
     }
     location = /_authz {
       internal;
-      proxy_pass http://authz_$1/authz;
+      proxy_pass http://authz_$1/authz; proxy_buffer_size 32k; proxy_buffers 4 32k;
       proxy_pass_request_body off; proxy_set_header Content-Length "";
       proxy_set_header X-Forwarded-Method \$request_method;
       proxy_set_header X-Forwarded-Uri \$request_uri;
@@ -122,11 +122,13 @@ front() { # $1 = port, $2 = authorizer address; NGINX auth_request as docs/gatew
 CONF
 }
 # The trivial authorizer as a service of its own (a process, as every real authorizer is).
-# The second answers what Portcullis answers here (the identity and the caller's token, which the
-# NGINX contract has the proxy copy upstream), so that the proxy's work is the same as with it.
+# The third answers what Portcullis answers here (the identity and the caller's token, which the
+# NGINX contract has the proxy copy upstream), so that the proxy's work is the same as with it;
+# the second the identity only: the difference is what carrying the token back costs.
 {
   ngx_common "$WORK/trivial"
   echo "server { listen 127.0.0.1:$TRIV; location / { return 200; } }"
+  echo "server { listen 127.0.0.1:$TRIV_ID; location / { add_header X-User-Id alice; return 200; } }"
   echo "server { listen 127.0.0.1:$TRIV_ECHO; location / { add_header X-User-Id alice; add_header Authorization \$http_authorization; return 200; } } }"
 } >"$WORK/trivial.conf"
 # The upstream, the in-process trivial authorizer and the four NGINX fronts: one worker.
@@ -137,6 +139,7 @@ CONF
   echo "server { listen 127.0.0.1:$INPROC; location / { return 200; } }"
   front "$NGX_INPROC" "127.0.0.1:$INPROC"
   front "$NGX_TRIV" "127.0.0.1:$TRIV"
+  front "$NGX_TRIV_ID" "127.0.0.1:$TRIV_ID"
   front "$NGX_TRIV_ECHO" "127.0.0.1:$TRIV_ECHO"
   front "$NGX_FLOOR" "127.0.0.1:$FLOOR"
   front "$NGX_PC" "127.0.0.1:$PC"
@@ -272,6 +275,7 @@ taskset -c 1 haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 & HAP_
 SETUPS=(
   "nginx-inproc|$NGX_INPROC|-|NGINX auth_request → NGINX \`return 200\` in the same worker"
   "nginx-trivial|$NGX_TRIV|$TRIV_PID|NGINX auth_request → NGINX \`return 200\` (own process): the hop ceiling"
+  "nginx-trivial-id|$NGX_TRIV_ID|$TRIV_PID|NGINX auth_request → NGINX \`return 200\` (own process) answering the identity only"
   "nginx-trivial-echo|$NGX_TRIV_ECHO|$TRIV_PID|NGINX auth_request → NGINX \`return 200\` (own process) answering Portcullis' headers"
   "nginx-floor|$NGX_FLOOR|$FLOOR_PID|NGINX auth_request → Portcullis' HTTP server answering 200, no decision"
   "nginx-portcullis|$NGX_PC|$PC_PID|NGINX auth_request → Portcullis"
@@ -292,7 +296,7 @@ for s in "${SETUPS[@]}"; do
   wait_http "http://127.0.0.1:$port/"
   ok=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.bench' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/orders/1")
   no=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.bench' "http://127.0.0.1:$port/orders/1")
-  case $name in *inproc|*trivial|*trivial-echo|*floor) no=401 ;; esac # the trivial authorizers allow everything, by design
+  case $name in *inproc|*trivial|*trivial-id|*trivial-echo|*floor) no=401 ;; esac # the trivial authorizers allow everything, by design
   if [ "$ok" != 200 ] || [ "$no" = 200 ]; then
     echo "$name: a valid token got $ok, no token got $no" >&2
     tail -5 "$WORK"/*.log "$WORK"/*/error.log >&2 || true
@@ -352,6 +356,7 @@ echo "| ratio | measured | target |"
 echo "|---|---|---|"
 echo "| NGINX → Portcullis / → NGINX \`return 200\` (own process) | $(ratio "$rps_nginx_portcullis" "$rps_nginx_trivial") | ≥ 0.95× |"
 echo "| NGINX → Portcullis / → NGINX \`return 200\` answering the same headers | $(ratio "$rps_nginx_portcullis" "$rps_nginx_trivial_echo") | — |"
+echo "| NGINX \`return 200\` answering Portcullis' headers / answering the identity only (what carrying the token back costs) | $(ratio "$rps_nginx_trivial_echo" "$rps_nginx_trivial_id") | — |"
 echo "| NGINX → Portcullis' HTTP server, no decision / → NGINX \`return 200\` (own process) | $(ratio "$rps_nginx_floor" "$rps_nginx_trivial") | — |"
 echo "| NGINX → Portcullis / → NGINX \`return 200\` (same worker) | $(ratio "$rps_nginx_portcullis" "$rps_nginx_inproc") | — |"
 echo "| NGINX → Portcullis, 10,000 routes / 1 route | $(ratio "$rps_nginx_portcullis_10k" "$rps_nginx_portcullis") | ≈ 1× |"
