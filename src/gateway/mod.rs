@@ -9,6 +9,7 @@
 //!                                   ArcSwap<Slot{Engine, counters}> ◀── apply(config) ◀── file / ConfigMap / local dir
 //! ```
 
+mod answer;
 pub mod audit;
 pub mod cluster;
 pub mod grpc;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
@@ -41,8 +42,6 @@ use crate::policy::{GatewayConfig, KeyRef};
 use jwks::JwksRegistry;
 use metrics::{Metrics, PolicyCounters};
 
-/// Envoy removes the headers listed here from the request it forwards upstream.
-const ENVOY_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
 pub use request::{EXT_AUTHZ_PREFIX, Profile};
 /// How long a request waits for a JWKS refetch after an unknown kid.
 const REFETCH_WAIT: Duration = Duration::from_secs(2);
@@ -267,7 +266,6 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
-        let header_mode = profile != Profile::EnvoyPrefix;
         let request = Request { method, host, target, headers, path_mode: self.path_mode };
         // These proxies forward the target as the client sent it: a query token cannot be taken out.
         let decision = match self.decide(&slot, &request, false).await {
@@ -275,45 +273,7 @@ impl Gateway {
             Err(e) => return bad_request(&e),
         };
         match decision {
-            Decision::Allow(a) => {
-                let mut resp = Response::new(Full::new(Bytes::new()));
-                let h = resp.headers_mut();
-                for (name, value) in a.headers {
-                    h.insert(name, value);
-                }
-                match (header_mode, a.authorization) {
-                    (_, Some(v)) => {
-                        h.insert(http::header::AUTHORIZATION, v);
-                    }
-                    (true, None) => {
-                        h.insert(http::header::AUTHORIZATION, HeaderValue::from_static(""));
-                    }
-                    (false, None) => {}
-                }
-                if header_mode {
-                    // Proxies that copy named response headers must overwrite what a client sent,
-                    // so every identity header is answered, empty when the caller has no value.
-                    for name in a.strip {
-                        h.insert(name, HeaderValue::from_static(""));
-                    }
-                    // The same proxies overwrite token-carrying headers from the answer: those
-                    // this answer leaves alone are passed on as the client sent them.
-                    for name in slot.engine.token_carriers() {
-                        if !h.contains_key(name) {
-                            h.insert(name.clone(), passthrough(headers, name));
-                        }
-                    }
-                } else {
-                    let mut remove: Vec<&str> = a.strip.iter().map(HeaderName::as_str).collect();
-                    if !h.contains_key(http::header::AUTHORIZATION) {
-                        remove.push("authorization");
-                    }
-                    if !remove.is_empty() {
-                        h.insert(ENVOY_REMOVE, HeaderValue::try_from(remove.join(",")).expect("header names are valid values"));
-                    }
-                }
-                resp
-            }
+            Decision::Allow(a) => answer::allowed(profile, a, headers, slot.engine.token_carriers()),
             Decision::Deny(d) => deny_response(slot.engine.realm(), &d),
         }
     }
@@ -369,24 +329,6 @@ impl Gateway {
             }
         }
         Ok(decision)
-    }
-}
-
-/// A request header's values as one value (cookies joined with `; `, others with `, `).
-fn passthrough(headers: &http::HeaderMap, name: &HeaderName) -> HeaderValue {
-    let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
-        (None, _) => HeaderValue::from_static(""),
-        (Some(one), None) => one.clone(),
-        (Some(first), Some(second)) => {
-            let sep: &[u8] = if name == http::header::COOKIE { b"; " } else { b", " };
-            let mut joined = first.as_bytes().to_vec();
-            for v in std::iter::once(second).chain(values) {
-                joined.extend_from_slice(sep);
-                joined.extend_from_slice(v.as_bytes());
-            }
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| HeaderValue::from_static(""))
-        }
     }
 }
 
