@@ -72,3 +72,86 @@ fn passthrough(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::RouteRef;
+
+    fn request(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn allow(headers: &[(&str, &str)], authorization: Option<&str>, strip: &[&str]) -> Allowed {
+        Allowed {
+            route: RouteRef { policy: 0, rule: 0 },
+            headers: headers
+                .iter()
+                .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap()))
+                .collect(),
+            authorization: authorization.map(|v| HeaderValue::from_str(v).unwrap()),
+            strip: strip.iter().map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap()).collect(),
+            audit: None,
+            caller: None,
+            strip_query: Vec::new(),
+        }
+    }
+
+    fn answered(r: &Response<Full<Bytes>>) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> =
+            r.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
+        all.sort();
+        all
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        all.sort();
+        all
+    }
+
+    const CARRIERS: [HeaderName; 2] = [http::header::COOKIE, HeaderName::from_static("x-api-token")];
+
+    #[test]
+    fn header_mode_answers_every_identity_and_token_carrying_header() {
+        // The caller's token goes on; two cookie headers are passed on as one, the token header
+        // the client did not send is answered empty; a stripped identity header is answered empty.
+        let req = request(&[("authorization", "Bearer t"), ("cookie", "a=1"), ("cookie", "b=2"), ("x-user-id", "mallory")]);
+        for profile in [Profile::Forwarded, Profile::IngressNginx] {
+            let r = allowed(profile, allow(&[("x-user-id", "alice")], Some("Bearer t"), &["x-user-roles"]), &req, &CARRIERS);
+            assert_eq!(
+                answered(&r),
+                pairs(&[
+                    ("authorization", "Bearer t"),
+                    ("cookie", "a=1; b=2"),
+                    ("x-api-token", ""),
+                    ("x-user-id", "alice"),
+                    ("x-user-roles", ""),
+                ]),
+                "{profile:?}"
+            );
+        }
+        // No token forwarded: Authorization answered empty; a rewritten cookie (the decision's
+        // own header) is not replaced by the client's; repeated values join with ", ".
+        let req = request(&[("authorization", "Bearer t"), ("cookie", "session=t; a=1"), ("x-api-token", "1"), ("x-api-token", "2")]);
+        let r = allowed(Profile::Forwarded, allow(&[("cookie", "a=1")], None, &[]), &req, &CARRIERS);
+        assert_eq!(answered(&r), pairs(&[("authorization", ""), ("cookie", "a=1"), ("x-api-token", "1, 2")]));
+    }
+
+    #[test]
+    fn envoy_prefix_answers_what_to_set_and_lists_what_to_remove() {
+        let req = request(&[("authorization", "Bearer t"), ("cookie", "a=1")]);
+        let r = allowed(Profile::EnvoyPrefix, allow(&[("x-user-id", "alice")], Some("Bearer minted"), &["x-user-roles"]), &req, &CARRIERS);
+        assert_eq!(
+            answered(&r),
+            pairs(&[("authorization", "Bearer minted"), ("x-envoy-auth-headers-to-remove", "x-user-roles"), ("x-user-id", "alice")])
+        );
+        // No token forwarded: Envoy removes the client's.
+        let r = allowed(Profile::EnvoyPrefix, allow(&[], None, &["x-user-id"]), &req, &CARRIERS);
+        assert_eq!(answered(&r), pairs(&[("x-envoy-auth-headers-to-remove", "x-user-id,authorization")]));
+    }
+}
