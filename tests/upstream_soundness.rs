@@ -525,7 +525,8 @@ fn run_corpus(proxy_port: u16, h: &Harness) -> (Vec<String>, usize) {
 }
 
 /// Large tokens and cookies are served, and reach the handler as Portcullis answered them: the
-/// caller's own where the rule forwards them, the cookie without the token where it does not.
+/// caller's own where the rule forwards them (in `Authorization` or in the cookie), the cookie
+/// without the token where it does not.
 fn assert_large_headers_served(proxy: &str, proxy_port: u16, h: &Harness, authz: &Proc) {
     let (clerk, billing) = (h.tokens.get("clerk-large").unwrap(), h.tokens.get("billing-large").unwrap());
     for t in [clerk, billing] {
@@ -536,6 +537,7 @@ fn assert_large_headers_served(proxy: &str, proxy_port: u16, h: &Harness, authz:
     let theme = format!("theme={}", "t".repeat(1_000));
     let with_session = format!("lang=en; session={billing}; {theme}");
     let without_session = format!("lang=en; {theme}");
+    let clerk_in_cookie = format!("lang=en; session={clerk}");
     let cases = [
         (
             "/orders/42",
@@ -545,6 +547,7 @@ fn assert_large_headers_served(proxy: &str, proxy_port: u16, h: &Harness, authz:
             prefs.as_str(),
         ),
         ("/billing/invoices", vec![("Cookie", with_session.as_str())], "billing", None, without_session.as_str()),
+        ("/orders/42", vec![("Cookie", clerk_in_cookie.as_str())], "order", None, clerk_in_cookie.as_str()),
     ];
     for (target, headers, handler, authorization, cookie) in cases {
         let r = http(proxy_port, "GET", HOST, target, &headers).unwrap_or_else(|e| panic!("{proxy} {target}: {e}"));
