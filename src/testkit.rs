@@ -11,6 +11,15 @@ use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Engine, NoRemoteKey
 use crate::keys::{SigningKeyPair, b64url};
 use crate::policy::{Compiled, KeyRef, PolicyInput, PolicyMeta, PublishedKeys, compile};
 
+/// A header map with `pairs` appended in order (a repeated name keeps every value).
+pub fn header_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
 /// A token issuer with a real key pair.
 pub struct TestIssuer {
     pub url: String,

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::*;
 use crate::api::SigningAlgorithm;
 use crate::policy::{Outcome, RejectReason};
-use crate::testkit::{TestIssuer, compile_yaml, engine, forge_hs256, forge_none};
+use crate::testkit::{TestIssuer, compile_yaml, engine, forge_hs256, forge_none, header_map as headers};
 
 const NOW: i64 = 1_800_000_000;
 const ISS: &str = "https://id.example.com/realms/shop";
@@ -55,14 +55,6 @@ fn fixture(alg: SigningAlgorithm) -> Fixture {
     let compiled = compile_yaml("default", &shop_yaml(&issuer), &BTreeMap::new());
     assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted), "{:?}", compiled.outcomes);
     Fixture { engine: engine(&compiled), issuer }
-}
-
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-    }
-    h
 }
 
 fn decide(engine: &Engine, method: &str, host: &str, target: &str, hdrs: &HeaderMap) -> Decision {

@@ -77,14 +77,7 @@ fn passthrough(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
 mod tests {
     use super::*;
     use crate::decide::RouteRef;
-
-    fn request(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::testkit::header_map as request;
 
     fn allow(headers: &[(&str, &str)], authorization: Option<&str>, strip: &[&str]) -> Allowed {
         Allowed {

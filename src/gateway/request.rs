@@ -148,15 +148,7 @@ pub fn asked<'a>(profile: Profile, method: &'a str, path_and_query: &'a str, hea
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::testkit::header_map as headers;
 
     const FWD: [(&str, &str); 3] = [("x-forwarded-method", "GET"), ("x-forwarded-uri", "/orders/1"), ("x-forwarded-host", "api.test")];
 
