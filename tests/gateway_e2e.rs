@@ -374,6 +374,14 @@ fn every_decision_through_nginx_auth_request() {
 }
 
 #[test]
+fn every_decision_through_caddy_forward_auth() {
+    let fx = fixture();
+    let dir = proxy_dir("caddy");
+    let (_caddy, port) = common::start_caddy(dir.path(), fx.authz_port, fx.upstream_port);
+    run_cases("caddy", port, &fx, true);
+}
+
+#[test]
 fn every_decision_through_traefik_forward_auth() {
     let fx = fixture();
     let dir = proxy_dir("traefik");
