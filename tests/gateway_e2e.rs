@@ -365,30 +365,30 @@ fn proxy_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(name).tempdir_in(std::env::temp_dir()).unwrap()
 }
 
+/// The case table through one proxy, started by `start` with its directory, the authorizer's
+/// port and the upstream's.
+fn decisions_through(proxy: &str, raw_target: bool, start: impl FnOnce(&Path, u16, u16) -> (common::Proc, u16)) {
+    let fx = fixture();
+    let dir = proxy_dir(proxy);
+    let (_proxy, port) = start(dir.path(), fx.authz_port, fx.upstream_port);
+    run_cases(proxy, port, &fx, raw_target);
+}
+
 #[test]
 fn every_decision_through_nginx_auth_request() {
-    let fx = fixture();
-    let dir = proxy_dir("nginx");
-    let (_nginx, port) = start_nginx(dir.path(), fx.authz_port, fx.upstream_port);
-    run_cases("nginx", port, &fx, true);
+    decisions_through("nginx", true, start_nginx);
 }
 
 #[test]
 fn every_decision_through_caddy_forward_auth() {
-    let fx = fixture();
-    let dir = proxy_dir("caddy");
-    let (_caddy, port) = common::start_caddy(dir.path(), fx.authz_port, fx.upstream_port);
-    run_cases("caddy", port, &fx, true);
+    decisions_through("caddy", true, common::start_caddy);
 }
 
 #[test]
 fn every_decision_through_traefik_forward_auth() {
-    let fx = fixture();
-    let dir = proxy_dir("traefik");
-    let (_traefik, port) = common::start_traefik(dir.path(), fx.authz_port, fx.upstream_port);
     // Traefik cleans the path (entry point `sanitizePath`, on by default) before it asks and
     // forwards: the decision is on the normal form, as behind Envoy.
-    run_cases("traefik", port, &fx, false);
+    decisions_through("traefik", false, common::start_traefik);
 }
 
 #[test]

@@ -586,67 +586,47 @@ fn assert_sound(proxy: &str, proxy_port: u16, h: &Harness, authz: &Proc) {
     );
 }
 
+/// The corpus, then the large headers, through one proxy (started by `start` with its directory,
+/// the authorizer's port and the upstream's) in front of Portcullis started with `extra`.
+fn assert_sound_through(proxy: &str, extra: &[&str], start: impl FnOnce(&Path, u16, u16) -> (Proc, u16)) {
+    let h = harness();
+    let (authz, authz_port) = authorizer(&h, extra);
+    let dir = tempfile::tempdir().unwrap();
+    let (_proxy, port) = start(dir.path(), authz_port, h.upstream);
+    assert_sound(proxy, port, &h, &authz);
+    assert_large_headers_served(proxy, port, &h, &authz);
+}
+
 #[test]
 fn nginx_with_the_docs_site_never_serves_what_portcullis_denies() {
-    let h = harness();
-    let (authz, authz_port) = authorizer(&h, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = h.upstream;
-    let (_nginx, port) = start_nginx_site(dir.path(), |p| common::nginx_site(p, authz_port, upstream));
-    assert_sound("nginx", port, &h, &authz);
-    assert_large_headers_served("nginx", port, &h, &authz);
+    assert_sound_through("nginx", &[], |dir, authz, up| start_nginx_site(dir, |p| common::nginx_site(p, authz, up)));
 }
 
 #[test]
 fn ingress_nginx_auth_url_never_serves_what_portcullis_denies() {
-    let h = harness();
-    let (authz, authz_port) = authorizer(&h, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = h.upstream;
-    let (_nginx, port) = start_nginx_site(dir.path(), |p| common::ingress_nginx_site(p, authz_port, upstream));
-    assert_sound("ingress-nginx", port, &h, &authz);
-    assert_large_headers_served("ingress-nginx", port, &h, &authz);
+    assert_sound_through("ingress-nginx", &[], |dir, authz, up| start_nginx_site(dir, |p| common::ingress_nginx_site(p, authz, up)));
 }
 
 #[test]
 fn envoy_with_the_docs_config_never_serves_what_portcullis_denies() {
-    let h = harness();
-    let (authz, authz_port) = authorizer(&h, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_envoy, port) = start_envoy(dir.path(), authz_port, h.upstream);
-    assert_sound("envoy", port, &h, &authz);
-    assert_large_headers_served("envoy", port, &h, &authz);
+    assert_sound_through("envoy", &[], start_envoy);
 }
 
 #[test]
 fn envoy_grpc_with_the_docs_config_never_serves_what_portcullis_denies() {
-    let h = harness();
     let grpc = free_port();
-    let (authz, _) = authorizer(&h, &["--grpc-listen", &format!("127.0.0.1:{grpc}")]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_envoy, port) = common::start_envoy_grpc(dir.path(), grpc, h.upstream);
-    assert_sound("envoy-grpc", port, &h, &authz);
-    assert_large_headers_served("envoy-grpc", port, &h, &authz);
+    let listen = format!("127.0.0.1:{grpc}");
+    assert_sound_through("envoy-grpc", &["--grpc-listen", &listen], |dir, _, up| common::start_envoy_grpc(dir, grpc, up));
 }
 
 #[test]
 fn caddy_forward_auth_never_serves_what_portcullis_denies() {
-    let h = harness();
-    let (authz, authz_port) = authorizer(&h, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_caddy, port) = common::start_caddy(dir.path(), authz_port, h.upstream);
-    assert_sound("caddy", port, &h, &authz);
-    assert_large_headers_served("caddy", port, &h, &authz);
+    assert_sound_through("caddy", &[], common::start_caddy);
 }
 
 #[test]
 fn traefik_forward_auth_never_serves_what_portcullis_denies() {
-    let h = harness();
-    let (authz, authz_port) = authorizer(&h, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_traefik, port) = common::start_traefik(dir.path(), authz_port, h.upstream);
-    assert_sound("traefik", port, &h, &authz);
-    assert_large_headers_served("traefik", port, &h, &authz);
+    assert_sound_through("traefik", &[], common::start_traefik);
 }
 
 /// The harness can fail: normalising paths behind NGINX, which forwards the raw target, lets
