@@ -79,12 +79,7 @@ fn start_upstream(dir: &Path, port: u16, authz: u16) -> Proc {
         "upstream".to_owned(),
     ]);
     let mut p = Proc::spawn("upstream", &mut cmd, dir.join("upstream.log"));
-    wait_until("the upstream", Duration::from_secs(10), || {
-        if !p.is_running() {
-            panic!("upstream exited:\n{}", p.log_text());
-        }
-        http(port, "GET", "x", "/__stats", &[]).ok()
-    });
+    p.wait_serving(Duration::from_secs(10), || http(port, "GET", "x", "/__stats", &[]).ok());
     p
 }
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Proc, free_port, http, start_envoy, start_local, start_nginx_site, wait_until};
+use common::{Proc, free_port, http, start_envoy, start_local, start_nginx_site};
 use portcullis::api::SigningAlgorithm;
 use portcullis::decide::{Decision, Engine, Request};
 use portcullis::policy::path::PathMode;
@@ -472,13 +472,8 @@ fn harness() -> Harness {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/shop_app.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script).arg(upstream.to_string());
-    let mut app = Proc::spawn("flask upstream", &mut cmd, dir.path().join("app.log"));
-    wait_until("the flask upstream (pip install flask)", Duration::from_secs(20), || {
-        if !app.is_running() {
-            panic!("the flask upstream exited (pip install flask):\n{}", app.log_text());
-        }
-        http(upstream, "GET", "localhost", "/__ping", &[]).ok()
-    });
+    let mut app = Proc::spawn("the flask upstream (pip install flask)", &mut cmd, dir.path().join("app.log"));
+    app.wait_serving(Duration::from_secs(20), || http(upstream, "GET", "localhost", "/__ping", &[]).ok());
     Harness { engine: engine(&compiled), tokens: Tokens::new(&issuer), policy_dir, upstream, _app: app, _dir: dir }
 }
 

@@ -43,6 +43,17 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits until `ready` gives a value; a process that exits meanwhile fails with its log.
+    pub fn wait_serving<T>(&mut self, timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> T {
+        let name = self.name.clone();
+        wait_until(&name, timeout, || {
+            if !self.is_running() {
+                panic!("{} exited:\n{}", self.name, self.log_text());
+            }
+            ready()
+        })
+    }
 }
 
 impl Drop for Proc {
@@ -433,12 +444,7 @@ pub fn start_caddy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
         .env("XDG_DATA_HOME", dir)
         .env("XDG_CONFIG_HOME", dir);
     let mut p = Proc::spawn("caddy", &mut cmd, dir.join("caddy.out"));
-    wait_until("caddy", Duration::from_secs(20), || {
-        if !p.is_running() {
-            panic!("caddy exited:\n{}", p.log_text());
-        }
-        http(port, "GET", "localhost", "/__ping", &[]).ok()
-    });
+    p.wait_serving(Duration::from_secs(20), || http(port, "GET", "localhost", "/__ping", &[]).ok());
     (p, port)
 }
 
@@ -489,12 +495,8 @@ pub fn start_traefik(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
         "--log.level=ERROR",
     ]);
     let mut p = Proc::spawn("traefik", &mut cmd, dir.join("traefik.out"));
-    wait_until("traefik", Duration::from_secs(20), || {
-        if !p.is_running() {
-            panic!("traefik exited:\n{}", p.log_text());
-        }
-        http(port, "GET", "localhost", "/__ping", &[]).ok().filter(|r| r.status != 404)
-    });
+    // 404 until the file provider's routers are loaded.
+    p.wait_serving(Duration::from_secs(20), || http(port, "GET", "localhost", "/__ping", &[]).ok().filter(|r| r.status != 404));
     (p, port)
 }
 
@@ -666,12 +668,7 @@ fn start_envoy_conf(dir: &Path, conf: impl Fn(u16, u16) -> String) -> (Proc, u16
     let mut cmd = Command::new(bin);
     cmd.arg("-c").arg(dir.join("envoy.yaml")).args(["--disable-hot-restart", "-l", "warning", "--concurrency", "1"]);
     let mut p = Proc::spawn("envoy", &mut cmd, dir.join("envoy.out"));
-    wait_until("envoy", Duration::from_secs(30), || {
-        if !p.is_running() {
-            panic!("envoy exited:\n{}", p.log_text());
-        }
-        http(admin, "GET", "localhost", "/ready", &[]).ok().filter(|r| r.status == 200)
-    });
+    p.wait_serving(Duration::from_secs(30), || http(admin, "GET", "localhost", "/ready", &[]).ok().filter(|r| r.status == 200));
     (p, port)
 }
 
