@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::api::{self, SigningKeySpec};
 use crate::keys::schedule::{self, Event, Requests};
 use crate::keys::store::{KeyRing, read_keyring, write_keyring};
+use crate::policy::ownership::HostLedger;
 use crate::policy::{self, Compiled, KeyRef, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys};
 
 /// A problem with one document; the rest of the directory still loads.
@@ -58,6 +59,9 @@ pub struct Memory {
     signing_keys: HashMap<KeyRef, (PathBuf, SigningKeySpec)>,
     /// Accepted policy versions, the compiler's `last_good`.
     pub accepted: HashMap<String, PolicyConfig>,
+    /// Hosts claimed so far (with `--gateway-settings`): a policy file removed and put back
+    /// finds its hosts still its own, as on a cluster.
+    pub held: HostLedger,
 }
 
 impl Memory {
@@ -71,6 +75,7 @@ impl Memory {
             s.signing_keys.iter().map(|(k, spec)| (k.clone(), (source(resource_id("SigningKey", &k.to_string())), spec.clone()))).collect();
         self.accepted.extend(loaded.compiled.config.policies_by_key());
         self.accepted.retain(|k, _| self.policies.contains_key(k));
+        self.held = loaded.compiled.ledger.clone();
     }
 
     /// Puts back every resource that a now-broken file held at the last good parse.
@@ -391,7 +396,8 @@ impl LocalDir {
             .iter()
             .map(|(meta, spec)| PolicyInput { meta: meta.clone(), spec: spec.clone(), last_good: last_good.get(&meta.key()).cloned() })
             .collect();
-        let compiled = policy::compile(&self.gateway, &inputs, &published, &self.tenancy);
+        let tenancy = policy::Tenancy { held: memory.held.clone(), ..self.tenancy.clone() };
+        let compiled = policy::compile(&self.gateway, &inputs, &published, &tenancy);
         Ok(Loaded { scanned, compiled, rings, specs, key_events, next_wakeup })
     }
 

@@ -191,7 +191,7 @@ fn default_values_render_a_least_privilege_secure_install() {
 fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
     let objects = render(json!({
         "controller": {"watchNamespaces": ["shop", "billing"], "replicas": 3, "podDisruptionBudget": {"enabled": true, "minAvailable": 1},
-                       "gatewaySettings": {"edge": {"hosts": [{"pattern": "*.shop.example", "namespaces": ["shop"]}], "mintingKeys": ["shop/internal"]}}},
+                       "gatewaySettings": {"edge": {"hosts": [{"pattern": "*.shop.example", "namespaces": ["shop"]}], "mintingKeys": ["shop/internal"], "unlistedHosts": "Refuse"}}},
         "gateway": {"name": "edge", "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}, "podDisruptionBudget": {"enabled": true, "minAvailable": "50%"},
                     "issuerURL": "https://auth.example.com", "service": {"type": "LoadBalancer"}},
         "jwksCA": {"configMap": "corporate-ca"},
@@ -257,6 +257,7 @@ fn wrong_values_fail_at_install_time() {
         (json!({"gateway": {"pathMode": "lenient"}}), "/gateway/pathMode"),
         (json!({"controller": {"gatewaySettings": {"default": {"mintingKeys": ["internal"]}}}}), "mintingKeys"),
         (json!({"controller": {"gatewaySettings": {"default": {"hostz": []}}}}), "hostz"),
+        (json!({"controller": {"gatewaySettings": {"default": {"unlistedHosts": "Whoever"}}}}), "unlistedHosts"),
     ] {
         let err = render(values.clone()).expect_err(&values.to_string());
         assert!(err.contains(complaint), "{values}: {err}");

@@ -327,6 +327,10 @@ async fn a_gateway_is_published_once_and_then_left_alone() {
     shop_world(&mut w);
     let state = LoopState::default();
     let task = spawn_sync(ctx.clone(), state);
+    // The hosts the shop's policies hold are kept first (they have no hosts: every host).
+    let (_, claims) =
+        api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default-hosts", 201, Value::Null).await;
+    assert_eq!(claims["data"]["claims"], "* shop\n");
     let (_, keys) = api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 201, Value::Null).await;
     assert_eq!(keys["data"].as_object().unwrap().keys().collect::<Vec<_>>(), ["shop.internal.json"]);
     let (_, cm) = api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 201, Value::Null).await;
@@ -420,6 +424,7 @@ async fn an_api_error_keeps_the_last_good_config_and_says_so_in_status() {
     shop_world(&mut w);
     let state = LoopState::default();
     let task = spawn_sync(ctx.clone(), state);
+    api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default-hosts", 200, Value::Null).await;
     api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 200, Value::Null).await;
     api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 500, status_error(500, "InternalError"))
         .await;
@@ -571,6 +576,7 @@ async fn a_status_for_a_policy_deleted_meanwhile_does_not_fail_the_pass() {
     let (ctx, mut w) = context(client);
     shop_world(&mut w);
     let task = spawn_sync(ctx.clone(), LoopState::default());
+    api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default-hosts", 201, Value::Null).await;
     api.expect("PATCH", "/api/v1/namespaces/portcullis/secrets/portcullis-gateway-default-keys", 201, Value::Null).await;
     api.expect("PATCH", "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default", 201, Value::Null).await;
     api.expect("PATCH", "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/orders/status", 404, status_error(404, "NotFound"))
@@ -814,4 +820,106 @@ async fn audit_counts_reach_the_status_at_once_and_then_at_most_once_a_minute() 
     let (seen, _) = status_pass(&mut api, &mut w, &ctx, state).await;
     assert!(seen.is_empty(), "{seen:?}");
     assert_eq!(status().audit[0].would_deny, 3);
+}
+
+fn squatting_world(w: &mut Writers) {
+    let spec = |open: bool| {
+        let rule = if open {
+            json!({"name": "x", "public": true, "match": {"paths": [{"exact": "/x/1"}]}})
+        } else {
+            json!({"name": "x", "match": {"paths": [{"exact": "/x/1"}]}, "require": [{"claim": "scope", "containsAll": ["x"]}]})
+        };
+        let jwks = crate::testkit::TestIssuer::new("https://id", crate::api::SigningAlgorithm::ES256).jwks();
+        json!({"hosts": ["sq.test"], "issuers": [{"issuer": "https://id", "audiences": ["a"], "algorithms": ["ES256"], "jwks": {"inline": jwks}}], "rules": [rule]})
+    };
+    put(&mut w.policies, policy("sq-own", "p", 0, spec(false)));
+    put(&mut w.policies, policy("sq-bad", "grab", 10, spec(true)));
+}
+
+fn accepted_reason(ctx: &Context, ns: &str, name: &str) -> (String, String) {
+    let p = ctx.stores.policies.get(ns, name).unwrap();
+    let c = p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Accepted").unwrap().clone();
+    (c.reason, c.message)
+}
+
+fn served(ctx: &Context) -> Vec<String> {
+    let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
+    desired::config_from_configmap(&cm).unwrap().policies.iter().map(|p| p.key()).collect()
+}
+
+#[tokio::test]
+async fn a_squatter_never_inherits_a_host_when_its_owner_redeploys_even_before_the_cache_sees_the_claims() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    squatting_world(&mut w);
+    let hosts = "/api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default-hosts";
+
+    // The owner's claim is written before its config.
+    let task = spawn_sync(ctx.clone(), LoopState::default());
+    let (_, claims) = api.expect("PATCH", hosts, 201, Value::Null).await;
+    assert_eq!(claims["data"]["claims"], "sq.test sq-own\n");
+    let claims_cm: ConfigMap = serde_json::from_value(stored(&claims, "7")).unwrap();
+    // Everything else is fed back, except the claims: the cache lags behind that write.
+    for (_, path, sent) in api.answer_all().await {
+        if let Some(rest) = path.strip_suffix("/status") {
+            let (ns, name) = (path.split('/').nth(5).unwrap(), rest.rsplit('/').next().unwrap());
+            let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
+            p.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
+            put(&mut w.policies, p);
+        } else if path.ends_with("/configmaps/portcullis-gateway-default") {
+            put(&mut w.gateway_configmaps, serde_json::from_value(stored(&sent, "8")).unwrap());
+        }
+    }
+    let (result, state) = finished(task).await;
+    result.unwrap();
+    assert_eq!(accepted_reason(&ctx, "sq-bad", "grab").0, "HostNotAllowed");
+    assert_eq!(served(&ctx), ["sq-own/p"]);
+
+    // The owner deletes its policy to redeploy: the squatter stays refused, nothing serves /x/1.
+    let owner = (*ctx.stores.policies.get("sq-own", "p").unwrap()).clone();
+    w.policies.apply_watcher_event(&watcher::Event::Delete(owner.clone()));
+    let (seen, state) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(!seen.iter().any(|s| s.contains("-hosts")), "the claims did not change: {seen:?}");
+    let (reason, message) = accepted_reason(&ctx, "sq-bad", "grab");
+    assert_eq!(reason, "HostNotAllowed");
+    assert!(message.contains("belongs to namespace sq-own (it claimed sq.test first and keeps the claim"), "{message}");
+    assert!(served(&ctx).is_empty());
+
+    // A controller restart meanwhile (`helm upgrade` of Portcullis): the claims are read back.
+    drop(state);
+    put(&mut w.gateway_configmaps, claims_cm);
+    let (_, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
+    assert_eq!(accepted_reason(&ctx, "sq-bad", "grab").0, "HostNotAllowed");
+
+    // Re-applied under a new name, newer than the squatter: the host is the owner's again.
+    let mut again = policy("sq-own", "p-renamed", 20, serde_json::to_value(&owner.spec).unwrap());
+    again.metadata.generation = Some(1);
+    put(&mut w.policies, again);
+    let (_, _) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(accepted_reason(&ctx, "sq-own", "p-renamed").0, "Valid");
+    assert_eq!(accepted_reason(&ctx, "sq-bad", "grab").0, "HostNotAllowed");
+    assert_eq!(served(&ctx), ["sq-own/p-renamed"]);
+}
+
+#[tokio::test]
+async fn the_platform_team_releases_a_held_host_by_deleting_its_line() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    squatting_world(&mut w);
+    let (_, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
+    let owner = (*ctx.stores.policies.get("sq-own", "p").unwrap()).clone();
+    w.policies.apply_watcher_event(&watcher::Event::Delete(owner));
+    let (_, state) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(accepted_reason(&ctx, "sq-bad", "grab").0, "HostNotAllowed");
+    // `kubectl edit`: the line goes, a new resourceVersion comes.
+    let mut cm = (*ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default-hosts").unwrap()).clone();
+    cm.data.as_mut().unwrap().insert("claims".into(), "# released sq.test\n".into());
+    cm.metadata.resource_version = Some("99".into());
+    put(&mut w.gateway_configmaps, cm);
+    let (seen, _) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(accepted_reason(&ctx, "sq-bad", "grab").0, "Valid");
+    assert_eq!(served(&ctx), ["sq-bad/grab"]);
+    assert!(seen.contains(&"PATCH /api/v1/namespaces/portcullis/configmaps/portcullis-gateway-default-hosts".to_owned()), "{seen:?}");
+    let claims = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default-hosts").unwrap();
+    assert_eq!(claims.data.as_ref().unwrap()["claims"], "sq.test sq-bad\n");
 }

@@ -29,11 +29,20 @@ where
     if current.is_some_and(|c| content_hash(c).is_some() && content_hash(c) == content_hash(desired)) {
         return Ok(Applied::Unchanged);
     }
+    apply(api, desired).await?;
+    Ok(Applied::Written)
+}
+
+/// Server-side applies `desired` (field manager `portcullis`); the object as stored.
+pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+    K::DynamicType: Default,
+{
     let mut obj = serde_json::to_value(desired).expect("objects serialize");
     obj["apiVersion"] = K::api_version(&Default::default()).into();
     obj["kind"] = K::kind(&Default::default()).into();
-    api.patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await.map_err(Error::Kube)?;
-    Ok(Applied::Written)
+    api.patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await.map_err(Error::Kube)
 }
 
 /// Writes a SigningKey's keyring Secret with optimistic concurrency: created when there is none,

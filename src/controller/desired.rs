@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::{AuthPolicy, AuthPolicyStatus, KeyStatus, SigningKey, SigningKeyStatus};
 use crate::keys::schedule::{self, Requests};
 use crate::keys::store::{KeyRing, SECRET_KEY};
+use crate::policy::ownership::HostLedger;
 use crate::policy::tenancy::{ANNOTATION_VERIFIABLE_FROM, SettingsByGateway, parse_grant};
 use crate::policy::{GatewayConfig, KeyRef, Outcome, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys, Tenancy};
 use crate::publish::sha256_hex;
@@ -132,10 +133,16 @@ pub fn published_keys(
     (published, rings)
 }
 
-/// Tenancy for one gateway: its settings, the controller's namespace as the platform's, and the
+/// Tenancy for one gateway: its settings, the controller's namespace as the platform's, the
 /// verification grants SigningKeys give other namespaces (annotation
-/// `portcullis.dev/verifiable-from`).
-pub fn tenancy(settings: &SettingsByGateway, platform_namespace: &str, gateway: &str, signing_keys: &[Arc<SigningKey>]) -> Tenancy {
+/// `portcullis.dev/verifiable-from`), and the hosts namespaces hold.
+pub fn tenancy(
+    settings: &SettingsByGateway,
+    platform_namespace: &str,
+    gateway: &str,
+    signing_keys: &[Arc<SigningKey>],
+    held: HostLedger,
+) -> Tenancy {
     let verify_grants = signing_keys
         .iter()
         .filter_map(|sk| {
@@ -148,7 +155,44 @@ pub fn tenancy(settings: &SettingsByGateway, platform_namespace: &str, gateway: 
         platform_namespace: Some(platform_namespace.to_owned()),
         single_owner: false,
         verify_grants,
+        held,
     }
+}
+
+/// The ConfigMap that keeps which namespace holds which host of a gateway, one `<pattern>
+/// <namespace>` line each. The platform team reads it, and releases a claim by deleting its line
+/// (the host then goes to the next policy that claims it).
+pub fn host_claims_configmap(namespace: &str, gateway: &str, ledger: &HostLedger) -> ConfigMap {
+    let text = ledger.render();
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(host_claims_configmap_name(gateway)),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels(&[("app.kubernetes.io/component", "host-claims"), (LABEL_GATEWAY, gateway)])),
+            annotations: Some(BTreeMap::from([(ANNOTATION_HASH.to_owned(), sha256_hex(&[text.as_bytes()]))])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(HOST_CLAIMS_KEY.to_owned(), text)])),
+        ..Default::default()
+    }
+}
+
+pub const HOST_CLAIMS_KEY: &str = "claims";
+
+pub fn host_claims_configmap_name(gateway: &str) -> String {
+    format!("{}-hosts", gateway_configmap_name(gateway))
+}
+
+/// The claims a host-claims ConfigMap holds, and the lines that are not claims.
+pub fn ledger_from_configmap(cm: &ConfigMap) -> (HostLedger, Vec<String>) {
+    HostLedger::parse(cm.data.as_ref().and_then(|d| d.get(HOST_CLAIMS_KEY)).map_or("", String::as_str))
+}
+
+/// The gateway a ConfigMap of the gateway label holds the compiled config of (`None` for its
+/// host claims).
+pub fn config_gateway(cm: &ConfigMap) -> Option<&str> {
+    let gateway = cm.labels().get(LABEL_GATEWAY)?;
+    (cm.metadata.name.as_deref() == Some(gateway_configmap_name(gateway).as_str())).then_some(gateway.as_str())
 }
 
 /// Compilation inputs for the policies of one gateway.

@@ -87,7 +87,7 @@ impl World {
         last_good: &HashMap<String, crate::policy::PolicyConfig>,
     ) -> (policy::Compiled, std::collections::BTreeMap<KeyRef, KeyRing>) {
         let (published, rings) = published_keys(&self.keys, |ns, name| self.secrets.get(&(ns.to_owned(), name.to_owned())).cloned());
-        let tenancy = tenancy(&self.settings, "portcullis", gateway, &self.keys);
+        let tenancy = tenancy(&self.settings, "portcullis", gateway, &self.keys, Default::default());
         (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good), &published, &tenancy), rings)
     }
 }

@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
-use super::apply::{Applied, apply_if_changed, apply_status};
+use super::apply::{Applied, apply, apply_if_changed, apply_status};
+use super::claims::HeldClaims;
 use super::dataplane::{self, History};
 use super::desired::{self, Programmed};
 use super::signingkeys::publish_event;
@@ -82,6 +83,8 @@ pub(super) struct LoopState {
     /// Per gateway, the heartbeats the statuses were last computed from: an unchanged data
     /// plane is not recomputed.
     seen: HashMap<String, (Vec<Heartbeat>, bool)>,
+    /// Per gateway, which namespace holds which host.
+    pub(super) claims: HashMap<String, HeldClaims>,
 }
 
 struct Pass {
@@ -108,7 +111,9 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     }
     let mut state = LoopState::recovered(recover_last_good(&ctx));
     for cm in ctx.stores.gateway_configmaps.state() {
-        if let Ok(config) = desired::config_from_configmap(&cm) {
+        if desired::config_gateway(&cm).is_some()
+            && let Ok(config) = desired::config_from_configmap(&cm)
+        {
             state.history.record(&config);
         }
     }
@@ -168,8 +173,8 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
 
 fn recover_last_good(ctx: &Context) -> HashMap<String, HashMap<String, PolicyConfig>> {
     let mut out: HashMap<String, HashMap<String, PolicyConfig>> = HashMap::new();
-    for cm in ctx.stores.gateway_configmaps.state() {
-        match desired::config_from_configmap(&cm) {
+    for cm in ctx.stores.gateway_configmaps.state().iter().filter(|cm| desired::config_gateway(cm).is_some()) {
+        match desired::config_from_configmap(cm) {
             Ok(config) => {
                 out.insert(config.gateway.clone(), config.policies_by_key());
             }
@@ -197,12 +202,26 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
         let gateway = gateway.clone();
         let empty = HashMap::new();
         let inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
-        let tenancy = desired::tenancy(&ctx.opts.gateway_settings, ns, &gateway, &signing_keys);
+        let claims_name = desired::host_claims_configmap_name(&gateway);
+        let held = state.claims.entry(gateway.clone()).or_default();
+        let (held_now, problems) = held.current(ctx.stores.gateway_configmaps.get(ns, &claims_name).as_deref());
+        let held_now = held_now.clone();
+        for p in problems {
+            tracing::warn!(gateway = %gateway, configmap = %claims_name, "host claims: {p}; the line is skipped (its claim is released)");
+        }
+        let tenancy = desired::tenancy(&ctx.opts.gateway_settings, ns, &gateway, &signing_keys, held_now.clone());
         let compiled = policy::compile(&gateway, &inputs, &published, &tenancy);
         let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings);
         let cm = desired::gateway_configmap(ns, &compiled.config, &keys);
-        // Keys first: a config that mints with a key must find it when it arrives.
+        // Host claims first: a host the config serves is held before the config goes out, so
+        // that a restart or a deletion right after cannot hand it to another namespace. Then
+        // keys: a config that mints with a key must find it when it arrives.
         let written = async {
+            if compiled.ledger != held_now {
+                let written = apply(&configmaps, &desired::host_claims_configmap(ns, &gateway, &compiled.ledger)).await?;
+                ctx.metrics.writes.with_label_values(&["ConfigMap"]).inc();
+                held.written(compiled.ledger.clone(), written.metadata.resource_version);
+            }
             let current_keys = ctx.stores.gateway_secrets.get(ns, &desired::gateway_secret_name(&gateway));
             if apply_if_changed(&secrets, &keys, current_keys.as_deref()).await? == Applied::Written {
                 ctx.metrics.writes.with_label_values(&["Secret"]).inc();

@@ -13,6 +13,7 @@
 //! reads from watch caches (no per-event LIST) and writes only what differs.
 
 pub mod apply;
+mod claims;
 pub mod dataplane;
 pub mod desired;
 mod gateways;

@@ -8,10 +8,11 @@
 //! Hosts. A settings rule (`hosts[]`: a pattern and the namespaces that may use it) governs every
 //! host pattern that overlaps it — in either direction, since a request for a host falls through
 //! from exact to wildcard to host-less routes. A host no rule governs belongs to the namespace
-//! whose policy claimed it first (oldest accepted policy); other namespaces are refused. A
-//! policy without `hosts` matches (and so claims) every host, and is allowed only to namespaces
-//! the settings list in `anyHostNamespaces`. The platform namespace (the controller's) may do
-//! all of this.
+//! that claimed it first, for good ([`ownership`](super::ownership): the claim outlives its
+//! policies); other namespaces are refused. With `unlistedHosts: Refuse` such hosts are refused
+//! to every tenant instead. A policy without `hosts` matches (and so claims) every host, and is
+//! allowed only to namespaces the settings list in `anyHostNamespaces`. The platform namespace
+//! (the controller's) may do all of this.
 //!
 //! Minting. A gateway's JWKS is what services trust, so only SigningKeys the settings name in
 //! `mintingKeys` (or keys in the platform namespace) may mint for it.
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{KeySource, PolicyConfig};
 use super::host::HostPattern;
+use super::ownership::{HostClaim, HostIndex, HostLedger};
 use super::{KeyRef, RejectReason, Rejection};
 
 /// The platform team's word on one gateway.
@@ -37,6 +39,17 @@ pub struct GatewaySettings {
     /// SigningKeys (`namespace/name`) that may mint internal tokens for this gateway.
     #[serde(default)]
     pub minting_keys: Vec<String>,
+    /// Hosts no `hosts` rule governs: `FirstClaim` (default) gives each to the namespace that
+    /// claims it first, for good; `Refuse` gives them to nobody but the platform namespace.
+    #[serde(default)]
+    pub unlisted_hosts: UnlistedHosts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnlistedHosts {
+    #[default]
+    FirstClaim,
+    Refuse,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +91,8 @@ pub struct Tenancy {
     pub single_owner: bool,
     /// SigningKeys other namespaces may verify with (annotation `portcullis.dev/verifiable-from`).
     pub verify_grants: BTreeMap<KeyRef, Vec<String>>,
+    /// Hosts claimed before, held even when no policy of the holder is left.
+    pub held: HostLedger,
 }
 
 /// The annotation on a SigningKey that lets policies in other namespaces verify with its
@@ -102,14 +117,6 @@ pub fn overlaps(a: &HostPattern, b: &HostPattern) -> bool {
     }
 }
 
-/// A host pattern an accepted policy holds, for first-claim ownership.
-#[derive(Debug, Clone)]
-pub struct HostClaim {
-    pub pattern: HostPattern,
-    pub namespace: String,
-    pub policy: String,
-}
-
 impl Tenancy {
     /// No tenancy checks: one party owns everything (local mode, tests).
     pub fn single_owner() -> Self {
@@ -120,14 +127,15 @@ impl Tenancy {
         self.single_owner || self.platform_namespace.as_deref() == Some(namespace)
     }
 
-    /// Why `cfg` may not be accepted, given the hosts older accepted policies hold.
-    pub fn check(&self, cfg: &PolicyConfig, claims: &[HostClaim]) -> Result<(), Rejection> {
+    /// Why `cfg` may not be accepted, given the hosts others hold (the ledger and the policies
+    /// accepted before it).
+    pub fn check(&self, cfg: &PolicyConfig, claims: &HostIndex) -> Result<(), Rejection> {
         self.check_hosts(cfg, claims).map_err(|m| Rejection { reason: RejectReason::HostNotAllowed, problems: vec![m] })?;
         self.check_minting(cfg).map_err(|m| Rejection { reason: RejectReason::SigningKeyNotAllowed, problems: m })?;
         self.check_verify_refs(cfg).map_err(|m| Rejection { reason: RejectReason::KeyNotFound, problems: m })
     }
 
-    fn check_hosts(&self, cfg: &PolicyConfig, claims: &[HostClaim]) -> Result<(), String> {
+    fn check_hosts(&self, cfg: &PolicyConfig, claims: &HostIndex) -> Result<(), String> {
         let ns = cfg.namespace.as_str();
         if self.trusted(ns) {
             return Ok(());
@@ -155,12 +163,13 @@ impl Tenancy {
             if !governing.is_empty() {
                 continue;
             }
-            if let Some(c) = claims.iter().find(|c| c.namespace != ns && overlaps(&c.pattern, &pattern)) {
-                let what = if c.pattern == HostPattern::Any { "every host (it has no hosts)".to_owned() } else { c.pattern.to_string() };
+            if self.settings.unlisted_hosts == UnlistedHosts::Refuse {
                 return Err(format!(
-                    "host {h} belongs to namespace {} (AuthPolicy {} claimed {what} first); a platform team can share it in the gateway settings' hosts",
-                    c.namespace, c.policy
+                    "host {h}: no rule of the gateway settings' hosts gives it to namespace {ns}, and unlisted hosts are refused on this gateway (unlistedHosts: Refuse)"
                 ));
+            }
+            if let Some(c) = claims.held_by_other(&pattern, ns) {
+                return Err(c.refusal(h));
             }
         }
         Ok(())
@@ -206,10 +215,11 @@ impl Tenancy {
 /// The host patterns an accepted policy holds. A policy without hosts holds every host: its
 /// routes are the fall-back of every host, so another namespace's host-specific routes would
 /// override them — only the settings can share a host then.
-pub fn claims_of(cfg: &PolicyConfig) -> Vec<HostClaim> {
+pub fn claims_of(cfg: &PolicyConfig) -> impl Iterator<Item = HostClaim> + '_ {
     let patterns: Vec<HostPattern> =
         if cfg.hosts.is_empty() { vec![HostPattern::Any] } else { cfg.hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect() };
-    patterns.into_iter().map(|pattern| HostClaim { pattern, namespace: cfg.namespace.clone(), policy: cfg.key() }).collect()
+    let policy = cfg.key();
+    patterns.into_iter().map(move |pattern| HostClaim { pattern, namespace: cfg.namespace.clone(), policy: Some(policy.clone()) })
 }
 
 #[cfg(test)]
@@ -256,11 +266,22 @@ mod tests {
     }
 
     fn claim_any(ns: &str) -> HostClaim {
-        HostClaim { pattern: HostPattern::Any, namespace: ns.into(), policy: format!("{ns}/first") }
+        HostClaim { pattern: HostPattern::Any, namespace: ns.into(), policy: Some(format!("{ns}/first")) }
     }
 
     fn claim(pattern: &str, ns: &str) -> HostClaim {
-        HostClaim { pattern: HostPattern::parse(pattern).unwrap(), namespace: ns.into(), policy: format!("{ns}/first") }
+        HostClaim { pattern: HostPattern::parse(pattern).unwrap(), namespace: ns.into(), policy: Some(format!("{ns}/first")) }
+    }
+
+    /// A claim kept in the ledger after its policies were deleted.
+    fn held(pattern: &str, ns: &str) -> HostClaim {
+        HostClaim { policy: None, ..claim(pattern, ns) }
+    }
+
+    fn index(claims: &[HostClaim]) -> HostIndex {
+        let mut index = HostIndex::default();
+        claims.iter().cloned().for_each(|c| index.insert(c));
+        index
     }
 
     #[test]
@@ -305,6 +326,33 @@ mod tests {
                 Err("belongs to namespace edge (AuthPolicy edge/first claimed every host (it has no hosts) first)"),
             ),
             (shared, "team-b", &["api.shared.example"], &[claim_any("edge")], Ok(())),
+            // A claim held in the ledger (its policies deleted, e.g. for a redeploy) still refuses.
+            (
+                "{}",
+                "team-b",
+                &["api.a.example"],
+                &[held("api.a.example", "team-a")],
+                Err(
+                    "host api.a.example belongs to namespace team-a (it claimed api.a.example first and keeps the claim when its policies are deleted or redeployed)",
+                ),
+            ),
+            ("{}", "team-a", &["api.a.example"], &[held("api.a.example", "team-a")], Ok(())),
+            // Refuse: unlisted hosts are for nobody but the platform, claimed or not.
+            (
+                "{ unlistedHosts: Refuse }",
+                "team-a",
+                &["api.a.example"],
+                &[],
+                Err("no rule of the gateway settings' hosts gives it to namespace team-a"),
+            ),
+            (
+                "{ unlistedHosts: Refuse, hosts: [{ pattern: api.a.example, namespaces: [team-a] }] }",
+                "team-a",
+                &["api.a.example"],
+                &[],
+                Ok(()),
+            ),
+            ("{ unlistedHosts: Refuse }", "platform", &["api.a.example"], &[], Ok(())),
             // Host-less policies match every host: only where the settings say so.
             ("{}", "team-b", &[], &[], Err("not in the gateway settings' anyHostNamespaces")),
             (shared, "edge", &[], &a_claims, Ok(())),
@@ -313,7 +361,7 @@ mod tests {
             ("{}", "platform", &["api.a.example"], &a_claims, Ok(())),
         ];
         for (settings, ns, hosts, claims, want) in table {
-            let got = tenancy(settings).check(&policy(ns, hosts), claims);
+            let got = tenancy(settings).check(&policy(ns, hosts), &index(claims));
             match (got, want) {
                 (Ok(()), Ok(())) => {}
                 (Err(r), Err(words)) => {
@@ -324,15 +372,15 @@ mod tests {
             }
         }
         // One owner (local mode): nothing is refused.
-        assert!(Tenancy::single_owner().check(&policy("team-b", &["api.a.example"]), &a_claims).is_ok());
+        assert!(Tenancy::single_owner().check(&policy("team-b", &["api.a.example"]), &index(&a_claims)).is_ok());
     }
 
     #[test]
     fn only_listed_or_platform_keys_mint() {
         let t = tenancy("{ mintingKeys: [shop/internal] }");
-        assert!(t.check(&minting("shop", "shop/internal"), &[]).is_ok());
-        assert!(t.check(&minting("platform", "platform/internal"), &[]).is_ok());
-        let r = t.check(&minting("team-b", "team-b/forge"), &[]).unwrap_err();
+        assert!(t.check(&minting("shop", "shop/internal"), &HostIndex::default()).is_ok());
+        assert!(t.check(&minting("platform", "platform/internal"), &HostIndex::default()).is_ok());
+        let r = t.check(&minting("team-b", "team-b/forge"), &HostIndex::default()).unwrap_err();
         assert_eq!(r.reason, RejectReason::SigningKeyNotAllowed);
         assert!(r.message().contains("SigningKey team-b/forge may not mint"), "{}", r.message());
     }
@@ -348,7 +396,7 @@ mod tests {
             keys: KeySource::SigningKey("shop/idp".parse().unwrap()),
         });
         let mut t = tenancy("{}");
-        let r = t.check(&p, &[]).unwrap_err();
+        let r = t.check(&p, &HostIndex::default()).unwrap_err();
         assert_eq!(r.reason, RejectReason::KeyNotFound);
         assert!(
             r.message().contains("does not grant namespace team-b its keys (annotation portcullis.dev/verifiable-from"),
@@ -356,9 +404,9 @@ mod tests {
             r.message()
         );
         t.verify_grants.insert("shop/idp".parse().unwrap(), parse_grant("team-a, team-b"));
-        assert!(t.check(&p, &[]).is_ok());
+        assert!(t.check(&p, &HostIndex::default()).is_ok());
         t.verify_grants.insert("shop/idp".parse().unwrap(), parse_grant("*"));
-        assert!(t.check(&p, &[]).is_ok());
+        assert!(t.check(&p, &HostIndex::default()).is_ok());
     }
 
     #[test]
