@@ -923,3 +923,26 @@ async fn the_platform_team_releases_a_held_host_by_deleting_its_line() {
     let claims = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default-hosts").unwrap();
     assert_eq!(claims.data.as_ref().unwrap()["claims"], "sq.test sq-bad\n");
 }
+
+#[tokio::test]
+async fn a_policy_that_goes_live_once_its_signing_key_is_ready_gets_its_programmed_event() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    // The minting key's keyring is not written yet (the SigningKey was applied a moment ago).
+    let internal = ctx.stores.key_secrets.get("shop", "internal").unwrap();
+    w.key_secrets.apply_watcher_event(&watcher::Event::Delete((*internal).clone()));
+    let (seen, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
+    let status = ctx.stores.policies.get("shop", "orders").unwrap().status.clone().unwrap();
+    assert_eq!(status.conditions[0].reason, "KeyNotFound");
+    assert_eq!(status.observed_generation, Some(3), "this generation was observed already");
+    assert!(!seen.iter().any(|s| s.ends_with(" Programmed")), "{seen:?}");
+    // The keyring arrives: same generation, now live — and said so with an Event.
+    put(&mut w.key_secrets, (*internal).clone());
+    let (seen, state) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(condition_of(&ctx, "orders", "Programmed"), ("True".to_owned(), "ConfigPublished".to_owned()));
+    assert!(seen.contains(&"POST /apis/events.k8s.io/v1/namespaces/shop/events Programmed".to_owned()), "{seen:?}");
+    // And only once.
+    let (seen, _) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(!seen.iter().any(|s| s.contains("/events")), "{seen:?}");
+}

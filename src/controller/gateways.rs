@@ -343,10 +343,13 @@ async fn write_policy_status(ctx: &Context, p: &AuthPolicy, outcome: &Outcome, s
     {
         publish_event(ctx, p, true, "Rejected", format!("{}: {}", a.reason, a.message)).await;
     }
+    // Going live is the Programmed condition becoming True for this generation — also when the
+    // status already observed the generation (it was refused for a missing SigningKey, or the
+    // publication failed, and then went live without an edit).
     if let Some(pr) = new("Programmed")
         && pr.status == "True"
         && matches!(outcome, Outcome::Accepted)
-        && p.status.as_ref().and_then(|s| s.observed_generation) != p.metadata.generation
+        && old("Programmed").is_none_or(|c| c.status != "True" || c.message != pr.message || c.observed_generation != p.metadata.generation)
     {
         publish_event(ctx, p, false, "Programmed", pr.message).await;
     }
