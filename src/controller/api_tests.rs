@@ -247,6 +247,37 @@ async fn a_new_signing_key_gets_its_secret_jwks_status_and_events() {
     assert!((3297.0..=3299.0).contains(&requeue_secs(&action)), "{action:?}");
 }
 
+#[tokio::test]
+async fn a_reconcile_before_the_cache_shows_its_own_write_waits_instead_of_writing_from_the_old_keyring() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    let sk = signing_key("shop", "internal", json!({"algorithm": "EdDSA"}));
+    let task = tokio::spawn({
+        let (ctx, sk) = (ctx.clone(), sk.clone());
+        async move { reconcile_inner(&sk, &ctx).await }
+    });
+    let (_, created) = api.expect("POST", "/api/v1/namespaces/shop/secrets", 201, Value::Null).await;
+    api.answer_all().await;
+    finished(task).await.unwrap();
+    // The status write triggers the next reconcile at once; the Secret is not in the cache yet.
+    // It used to create the Secret again: 409, reported as "not owned by this SigningKey".
+    let task = tokio::spawn({
+        let (ctx, sk) = (ctx.clone(), sk.clone());
+        async move { reconcile_inner(&sk, &ctx).await }
+    });
+    api.expect_nothing().await;
+    assert_eq!(requeue_secs(&finished(task).await.unwrap()), 0.2);
+    // The cache shows the write (the resourceVersion the create returned): on as usual.
+    put(&mut w.key_secrets, serde_json::from_value(echo(&created)).unwrap());
+    let task = tokio::spawn({
+        let (ctx, sk) = (ctx.clone(), sk.clone());
+        async move { reconcile_inner(&sk, &ctx).await }
+    });
+    let seen = api.answer_all().await;
+    finished(task).await.unwrap();
+    assert!(!seen.iter().any(|(m, p, _)| p.contains("/secrets")), "no keyring write: {:?}", seen.iter().map(|s| &s.1).collect::<Vec<_>>());
+}
+
 fn requeue_secs(action: &kube::runtime::controller::Action) -> f64 {
     let text = format!("{action:?}");
     let inner = text.split("Some(").nth(1).expect("a requeue").split(')').next().unwrap();

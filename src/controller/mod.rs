@@ -166,6 +166,7 @@ pub struct Context {
     pub pending: AtomicI64,
     pub ready: AtomicBool,
     probes: gateways::IssuerProbes,
+    rings_written: signingkeys::WrittenRings,
 }
 
 impl Context {
@@ -181,6 +182,7 @@ impl Context {
             pending: AtomicI64::new(0),
             ready: AtomicBool::new(false),
             probes: gateways::IssuerProbes::default(),
+            rings_written: signingkeys::WrittenRings::default(),
             opts,
         }
     }

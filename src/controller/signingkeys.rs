@@ -20,6 +20,39 @@ use crate::api::SigningKey;
 use crate::keys::schedule;
 
 const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// How long a reconcile waits for the watch cache to show the keyring it wrote last.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// The keyring Secrets this replica wrote, by namespace/name: the resourceVersion the API server
+/// returned and when. A reconcile that runs before the watch cache shows its own last write
+/// (the status write that followed it triggers one at once) would plan from the older keyring
+/// and be refused at its stale resourceVersion — or, right after a create, take its own Secret
+/// for someone else's. It waits for the cache instead.
+#[derive(Default)]
+pub struct WrittenRings(std::sync::Mutex<std::collections::HashMap<(String, String), (String, Instant)>>);
+
+impl WrittenRings {
+    fn record(&self, ns: &str, name: &str, resource_version: Option<String>) {
+        let mut written = self.0.lock().expect("lock");
+        match resource_version {
+            Some(rv) => written.insert((ns.to_owned(), name.to_owned()), (rv, Instant::now())),
+            None => written.remove(&(ns.to_owned(), name.to_owned())),
+        };
+    }
+
+    /// Whether the cache's copy (`current`) is older than this replica's last write of it.
+    fn cache_behind(&self, ns: &str, name: &str, current: Option<&Secret>) -> bool {
+        let mut written = self.0.lock().expect("lock");
+        let key = (ns.to_owned(), name.to_owned());
+        let Some((rv, at)) = written.get(&key) else { return false };
+        if current.and_then(|c| c.metadata.resource_version.as_ref()) == Some(rv) || at.elapsed() > CACHE_CATCH_UP {
+            // Caught up (or someone else wrote since): the cache is the truth again.
+            written.remove(&key);
+            return false;
+        }
+        true
+    }
+}
 
 pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let label = watcher::Config::default().labels(desired::LABEL_SIGNING_KEY);
@@ -52,11 +85,18 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
 
 pub(super) fn error_policy(sk: Arc<SigningKey>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.errors.with_label_values(&["signingkey", error.metric_label()]).inc();
-    tracing::warn!(signing_key = %format!("{}/{}", sk.namespace().unwrap_or_default(), sk.name_any()), "reconcile failed: {error}");
+    let key = format!("{}/{}", sk.namespace().unwrap_or_default(), sk.name_any());
     match error {
-        // The watch cache has not seen our own last write yet: try again from it shortly.
-        Error::Conflict(_) => Action::requeue(Duration::from_millis(500)),
-        _ => Action::requeue(Duration::from_secs(10)),
+        // Someone else wrote the Secret since the cache was read (this replica's own writes are
+        // waited for): expected, and retried quietly from the fresh cache.
+        Error::Conflict(_) => {
+            tracing::debug!(signing_key = %key, "reconcile: {error}");
+            Action::requeue(Duration::from_millis(500))
+        }
+        _ => {
+            tracing::warn!(signing_key = %key, "reconcile failed: {error}");
+            Action::requeue(Duration::from_secs(10))
+        }
     }
 }
 
@@ -80,6 +120,10 @@ pub(super) async fn reconcile_inner(sk: &SigningKey, ctx: &Context) -> Result<Ac
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let statuses: Api<SigningKey> = Api::namespaced(ctx.client.clone(), &ns);
     let current = ctx.stores.key_secrets.get(&ns, &name);
+    if ctx.rings_written.cache_behind(&ns, &name, current.as_deref()) {
+        tracing::debug!(signing_key = %format!("{ns}/{name}"), "waiting for the watch cache to show the keyring written last");
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
 
     let ring = match desired::ring_from_secret(current.as_deref(), sk) {
         Ok(ring) => ring.unwrap_or_default(),
@@ -92,7 +136,10 @@ pub(super) async fn reconcile_inner(sk: &SigningKey, ctx: &Context) -> Result<Ac
     let plan = schedule::plan(now, &sk.spec, ring, &desired::signing_key_requests(sk), &mut schedule::generate)?;
     if plan.changed() {
         match write_keyring_secret(&secrets, desired::keyring_secret(sk, &plan.ring), current.as_deref()).await {
-            Ok(_) => ctx.metrics.writes.with_label_values(&["Secret"]).inc(),
+            Ok(written) => {
+                ctx.metrics.writes.with_label_values(&["Secret"]).inc();
+                ctx.rings_written.record(&ns, &name, written.metadata.resource_version);
+            }
             // Created by someone else under our name (the watch cache only sees our own Secrets).
             Err(Error::Conflict(_)) if current.is_none() => {
                 report_problem(sk, ctx, &statuses, &RingProblem::Foreign, now).await?;
