@@ -11,6 +11,10 @@ use portcullis::api::schema_check::{crd_schema, unknown_fields};
 use portcullis::api::{AuthPolicy, SigningKey};
 use serde_json::{Value, json};
 
+#[path = "common/cel_cases.rs"]
+mod cel_cases;
+use cel_cases::{good_policy, issuer, mistakes, policy};
+
 fn schema_for(kind: &str) -> Value {
     match kind {
         "AuthPolicy" => crd_schema(&AuthPolicy::crd()),
@@ -177,89 +181,15 @@ fn every_example_directory_compiles_with_every_policy_accepted() {
     }
 }
 
-fn policy(spec: Value) -> Value {
-    json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "p"}, "spec": spec})
-}
-
-fn issuer() -> Value {
-    json!({"issuer": "https://id", "audiences": ["a"], "algorithms": ["RS256"], "jwks": {"uri": "https://id/jwks"}})
-}
-
 #[test]
 fn common_mistakes_are_rejected_at_apply_time() {
     let validator = Validator::new();
-    let rule = |extra: Value| {
-        let mut r = json!({"name": "r", "match": {"paths": [{"prefix": "/"}]}});
-        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        r
-    };
-    let cases = [
-        (policy(json!({"rules": [rule(json!({}))]})), "need at least one entry in issuers"),
-        (
-            policy(
-                json!({"issuers": [{"issuer": "i", "audiences": ["a"], "algorithms": ["RS256"], "jwks": {}}], "rules": [rule(json!({}))]}),
-            ),
-            "exactly one of uri, inline or signingKeyRef",
-        ),
-        (
-            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"public": true, "require": [{"claim": "a", "exists": true}]}))]})),
-            "a public rule cannot have require",
-        ),
-        (
-            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": true, "equals": "x"}]}))]})),
-            "exactly one operator",
-        ),
-        (
-            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "in": ["x"], "notIn": ["y"]}]}))]})),
-            "exactly one operator",
-        ),
-        (
-            policy(
-                json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "claimPath": ["a"], "exists": true}]}))]}),
-            ),
-            "exactly one of claim or claimPath",
-        ),
-        (
-            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": false}]}))]})),
-            "exists can only be true",
-        ),
-        (
-            policy(json!({"issuers": [issuer()], "rules": [{"name": "r", "match": {"paths": [{"prefix": "/", "exact": "/"}]}}]})),
-            "exactly one of exact, prefix or template",
-        ),
-        (
-            policy(json!({"issuers": [issuer()], "rules": [rule(json!({}))], "forward": {"token": "issue"}})),
-            "token: issue needs issue.signingKeyRef",
-        ),
-        (
-            policy(
-                json!({"issuers": [issuer()], "rules": [rule(json!({}))], "tokenSources": [{"header": {"name": "A"}, "cookie": {"name": "b"}}]}),
-            ),
-            "exactly one of header, cookie or query",
-        ),
-        (
-            policy(
-                json!({"issuers": [{"issuer": "i", "audiences": ["a"], "algorithms": ["RS256"], "jwks": {"uri": "https://x"}, "clockSkew": "10m"}], "rules": [rule(json!({}))]}),
-            ),
-            "clockSkew must be at most 5m",
-        ),
-        (
-            json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "k"},
-                   "spec": {"algorithm": "ES256", "rotationInterval": "1h", "prePublish": "2h", "retain": "1h"}}),
-            "prePublish must be shorter than rotationInterval",
-        ),
-        (
-            json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "k"},
-                   "spec": {"algorithm": "ES256", "rsaBits": 4096}}),
-            "rsaBits applies only to RS256",
-        ),
-    ];
+    let cases = mistakes();
     for (doc, message) in cases {
         let schema = schema_for(doc["kind"].as_str().unwrap());
         let err = validator.validate(&schema, &doc, None).expect_err(message);
         assert!(err.iter().any(|e| e.message.contains(message)), "{message}: got {err}");
     }
     // And the same documents minus the mistake are accepted (the rules are not over-eager).
-    let good = policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": true}]}))]}));
-    validator.validate(&schema_for("AuthPolicy"), &good, None).unwrap();
+    validator.validate(&schema_for("AuthPolicy"), &good_policy(), None).unwrap();
 }

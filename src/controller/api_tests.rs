@@ -275,7 +275,7 @@ async fn a_reconcile_before_the_cache_shows_its_own_write_waits_instead_of_writi
     });
     let seen = api.answer_all().await;
     finished(task).await.unwrap();
-    assert!(!seen.iter().any(|(m, p, _)| p.contains("/secrets")), "no keyring write: {:?}", seen.iter().map(|s| &s.1).collect::<Vec<_>>());
+    assert!(!seen.iter().any(|(_, p, _)| p.contains("/secrets")), "no keyring write: {:?}", seen.iter().map(|s| &s.1).collect::<Vec<_>>());
 }
 
 fn requeue_secs(action: &kube::runtime::controller::Action) -> f64 {

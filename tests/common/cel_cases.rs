@@ -1,0 +1,89 @@
+//! Typical mistakes in AuthPolicies and SigningKeys, each with the message the CRD's schema or
+//! CEL rules answer it with: checked client-side (`tests/schema.rs`) and against a real API
+//! server (`tests/cluster_e2e.rs`), so that the two agree.
+
+use serde_json::{Value, json};
+
+pub fn policy(spec: Value) -> Value {
+    json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "p"}, "spec": spec})
+}
+
+pub fn issuer() -> Value {
+    json!({"issuer": "https://id", "audiences": ["a"], "algorithms": ["RS256"], "jwks": {"uri": "https://id/jwks"}})
+}
+
+pub fn rule(extra: Value) -> Value {
+    let mut r = json!({"name": "r", "match": {"paths": [{"prefix": "/"}]}});
+    r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    r
+}
+
+/// Documents that must be refused at apply time, with (a part of) the message.
+pub fn mistakes() -> Vec<(Value, &'static str)> {
+    vec![
+        (policy(json!({"rules": [rule(json!({}))]})), "need at least one entry in issuers"),
+        (
+            policy(
+                json!({"issuers": [{"issuer": "i", "audiences": ["a"], "algorithms": ["RS256"], "jwks": {}}], "rules": [rule(json!({}))]}),
+            ),
+            "exactly one of uri, inline or signingKeyRef",
+        ),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"public": true, "require": [{"claim": "a", "exists": true}]}))]})),
+            "a public rule cannot have require",
+        ),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": true, "equals": "x"}]}))]})),
+            "exactly one operator",
+        ),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "in": ["x"], "notIn": ["y"]}]}))]})),
+            "exactly one operator",
+        ),
+        (
+            policy(
+                json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "claimPath": ["a"], "exists": true}]}))]}),
+            ),
+            "exactly one of claim or claimPath",
+        ),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": false}]}))]})),
+            "exists can only be true",
+        ),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [{"name": "r", "match": {"paths": [{"prefix": "/", "exact": "/"}]}}]})),
+            "exactly one of exact, prefix or template",
+        ),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [rule(json!({}))], "forward": {"token": "issue"}})),
+            "token: issue needs issue.signingKeyRef",
+        ),
+        (
+            policy(
+                json!({"issuers": [issuer()], "rules": [rule(json!({}))], "tokenSources": [{"header": {"name": "A"}, "cookie": {"name": "b"}}]}),
+            ),
+            "exactly one of header, cookie or query",
+        ),
+        (
+            policy(
+                json!({"issuers": [{"issuer": "i", "audiences": ["a"], "algorithms": ["RS256"], "jwks": {"uri": "https://x"}, "clockSkew": "10m"}], "rules": [rule(json!({}))]}),
+            ),
+            "clockSkew must be at most 5m",
+        ),
+        (
+            json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "k"},
+                   "spec": {"algorithm": "ES256", "rotationInterval": "1h", "prePublish": "2h", "retain": "1h"}}),
+            "prePublish must be shorter than rotationInterval",
+        ),
+        (
+            json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "k"},
+                   "spec": {"algorithm": "ES256", "rsaBits": 4096}}),
+            "rsaBits applies only to RS256",
+        ),
+    ]
+}
+
+/// A valid document: the mistakes minus the mistake.
+pub fn good_policy() -> Value {
+    policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": true}]}))]}))
+}
