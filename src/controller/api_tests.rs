@@ -780,7 +780,7 @@ async fn an_issuer_failing_on_a_gateway_replica_is_in_status_with_an_event_when_
     assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("Unknown".into(), "JwksUnknown".into()));
     let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
     let version = cm.metadata.annotations.as_ref().unwrap()[desired::ANNOTATION_VERSION].clone();
-    let now = jiff::Timestamp::now();
+    let now = jiff::Timestamp::new(jiff::Timestamp::now().as_second(), 123_456_789).unwrap();
     let health = |ready: bool| crate::heartbeat::JwksHealth {
         uri: uri.into(),
         ready,
@@ -803,9 +803,15 @@ async fn an_issuer_failing_on_a_gateway_replica_is_in_status_with_an_event_when_
     assert_eq!((issuers[0].jwks.as_str(), issuers[0].last_error.as_deref(), issuers[0].keys), ("Failing", Some("HTTP 503"), 2));
 
     put(&mut w.heartbeats, beat(Some(&version), "b", now, vec![health(true)]));
-    let (seen, _) = status_pass(&mut api, &mut w, &ctx, state).await;
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
     assert!(seen.len() == 2 && seen[1].ends_with(" IssuerRecovered"), "status and an event: {seen:?}");
     assert_eq!(condition_of(&ctx, "orders", "IssuersReady"), ("True".into(), "JwksReady".into()));
+
+    // Nothing changed: a full pass writes nothing. The status as stored has whole seconds (the
+    // heartbeat's `since` had nanoseconds); a status computed with finer times never equalled
+    // it, and every pass rewrote every policy's status.
+    let (seen, _) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(seen.is_empty(), "{seen:?}");
 }
 
 #[tokio::test]

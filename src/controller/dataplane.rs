@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::{AuthPolicyStatus, GatewayServing, IssuerHealth, ReasonCount, RuleAudit};
 use crate::heartbeat::{AUDIT_WINDOW_SECS, Heartbeat, TOP_REASONS};
@@ -71,7 +71,7 @@ impl Verdict {
             reason: self.reason.to_owned(),
             message: self.message,
             observed_generation: generation,
-            last_transition_time: Time(now),
+            last_transition_time: super::desired::k8s_time(now),
         }
     }
 }
@@ -131,8 +131,14 @@ pub fn issuers(config: Option<&crate::policy::PolicyConfig>, live: &[Heartbeat])
             (false, Some(worst)) => ("Failing", worst.last_error.clone(), Some(worst.since)),
             (false, None) => ("Ready", None, reports.iter().map(|r| r.since).max()),
         };
-        let health =
-            IssuerHealth { issuer: i.issuer.clone(), uri: uri.clone(), jwks: jwks.into(), keys, last_error, since: since.map(Time) };
+        let health = IssuerHealth {
+            issuer: i.issuer.clone(),
+            uri: uri.clone(),
+            jwks: jwks.into(),
+            keys,
+            last_error,
+            since: since.map(super::desired::k8s_time),
+        };
         out.push(health);
     }
     let failing: Vec<String> = out

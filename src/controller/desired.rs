@@ -304,6 +304,12 @@ pub fn signing_key_requests(sk: &SigningKey) -> Requests {
     }
 }
 
+/// A status time as the API server stores it: whole seconds (`metav1.Time`). A status built with
+/// a finer time never equals its stored copy, and is written again on every pass.
+pub fn k8s_time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).expect("a second of a valid time is valid"))
+}
+
 pub fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: Timestamp) -> Condition {
     Condition {
         type_: type_.to_owned(),
@@ -311,7 +317,7 @@ pub fn condition(type_: &str, ok: bool, reason: &str, message: String, generatio
         reason: reason.to_owned(),
         message,
         observed_generation: generation,
-        last_transition_time: Time(now),
+        last_transition_time: k8s_time(now),
     }
 }
 
@@ -422,10 +428,10 @@ pub fn signing_key_status(
                 .map(|k| KeyStatus {
                     kid: k.kid.clone(),
                     state: k.state,
-                    created_at: Time(k.created_at),
-                    activates_at: Time(k.activates_at),
-                    retires_at: k.retires_at.map(Time),
-                    removes_at: k.removes_at.map(Time),
+                    created_at: k8s_time(k.created_at),
+                    activates_at: k8s_time(k.activates_at),
+                    retires_at: k.retires_at.map(k8s_time),
+                    removes_at: k.removes_at.map(k8s_time),
                 })
                 .collect()
         })
@@ -434,7 +440,7 @@ pub fn signing_key_status(
     SigningKeyStatus {
         observed_generation: generation,
         active_kid: ring.and_then(|r| r.active()).map(|k| k.kid.clone()),
-        next_transition: ring.and_then(|r| schedule::next_transition(r, &sk.spec)).map(Time),
+        next_transition: ring.and_then(|r| schedule::next_transition(r, &sk.spec)).map(k8s_time),
         keys,
         conditions: merge_conditions(existing_conditions, vec![ready]),
     }

@@ -376,3 +376,19 @@ fn a_gateway_serves_a_config_only_with_the_keys_it_was_published_with() {
     // The config object changes whenever its keys do, so the pair always moves together.
     assert_ne!(content_hash(&cm_on), content_hash(&gateway_configmap(NS, &minting.config, &keys_off)));
 }
+
+#[test]
+fn a_status_equals_its_stored_copy_so_an_unchanged_one_is_never_written_again() {
+    // metav1.Time is stored with whole seconds: every time in a status must be one already.
+    let now = Timestamp::new(1_800_000_000, 123_456_789).unwrap();
+    let sk = signing_key("shop", "internal", json!({"algorithm": "EdDSA"}));
+    let ring = plan(now, &sk.spec, KeyRing::new(), &Requests::default(), &mut generate).unwrap().ring;
+    assert!(ring.keys[0].created_at.subsec_nanosecond() != 0, "the keyring keeps its own precision");
+    let status = signing_key_status(None, &sk, Some(&ring), None, now);
+    let back: crate::api::SigningKeyStatus = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+    assert_eq!(back, status);
+    let programmed = Programmed::Published { gateway: "default".into() };
+    let status = policy_status(None, Some(1), &Outcome::Accepted, &programmed, None, now);
+    let back: crate::api::AuthPolicyStatus = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+    assert_eq!(back, status);
+}
