@@ -64,8 +64,9 @@ pub async fn write_keyring_secret(api: &Api<Secret>, mut desired: Secret, curren
     })
 }
 
-/// Server-side applies a status.
-pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), Error>
+/// Server-side applies a status; the resourceVersion of the object as stored (`None`: it was
+/// deleted meanwhile).
+pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<Option<String>, Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
     K::DynamicType: Default,
@@ -77,12 +78,12 @@ where
         "status": status,
     });
     match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
-        Ok(_) => Ok(()),
+        Ok(stored) => Ok(stored.resource_version()),
         // Deleted since it was read: there is nobody left to tell, and the other objects of the
         // same pass must still get their status.
         Err(kube::Error::Api(s)) if s.code == 404 => {
             tracing::debug!(object = name, "status not written: the object is gone");
-            Ok(())
+            Ok(None)
         }
         Err(e) => Err(Error::Kube(e)),
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, ResourceExt};
@@ -31,6 +32,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(300);
 const STATUS_EVERY: Duration = Duration::from_secs(heartbeat::RENEW_SECS);
 /// Audit counts change with traffic: a policy's are rewritten at most this often.
 const AUDIT_EVERY: Duration = Duration::from_secs(60);
+/// Status writes in flight at once.
+const STATUS_WRITES: usize = 16;
 
 /// Reachability of remote JWKS as seen from the controller (`IssuerUnreachable`).
 #[derive(Default)]
@@ -85,6 +88,39 @@ pub(super) struct LoopState {
     seen: HashMap<String, (Vec<Heartbeat>, bool)>,
     /// Per gateway, which namespace holds which host.
     pub(super) claims: HashMap<String, HeldClaims>,
+    /// Statuses written and not yet seen in the watch cache.
+    statuses: WrittenStatuses,
+}
+
+/// Statuses this replica wrote, by policy: what, and the resourceVersion the write returned. A
+/// pass that runs before the watch cache shows a write (under load, seconds later) would
+/// otherwise find the old status there and write the same one again.
+#[derive(Default)]
+struct WrittenStatuses(HashMap<String, (Option<String>, u64, Instant)>);
+
+/// How long a write is trusted over a cache that does not show it yet.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(10);
+
+impl WrittenStatuses {
+    fn digest(status: &AuthPolicyStatus) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::with_seed(0).hash_one(serde_json::to_vec(status).expect("a status serializes"))
+    }
+
+    /// Whether `status` was written for `key` and the cache (at `cached_version`) has not shown
+    /// that write yet.
+    fn unseen(&mut self, key: &str, cached_version: Option<&str>, status: &AuthPolicyStatus) -> bool {
+        let Some((version, digest, at)) = self.0.get(key) else { return false };
+        if version.as_deref() == cached_version || at.elapsed() > CACHE_CATCH_UP {
+            self.0.remove(key);
+            return false;
+        }
+        *digest == Self::digest(status)
+    }
+
+    fn written(&mut self, key: String, resource_version: Option<String>, status: &AuthPolicyStatus) {
+        self.0.insert(key, (resource_version, Self::digest(status), Instant::now()));
+    }
 }
 
 struct Pass {
@@ -280,6 +316,8 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
     let leases = ctx.stores.heartbeats.state();
     let policies = ctx.stores.policies.state();
     let mut first_error = None;
+    let mut writes = Vec::new();
+    state.statuses.0.retain(|_, (_, _, at)| at.elapsed() < CACHE_CATCH_UP);
     for (gateway, pass) in &state.published {
         let live = heartbeat::live(leases.iter().map(|l| &**l), gateway, now);
         // Recomputed when a heartbeat changed (audit counts included: the first counts show at
@@ -313,27 +351,42 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
             if audit_fresh {
                 dataplane::keep_recent_audit(&mut status, p.status.as_ref());
             }
-            if p.status.as_ref() == Some(&status) {
+            if p.status.as_ref() == Some(&status) || state.statuses.unseen(&key, p.metadata.resource_version.as_deref(), &status) {
                 continue;
             }
-            let audit_changed = p.status.as_ref().is_none_or(|s| s.audit != status.audit);
-            match write_policy_status(ctx, p, outcome, &status).await {
-                Ok(()) if audit_changed => {
-                    state.audit_written.insert(key, Instant::now());
+            let audit_changed = p.status.as_ref().map_or(!status.audit.is_empty(), |s| s.audit != status.audit);
+            writes.push((p.clone(), outcome.clone(), status, key, audit_changed));
+        }
+    }
+    // Thousands of statuses after a bulk apply: several requests in flight, not one at a time.
+    let written: Vec<_> = futures::stream::iter(writes)
+        .map(|(p, outcome, status, key, audit_changed)| async move {
+            let result = write_policy_status(ctx, &p, &outcome, &status).await;
+            (status, key, audit_changed, result)
+        })
+        .buffer_unordered(STATUS_WRITES)
+        .collect()
+        .await;
+    for (status, key, audit_changed, result) in written {
+        match result {
+            Ok(resource_version) => {
+                if audit_changed {
+                    state.audit_written.insert(key.clone(), Instant::now());
                 }
-                Ok(()) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                state.statuses.written(key, resource_version, &status);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
     }
     first_error.map_or(Ok(()), Err)
 }
 
-async fn write_policy_status(ctx: &Context, p: &AuthPolicy, outcome: &Outcome, status: &AuthPolicyStatus) -> Result<(), Error> {
+/// Writes a policy's status, with the Events its changes call for; the resourceVersion written.
+async fn write_policy_status(ctx: &Context, p: &AuthPolicy, outcome: &Outcome, status: &AuthPolicyStatus) -> Result<Option<String>, Error> {
     let api: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-    apply_status(&api, &p.name_any(), status).await?;
+    let written = apply_status(&api, &p.name_any(), status).await?;
     // Events for what people care about: a rejection, and a new generation going live.
     let old = |t: &str| p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned());
     let new = |t: &str| status.conditions.iter().find(|c| c.type_ == t).cloned();
@@ -364,5 +417,5 @@ async fn write_policy_status(ctx: &Context, p: &AuthPolicy, outcome: &Outcome, s
             _ => {}
         }
     }
-    Ok(())
+    Ok(written)
 }

@@ -26,6 +26,48 @@ mod api_tests;
 #[cfg(test)]
 mod desired_tests;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controllers_own_status_writes_wake_no_compilation() {
+        let mut p = crate::api::AuthPolicy::new("orders", serde_json::from_value(serde_json::json!({"rules": []})).unwrap());
+        p.metadata.namespace = Some("shop".into());
+        p.metadata.generation = Some(1);
+        p.metadata.resource_version = Some("10".into());
+        let mut seen = Seen::default();
+        let apply = |p: &crate::api::AuthPolicy| watcher::Event::Apply(p.clone());
+        assert!(seen.wakes(&apply(&p), spec_change));
+        // A status write: new resourceVersion, same generation.
+        p.metadata.resource_version = Some("11".into());
+        p.status = Some(Default::default());
+        assert!(!seen.wakes(&apply(&p), spec_change));
+        // (For the objects Portcullis owns, every write counts.)
+        let mut owned = Seen::default();
+        assert!(owned.wakes(&apply(&p), any_change));
+        p.metadata.resource_version = Some("12".into());
+        assert!(owned.wakes(&apply(&p), any_change));
+        // An edit of the spec.
+        p.metadata.generation = Some(2);
+        assert!(seen.wakes(&apply(&p), spec_change));
+        // Deleted, and created again under the same name (generation 1 again).
+        assert!(seen.wakes(&watcher::Event::Delete(p.clone()), spec_change));
+        p.metadata.generation = Some(1);
+        assert!(seen.wakes(&apply(&p), spec_change));
+        assert!(seen.wakes(&watcher::Event::<crate::api::AuthPolicy>::InitDone, spec_change));
+        // A SigningKey's annotations (rotate, revoke, verifiable-from) matter too.
+        let mut sk = crate::api::SigningKey::new("k", serde_json::from_value(serde_json::json!({"algorithm": "EdDSA"})).unwrap());
+        sk.metadata.generation = Some(1);
+        let mut seen = Seen::default();
+        assert!(seen.wakes(&watcher::Event::Apply(sk.clone()), spec_or_annotation_change));
+        sk.status = Some(Default::default());
+        assert!(!seen.wakes(&watcher::Event::Apply(sk.clone()), spec_or_annotation_change));
+        sk.metadata.annotations = Some([("portcullis.dev/rotate".to_owned(), "now".to_owned())].into());
+        assert!(seen.wakes(&watcher::Event::Apply(sk), spec_or_annotation_change));
+    }
+}
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -198,11 +240,60 @@ impl Context {
     }
 }
 
+/// What of an object the controller reacts to: a change of this value wakes `on_event`.
+type Fingerprint<K> = fn(&K) -> u64;
+
+/// Any change (objects Portcullis owns: every change of theirs matters).
+fn any_change<K: Resource>(obj: &K) -> u64 {
+    hash_of(&obj.meta().resource_version)
+}
+
+/// A change of the spec (the generation): status writes — the controller's own, thousands at a
+/// time — wake nothing.
+fn spec_change<K: Resource>(obj: &K) -> u64 {
+    hash_of(&obj.meta().generation)
+}
+
+/// A change of the spec or the annotations (a SigningKey's rotate, revoke and verifiable-from).
+fn spec_or_annotation_change<K: Resource>(obj: &K) -> u64 {
+    hash_of(&(obj.meta().generation, &obj.meta().annotations))
+}
+
+fn hash_of(v: &impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one(v)
+}
+
+/// The fingerprint of every object a watch delivered, to tell the changes that matter.
+#[derive(Default)]
+struct Seen(std::collections::HashMap<(Option<String>, Option<String>), u64>);
+
+impl Seen {
+    /// Whether `event` changes what the controller reacts to.
+    fn wakes<K: Resource>(&mut self, event: &watcher::Event<K>, fingerprint: Fingerprint<K>) -> bool {
+        match event {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let key = (obj.meta().namespace.clone(), obj.meta().name.clone());
+                let fp = fingerprint(obj);
+                self.0.insert(key, fp) != Some(fp)
+            }
+            watcher::Event::Delete(obj) => {
+                self.0.remove(&(obj.meta().namespace.clone(), obj.meta().name.clone()));
+                true
+            }
+            watcher::Event::InitDone => true,
+            watcher::Event::Init => false,
+        }
+    }
+}
+
 /// Starts a reflector for every API of a kind; returns the store and the tasks driving them.
+/// `on_event` runs for each object whose `fingerprint` changed, each deletion and each (re)list.
 fn watch_kind<K>(
     ctx_slot: Arc<tokio::sync::OnceCell<Arc<Context>>>,
     apis: Vec<Api<K>>,
     config: watcher::Config,
+    fingerprint: Fingerprint<K>,
     on_event: fn(&Context),
 ) -> (MultiStore<K>, Vec<tokio::task::JoinHandle<()>>)
 where
@@ -214,18 +305,30 @@ where
     for api in apis {
         let (reader, writer) = reflector::store::<K>();
         stores.push(reader);
-        let stream = reflector::reflector(writer, watcher(api, config.clone()).backoff(crate::watch_backoff::WatchBackoff::default()));
+        // The cache never needs managedFields or kubectl's copy of the last applied object
+        // (each as large as the spec): dropped before they are stored.
+        let stream = watcher(api, config.clone()).backoff(crate::watch_backoff::WatchBackoff::default()).modify(|obj: &mut K| {
+            let meta = obj.meta_mut();
+            meta.managed_fields = None;
+            if let Some(a) = meta.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        });
+        let stream = reflector::reflector(writer, stream);
         let slot = ctx_slot.clone();
         tasks.push(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut seen = Seen::default();
             while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) => {
-                        if let Some(ctx) = slot.get() {
-                            on_event(ctx);
-                        }
+                let wake = match &event {
+                    Ok(event) => seen.wakes(event, fingerprint),
+                    Err(e) => {
+                        tracing::warn!(kind = %K::kind(&Default::default()), "watch failed, retrying: {e}");
+                        false
                     }
-                    Err(e) => tracing::warn!(kind = %K::kind(&Default::default()), "watch failed, retrying: {e}"),
+                };
+                if wake && let Some(ctx) = slot.get() {
+                    on_event(ctx);
                 }
             }
         }));
@@ -248,19 +351,20 @@ pub async fn run(
         watcher::Config::default().labels(&format!("{}={},{}", desired::MANAGED_BY.0, desired::MANAGED_BY.1, desired::LABEL_GATEWAY));
     let own_ns = Scope::Namespaces(vec![opts.namespace.clone()]);
     let changed = Context::changed;
-    let (policies, mut tasks) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default(), changed);
-    let (signing_keys, t) = watch_kind(slot.clone(), opts.scope.apis(&client), watcher::Config::default(), changed);
+    let all = watcher::Config::default();
+    let (policies, mut tasks) = watch_kind(slot.clone(), opts.scope.apis(&client), all.clone(), spec_change, changed);
+    let (signing_keys, t) = watch_kind(slot.clone(), opts.scope.apis(&client), all, spec_or_annotation_change, changed);
     tasks.extend(t);
-    let (key_secrets, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys.clone(), changed);
+    let (key_secrets, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys.clone(), any_change, changed);
     tasks.extend(t);
-    let (jwks, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys, changed);
+    let (jwks, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys, any_change, changed);
     tasks.extend(t);
-    let (gateway_configmaps, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways.clone(), changed);
+    let (gateway_configmaps, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways.clone(), any_change, changed);
     tasks.extend(t);
-    let (gateway_secrets, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways, changed);
+    let (gateway_secrets, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways, any_change, changed);
     tasks.extend(t);
     let heartbeat_leases = watcher::Config::default().labels(crate::heartbeat::LABEL_HEARTBEAT);
-    let (heartbeats, t) = watch_kind(slot.clone(), own_ns.apis(&client), heartbeat_leases, Context::heartbeat_changed);
+    let (heartbeats, t) = watch_kind(slot.clone(), own_ns.apis(&client), heartbeat_leases, any_change, Context::heartbeat_changed);
     tasks.extend(t);
 
     let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats };
