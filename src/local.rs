@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jiff::Timestamp;
@@ -58,7 +59,7 @@ pub struct Memory {
     policies: HashMap<String, (PathBuf, PolicyMeta, api::AuthPolicySpec)>,
     signing_keys: HashMap<KeyRef, (PathBuf, SigningKeySpec)>,
     /// Accepted policy versions, the compiler's `last_good`.
-    pub accepted: HashMap<String, PolicyConfig>,
+    pub accepted: HashMap<String, Arc<PolicyConfig>>,
     /// Hosts claimed so far (with `--gateway-settings`): a policy file removed and put back
     /// finds its hosts still its own, as on a cluster.
     pub held: HostLedger,
@@ -394,7 +395,11 @@ impl LocalDir {
         let inputs: Vec<PolicyInput> = scanned
             .policies
             .iter()
-            .map(|(meta, spec)| PolicyInput { meta: meta.clone(), spec: spec.clone(), last_good: last_good.get(&meta.key()).cloned() })
+            .map(|(meta, spec)| PolicyInput {
+                meta: meta.clone(),
+                spec: Arc::new(spec.clone()),
+                last_good: last_good.get(&meta.key()).cloned(),
+            })
             .collect();
         let tenancy = policy::Tenancy { held: memory.held.clone(), ..self.tenancy.clone() };
         let compiled = policy::compile(&self.gateway, &inputs, &published, &tenancy);

@@ -166,7 +166,7 @@ fn signing_alg(alg: JwtAlgorithm) -> Option<SigningAlgorithm> {
 pub fn substitute_issuers(config: &mut GatewayConfig) -> Result<Signers, String> {
     let mut keys: BTreeMap<(String, SigningAlgorithm), SigningKeyPair> = BTreeMap::new();
     for p in &mut config.policies {
-        for i in &mut p.issuers {
+        for i in &mut std::sync::Arc::make_mut(p).issuers {
             let mut jwks = Vec::new();
             for alg in i.algorithms.iter().filter_map(|a| signing_alg(*a)) {
                 let pair = match keys.entry((i.issuer.clone(), alg)) {

@@ -85,7 +85,11 @@ pub fn inputs_from_yaml(yaml: &str) -> Vec<PolicyInput> {
     }
     let docs: Vec<Doc> = serde_saphyr::from_multiple(yaml).expect("test YAML parses");
     docs.into_iter()
-        .map(|d| PolicyInput { meta: PolicyMeta::new(d.namespace.as_deref().unwrap_or("default"), &d.name), spec: d.spec, last_good: None })
+        .map(|d| PolicyInput {
+            meta: PolicyMeta::new(d.namespace.as_deref().unwrap_or("default"), &d.name),
+            spec: std::sync::Arc::new(d.spec),
+            last_good: None,
+        })
         .collect()
 }
 
@@ -106,4 +110,36 @@ pub fn engine(compiled: &Compiled) -> Engine {
         },
     )
     .expect("engine builds")
+}
+
+/// The issuer of [`scale_policy`].
+pub const SCALE_ISSUER: &str = "https://id.scale.test";
+
+/// Policy `p<i>` of `namespace` for the scale runs (`bench/scale.sh`, `cargo bench`): one of 10
+/// hosts of its namespace, 4 rules (prefix, template, prefix, exact; 3 with requirements, 1
+/// public), identity headers, and with `mint` an internal token for the upstream, minted with
+/// the namespace's SigningKey `internal`. Names and paths differ per policy, so the config does
+/// not compress as well as copies of one policy would.
+pub fn scale_policy(namespace: &str, i: usize, mint: bool, jwks: &str) -> Value {
+    let ns = namespace;
+    let res = format!("res{i}");
+    let mut spec = json!({
+        "hosts": [format!("svc{}.{ns}.example", i % 10)],
+        "issuers": [{"issuer": SCALE_ISSUER, "audiences": [format!("{ns}-svc{}", i % 10)], "algorithms": ["RS256", "ES256"], "jwks": {"uri": jwks}}],
+        "rules": [
+            {"name": "read", "match": {"paths": [{"prefix": format!("/api/v1/{res}/items")}], "methods": ["GET", "HEAD"]},
+             "require": [{"claim": "scope", "containsAll": [format!("{res}:read")]}]},
+            {"name": "write", "match": {"paths": [{"template": format!("/api/v1/{res}/items/{{id}}")}], "methods": ["PUT", "PATCH", "DELETE"]},
+             "require": [{"claim": "scope", "containsAll": [format!("{res}:write")]}, {"claim": "realm_access.roles", "containsAny": ["editor", "admin"]}]},
+            {"name": "admin", "match": {"paths": [{"prefix": format!("/api/v1/{res}/admin")}]},
+             "require": [{"claim": "groups", "containsAny": [format!("admins-{ns}")]}]},
+            {"name": "health", "match": {"paths": [{"exact": format!("/api/v1/{res}/healthz")}]}, "public": true, "forward": {"token": "none"}},
+        ],
+        "forward": {"claimsToHeaders": {"X-User-Id": "sub", "X-Tenant": "tenant"}},
+    });
+    if mint {
+        spec["forward"]["token"] = json!("issue");
+        spec["forward"]["issue"] = json!({"signingKeyRef": {"name": "internal"}, "audience": format!("{ns}-upstream"), "ttl": "5m"});
+    }
+    json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": format!("p{i}"), "namespace": ns}, "spec": spec})
 }

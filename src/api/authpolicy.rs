@@ -245,7 +245,7 @@ impl JwtAlgorithm {
 }
 
 /// Exactly one of `header`, `cookie` or `query`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "(has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
@@ -260,7 +260,7 @@ pub struct TokenSource {
     pub query: Option<NamedSource>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub struct HeaderSource {
     #[schemars(regex(pattern = HEADER_NAME_PATTERN), length(max = 128))]
     pub name: String,
@@ -270,7 +270,7 @@ pub struct HeaderSource {
     pub prefix: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub struct NamedSource {
     #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(max = 128))]
     pub name: String,

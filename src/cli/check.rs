@@ -23,6 +23,7 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
         None => Vec::new(),
     };
     let gateway = Gateway::with_options("https://portcullis.invalid", Metrics::new(), Duration::from_secs(1), &roots, Default::default());
+    gateway.keep_policy_details();
     let engine = gateway.apply(loaded.compiled.config.clone(), &loaded.rings).map_err(|e| anyhow!(e))?;
     // Remote JWKS are fetched once, briefly.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

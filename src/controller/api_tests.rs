@@ -999,7 +999,10 @@ async fn a_pass_before_the_cache_shows_the_last_statuses_does_not_write_them_aga
     }
     let (result, state) = finished(task).await;
     result.unwrap();
-    // Another policy changes: a full pass. The shop's status is the same: not written again.
+    // Another policy changes, in a later second: a full pass. The shop's status is the same (a
+    // status computed from the cache's older copy would carry new transition times): not
+    // written again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     put(
         &mut w.policies,
         policy("shop", "search", 5, json!({"rules": [{"name": "r", "public": true, "match": {"paths": [{"prefix": "/search"}]}}]})),

@@ -31,6 +31,7 @@ spec:
 fn config(generation: i64) -> GatewayConfig {
     let mut c = compile_yaml("default", POLICIES, &BTreeMap::new()).config;
     for p in &mut c.policies {
+        let p = std::sync::Arc::make_mut(p);
         p.generation = Some(if p.name == "orders" { generation } else { 1 });
     }
     c.version = format!("v{generation}");

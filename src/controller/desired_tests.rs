@@ -84,11 +84,11 @@ impl World {
     fn compile(
         &self,
         gateway: &str,
-        last_good: &HashMap<String, crate::policy::PolicyConfig>,
+        last_good: &HashMap<String, Arc<crate::policy::PolicyConfig>>,
     ) -> (policy::Compiled, std::collections::BTreeMap<KeyRef, KeyRing>) {
         let (published, rings) = published_keys(&self.keys, |ns, name| self.secrets.get(&(ns.to_owned(), name.to_owned())).cloned());
         let tenancy = tenancy(&self.settings, "portcullis", gateway, &self.keys, Default::default());
-        (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good), &published, &tenancy), rings)
+        (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good, &mut Default::default()), &published, &tenancy), rings)
     }
 }
 
@@ -226,7 +226,7 @@ fn ten_thousand_routes_fit_one_configmap() {
     let started = std::time::Instant::now();
     let compiled = policy::compile(
         "default",
-        &policy_inputs(&policies, "default", &HashMap::new()),
+        &policy_inputs(&policies, "default", &HashMap::new(), &mut Default::default()),
         &Default::default(),
         &policy::Tenancy::single_owner(),
     );

@@ -75,7 +75,10 @@ impl IssuerProbes {
 pub(super) struct LoopState {
     /// Per gateway, the last accepted version of each policy (recovered from the published
     /// ConfigMaps at start, so a restart does not drop a broken policy's last good version).
-    pub(super) last_good: HashMap<String, HashMap<String, PolicyConfig>>,
+    pub(super) last_good: HashMap<String, HashMap<String, Arc<PolicyConfig>>>,
+    /// The specs as compiled, and per gateway the validations of the last compilation.
+    specs: desired::Specs,
+    validations: HashMap<String, policy::ValidationCache>,
     /// Per gateway, what the last pass compiled and whether it was published: statuses are
     /// rewritten from this when only heartbeats change.
     published: BTreeMap<String, Pass>,
@@ -93,33 +96,28 @@ pub(super) struct LoopState {
 }
 
 /// Statuses this replica wrote, by policy: what, and the resourceVersion the write returned. A
-/// pass that runs before the watch cache shows a write (under load, seconds later) would
-/// otherwise find the old status there and write the same one again.
+/// pass that runs before the watch cache shows a write (under load, seconds later) takes the
+/// written status as the current one; from the cache's older copy it would compute the same
+/// status with new transition times and write it again.
 #[derive(Default)]
-struct WrittenStatuses(HashMap<String, (Option<String>, u64, Instant)>);
+struct WrittenStatuses(HashMap<String, (Option<String>, AuthPolicyStatus, Instant)>);
 
 /// How long a write is trusted over a cache that does not show it yet.
 const CACHE_CATCH_UP: Duration = Duration::from_secs(10);
 
 impl WrittenStatuses {
-    fn digest(status: &AuthPolicyStatus) -> u64 {
-        use std::hash::BuildHasher;
-        foldhash::fast::FixedState::with_seed(0).hash_one(serde_json::to_vec(status).expect("a status serializes"))
-    }
-
-    /// Whether `status` was written for `key` and the cache (at `cached_version`) has not shown
-    /// that write yet.
-    fn unseen(&mut self, key: &str, cached_version: Option<&str>, status: &AuthPolicyStatus) -> bool {
-        let Some((version, digest, at)) = self.0.get(key) else { return false };
+    /// The status written for `key` when the cache (at `cached_version`) does not show it yet.
+    fn unseen(&mut self, key: &str, cached_version: Option<&str>) -> Option<AuthPolicyStatus> {
+        let (version, status, at) = self.0.get(key)?;
         if version.as_deref() == cached_version || at.elapsed() > CACHE_CATCH_UP {
             self.0.remove(key);
-            return false;
+            return None;
         }
-        *digest == Self::digest(status)
+        Some(status.clone())
     }
 
-    fn written(&mut self, key: String, resource_version: Option<String>, status: &AuthPolicyStatus) {
-        self.0.insert(key, (resource_version, Self::digest(status), Instant::now()));
+    fn written(&mut self, key: String, resource_version: Option<String>, status: AuthPolicyStatus) {
+        self.0.insert(key, (resource_version, status, Instant::now()));
     }
 }
 
@@ -132,7 +130,7 @@ struct Pass {
 }
 
 impl LoopState {
-    pub(super) fn recovered(last_good: HashMap<String, HashMap<String, PolicyConfig>>) -> Self {
+    pub(super) fn recovered(last_good: HashMap<String, HashMap<String, Arc<PolicyConfig>>>) -> Self {
         Self { last_good, ..Default::default() }
     }
 }
@@ -207,8 +205,8 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn recover_last_good(ctx: &Context) -> HashMap<String, HashMap<String, PolicyConfig>> {
-    let mut out: HashMap<String, HashMap<String, PolicyConfig>> = HashMap::new();
+fn recover_last_good(ctx: &Context) -> HashMap<String, HashMap<String, Arc<PolicyConfig>>> {
+    let mut out: HashMap<String, HashMap<String, Arc<PolicyConfig>>> = HashMap::new();
     for cm in ctx.stores.gateway_configmaps.state().iter().filter(|cm| desired::config_gateway(cm).is_some()) {
         match desired::config_from_configmap(cm) {
             Ok(config) => {
@@ -237,7 +235,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     for gateway in &names {
         let gateway = gateway.clone();
         let empty = HashMap::new();
-        let inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
+        let inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty), &mut state.specs);
         let claims_name = desired::host_claims_configmap_name(&gateway);
         let held = state.claims.entry(gateway.clone()).or_default();
         let (held_now, problems) = held.current(ctx.stores.gateway_configmaps.get(ns, &claims_name).as_deref());
@@ -246,7 +244,8 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
             tracing::warn!(gateway = %gateway, configmap = %claims_name, "host claims: {p}; the line is skipped (its claim is released)");
         }
         let tenancy = desired::tenancy(&ctx.opts.gateway_settings, ns, &gateway, &signing_keys, held_now.clone());
-        let compiled = policy::compile(&gateway, &inputs, &published, &tenancy);
+        let compiled =
+            policy::compile_cached(&gateway, &inputs, &published, &tenancy, state.validations.entry(gateway.clone()).or_default());
         let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings);
         let cm = desired::gateway_configmap(ns, &compiled.config, &keys);
         // Host claims first: a host the config serves is held before the config goes out, so
@@ -301,6 +300,8 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
         }
     }
     state.published.retain(|g, _| names.contains(g));
+    state.validations.retain(|g, _| names.contains(g));
+    state.specs.retain(&policies);
     if let Err(e) = write_statuses(ctx, state, true).await {
         first_error.get_or_insert(e);
     }
@@ -328,7 +329,7 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
             continue;
         }
         state.seen.insert(gateway.clone(), seen);
-        let in_config: HashMap<String, &PolicyConfig> = pass.config.policies.iter().map(|p| (p.key(), p)).collect();
+        let in_config: HashMap<String, &PolicyConfig> = pass.config.policies.iter().map(|p| (p.key(), &**p)).collect();
         for p in policies.iter().filter(|p| p.spec.gateway == *gateway) {
             let (namespace, name) = (p.namespace().unwrap_or_default(), p.name_any());
             // Changed since it was compiled: the next compile writes its status.
@@ -344,24 +345,26 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
                 issuers: dataplane::issuers(config, &live),
                 audit: dataplane::audit(&key, config, &live),
             };
-            let mut status =
-                desired::policy_status(p.status.as_ref(), p.metadata.generation, outcome, &pass.programmed, warning.as_deref(), now);
-            dataplane::add_to_status(&mut status, p.status.as_ref(), plane, p.metadata.generation, now);
+            let written = state.statuses.unseen(&key, p.metadata.resource_version.as_deref());
+            let existing = written.as_ref().or(p.status.as_ref());
+            let mut status = desired::policy_status(existing, p.metadata.generation, outcome, &pass.programmed, warning.as_deref(), now);
+            dataplane::add_to_status(&mut status, existing, plane, p.metadata.generation, now);
             let audit_fresh = state.audit_written.get(&key).is_some_and(|t| t.elapsed() < AUDIT_EVERY);
             if audit_fresh {
-                dataplane::keep_recent_audit(&mut status, p.status.as_ref());
+                dataplane::keep_recent_audit(&mut status, existing);
             }
-            if p.status.as_ref() == Some(&status) || state.statuses.unseen(&key, p.metadata.resource_version.as_deref(), &status) {
+            if existing == Some(&status) {
                 continue;
             }
-            let audit_changed = p.status.as_ref().map_or(!status.audit.is_empty(), |s| s.audit != status.audit);
-            writes.push((p.clone(), outcome.clone(), status, key, audit_changed));
+            let audit_changed = existing.map_or(!status.audit.is_empty(), |s| s.audit != status.audit);
+            let previous = existing.cloned();
+            writes.push((p.clone(), outcome.clone(), status, previous, key, audit_changed));
         }
     }
     // Thousands of statuses after a bulk apply: several requests in flight, not one at a time.
     let written: Vec<_> = futures::stream::iter(writes)
-        .map(|(p, outcome, status, key, audit_changed)| async move {
-            let result = write_policy_status(ctx, &p, &outcome, &status).await;
+        .map(|(p, outcome, status, previous, key, audit_changed)| async move {
+            let result = write_policy_status(ctx, &p, &outcome, &status, previous.as_ref()).await;
             (status, key, audit_changed, result)
         })
         .buffer_unordered(STATUS_WRITES)
@@ -373,7 +376,7 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
                 if audit_changed {
                     state.audit_written.insert(key.clone(), Instant::now());
                 }
-                state.statuses.written(key, resource_version, &status);
+                state.statuses.written(key, resource_version, status);
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -384,11 +387,17 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
 }
 
 /// Writes a policy's status, with the Events its changes call for; the resourceVersion written.
-async fn write_policy_status(ctx: &Context, p: &AuthPolicy, outcome: &Outcome, status: &AuthPolicyStatus) -> Result<Option<String>, Error> {
+async fn write_policy_status(
+    ctx: &Context,
+    p: &AuthPolicy,
+    outcome: &Outcome,
+    status: &AuthPolicyStatus,
+    previous: Option<&AuthPolicyStatus>,
+) -> Result<Option<String>, Error> {
     let api: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
     let written = apply_status(&api, &p.name_any(), status).await?;
     // Events for what people care about: a rejection, and a new generation going live.
-    let old = |t: &str| p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned());
+    let old = |t: &str| previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned());
     let new = |t: &str| status.conditions.iter().find(|c| c.type_ == t).cloned();
     if let (Some(a), prev) = (new("Accepted"), old("Accepted"))
         && a.status == "False"

@@ -27,11 +27,11 @@ use serde_json::Value;
 use crate::api::{HttpMethod, JwtAlgorithm, TokenForwarding, TokenSource};
 use crate::keys::store::KeyRing;
 use crate::policy::claims::{ClaimPath, ClaimRequirement, RequestFacts, Unmet};
-use crate::policy::config::{IssueConfig, KeySource};
+use crate::policy::config::{HeaderClaims, IssueConfig, KeySource};
 use crate::policy::host::normalize_host;
 use crate::policy::path::{PathError, PathMode, normalize_as, split_target};
 use crate::policy::validate::{compile_requirements, request_method_bit};
-use crate::policy::{GatewayConfig, KeyRef};
+use crate::policy::{GatewayConfig, KeyRef, PolicyConfig};
 use cache::TokenCache;
 use keyset::KeySet;
 use mint::Minter;
@@ -251,8 +251,8 @@ struct RtIssuer {
 
 struct RtPolicy {
     key: String,
-    issuers: Vec<RtIssuer>,
-    token_sources: Vec<TokenSource>,
+    issuers: Vec<Arc<RtIssuer>>,
+    token_sources: Arc<[TokenSource]>,
     /// Header sources other than `Authorization`, and cookie names, the token may come from.
     token_headers: Vec<HeaderName>,
     token_cookies: Vec<String>,
@@ -270,9 +270,9 @@ struct RtRule {
     templates: Vec<crate::policy::path::Template>,
     require: Vec<ClaimRequirement>,
     any_of: Vec<Vec<ClaimRequirement>>,
-    headers: Vec<(HeaderName, ClaimPath)>,
+    headers: Arc<[(HeaderName, ClaimPath)]>,
     token: TokenForwarding,
-    issue: Option<(IssueConfig, Option<Arc<Minter>>)>,
+    issue: Option<(Arc<IssueConfig>, Option<Arc<Minter>>)>,
     audit: bool,
 }
 
@@ -322,12 +322,20 @@ impl Engine {
         let mut warnings = Vec::new();
         let mut static_sets: HashMap<String, Arc<KeySet>> = HashMap::new();
         let mut remote_sets: Vec<Arc<KeySet>> = Vec::new();
+        let mut remote_by_uri: HashMap<&str, Arc<KeySet>> = HashMap::new();
         let mut minters: HashMap<KeyRef, Option<Arc<Minter>>> = HashMap::new();
         let mut identity: Vec<HeaderName> = Vec::new();
         // `cookie` always: header-mode proxies configured to take Cookie from the answer must get
         // it on every answer, whether or not a policy reads cookies today.
         let mut carriers: Vec<HeaderName> = vec![http::header::COOKIE];
         let mut policies = Vec::with_capacity(config.policies.len());
+        // What many rules and policies declare alike is built once and shared: 10,000 policies
+        // usually repeat a few identity-header lists, token sources, issuers and minting setups.
+        let mut shared_headers: HashMap<&HeaderClaims, Arc<[(HeaderName, ClaimPath)]>> = HashMap::new();
+        let mut shared_issues: HashMap<&IssueConfig, Arc<IssueConfig>> = HashMap::new();
+        let mut shared_sources: HashMap<&[TokenSource], Arc<[TokenSource]>> = HashMap::new();
+        type IssuerKey<'a> = (&'a str, &'a [String], &'a [JwtAlgorithm], u64, *const KeySet);
+        let mut shared_issuers: HashMap<IssuerKey, Arc<RtIssuer>> = HashMap::new();
         for p in &config.policies {
             let key = p.key();
             let mut token_headers = Vec::new();
@@ -356,13 +364,16 @@ impl Engine {
             let mut issuers = Vec::new();
             for i in &p.issuers {
                 let keys = match &i.keys {
-                    KeySource::Remote { uri, refresh_secs } => {
-                        let set = opts.remote.key_set(uri, *refresh_secs);
-                        if !remote_sets.iter().any(|s| Arc::ptr_eq(s, &set)) {
+                    // One set per URL, asked for once: 10,000 policies usually share a handful.
+                    KeySource::Remote { uri, refresh_secs } => match remote_by_uri.get(uri.as_str()) {
+                        Some(set) => Arc::clone(set),
+                        None => {
+                            let set = opts.remote.key_set(uri, *refresh_secs);
+                            remote_by_uri.insert(uri.as_str(), set.clone());
                             remote_sets.push(set.clone());
+                            set
                         }
-                        set
-                    }
+                    },
                     KeySource::Inline { keys } => {
                         let id = serde_json::to_string(keys).expect("JWKs serialize");
                         static_key_set(&mut static_sets, &mut warnings, id, format!("inline keys of {key} issuer {}", i.issuer), keys)?
@@ -378,13 +389,20 @@ impl Engine {
                         )?
                     }
                 };
-                issuers.push(RtIssuer {
-                    issuer: i.issuer.clone(),
-                    audiences: i.audiences.clone(),
-                    algorithms: i.algorithms.clone(),
-                    skew: i.clock_skew_secs as i64,
-                    keys,
-                });
+                let shared = shared_issuers.entry((&i.issuer, &i.audiences, &i.algorithms, i.clock_skew_secs, Arc::as_ptr(&keys)));
+                issuers.push(
+                    shared
+                        .or_insert_with(|| {
+                            Arc::new(RtIssuer {
+                                issuer: i.issuer.clone(),
+                                audiences: i.audiences.clone(),
+                                algorithms: i.algorithms.clone(),
+                                skew: i.clock_skew_secs as i64,
+                                keys,
+                            })
+                        })
+                        .clone(),
+                );
             }
             let mut rules = Vec::with_capacity(p.rules.len());
             for r in &p.rules {
@@ -392,14 +410,22 @@ impl Engine {
                 let require = compile_requirements(&r.require).map_err(at)?;
                 let any_of: Vec<Vec<ClaimRequirement>> =
                     r.any_of.iter().map(|g| compile_requirements(g)).collect::<Result<_, _>>().map_err(at)?;
-                let mut headers = Vec::new();
-                for (h, path) in &r.forward.claims_to_headers {
-                    let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| at(format!("bad header name {h}")))?;
-                    if !identity.contains(&name) {
-                        identity.push(name.clone());
+                let headers = match shared_headers.get(&r.forward.claims_to_headers) {
+                    Some(h) => h.clone(),
+                    None => {
+                        let mut headers = Vec::with_capacity(r.forward.claims_to_headers.len());
+                        for (h, path) in r.forward.claims_to_headers.iter() {
+                            let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| at(format!("bad header name {h}")))?;
+                            if !identity.contains(&name) {
+                                identity.push(name.clone());
+                            }
+                            headers.push((name, ClaimPath(path.clone())));
+                        }
+                        let headers: Arc<[(HeaderName, ClaimPath)]> = headers.into();
+                        shared_headers.insert(&r.forward.claims_to_headers, headers.clone());
+                        headers
                     }
-                    headers.push((name, ClaimPath(path.clone())));
-                }
+                };
                 let issue = match &r.forward.issue {
                     Some(ic) if r.forward.token == TokenForwarding::Issue => {
                         let minter = minters
@@ -418,7 +444,7 @@ impl Engine {
                                 }
                             })
                             .clone();
-                        Some((ic.clone(), minter))
+                        Some((shared_issues.entry(ic).or_insert_with(|| Arc::new(ic.clone())).clone(), minter))
                     }
                     _ => None,
                 };
@@ -450,7 +476,7 @@ impl Engine {
             policies.push(RtPolicy {
                 key,
                 issuers,
-                token_sources: p.token_sources.clone(),
+                token_sources: shared_sources.entry(&p.token_sources).or_insert_with(|| p.token_sources.as_slice().into()).clone(),
                 token_headers,
                 token_cookies,
                 token_queries,
@@ -469,6 +495,33 @@ impl Engine {
             remote_sets,
             warnings,
         })
+    }
+
+    /// The engine without the policies' rules, issuers and token sources in `config` (compiled
+    /// into the engine already): what a serving gateway keeps. The full policies of 10,000 were
+    /// half its memory, and twice that while a new config is built beside the serving one.
+    /// `near_misses` finds nothing in such an engine.
+    pub fn without_policy_details(mut self) -> Self {
+        let mut config = Arc::unwrap_or_clone(self.config);
+        config.policies = config
+            .policies
+            .iter()
+            .map(|p| {
+                Arc::new(PolicyConfig {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    generation: p.generation,
+                    created: p.created,
+                    hosts: Vec::new(),
+                    issuers: Vec::new(),
+                    token_sources: Vec::new(),
+                    rules: Vec::new(),
+                    cors_preflight: p.cors_preflight,
+                })
+            })
+            .collect();
+        self.config = Arc::new(config);
+        self
     }
 
     pub fn version(&self) -> &str {
@@ -642,7 +695,7 @@ impl Engine {
         now: i64,
     ) -> Result<Allowed, String> {
         let mut headers = Vec::with_capacity(rule.headers.len());
-        for (name, path) in &rule.headers {
+        for (name, path) in rule.headers.iter() {
             if let Some(v) = path.lookup(&verified.claims).and_then(header_value) {
                 headers.push((name.clone(), v));
             }

@@ -21,7 +21,7 @@ pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -89,6 +89,7 @@ pub struct Gateway {
     pub replica: std::sync::OnceLock<String>,
     /// Byte budget of each engine's verified-token cache.
     token_cache_bytes: AtomicUsize,
+    policy_details: AtomicBool,
 }
 
 impl Gateway {
@@ -112,6 +113,7 @@ impl Gateway {
             changed: jwks.health_changed.clone(),
             replica: std::sync::OnceLock::new(),
             token_cache_bytes: AtomicUsize::new(DEFAULT_TOKEN_CACHE_BYTES),
+            policy_details: AtomicBool::new(false),
             audit: audit::AuditLog::new(metrics.audit_decisions.clone()),
             jwks,
             no_route: metrics.policy_counters(""),
@@ -120,6 +122,12 @@ impl Gateway {
             path_mode,
             apply_lock: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Engines of the configs applied from now on keep the policies' details (for
+    /// `Engine::near_misses`, which `portcullis check` shows); a serving gateway does not.
+    pub fn keep_policy_details(&self) {
+        self.policy_details.store(true, Ordering::Relaxed);
     }
 
     /// The verified-token cache budget for the configs applied from now on.
@@ -156,7 +164,7 @@ impl Gateway {
             cache_bytes: self.token_cache_bytes.load(Ordering::Relaxed),
         };
         let engine = match Engine::build(config, &opts) {
-            Ok(e) => Arc::new(e),
+            Ok(e) => e,
             Err(e) => {
                 let why = format!("config {version}: {e}");
                 self.load_failed(&why);
@@ -173,6 +181,7 @@ impl Gateway {
             .iter()
             .flat_map(|p| p.rules.iter().filter(|r| r.audit).map(move |r| (p.key(), r.name.clone())))
             .collect();
+        let engine = Arc::new(if self.policy_details.load(Ordering::Relaxed) { engine } else { engine.without_policy_details() });
         self.audit.retain(&audited);
         let previous = self.slot.swap(Some(Arc::new(Slot {
             engine: engine.clone(),

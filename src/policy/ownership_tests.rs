@@ -33,7 +33,7 @@ fn squatter(created: i64) -> P {
 /// The controller's loop in miniature: what was served and held feeds the next compilation.
 #[derive(Default)]
 struct Gateway {
-    served: HashMap<String, PolicyConfig>,
+    served: HashMap<String, std::sync::Arc<PolicyConfig>>,
     held: HostLedger,
     settings: &'static str,
 }

@@ -47,7 +47,7 @@ const FORBIDDEN_HEADERS: [&str; 16] = [
 ];
 const FORBIDDEN_HEADER_PREFIXES: [&str; 4] = ["x-forwarded-", "x-envoy-", "x-original-", "proxy-"];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyMeta {
     pub namespace: String,
     pub name: String,
@@ -408,7 +408,7 @@ fn validate_forward(at: &str, meta: &PolicyMeta, f: &Forward, keys: &BTreeMap<Ke
         }
         (None, _) => None,
     };
-    ForwardConfig { claims_to_headers, token, issue }
+    ForwardConfig { claims_to_headers: claims_to_headers.into(), token, issue }
 }
 
 pub fn compile_path(pm: &PathMatch) -> Result<PathPattern, String> {
