@@ -17,6 +17,9 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin portcul
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /portcullis /usr/local/bin/portcullis
 USER 65532:65532
+# Freed memory goes back to the system at once, not at the allocator's next busy moment: a
+# gateway reloading a 10,000-policy config otherwise holds both copies' pages for a while.
+ENV MIMALLOC_PURGE_DELAY=0
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/portcullis"]
 CMD ["gateway", "--help"]

@@ -1011,3 +1011,52 @@ async fn a_pass_before_the_cache_shows_the_last_statuses_does_not_write_them_aga
     assert!(!seen.iter().any(|s| s.contains("/authpolicies/orders/status")), "{seen:?}");
     assert!(seen.iter().any(|s| s.contains("/authpolicies/search/status")), "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_config_too_large_for_a_configmap_is_refused_in_every_status_and_the_last_one_keeps_serving() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let (_, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
+    let served_before = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
+    assert_eq!(condition_of(&ctx, "orders", "Programmed"), ("True".into(), "ConfigPublished".into()));
+    // Paths that do not compress: 20 policies whose config is well over a MiB gzipped.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut path = || {
+        let chars: String = (0..200)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(seed % 36) as usize])
+            })
+            .collect();
+        format!("/{chars}")
+    };
+    let mut huge = Vec::new();
+    for i in 0..20 {
+        let rules: Vec<Value> = (0..16)
+            .map(|r| json!({"name": format!("r{r}"), "public": true, "match": {"paths": (0..32).map(|_| json!({"prefix": path()})).collect::<Vec<_>>()}}))
+            .collect();
+        let p = policy("shop", &format!("huge-{i}"), 10 + i, json!({"rules": rules}));
+        huge.push(p.clone());
+        put(&mut w.policies, p);
+    }
+    let (seen, state) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(seen.iter().all(|s| s.ends_with("/status")), "nothing but statuses is written: {seen:?}");
+    assert_eq!(seen.len(), 21, "every policy of the gateway says so: {seen:?}");
+    for name in ["orders", "huge-0", "huge-19"] {
+        assert_eq!(condition_of(&ctx, name, "Programmed"), ("False".into(), "ConfigTooLarge".into()), "{name}");
+        assert_eq!(condition_of(&ctx, name, "Accepted").0, "True", "{name} is valid; only its publication failed");
+    }
+    let message = ctx.stores.policies.get("shop", "huge-3").unwrap().status.as_ref().unwrap().conditions[1].message.clone();
+    assert!(message.contains("over the 1048576 a ConfigMap holds") && message.contains("last published config keeps serving"), "{message}");
+    assert_eq!(ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap(), served_before);
+    assert_eq!(state.last_good["default"].len(), 1, "only what was published counts as last good");
+    // Removing the cause publishes again.
+    for p in huge {
+        delete(&mut w.policies, p);
+    }
+    let (seen, _) = full_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(condition_of(&ctx, "orders", "Programmed"), ("True".into(), "ConfigPublished".into()), "{seen:?}");
+}

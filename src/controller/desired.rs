@@ -37,6 +37,7 @@ pub mod reasons {
     pub const ISSUER_UNREACHABLE: &str = "IssuerUnreachable";
     pub const CONFIG_PUBLISHED: &str = "ConfigPublished";
     pub const PUBLISH_FAILED: &str = "PublishFailed";
+    pub const CONFIG_TOO_LARGE: &str = "ConfigTooLarge";
     pub const NOT_SERVED: &str = "NotServed";
     pub const KEYS_READY: &str = "KeysReady";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
@@ -178,6 +179,17 @@ pub fn host_claims_configmap(namespace: &str, gateway: &str, ledger: &HostLedger
 }
 
 pub const HOST_CLAIMS_KEY: &str = "claims";
+
+/// What the API server stores in one ConfigMap: the sum of its values, measured on v1.36 (one
+/// byte more is refused as `Too long`; key names do not count).
+pub const CONFIGMAP_MAX_BYTES: usize = 1 << 20;
+
+/// The bytes of a ConfigMap that count against [`CONFIGMAP_MAX_BYTES`].
+pub fn configmap_bytes(cm: &ConfigMap) -> usize {
+    let data = cm.data.iter().flatten().map(|(_, v)| v.len());
+    let binary = cm.binary_data.iter().flatten().map(|(_, v)| v.0.len());
+    data.chain(binary).sum()
+}
 
 pub fn host_claims_configmap_name(gateway: &str) -> String {
     format!("{}-hosts", gateway_configmap_name(gateway))
@@ -381,6 +393,13 @@ pub enum Programmed {
         gateway: String,
         why: String,
     },
+    /// Not written: the config (or its host claims) does not fit in a ConfigMap. Retrying cannot
+    /// help; a change of the policies can.
+    TooLarge {
+        gateway: String,
+        object: String,
+        bytes: usize,
+    },
 }
 
 /// An AuthPolicy's status from its compilation outcome and the publication of its gateway.
@@ -418,6 +437,18 @@ pub fn policy_status(
             false,
             reasons::PUBLISH_FAILED,
             truncate(format!("writing the config of gateway {gateway} failed: {why}")),
+            generation,
+            now,
+        ),
+        (Programmed::TooLarge { gateway, object, bytes }, _) => condition(
+            "Programmed",
+            false,
+            reasons::CONFIG_TOO_LARGE,
+            format!(
+                "the {object} of gateway {gateway} would be {bytes} bytes, over the {CONFIGMAP_MAX_BYTES} a ConfigMap holds; \
+                 nothing was published and the last published config keeps serving. Spread the policies over more gateways \
+                 (spec.gateway) or remove some"
+            ),
             generation,
             now,
         ),

@@ -219,6 +219,7 @@ fn recover_last_good(ctx: &Context) -> HashMap<String, HashMap<String, Arc<Polic
 }
 
 pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Result<(), Error> {
+    let started = Instant::now();
     let ns = &ctx.opts.namespace;
     let policies = ctx.stores.policies.state();
     let signing_keys = ctx.stores.signing_keys.state();
@@ -248,12 +249,22 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
             policy::compile_cached(&gateway, &inputs, &published, &tenancy, state.validations.entry(gateway.clone()).or_default());
         let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings);
         let cm = desired::gateway_configmap(ns, &compiled.config, &keys);
+        let claims_cm = (compiled.ledger != held_now).then(|| desired::host_claims_configmap(ns, &gateway, &compiled.ledger));
+        // The API server would refuse it, again on every retry: refused here, with the size in
+        // every status, before anything of this pass is written.
+        let too_large = [(&cm, "config"), (claims_cm.as_ref().unwrap_or(&cm), "host claims")]
+            .into_iter()
+            .map(|(cm, object)| (object, desired::configmap_bytes(cm)))
+            .find(|(_, bytes)| *bytes > desired::CONFIGMAP_MAX_BYTES);
         // Host claims first: a host the config serves is held before the config goes out, so
         // that a restart or a deletion right after cannot hand it to another namespace. Then
         // keys: a config that mints with a key must find it when it arrives.
         let written = async {
-            if compiled.ledger != held_now {
-                let written = apply(&configmaps, &desired::host_claims_configmap(ns, &gateway, &compiled.ledger)).await?;
+            if too_large.is_some() {
+                return Ok(());
+            }
+            if let Some(claims_cm) = &claims_cm {
+                let written = apply(&configmaps, claims_cm).await?;
                 ctx.metrics.writes.with_label_values(&["ConfigMap"]).inc();
                 held.written(compiled.ledger.clone(), written.metadata.resource_version);
             }
@@ -270,8 +281,13 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
             Ok::<_, Error>(())
         }
         .await;
-        let programmed = match &written {
-            Ok(()) => {
+        let programmed = match (&written, too_large) {
+            (Ok(()), Some((object, bytes))) => {
+                tracing::error!(gateway = %gateway, version = %compiled.config.version, object, bytes, limit = desired::CONFIGMAP_MAX_BYTES,
+                    "gateway config too large for a ConfigMap: not published, the last published config keeps serving");
+                Programmed::TooLarge { gateway: gateway.clone(), object: object.to_owned(), bytes }
+            }
+            (Ok(()), None) => {
                 ctx.metrics.last_compile.with_label_values(&[&gateway]).set(Timestamp::now().as_second());
                 let size = cm.binary_data.as_ref().and_then(|d| d.get(desired::CONFIG_KEY)).map_or(0, |b| b.0.len());
                 ctx.metrics.config_bytes.with_label_values(&[&gateway]).set(size as i64);
@@ -279,7 +295,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                 state.history.record(&compiled.config);
                 Programmed::Published { gateway: gateway.clone() }
             }
-            Err(e) => Programmed::Failed { gateway: gateway.clone(), why: e.to_string() },
+            (Err(e), _) => Programmed::Failed { gateway: gateway.clone(), why: e.to_string() },
         };
         let remote: BTreeMap<String, Vec<String>> = compiled
             .config
@@ -302,8 +318,19 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     state.published.retain(|g, _| names.contains(g));
     state.validations.retain(|g, _| names.contains(g));
     state.specs.retain(&policies);
+    let published_in = started.elapsed();
     if let Err(e) = write_statuses(ctx, state, true).await {
         first_error.get_or_insert(e);
+    }
+    // Where a slow pass spent its time (thousands of status writes after a bulk apply, or the
+    // compilation itself).
+    if started.elapsed() > Duration::from_secs(1) {
+        tracing::info!(
+            policies = policies.len(),
+            compiled_and_published_ms = published_in.as_millis() as u64,
+            statuses_ms = (started.elapsed() - published_in).as_millis() as u64,
+            "slow pass"
+        );
     }
     first_error.map_or(Ok(()), Err)
 }
@@ -364,46 +391,55 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
     // Thousands of statuses after a bulk apply: several requests in flight, not one at a time.
     let written: Vec<_> = futures::stream::iter(writes)
         .map(|(p, outcome, status, previous, key, audit_changed)| async move {
-            let result = write_policy_status(ctx, &p, &outcome, &status, previous.as_ref()).await;
-            (status, key, audit_changed, result)
+            let api: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+            let result = apply_status(&api, &p.name_any(), &status).await;
+            let events = if result.is_ok() { policy_events(&p, &outcome, &status, previous.as_ref()) } else { vec![] };
+            (p, status, key, audit_changed, result, events)
         })
         .buffer_unordered(STATUS_WRITES)
         .collect()
         .await;
-    for (status, key, audit_changed, result) in written {
+    // Events after every status: at a bulk apply they are as many requests again, and the
+    // statuses are what people and tools wait for.
+    let mut events = Vec::new();
+    for (p, status, key, audit_changed, result, policy_events) in written {
         match result {
             Ok(resource_version) => {
                 if audit_changed {
                     state.audit_written.insert(key.clone(), Instant::now());
                 }
                 state.statuses.written(key, resource_version, status);
+                events.extend(policy_events.into_iter().map(|e| (p.clone(), e)));
             }
             Err(e) => {
                 first_error.get_or_insert(e);
             }
         }
     }
+    futures::stream::iter(events)
+        .for_each_concurrent(STATUS_WRITES, |(p, (warning, reason, note))| async move {
+            publish_event(ctx, &*p, warning, reason, note).await;
+        })
+        .await;
     first_error.map_or(Ok(()), Err)
 }
 
-/// Writes a policy's status, with the Events its changes call for; the resourceVersion written.
-async fn write_policy_status(
-    ctx: &Context,
+/// The Events a policy's new status calls for: a rejection, a new generation going live, an
+/// issuer starting or stopping to fail on the gateways.
+fn policy_events(
     p: &AuthPolicy,
     outcome: &Outcome,
     status: &AuthPolicyStatus,
     previous: Option<&AuthPolicyStatus>,
-) -> Result<Option<String>, Error> {
-    let api: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-    let written = apply_status(&api, &p.name_any(), status).await?;
-    // Events for what people care about: a rejection, and a new generation going live.
+) -> Vec<(bool, &'static str, String)> {
+    let mut events = Vec::new();
     let old = |t: &str| previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned());
     let new = |t: &str| status.conditions.iter().find(|c| c.type_ == t).cloned();
     if let (Some(a), prev) = (new("Accepted"), old("Accepted"))
         && a.status == "False"
         && prev.as_ref().is_none_or(|c| c.status != "False" || c.reason != a.reason || c.message != a.message)
     {
-        publish_event(ctx, p, true, "Rejected", format!("{}: {}", a.reason, a.message)).await;
+        events.push((true, "Rejected", format!("{}: {}", a.reason, a.message)));
     }
     // Going live is the Programmed condition becoming True for this generation — also when the
     // status already observed the generation (it was refused for a missing SigningKey, or the
@@ -413,18 +449,17 @@ async fn write_policy_status(
         && matches!(outcome, Outcome::Accepted)
         && old("Programmed").is_none_or(|c| c.status != "True" || c.message != pr.message || c.observed_generation != p.metadata.generation)
     {
-        publish_event(ctx, p, false, "Programmed", pr.message).await;
+        events.push((false, "Programmed", pr.message));
     }
-    // An issuer's key set starting or stopping to fail on the gateways.
     if let Some(ir) = new("IssuersReady")
         && let Some(before) = old("IssuersReady")
         && ir.status != before.status
     {
         match ir.status.as_str() {
-            "False" => publish_event(ctx, p, true, "IssuerFailing", ir.message).await,
-            "True" if before.status == "False" => publish_event(ctx, p, false, "IssuerRecovered", ir.message).await,
+            "False" => events.push((true, "IssuerFailing", ir.message)),
+            "True" if before.status == "False" => events.push((false, "IssuerRecovered", ir.message)),
             _ => {}
         }
     }
-    Ok(written)
+    events
 }
