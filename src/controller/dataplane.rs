@@ -22,36 +22,71 @@ pub mod reasons {
     pub const JWKS_UNKNOWN: &str = "JwksUnknown";
 }
 
-/// Versions a gateway's replicas may still serve: the last few published configs, each with
-/// the generation of every policy in it. A replica on a version not remembered here (published
+/// Versions a gateway's replicas may still serve: the last few published configs, and the
+/// generation of every policy in each. A replica on a version not remembered here (published
 /// before the controller started) counts as not serving anything newer.
 #[derive(Default, Debug)]
-pub struct History(HashMap<String, VecDeque<(String, Generations)>>);
+pub struct History(HashMap<String, Versions>);
 
-/// Policy key → generation, of one config.
-type Generations = HashMap<String, Option<i64>>;
+/// Kept as changes: 32 full copies of 10,000 policies' generations were ~25 MiB, and most
+/// versions differ from the one before in a single policy.
+#[derive(Default, Debug)]
+struct Versions {
+    /// The versions kept, oldest first, each with its sequence number.
+    versions: VecDeque<(String, u64)>,
+    next: u64,
+    /// Per policy, from which sequence number on which generation was in the config (`None`:
+    /// the policy was not).
+    changes: HashMap<String, Vec<Change>>,
+}
+
+/// From sequence number, the policy's generation in the config (`None`: not in it).
+type Change = (u64, Option<Option<i64>>);
 
 const HISTORY: usize = 32;
 
 impl History {
     pub fn record(&mut self, config: &GatewayConfig) {
-        let versions = self.0.entry(config.gateway.clone()).or_default();
-        if versions.back().is_some_and(|(v, _)| *v == config.version) {
+        let vs = self.0.entry(config.gateway.clone()).or_default();
+        if vs.versions.back().is_some_and(|(v, _)| *v == config.version) {
             return;
         }
-        versions.retain(|(v, _)| *v != config.version);
-        versions.push_back((config.version.clone(), config.policies.iter().map(|p| (p.key(), p.generation)).collect()));
-        while versions.len() > HISTORY {
-            versions.pop_front();
+        let seq = vs.next;
+        vs.next += 1;
+        let mut present = std::collections::HashSet::with_capacity(config.policies.len());
+        for p in &config.policies {
+            let key = p.key();
+            let changes = vs.changes.entry(key.clone()).or_default();
+            if changes.last().map(|(_, g)| *g) != Some(Some(p.generation)) {
+                changes.push((seq, Some(p.generation)));
+            }
+            present.insert(key);
         }
+        for (key, changes) in vs.changes.iter_mut() {
+            if !present.contains(key) && changes.last().is_some_and(|(_, g)| g.is_some()) {
+                changes.push((seq, None));
+            }
+        }
+        vs.versions.retain(|(v, _)| *v != config.version);
+        vs.versions.push_back((config.version.clone(), seq));
+        while vs.versions.len() > HISTORY {
+            vs.versions.pop_front();
+        }
+        // What no kept version can ask about any more: every change before the one in force at
+        // the oldest version, and policies absent since then.
+        let oldest = vs.versions.front().map_or(seq, |(_, s)| *s);
+        vs.changes.retain(|_, changes| {
+            let in_force = changes.iter().rposition(|(s, _)| *s <= oldest).unwrap_or(0);
+            changes.drain(..in_force);
+            !(changes.len() == 1 && changes[0].1.is_none())
+        });
     }
 
     /// Whether config `version` of `gateway` holds `policy` at `generation`.
-    fn holds(&self, gateway: &str, version: &str, policy: &str, generation: Option<i64>) -> bool {
-        self.0
-            .get(gateway)
-            .and_then(|vs| vs.iter().find(|(v, _)| v == version))
-            .is_some_and(|(_, policies)| policies.get(policy) == Some(&generation))
+    pub fn holds(&self, gateway: &str, version: &str, policy: &str, generation: Option<i64>) -> bool {
+        let Some(vs) = self.0.get(gateway) else { return false };
+        let Some((_, seq)) = vs.versions.iter().rev().find(|(v, _)| v == version) else { return false };
+        vs.changes.get(policy).and_then(|changes| changes.iter().rev().find(|(s, _)| s <= seq)).is_some_and(|(_, g)| *g == Some(generation))
     }
 }
 

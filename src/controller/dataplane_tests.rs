@@ -219,3 +219,46 @@ fn recent_audit_counts_are_kept_unless_the_audited_rules_changed() {
     keep_recent_audit(&mut new, Some(&zero));
     assert_eq!(new.audit[0].would_deny, 5);
 }
+
+proptest::proptest! {
+    /// The history kept as changes answers as 32 full copies would: policies coming, going and
+    /// changing generation, versions published again (a revert).
+    #[test]
+    fn history_as_changes_answers_as_full_copies(steps in proptest::collection::vec((0u8..6, 0i64..4, 0u8..12), 1..120)) {
+        let base = config(1);
+        let mut history = History::default();
+        let mut model: std::collections::VecDeque<(String, std::collections::HashMap<String, Option<i64>>)> = Default::default();
+        let mut current: BTreeMap<u8, i64> = BTreeMap::new();
+        for (policy, generation, version) in steps {
+            // Toggle the policy in or out, or change its generation.
+            match current.get(&policy) {
+                Some(g) if *g == generation => { current.remove(&policy); }
+                _ => { current.insert(policy, generation); }
+            }
+            let mut c = base.clone();
+            let template = c.policies[0].clone();
+            c.policies = current.iter().map(|(p, g)| {
+                let mut pc = (*template).clone();
+                pc.name = format!("p{p}");
+                pc.generation = Some(*g);
+                std::sync::Arc::new(pc)
+            }).collect();
+            c.version = format!("v{version}");
+            history.record(&c);
+            if model.back().is_none_or(|(v, _)| *v != c.version) {
+                model.retain(|(v, _)| *v != c.version);
+                model.push_back((c.version.clone(), c.policies.iter().map(|p| (p.key(), p.generation)).collect()));
+                while model.len() > 32 { model.pop_front(); }
+            }
+            for v in 0..12 {
+                for p in 0..6u8 {
+                    for g in 0..4 {
+                        let (version, key) = (format!("v{v}"), format!("{}/p{p}", template.namespace));
+                        let want = model.iter().find(|(mv, _)| *mv == version).is_some_and(|(_, m)| m.get(&key) == Some(&Some(g)));
+                        proptest::prop_assert_eq!(history.holds("default", &version, &key, Some(g)), want, "{} {} {}", version, key, g);
+                    }
+                }
+            }
+        }
+    }
+}
