@@ -309,5 +309,88 @@ fn bench_cache(c: &mut Criterion) {
     assert!(cache.bytes() <= 1 << 20);
 }
 
-criterion_group!(benches, bench_decide, bench_preparsed, bench_compile, bench_controller, bench_routes, bench_cache);
+/// The controller's work for one edit among 10,000 policies of the scale run (`bench/scale.sh`,
+/// `testkit::scale_policy`, 100 namespaces, 10 SigningKeys): inputs, compile with tenancy and the
+/// held host claims, the key Secret and the compressed ConfigMap, the last-good and history
+/// bookkeeping — everything a pass does before it talks to the API server. And the gateway's
+/// side: reading that ConfigMap and building its engine.
+fn bench_scale(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use portcullis::api::{AuthPolicy, SigningKey};
+    use portcullis::controller::dataplane::History;
+    use portcullis::controller::desired;
+    use portcullis::keys::schedule;
+    let mut g = c.benchmark_group("scale");
+    g.sample_size(10);
+    let now = jiff::Timestamp::now();
+    let mut policies = Vec::new();
+    let mut keys = Vec::new();
+    let mut secrets = BTreeMap::new();
+    for n in 0..100 {
+        let ns = format!("scale-{n:03}");
+        if n < 10 {
+            let mut sk: SigningKey = serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey",
+                "metadata": {"name": "internal", "namespace": ns, "uid": format!("uid-{ns}"), "generation": 1}, "spec": {"algorithm": "EdDSA"}}))
+            .unwrap();
+            let ring = schedule::plan(now, &sk.spec, Default::default(), &Default::default(), &mut schedule::generate).unwrap().ring;
+            secrets.insert(ns.clone(), Arc::new(desired::keyring_secret(&sk, &ring)));
+            sk.metadata.uid = Some(format!("uid-{ns}"));
+            keys.push(Arc::new(sk));
+        }
+        for i in 0..100 {
+            let mut p: AuthPolicy =
+                serde_json::from_value(portcullis::testkit::scale_policy(&ns, i, n < 10, "https://id.scale.test/jwks")).unwrap();
+            p.metadata.generation = Some(1);
+            p.metadata.uid = Some(format!("uid-{ns}-{i}"));
+            p.metadata.creation_timestamp = Some(Time(now));
+            policies.push(Arc::new(p));
+        }
+    }
+    let settings = portcullis::policy::tenancy::parse_settings(&format!(
+        "default: {{ mintingKeys: [{}] }}",
+        (0..10).map(|n| format!("scale-{n:03}/internal")).collect::<Vec<_>>().join(", ")
+    ))
+    .unwrap();
+    let ns = "portcullis";
+    // One pass, as the controller runs it: the validations of the last pass are kept.
+    let mut validations = portcullis::policy::ValidationCache::default();
+    let mut pass = |last_good: &std::collections::HashMap<String, Arc<portcullis::policy::PolicyConfig>>,
+                    held: &portcullis::policy::ownership::HostLedger| {
+        let (published, rings) = desired::published_keys(&keys, |n, _| secrets.get(n).cloned());
+        let inputs = desired::policy_inputs(&policies, "default", last_good);
+        let tenancy = desired::tenancy(&settings, ns, "default", &keys, held.clone());
+        let compiled = portcullis::policy::compile_cached("default", &inputs, &published, &tenancy, &mut validations);
+        let secret = desired::gateway_keys_secret(ns, &compiled.config, &rings);
+        let cm = desired::gateway_configmap(ns, &compiled.config, &secret);
+        (compiled, cm, secret, rings)
+    };
+    let (first, cm, secret, rings) = pass(&Default::default(), &Default::default());
+    assert!(first.outcomes.iter().all(|o| o.outcome == portcullis::policy::Outcome::Accepted));
+    assert_eq!(first.config.route_count(), 40_000);
+    let last_good = first.config.policies_by_key();
+    let held = first.ledger.clone();
+    let mut history = History::default();
+    g.bench_function("10000-policies/edit-pass", |b| {
+        b.iter(|| {
+            let (compiled, cm, _, _) = pass(&last_good, &held);
+            black_box(compiled.config.policies_by_key());
+            history.record(&compiled.config);
+            black_box(cm)
+        })
+    });
+    let minting: BTreeMap<_, _> = rings;
+    g.bench_function("10000-policies/gateway-load", |b| {
+        b.iter(|| {
+            assert!(portcullis::publish::pair_is_consistent(&cm, Some(&secret)));
+            let config = portcullis::publish::config_from_configmap(&cm).unwrap();
+            let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 1 << 20 };
+            black_box(Engine::build(config, &opts).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_preparsed, bench_compile, bench_controller, bench_routes, bench_cache, bench_scale);
 criterion_main!(benches);

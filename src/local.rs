@@ -397,7 +397,7 @@ impl LocalDir {
             .iter()
             .map(|(meta, spec)| PolicyInput {
                 meta: meta.clone(),
-                spec: Arc::new(spec.clone()),
+                spec: spec.clone().into(),
                 last_good: last_good.get(&meta.key()).cloned(),
             })
             .collect();

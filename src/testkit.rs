@@ -87,7 +87,7 @@ pub fn inputs_from_yaml(yaml: &str) -> Vec<PolicyInput> {
     docs.into_iter()
         .map(|d| PolicyInput {
             meta: PolicyMeta::new(d.namespace.as_deref().unwrap_or("default"), &d.name),
-            spec: std::sync::Arc::new(d.spec),
+            spec: d.spec.into(),
             last_good: None,
         })
         .collect()

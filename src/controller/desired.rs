@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, 
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{AuthPolicy, AuthPolicySpec, AuthPolicyStatus, KeyStatus, SigningKey, SigningKeyStatus};
+use crate::api::{AuthPolicy, AuthPolicyStatus, KeyStatus, SigningKey, SigningKeyStatus};
 use crate::keys::schedule::{self, Requests};
 use crate::keys::store::{KeyRing, SECRET_KEY};
 use crate::policy::ownership::HostLedger;
@@ -207,48 +207,15 @@ pub fn config_gateway(cm: &ConfigMap) -> Option<&str> {
     (cm.metadata.name.as_deref() == Some(gateway_configmap_name(gateway).as_str())).then_some(gateway.as_str())
 }
 
-/// Specs as compilation inputs, copied out of the watch cache once per generation: the same
-/// `Arc` from one compilation to the next is what lets the compiler reuse a validation.
-#[derive(Debug, Default)]
-pub struct Specs(HashMap<String, SpecVersion>);
-
-/// A spec with the uid and generation of the object it was copied from.
-type SpecVersion = (Option<String>, Option<i64>, Arc<AuthPolicySpec>);
-
-impl Specs {
-    fn get(&mut self, key: &str, p: &AuthPolicy) -> Arc<AuthPolicySpec> {
-        let version = (&p.metadata.uid, &p.metadata.generation);
-        match self.0.get(key) {
-            Some((uid, generation, spec)) if (uid, generation) == version && p.metadata.generation.is_some() => spec.clone(),
-            _ => {
-                let spec = Arc::new(p.spec.clone());
-                self.0.insert(key.to_owned(), (p.metadata.uid.clone(), p.metadata.generation, spec.clone()));
-                spec
-            }
-        }
-    }
-
-    /// Forgets the policies that are gone.
-    pub fn retain(&mut self, policies: &[Arc<AuthPolicy>]) {
-        let keys: std::collections::HashSet<String> = policies.iter().map(|p| policy_meta(p).key()).collect();
-        self.0.retain(|k, _| keys.contains(k));
-    }
-}
-
 /// Compilation inputs for the policies of one gateway.
-pub fn policy_inputs(
-    policies: &[Arc<AuthPolicy>],
-    gateway: &str,
-    last_good: &HashMap<String, Arc<PolicyConfig>>,
-    specs: &mut Specs,
-) -> Vec<PolicyInput> {
+pub fn policy_inputs(policies: &[Arc<AuthPolicy>], gateway: &str, last_good: &HashMap<String, Arc<PolicyConfig>>) -> Vec<PolicyInput> {
     policies
         .iter()
         .filter(|p| p.spec.gateway == gateway)
         .map(|p| {
             let meta = policy_meta(p);
             let key = meta.key();
-            PolicyInput { spec: specs.get(&key, p), last_good: last_good.get(&key).cloned(), meta }
+            PolicyInput { spec: crate::policy::Spec::Object(p.clone()), last_good: last_good.get(&key).cloned(), meta }
         })
         .collect()
 }

@@ -88,7 +88,7 @@ impl World {
     ) -> (policy::Compiled, std::collections::BTreeMap<KeyRef, KeyRing>) {
         let (published, rings) = published_keys(&self.keys, |ns, name| self.secrets.get(&(ns.to_owned(), name.to_owned())).cloned());
         let tenancy = tenancy(&self.settings, "portcullis", gateway, &self.keys, Default::default());
-        (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good, &mut Default::default()), &published, &tenancy), rings)
+        (policy::compile(gateway, &policy_inputs(&self.policies, gateway, last_good), &published, &tenancy), rings)
     }
 }
 
@@ -226,7 +226,7 @@ fn ten_thousand_routes_fit_one_configmap() {
     let started = std::time::Instant::now();
     let compiled = policy::compile(
         "default",
-        &policy_inputs(&policies, "default", &HashMap::new(), &mut Default::default()),
+        &policy_inputs(&policies, "default", &HashMap::new()),
         &Default::default(),
         &policy::Tenancy::single_owner(),
     );

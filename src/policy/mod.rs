@@ -25,7 +25,7 @@ pub use config::{GatewayConfig, KeyRef, PolicyConfig, PublishedKeys};
 pub use tenancy::Tenancy;
 pub use validate::{PolicyMeta, RejectReason, Rejection, validate};
 
-use crate::api::{AuthPolicySpec, PathMatch};
+use crate::api::{AuthPolicy, AuthPolicySpec, PathMatch};
 use jiff::Timestamp;
 use ownership::{HostIndex, HostLedger};
 use path::PatternKind;
@@ -33,12 +33,68 @@ use path::PatternKind;
 #[derive(Debug, Clone)]
 pub struct PolicyInput {
     pub meta: PolicyMeta,
-    /// Shared with the caller's copy: an unchanged policy is the same `Arc` from one
-    /// compilation to the next, and its validation is reused ([`ValidationCache`]).
-    pub spec: Arc<AuthPolicySpec>,
+    /// Shared with the caller's copy, never copied: see [`Spec`].
+    pub spec: Spec,
     /// The last accepted version of this policy; it keeps serving while the current one is
     /// rejected as invalid or conflicting.
     pub last_good: Option<Arc<PolicyConfig>>,
+}
+
+/// A policy's spec as compiled: a copy of its own, or the object of a watch cache (10,000 specs
+/// copied out of the cache were 40 MiB of the controller's memory).
+#[derive(Debug, Clone)]
+pub enum Spec {
+    Owned(Arc<AuthPolicySpec>),
+    Object(Arc<AuthPolicy>),
+}
+
+impl std::ops::Deref for Spec {
+    type Target = AuthPolicySpec;
+
+    fn deref(&self) -> &AuthPolicySpec {
+        match self {
+            Spec::Owned(spec) => spec,
+            Spec::Object(object) => &object.spec,
+        }
+    }
+}
+
+impl From<AuthPolicySpec> for Spec {
+    fn from(spec: AuthPolicySpec) -> Self {
+        Spec::Owned(Arc::new(spec))
+    }
+}
+
+/// What a validation was of: the same `Arc` of a spec, or the same uid and generation of an
+/// object (the API server bumps the generation on every change of the spec). An object itself
+/// is not kept: a cache of its older copies would hold them all.
+#[derive(Debug)]
+enum SpecIdentity {
+    Owned(Arc<AuthPolicySpec>),
+    Object(String, i64),
+    None,
+}
+
+impl SpecIdentity {
+    fn of(spec: &Spec) -> Self {
+        match spec {
+            Spec::Owned(s) => SpecIdentity::Owned(s.clone()),
+            Spec::Object(o) => match (&o.metadata.uid, o.metadata.generation) {
+                (Some(uid), Some(generation)) => SpecIdentity::Object(uid.clone(), generation),
+                _ => SpecIdentity::None,
+            },
+        }
+    }
+
+    fn is(&self, spec: &Spec) -> bool {
+        match (self, spec) {
+            (SpecIdentity::Owned(a), Spec::Owned(b)) => Arc::ptr_eq(a, b),
+            (SpecIdentity::Object(uid, generation), Spec::Object(o)) => {
+                o.metadata.uid.as_ref() == Some(uid) && o.metadata.generation == Some(*generation)
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +120,10 @@ pub struct Compiled {
     pub ledger: HostLedger,
 }
 
-/// Validations of the last compilation, reused for a policy whose spec is the same `Arc`, whose
-/// metadata is the same, and while the SigningKeys are (`validate` reads only which exist and
-/// their `retain`). Re-validating 10,000 unchanged policies on every edit was a third of a pass.
+/// Validations of the last compilation, reused for a policy whose spec is the same
+/// ([`SpecIdentity`]), whose metadata is the same, and while the SigningKeys are (`validate`
+/// reads only which exist and their `retain`). Re-validating 10,000 unchanged policies on every
+/// edit was a third of a pass.
 #[derive(Debug, Default)]
 pub struct ValidationCache {
     keys: u64,
@@ -74,7 +131,7 @@ pub struct ValidationCache {
 }
 
 /// A spec and metadata as validated, and the result.
-type Validated = (Arc<AuthPolicySpec>, PolicyMeta, Result<Arc<PolicyConfig>, Rejection>);
+type Validated = (SpecIdentity, PolicyMeta, Result<Arc<PolicyConfig>, Rejection>);
 
 impl ValidationCache {
     fn validate(
@@ -85,14 +142,14 @@ impl ValidationCache {
     ) -> Result<Arc<PolicyConfig>, Rejection> {
         let key = input.meta.key();
         if let Some((spec, meta, result)) = self.entries.get(&key)
-            && Arc::ptr_eq(spec, &input.spec)
+            && spec.is(&input.spec)
             && *meta == input.meta
             && self.keys == keys_digest
         {
             return result.clone();
         }
         let result = validate(&input.meta, &input.spec, keys).map(Arc::new);
-        self.entries.insert(key, (input.spec.clone(), input.meta.clone(), result.clone()));
+        self.entries.insert(key, (SpecIdentity::of(&input.spec), input.meta.clone(), result.clone()));
         result
     }
 }
@@ -375,5 +432,36 @@ mod cache_tests {
         // A policy that is gone is forgotten.
         compile_cached("default", &[], &with_key, &t, &mut cache);
         assert!(cache.entries.is_empty());
+    }
+
+    #[test]
+    fn a_watched_objects_validation_is_reused_for_its_uid_and_generation_whatever_its_status() {
+        let object = |uid: Option<&str>, generation: i64, status: Option<&str>| {
+            let mut inputs = inputs_from_yaml(YAML);
+            let mut p: AuthPolicy = serde_json::from_value(serde_json::json!({
+                "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "p", "namespace": "shop", "uid": uid, "generation": generation},
+                "spec": serde_json::to_value(&*inputs[0].spec).unwrap()
+            }))
+            .unwrap();
+            p.status = status.map(|reason| {
+                serde_json::from_value(serde_json::json!({"conditions": [{"type": "Accepted", "status": "True",
+                "reason": reason, "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+                .unwrap()
+            });
+            inputs[0].spec = Spec::Object(Arc::new(p));
+            inputs[0].meta.generation = Some(generation);
+            inputs
+        };
+        let (mut cache, t, keys) = (ValidationCache::default(), Tenancy::single_owner(), BTreeMap::new());
+        let mut compile = |inputs: &[PolicyInput]| compile_cached("default", inputs, &keys, &t, &mut cache).config.policies[0].clone();
+        let first = compile(&object(Some("u1"), 1, None));
+        // The object again, as the watch cache has it after a status write: another Arc.
+        assert!(Arc::ptr_eq(&first, &compile(&object(Some("u1"), 1, Some("Valid")))), "same uid and generation: reused");
+        assert!(!Arc::ptr_eq(&first, &compile(&object(Some("u1"), 2, Some("Valid")))), "a new generation is validated");
+        let recreated = compile(&object(Some("u2"), 2, None));
+        assert!(!Arc::ptr_eq(&recreated, &compile(&object(Some("u3"), 2, None))), "deleted and created again: validated");
+        let anonymous = compile(&object(None, 2, None));
+        assert!(!Arc::ptr_eq(&anonymous, &compile(&object(None, 2, None))), "without a uid nothing is assumed");
     }
 }
