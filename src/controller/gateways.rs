@@ -34,6 +34,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(heartbeat::RENEW_SECS);
 const AUDIT_EVERY: Duration = Duration::from_secs(60);
 /// Status writes in flight at once.
 const STATUS_WRITES: usize = 16;
+/// Events in flight beside them: fewer, so that statuses keep most of the API server.
+const EVENT_WRITES: usize = 4;
 
 /// Reachability of remote JWKS as seen from the controller (`IssuerUnreachable`).
 #[derive(Default)]
@@ -386,6 +388,10 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
             writes.push((p.clone(), outcome.clone(), status, previous, key, audit_changed));
         }
     }
+    // A new verdict first (accepted or not, programmed or not), then what the data plane says
+    // (Enforced, issuers, audit): after a bulk apply the gateway's reload changes every policy's
+    // Enforced, and those writes must not hold back the policies not yet programmed.
+    writes.sort_by_key(|(_, _, status, previous, _, _)| !verdict_changed(status, previous.as_ref()));
     // Thousands of statuses after a bulk apply: several requests in flight, not one at a time.
     let written: Vec<_> = futures::stream::iter(writes)
         .map(|(p, outcome, status, previous, key, audit_changed)| async move {
@@ -420,7 +426,7 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
         let ctx = ctx.clone();
         tokio::spawn(async move {
             futures::stream::iter(events)
-                .for_each_concurrent(STATUS_WRITES, |(p, (warning, reason, note))| {
+                .for_each_concurrent(EVENT_WRITES, |(p, (warning, reason, note))| {
                     let ctx = &ctx;
                     async move { publish_event(ctx, &*p, warning, reason, note).await }
                 })
@@ -428,6 +434,15 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
         });
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Whether the Accepted or Programmed condition (or the generation they observed) changes.
+fn verdict_changed(status: &AuthPolicyStatus, previous: Option<&AuthPolicyStatus>) -> bool {
+    let verdict = |s: &AuthPolicyStatus| {
+        let conditions = s.conditions.iter().filter(|c| c.type_ == "Accepted" || c.type_ == "Programmed");
+        conditions.map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone(), c.observed_generation)).collect::<Vec<_>>()
+    };
+    previous.is_none_or(|p| verdict(p) != verdict(status))
 }
 
 /// The Events a policy's new status calls for: a rejection, a new generation going live, an
@@ -468,4 +483,30 @@ fn policy_events(
         }
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(conditions: &[(&str, &str, &str, i64)]) -> AuthPolicyStatus {
+        let conditions: Vec<serde_json::Value> = conditions
+            .iter()
+            .map(|(t, s, r, g)| serde_json::json!({"type": t, "status": s, "reason": r, "message": "m", "observedGeneration": g, "lastTransitionTime": "2026-01-01T00:00:00Z"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({"conditions": conditions})).unwrap()
+    }
+
+    #[test]
+    fn a_new_verdict_is_told_apart_from_what_the_data_plane_adds() {
+        let programmed = status(&[("Accepted", "True", "Valid", 1), ("Programmed", "True", "ConfigPublished", 1)]);
+        let enforced =
+            status(&[("Accepted", "True", "Valid", 1), ("Programmed", "True", "ConfigPublished", 1), ("Enforced", "True", "Enforced", 1)]);
+        assert!(verdict_changed(&programmed, None), "a first status");
+        assert!(!verdict_changed(&enforced, Some(&programmed)), "only Enforced changed");
+        let next = status(&[("Accepted", "True", "Valid", 2), ("Programmed", "True", "ConfigPublished", 2)]);
+        assert!(verdict_changed(&next, Some(&enforced)), "a new generation");
+        let refused = status(&[("Accepted", "False", "Invalid", 1), ("Programmed", "True", "ConfigPublished", 1)]);
+        assert!(verdict_changed(&refused, Some(&programmed)));
+    }
 }
