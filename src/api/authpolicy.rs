@@ -349,7 +349,7 @@ pub struct RouteMatch {
 
 /// Exactly one of `exact`, `prefix` or `template`. Paths are matched after normalisation
 /// (docs/architecture.md), so they must themselves be normalised.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "(has(self.exact) ? 1 : 0) + (has(self.prefix) ? 1 : 0) + (has(self.template) ? 1 : 0) == 1",
     "message": "exactly one of exact, prefix or template must be set"

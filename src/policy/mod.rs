@@ -12,6 +12,7 @@
 
 pub mod claims;
 pub mod config;
+pub mod gateway_api;
 pub mod host;
 pub mod ownership;
 pub mod path;

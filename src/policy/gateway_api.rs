@@ -1,0 +1,637 @@
+//! Gateway API semantics that an AuthPolicy attached to a route must reproduce exactly: which
+//! hostnames a route serves on a listener, and which requests a route rule's matches select.
+//! Pure functions over plain values; the controller reads the objects.
+//!
+//! What cannot be reproduced exactly is refused with a reason, never approximated: a policy that
+//! protected fewer requests than the gateway routes would let the rest through.
+
+use crate::api::PathMatch;
+
+use super::host::HostPattern;
+
+/// The hostnames a route serves on a listener: the intersection of the listener's hostname and
+/// the route's (Gateway API, "hostname intersection"). No hostname on either side means any. A
+/// wildcard (`*.example.com`) stands for one or more labels before its suffix, so the more
+/// specific of two overlapping names is what both allow. `None`: no intersection, the route
+/// does not attach to this listener.
+pub fn route_hostnames(listener: Option<&str>, route: &[String]) -> Result<Option<Vec<HostPattern>>, String> {
+    let listener = listener.map(HostPattern::parse).transpose()?.unwrap_or(HostPattern::Any);
+    if route.is_empty() {
+        return Ok(Some(vec![listener]));
+    }
+    let mut out: Vec<HostPattern> = Vec::new();
+    for r in route {
+        let r = HostPattern::parse(r)?;
+        let both = if covers(&listener, &r) {
+            Some(r)
+        } else if covers(&r, &listener) {
+            Some(listener.clone())
+        } else {
+            None
+        };
+        if let Some(h) = both
+            && !out.contains(&h)
+        {
+            out.push(h);
+        }
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Whether every host `inner` matches is matched by `outer`.
+fn covers(outer: &HostPattern, inner: &HostPattern) -> bool {
+    match (outer, inner) {
+        (HostPattern::Any, _) => true,
+        (_, HostPattern::Any) => false,
+        (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+        (HostPattern::Exact(_), HostPattern::Wildcard(_)) => false,
+        (HostPattern::Wildcard(_), HostPattern::Exact(b)) => outer.matches(b),
+        // `.example.com` covers `.example.com` and `.a.example.com`.
+        (HostPattern::Wildcard(a), HostPattern::Wildcard(b)) => b == a || b.ends_with(a.as_str()),
+    }
+}
+
+/// An HTTPRoute rule match, as far as the authorizer reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteMatch {
+    #[serde(default)]
+    pub path: Option<HttpPathMatch>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub query_params: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct HttpPathMatch {
+    #[serde(rename = "type", default = "path_prefix")]
+    pub kind: String,
+    #[serde(default = "root")]
+    pub value: String,
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".into()
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+/// A route match as Portcullis matches requests: a path and the methods (empty: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub methods: Vec<String>,
+}
+
+/// The Portcullis match for one HTTPRoute match, or why it cannot be reproduced exactly.
+///
+/// `PathPrefix` matches whole segments in Gateway API (`/abc` matches `/abc` and `/abc/d`, never
+/// `/abcd`), as a Portcullis prefix does (`decide::tests`, `/ordersX`); a trailing slash is
+/// ignored by both. A match without a
+/// path matches every path (`PathPrefix /`). Header and query matches narrow a route by what the
+/// authorizer is not given the same way on every proxy, and `RegularExpression` has no
+/// portable dialect: refused.
+pub fn route_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
+    if !m.headers.is_empty() {
+        return Err("header matches are not reproduced by the authorizer; split the rule or attach to a route without them".into());
+    }
+    if !m.query_params.is_empty() {
+        return Err("query parameter matches are not reproduced by the authorizer; split the rule or attach to a route without them".into());
+    }
+    let path = m.path.clone().unwrap_or(HttpPathMatch { kind: path_prefix(), value: root() });
+    if !path.value.starts_with('/') {
+        return Err(format!("path {:?} does not start with '/'", path.value));
+    }
+    let path = match path.kind.as_str() {
+        "Exact" => PathMatch { exact: Some(path.value), ..Default::default() },
+        "PathPrefix" => PathMatch { prefix: Some(path.value), ..Default::default() },
+        "RegularExpression" => {
+            return Err(format!(
+                "path match RegularExpression {:?}: its dialect is the gateway's own and cannot be reproduced exactly",
+                path.value
+            ));
+        }
+        other => return Err(format!("path match type {other:?} is not part of Gateway API")),
+    };
+    Ok(RouteMatch { path, methods: m.method.iter().cloned().collect() })
+}
+
+/// A GRPCRoute rule match, as far as the authorizer reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct GrpcRouteMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct GrpcMethodMatch {
+    #[serde(rename = "type", default = "exact")]
+    pub kind: String,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+fn exact() -> String {
+    "Exact".into()
+}
+
+/// The Portcullis match for one GRPCRoute match: a gRPC call is `POST /<service>/<method>`, so a
+/// service and method are an exact path, a service alone a prefix. A method of any service has
+/// no path form, and regular expressions no portable dialect: refused.
+pub fn grpc_route_match(m: &GrpcRouteMatch) -> Result<RouteMatch, String> {
+    if !m.headers.is_empty() {
+        return Err("header matches are not reproduced by the authorizer; split the rule or attach to a route without them".into());
+    }
+    let path = match &m.method {
+        None => PathMatch { prefix: Some("/".into()), ..Default::default() },
+        Some(GrpcMethodMatch { kind, .. }) if kind != "Exact" => {
+            return Err(format!("method match type {kind}: only Exact can be reproduced exactly"));
+        }
+        Some(GrpcMethodMatch { service: Some(svc), method: Some(method), .. }) => {
+            PathMatch { exact: Some(format!("/{svc}/{method}")), ..Default::default() }
+        }
+        Some(GrpcMethodMatch { service: Some(svc), method: None, .. }) => {
+            PathMatch { prefix: Some(format!("/{svc}")), ..Default::default() }
+        }
+        Some(GrpcMethodMatch { service: None, method: Some(method), .. }) => {
+            return Err(format!("method {method:?} of any service has no path form; name the service too"));
+        }
+        Some(GrpcMethodMatch { service: None, method: None, .. }) => PathMatch { prefix: Some("/".into()), ..Default::default() },
+    };
+    Ok(RouteMatch { path, methods: vec![] })
+}
+
+/// The Gateway API kinds an AuthPolicy attaches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TargetKind {
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
+}
+
+/// One entry of an AuthPolicy's `targetRefs` (GEP-713): in the policy's own namespace; the
+/// section is an HTTPRoute rule's or a Gateway listener's name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetRef {
+    pub kind: TargetKind,
+    pub name: String,
+    pub section: Option<String>,
+}
+
+/// A Gateway, as far as attachment reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Gateway {
+    pub namespace: String,
+    pub name: String,
+    /// Listener name → hostname (`None`: any).
+    pub listeners: Vec<(String, Option<String>)>,
+}
+
+/// A route, its rules' matches already in Portcullis terms, and the listeners its gateways
+/// accepted it on (from the route's `status.parents`: the gateway decides attachment —
+/// `allowedRoutes`, hostnames, its own rules — and Portcullis follows, never guesses).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub kind: TargetKind,
+    pub namespace: String,
+    pub name: String,
+    pub hostnames: Vec<String>,
+    /// Gateway (namespace, name) and listener names, from the accepted parents.
+    pub parents: Vec<((String, String), Vec<String>)>,
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    pub name: Option<String>,
+    /// The rule's matches, or why they cannot be reproduced.
+    pub matches: Result<Vec<RouteMatch>, String>,
+}
+
+/// An AuthPolicy as attachment sees it.
+#[derive(Debug, Clone)]
+pub struct Attaching {
+    pub namespace: String,
+    pub name: String,
+    pub created: Option<jiff::Timestamp>,
+    pub targets: Vec<TargetRef>,
+}
+
+impl Attaching {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where a policy applies: one rule of one route on one gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub gateway: (String, String),
+    pub route: (String, String),
+    pub rule: Option<String>,
+    pub hosts: Vec<HostPattern>,
+    pub matches: Vec<RouteMatch>,
+}
+
+/// What became of one target of one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    /// Applies on these route rules (possibly fewer than the target has: see `overridden`).
+    Accepted {
+        applied: Vec<Applied>,
+        overridden: usize,
+    },
+    TargetNotFound(String),
+    /// Another policy of the same specificity is older (or sorts first): it applies instead.
+    Conflicted(String),
+    /// A more specific policy applies on every rule this one targets.
+    Overridden(String),
+    /// The target's matches cannot be reproduced exactly.
+    Invalid(String),
+}
+
+/// How specific an attachment is: a rule section beats its route, a route beats its Gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Gateway,
+    Route,
+    Section,
+}
+
+/// Resolves every policy's `targetRefs` against the Gateways and routes: per rule of every
+/// route, the most specific policy applies (section, then route, then the route's Gateway as a
+/// default); between equals the oldest, then namespace/name. Each policy learns per target where
+/// it applies, or why not.
+pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) -> Vec<(String, TargetRef, Attachment)> {
+    // Every (policy, target) that names an existing object, with the rules it would cover.
+    struct Claim {
+        policy: usize,
+        target: TargetRef,
+        level: Level,
+    }
+    let mut out: Vec<(String, TargetRef, Attachment)> = Vec::new();
+    let mut claims: Vec<Claim> = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        for t in &p.targets {
+            let missing = |what: String| (p.key(), t.clone(), Attachment::TargetNotFound(what));
+            match t.kind {
+                TargetKind::Gateway => {
+                    let Some(g) = gateways.iter().find(|g| g.namespace == p.namespace && g.name == t.name) else {
+                        out.push(missing(format!("Gateway {}/{} does not exist", p.namespace, t.name)));
+                        continue;
+                    };
+                    if let Some(section) = &t.section
+                        && !g.listeners.iter().any(|(l, _)| l == section)
+                    {
+                        out.push(missing(format!("Gateway {}/{} has no listener {section:?}", p.namespace, t.name)));
+                        continue;
+                    }
+                    claims.push(Claim { policy: i, target: t.clone(), level: Level::Gateway });
+                }
+                TargetKind::HttpRoute | TargetKind::GrpcRoute => {
+                    let Some(r) = routes.iter().find(|r| r.kind == t.kind && r.namespace == p.namespace && r.name == t.name) else {
+                        out.push(missing(format!("{} {}/{} does not exist", kind_name(t.kind), p.namespace, t.name)));
+                        continue;
+                    };
+                    if let Some(section) = &t.section
+                        && !r.rules.iter().any(|rule| rule.name.as_ref() == Some(section))
+                    {
+                        out.push(missing(format!("{} {}/{} has no rule named {section:?}", kind_name(t.kind), p.namespace, t.name)));
+                        continue;
+                    }
+                    if r.parents.is_empty() {
+                        out.push(missing(format!(
+                            "{} {}/{} is not accepted by any Gateway (its status.parents say so)",
+                            kind_name(t.kind),
+                            p.namespace,
+                            t.name
+                        )));
+                        continue;
+                    }
+                    let level = if t.section.is_some() { Level::Section } else { Level::Route };
+                    claims.push(Claim { policy: i, target: t.clone(), level });
+                }
+            }
+        }
+    }
+    // Per rule of every route on every gateway listener it attaches to: who applies.
+    let order = |c: &Claim| {
+        let p = &policies[c.policy];
+        (std::cmp::Reverse(c.level), p.created.is_none(), p.created, p.namespace.clone(), p.name.clone())
+    };
+    let mut won: std::collections::HashMap<usize, Vec<Applied>> = Default::default();
+    let mut lost_to: std::collections::HashMap<usize, (Level, String, usize)> = Default::default();
+    let mut invalid: std::collections::HashMap<usize, String> = Default::default();
+    for r in routes {
+        for ((gw_ns, gw_name), listeners) in &r.parents {
+            let Some(g) = gateways.iter().find(|g| g.namespace == *gw_ns && g.name == *gw_name) else { continue };
+            for (rule_index, rule) in r.rules.iter().enumerate() {
+                let covering: Vec<(usize, &Claim)> = claims
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| {
+                        let p = &policies[c.policy];
+                        match c.target.kind {
+                            TargetKind::Gateway => {
+                                g.namespace == p.namespace
+                                    && g.name == c.target.name
+                                    && c.target.section.as_ref().is_none_or(|s| listeners.contains(s))
+                            }
+                            kind => {
+                                kind == r.kind
+                                    && r.namespace == p.namespace
+                                    && r.name == c.target.name
+                                    && c.target.section.as_ref().is_none_or(|s| rule.name.as_ref() == Some(s))
+                            }
+                        }
+                    })
+                    .collect();
+                let Some((winner, claim)) = covering.iter().min_by_key(|(_, c)| order(c)).copied() else { continue };
+                let hosts = listeners
+                    .iter()
+                    .filter_map(|l| g.listeners.iter().find(|(name, _)| name == l))
+                    .filter_map(|(_, hostname)| route_hostnames(hostname.as_deref(), &r.hostnames).ok().flatten())
+                    .flatten()
+                    .fold(Vec::new(), |mut acc: Vec<HostPattern>, h| {
+                        if !acc.contains(&h) {
+                            acc.push(h);
+                        }
+                        acc
+                    });
+                match &rule.matches {
+                    Ok(matches) => won.entry(winner).or_default().push(Applied {
+                        gateway: (g.namespace.clone(), g.name.clone()),
+                        route: (r.namespace.clone(), r.name.clone()),
+                        rule: rule.name.clone().or_else(|| Some(format!("rule {rule_index}"))),
+                        hosts,
+                        matches: matches.clone(),
+                    }),
+                    Err(why) => {
+                        invalid.entry(winner).or_insert_with(|| {
+                            format!(
+                                "{} {}/{} rule {}: {why}",
+                                kind_name(r.kind),
+                                r.namespace,
+                                r.name,
+                                rule.name.as_deref().unwrap_or("(unnamed)")
+                            )
+                        });
+                    }
+                }
+                for (loser, c) in covering.iter().filter(|(i, _)| *i != winner) {
+                    let entry = lost_to.entry(*loser).or_insert((claim.level, policies[claim.policy].key(), 0));
+                    entry.2 += 1;
+                    if claim.level > c.level {
+                        entry.0 = entry.0.max(claim.level);
+                    }
+                }
+            }
+        }
+    }
+    for (i, c) in claims.iter().enumerate() {
+        let policy = policies[c.policy].key();
+        let attachment = if let Some(why) = invalid.get(&i) {
+            Attachment::Invalid(why.clone())
+        } else if let Some(applied) = won.remove(&i) {
+            Attachment::Accepted { applied, overridden: lost_to.get(&i).map_or(0, |l| l.2) }
+        } else if let Some((level, by, _)) = lost_to.get(&i) {
+            if *level > c.level {
+                Attachment::Overridden(format!("policy {by} is attached more specifically and applies instead"))
+            } else {
+                Attachment::Conflicted(format!("policy {by} targets the same and is older; it applies instead"))
+            }
+        } else {
+            Attachment::TargetNotFound(format!("{} {} has no route rule attached to it", kind_name(c.target.kind), c.target.name))
+        };
+        out.push((policy, c.target.clone(), attachment));
+    }
+    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    out
+}
+
+fn kind_name(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Gateway => "Gateway",
+        TargetKind::HttpRoute => "HTTPRoute",
+        TargetKind::GrpcRoute => "GRPCRoute",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(listener: Option<&str>, route: &[&str]) -> Option<Vec<String>> {
+        let route: Vec<String> = route.iter().map(|s| s.to_string()).collect();
+        route_hostnames(listener, &route).unwrap().map(|v| v.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn hostnames_intersect_as_the_gateway_api_spec_says() {
+        let s = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        // The spec's examples.
+        assert_eq!(hosts(Some("test.example.com"), &[]), s(&["test.example.com"]));
+        assert_eq!(hosts(Some("test.example.com"), &["test.example.com"]), s(&["test.example.com"]));
+        assert_eq!(hosts(Some("test.example.com"), &["*.example.com"]), s(&["test.example.com"]));
+        assert_eq!(
+            hosts(Some("*.example.com"), &["*.example.com", "test.example.com", "foo.test.example.com"]),
+            s(&["*.example.com", "test.example.com", "foo.test.example.com"])
+        );
+        assert_eq!(hosts(Some("*.example.com"), &["example.com", "test.example.net"]), None, "a wildcard needs a label before its suffix");
+        // Nothing on either side: any host; one side only: that side.
+        assert_eq!(hosts(None, &[]), s(&["*"]));
+        assert_eq!(hosts(None, &["a.test", "*.b.test"]), s(&["a.test", "*.b.test"]));
+        // The narrower of two wildcards; names outside the listener dropped, not widened.
+        assert_eq!(hosts(Some("*.example.com"), &["*.a.example.com"]), s(&["*.a.example.com"]));
+        assert_eq!(hosts(Some("*.a.example.com"), &["*.example.com"]), s(&["*.a.example.com"]));
+        assert_eq!(hosts(Some("api.example.com"), &["api.example.com", "www.example.com"]), s(&["api.example.com"]));
+        assert_eq!(hosts(Some("api.example.com"), &["*.example.com", "api.example.com"]), s(&["api.example.com"]), "no duplicates");
+        assert!(route_hostnames(Some("Bad_Host"), &[]).is_err());
+    }
+
+    #[test]
+    fn route_matches_become_portcullis_matches_or_are_refused_with_a_reason() {
+        let m = |v: serde_json::Value| route_match(&serde_json::from_value(v).unwrap());
+        let prefix = m(serde_json::json!({"path": {"type": "PathPrefix", "value": "/abc"}, "method": "GET"})).unwrap();
+        assert_eq!(prefix.path.prefix.as_deref(), Some("/abc"));
+        assert_eq!(prefix.methods, ["GET"]);
+        assert_eq!(m(serde_json::json!({"path": {"type": "Exact", "value": "/a/b"}})).unwrap().path.exact.as_deref(), Some("/a/b"));
+        // No path: every path, any method.
+        let all = m(serde_json::json!({})).unwrap();
+        assert_eq!((all.path.prefix.as_deref(), all.methods.len()), (Some("/"), 0));
+        // The spec's default type is PathPrefix.
+        assert_eq!(m(serde_json::json!({"path": {"value": "/x"}})).unwrap().path.prefix.as_deref(), Some("/x"));
+        for (refused, why) in [
+            (serde_json::json!({"path": {"type": "RegularExpression", "value": "/a.*"}}), "cannot be reproduced exactly"),
+            (serde_json::json!({"headers": [{"name": "x-v", "value": "2"}]}), "header matches"),
+            (serde_json::json!({"queryParams": [{"name": "v", "value": "2"}]}), "query parameter matches"),
+            (serde_json::json!({"path": {"type": "Prefix", "value": "/a"}}), "not part of Gateway API"),
+        ] {
+            let e = m(refused.clone()).unwrap_err();
+            assert!(e.contains(why), "{refused}: {e}");
+        }
+    }
+
+    fn prefix(p: &str) -> RouteMatch {
+        RouteMatch { path: PathMatch { prefix: Some(p.into()), ..Default::default() }, methods: vec![] }
+    }
+
+    fn world() -> (Vec<Gateway>, Vec<Route>) {
+        let gw = Gateway {
+            namespace: "shop".into(),
+            name: "web".into(),
+            listeners: vec![("https".into(), Some("*.shop.test".into())), ("admin".into(), Some("admin.shop.test".into()))],
+        };
+        let route = Route {
+            kind: TargetKind::HttpRoute,
+            namespace: "shop".into(),
+            name: "orders".into(),
+            hostnames: vec!["api.shop.test".into(), "other.test".into()],
+            parents: vec![(("shop".into(), "web".into()), vec!["https".into()])],
+            rules: vec![
+                RouteRule { name: Some("read".into()), matches: Ok(vec![prefix("/orders")]) },
+                RouteRule { name: Some("pay".into()), matches: Ok(vec![prefix("/pay")]) },
+            ],
+        };
+        let search = Route {
+            name: "search".into(),
+            hostnames: vec![],
+            rules: vec![RouteRule { name: None, matches: Ok(vec![prefix("/search")]) }],
+            ..route.clone()
+        };
+        (vec![gw], vec![route, search])
+    }
+
+    fn policy(name: &str, created: i64, targets: &[(TargetKind, &str, Option<&str>)]) -> Attaching {
+        Attaching {
+            namespace: "shop".into(),
+            name: name.into(),
+            created: Some(jiff::Timestamp::from_second(1_800_000_000 + created).unwrap()),
+            targets: targets
+                .iter()
+                .map(|(kind, name, section)| TargetRef { kind: *kind, name: name.to_string(), section: section.map(str::to_owned) })
+                .collect(),
+        }
+    }
+
+    fn outcome<'a>(all: &'a [(String, TargetRef, Attachment)], policy: &str) -> &'a Attachment {
+        &all.iter().find(|(p, _, _)| p == &format!("shop/{policy}")).unwrap().2
+    }
+
+    fn rules(a: &Attachment) -> Vec<String> {
+        match a {
+            Attachment::Accepted { applied, .. } => {
+                applied.iter().map(|x| format!("{}:{}", x.route.1, x.rule.as_deref().unwrap_or(""))).collect()
+            }
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_section_beats_its_route_and_a_route_beats_its_gateway() {
+        let (gateways, routes) = world();
+        use TargetKind::*;
+        let all = attach(
+            &[
+                policy("gw-default", 0, &[(Gateway, "web", None)]),
+                policy("orders", 5, &[(HttpRoute, "orders", None)]),
+                policy("pay", 9, &[(HttpRoute, "orders", Some("pay"))]),
+            ],
+            &gateways,
+            &routes,
+        );
+        assert_eq!(rules(outcome(&all, "pay")), ["orders:pay"], "the newest, but the most specific");
+        assert_eq!(rules(outcome(&all, "orders")), ["orders:read"]);
+        assert!(matches!(outcome(&all, "orders"), Attachment::Accepted { overridden: 1, .. }));
+        // The Gateway's policy is the default where no route has one.
+        assert_eq!(rules(outcome(&all, "gw-default")), ["search:rule 0"]);
+        // Without the search route, everything it targets is overridden.
+        let only_orders = attach(
+            &[policy("gw-default", 0, &[(Gateway, "web", None)]), policy("orders", 5, &[(HttpRoute, "orders", None)])],
+            &gateways,
+            &routes[..1],
+        );
+        assert!(matches!(outcome(&only_orders, "gw-default"), Attachment::Overridden(m) if m.contains("shop/orders")), "{only_orders:?}");
+    }
+
+    #[test]
+    fn between_equals_the_oldest_applies_then_the_name_and_the_other_is_told() {
+        let (gateways, routes) = world();
+        let t = [(TargetKind::HttpRoute, "orders", None)];
+        let all = attach(&[policy("young", 7, &t), policy("old", 3, &t)], &gateways, &routes);
+        assert_eq!(rules(outcome(&all, "old")), ["orders:read", "orders:pay"]);
+        assert!(matches!(outcome(&all, "young"), Attachment::Conflicted(m) if m.contains("shop/old")));
+        // Created in the same second: the name decides, whatever the input order.
+        for order in [["b", "a"], ["a", "b"]] {
+            let all = attach(&order.map(|n| policy(n, 3, &t)), &gateways, &routes);
+            assert!(matches!(outcome(&all, "a"), Attachment::Accepted { .. }));
+            assert!(matches!(outcome(&all, "b"), Attachment::Conflicted(_)));
+        }
+    }
+
+    #[test]
+    fn hosts_are_the_listener_and_route_intersection() {
+        let (gateways, routes) = world();
+        let all = attach(&[policy("orders", 0, &[(TargetKind::HttpRoute, "orders", None)])], &gateways, &routes);
+        let Attachment::Accepted { applied, .. } = outcome(&all, "orders") else { panic!() };
+        let hosts: Vec<String> = applied[0].hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["api.shop.test"], "other.test is outside the listener's *.shop.test");
+        // A route without hostnames takes the listener's.
+        let all = attach(&[policy("s", 0, &[(TargetKind::HttpRoute, "search", None)])], &gateways, &routes);
+        let Attachment::Accepted { applied, .. } = outcome(&all, "s") else { panic!() };
+        assert_eq!(applied[0].hosts.iter().map(ToString::to_string).collect::<Vec<_>>(), ["*.shop.test"]);
+    }
+
+    #[test]
+    fn missing_targets_unaccepted_routes_and_unreproducible_matches_are_refused_with_the_reason() {
+        let (gateways, mut routes) = world();
+        use TargetKind::*;
+        let all = attach(
+            &[
+                policy("a", 0, &[(HttpRoute, "nope", None)]),
+                policy("b", 0, &[(HttpRoute, "orders", Some("nope"))]),
+                policy("c", 0, &[(Gateway, "web", Some("nope"))]),
+                policy("d", 0, &[(GrpcRoute, "orders", None)]),
+            ],
+            &gateways,
+            &routes,
+        );
+        for (p, why) in [
+            ("a", "HTTPRoute shop/nope does not exist"),
+            ("b", "no rule named \"nope\""),
+            ("c", "no listener \"nope\""),
+            ("d", "GRPCRoute shop/orders does not exist"),
+        ] {
+            assert!(matches!(outcome(&all, p), Attachment::TargetNotFound(m) if m.contains(why)), "{p}: {:?}", outcome(&all, p));
+        }
+        routes[1].parents.clear();
+        let all = attach(&[policy("s", 0, &[(HttpRoute, "search", None)])], &gateways, &routes);
+        assert!(matches!(outcome(&all, "s"), Attachment::TargetNotFound(m) if m.contains("not accepted by any Gateway")));
+        routes[0].rules[1].matches = Err("path match RegularExpression \"/p.*\": …".into());
+        let all = attach(&[policy("o", 0, &[(HttpRoute, "orders", None)])], &gateways, &routes);
+        assert!(matches!(outcome(&all, "o"), Attachment::Invalid(m) if m.contains("rule pay") && m.contains("RegularExpression")));
+    }
+
+    #[test]
+    fn grpc_matches_are_paths_of_service_and_method() {
+        let m = |v: serde_json::Value| grpc_route_match(&serde_json::from_value(v).unwrap());
+        assert_eq!(
+            m(serde_json::json!({"method": {"service": "shop.Orders", "method": "Get"}})).unwrap().path.exact.as_deref(),
+            Some("/shop.Orders/Get")
+        );
+        assert_eq!(m(serde_json::json!({"method": {"service": "shop.Orders"}})).unwrap().path.prefix.as_deref(), Some("/shop.Orders"));
+        assert_eq!(m(serde_json::json!({})).unwrap().path.prefix.as_deref(), Some("/"));
+        assert!(m(serde_json::json!({"method": {"method": "Get"}})).unwrap_err().contains("no path form"));
+        assert!(m(serde_json::json!({"method": {"type": "RegularExpression", "service": "shop.*"}})).unwrap_err().contains("only Exact"));
+        assert!(m(serde_json::json!({"headers": [{"name": "x", "value": "y"}]})).unwrap_err().contains("header matches"));
+    }
+}
