@@ -200,9 +200,9 @@ fn bench_compile(c: &mut Criterion) {
 /// every policy's status from two replicas' heartbeats (what a status pass does before it
 /// compares and writes the few that differ).
 fn bench_controller(c: &mut Criterion) {
+    use portcullis::contract::heartbeat::Heartbeat;
     use portcullis::controller::dataplane::{self, History};
     use portcullis::controller::desired::{Programmed, policy_status};
-    use portcullis::heartbeat::Heartbeat;
     let mut g = c.benchmark_group("controller");
     g.sample_size(10);
     let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
@@ -383,8 +383,8 @@ fn bench_scale(c: &mut Criterion) {
     let minting: BTreeMap<_, _> = rings;
     g.bench_function("10000-policies/gateway-load", |b| {
         b.iter(|| {
-            assert!(portcullis::publish::pair_is_consistent(&cm, Some(&secret)));
-            let config = portcullis::publish::config_from_configmap(&cm).unwrap();
+            assert!(portcullis::contract::publish::pair_is_consistent(&cm, Some(&secret)));
+            let config = portcullis::contract::publish::config_from_configmap(&cm).unwrap();
             let opts = BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 1 << 20 };
             black_box(Engine::build(config, &opts).unwrap())
         })

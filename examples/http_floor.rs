@@ -1,5 +1,5 @@
 //! The floor under the authorizer's HTTP/1.1 hop: Portcullis' own server plumbing
-//! (`portcullis::http::serve`) answering every request 200 with no headers and no decision.
+//! (`portcullis::plumbing::http::serve`) answering every request 200 with no headers and no decision.
 //! `bench/side-by-side.sh` puts it next to NGINX's `return 200` and Portcullis.
 //!
 //!   cargo run --release --example http_floor -- 127.0.0.1:9090
@@ -19,7 +19,7 @@ fn main() {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let handler = |_req| async { portcullis::http::reply(StatusCode::OK, "text/plain", Bytes::new()) };
-        portcullis::http::serve(listener, handler, shutdown, Duration::from_secs(1)).await;
+        let handler = |_req| async { portcullis::plumbing::http::reply(StatusCode::OK, "text/plain", Bytes::new()) };
+        portcullis::plumbing::http::serve(listener, handler, shutdown, Duration::from_secs(1)).await;
     });
 }

@@ -181,8 +181,8 @@ async fn crds(client: Client, namespace: &str) {
 async fn size(client: Client, namespace: &str) {
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, namespace);
     let cm = api.get("portcullis-gateway-default").await.unwrap();
-    let compressed = cm.binary_data.as_ref().and_then(|d| d.get(portcullis::publish::CONFIG_KEY)).map_or(0, |b| b.0.len());
-    let config = portcullis::publish::config_from_configmap(&cm).unwrap();
+    let compressed = cm.binary_data.as_ref().and_then(|d| d.get(portcullis::contract::publish::CONFIG_KEY)).map_or(0, |b| b.0.len());
+    let config = portcullis::contract::publish::config_from_configmap(&cm).unwrap();
     let json = config.to_json().len();
     let object = serde_json::to_vec(&cm).unwrap().len();
     println!(

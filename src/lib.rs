@@ -12,17 +12,14 @@
 
 pub mod api;
 pub mod cli;
+pub mod contract;
 pub mod controller;
 pub mod decide;
 pub mod gateway;
-pub mod heartbeat;
-pub mod http;
 pub mod jwk;
 pub mod keys;
 pub mod local;
+pub mod plumbing;
 pub mod policy;
-pub mod policytest;
-pub mod publish;
 #[doc(hidden)]
 pub mod testkit;
-pub mod watch_backoff;

@@ -822,17 +822,17 @@ async fn the_chart_runs_with_its_own_rbac_its_heartbeat_survives_garbage_collect
     // The heartbeat Lease is owned by the gateway's (real) Pod object.
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &ns);
     let pod_name = gateway_pod.name_any();
-    let heartbeat_name = portcullis::heartbeat::lease_name(&gw, &pod_name);
+    let heartbeat_name = portcullis::contract::heartbeat::lease_name(&gw, &pod_name);
     let heartbeat = eventually("the heartbeat Lease", Duration::from_secs(10), async || leases.get(&heartbeat_name).await.ok()).await;
     let owner = &heartbeat.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str(), Some(&owner.uid)), ("Pod", pod_name.as_str(), gateway_pod.metadata.uid.as_ref()));
     // The garbage collector removes a Lease whose owner does not exist (what happened when the
     // owner reference named no real Pod)...
-    let ghost = portcullis::heartbeat::to_lease(
+    let ghost = portcullis::contract::heartbeat::to_lease(
         &ns,
-        &portcullis::heartbeat::Heartbeat { gateway: gw.clone(), replica: "ghost".into(), ..Default::default() },
+        &portcullis::contract::heartbeat::Heartbeat { gateway: gw.clone(), replica: "ghost".into(), ..Default::default() },
         jiff::Timestamp::now(),
-        Some(portcullis::heartbeat::pod_owner("ghost", "00000000-0000-0000-0000-000000000001")),
+        Some(portcullis::contract::heartbeat::pod_owner("ghost", "00000000-0000-0000-0000-000000000001")),
     );
     leases.create(&PostParams::default(), &ghost).await.unwrap();
     eventually("the garbage collector to delete the ownerless Lease", Duration::from_secs(60), async || {

@@ -202,7 +202,7 @@ async fn remote_keys_over_https_from_a_private_ca() {
     };
 
     // Trusting the private CA: the keys load over TLS and the token verifies.
-    let roots = portcullis::gateway::jwks::read_ca_file(&dir.path().join("ca.pem")).unwrap();
+    let roots = portcullis::plumbing::jwks_fetch::read_ca_file(&dir.path().join("ca.pem")).unwrap();
     let trusting = Gateway::with_options("https://gw", Metrics::new(), Duration::from_millis(100), &roots, Default::default());
     trusting.apply(compiled.config.clone(), &Default::default()).unwrap();
     assert!(wait_loaded(&trusting).await, "JWKS over https with the private CA: {}", trusting.metrics.render());

@@ -15,6 +15,9 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "portcullis.dev";
 pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "portcullis.dev/v1alpha1";
+/// The kind of `portcullis test` files: not a cluster resource, but local mode must know to
+/// skip it in a directory of policies.
+pub const POLICY_TEST_KIND: &str = "AuthPolicyTest";
 
 /// Every CRD Portcullis defines, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -19,7 +19,7 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
         }
     }
     let roots = match &args.jwks_ca_file {
-        Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
+        Some(path) => crate::plumbing::jwks_fetch::read_ca_file(path).map_err(|e| anyhow!(e))?,
         None => Vec::new(),
     };
     let gateway = Gateway::with_options("https://portcullis.invalid", Metrics::new(), Duration::from_secs(1), &roots, Default::default());

@@ -135,7 +135,7 @@ struct ServeArgs {
 impl ServeArgs {
     fn gateway(&self) -> Result<Arc<Gateway>> {
         let roots = match &self.jwks_ca_file {
-            Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
+            Some(path) => crate::plumbing::jwks_fetch::read_ca_file(path).map_err(|e| anyhow!(e))?,
             None => Vec::new(),
         };
         let gateway = Gateway::with_options(&issuer_url(self), Metrics::new(), self.jwks_min_refetch, &roots, self.path_mode);

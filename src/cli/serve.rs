@@ -23,7 +23,7 @@ pub(super) async fn run_gateway(args: GatewayArgs) -> Result<u8> {
             let replica = args.replica_name.clone().unwrap_or_else(host_name);
             let _ = gateway.replica.set(replica.clone());
             if !args.no_heartbeat {
-                let owner = args.pod_uid.as_ref().map(|uid| crate::heartbeat::pod_owner(&replica, uid));
+                let owner = args.pod_uid.as_ref().map(|uid| crate::contract::heartbeat::pod_owner(&replica, uid));
                 let gateway_name = name.strip_prefix("portcullis-gateway-").unwrap_or(name).to_owned();
                 tasks.push(tokio::spawn(crate::gateway::status::heartbeat(
                     gateway.clone(),
@@ -79,7 +79,7 @@ pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
         debounce: args.debounce,
         max_delay: args.max_delay,
         jwks_roots: match &args.jwks_ca_file {
-            Some(path) => crate::gateway::jwks::read_ca_file(path).map_err(|e| anyhow!(e))?,
+            Some(path) => crate::plumbing::jwks_fetch::read_ca_file(path).map_err(|e| anyhow!(e))?,
             None => Vec::new(),
         },
         gateway_settings: match &args.gateway_settings {
@@ -94,7 +94,7 @@ pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
     let ctx_cell: Arc<tokio::sync::OnceCell<Arc<crate::controller::Context>>> = Arc::default();
     let admin_metrics = metrics.clone();
     let cell = ctx_cell.clone();
-    let admin = tokio::spawn(crate::http::serve(
+    let admin = tokio::spawn(crate::plumbing::http::serve(
         listener,
         move |req: hyper::Request<hyper::body::Incoming>| {
             let (cell, metrics) = (cell.clone(), admin_metrics.clone());
@@ -103,9 +103,9 @@ pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
                     Some(ctx) => crate::controller::admin(ctx.clone(), req).await,
                     // Before the watches exist: alive, not ready.
                     None => match req.uri().path() {
-                        "/healthz" => crate::http::reply(http::StatusCode::OK, "text/plain", "ok\n"),
-                        "/metrics" => crate::http::reply(http::StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
-                        _ => crate::http::reply(http::StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n"),
+                        "/healthz" => crate::plumbing::http::reply(http::StatusCode::OK, "text/plain", "ok\n"),
+                        "/metrics" => crate::plumbing::http::reply(http::StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                        _ => crate::plumbing::http::reply(http::StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n"),
                     },
                 }
             }

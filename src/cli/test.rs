@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) fn run_tests(args: TestArgs) -> Result<u8> {
-    use crate::policytest;
+    use crate::local::policytest;
     let loaded = load_once(&args.dir)?;
     let broken_input = !loaded.scanned.problems.is_empty() || loaded.compiled.outcomes.iter().any(|o| o.outcome != Outcome::Accepted);
     if broken_input {

@@ -649,15 +649,15 @@ fn each_replica_writes_the_lease_under_its_own_field_manager() {
     assert!(super::lease_field_manager(&"x".repeat(300)).len() <= 128);
 }
 
-fn beat(version: Option<&str>, replica: &str, renewed: jiff::Timestamp, jwks: Vec<crate::heartbeat::JwksHealth>) -> Lease {
-    let hb = crate::heartbeat::Heartbeat {
+fn beat(version: Option<&str>, replica: &str, renewed: jiff::Timestamp, jwks: Vec<crate::contract::heartbeat::JwksHealth>) -> Lease {
+    let hb = crate::contract::heartbeat::Heartbeat {
         gateway: "default".into(),
         replica: replica.into(),
         version: version.map(str::to_owned),
         jwks,
         ..Default::default()
     };
-    crate::heartbeat::to_lease("portcullis", &hb, renewed, None)
+    crate::contract::heartbeat::to_lease("portcullis", &hb, renewed, None)
 }
 
 fn delete<K>(w: &mut Writer<K>, obj: K)
@@ -781,7 +781,7 @@ async fn an_issuer_failing_on_a_gateway_replica_is_in_status_with_an_event_when_
     let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
     let version = cm.metadata.annotations.as_ref().unwrap()[desired::ANNOTATION_VERSION].clone();
     let now = jiff::Timestamp::new(jiff::Timestamp::now().as_second(), 123_456_789).unwrap();
-    let health = |ready: bool| crate::heartbeat::JwksHealth {
+    let health = |ready: bool| crate::contract::heartbeat::JwksHealth {
         uri: uri.into(),
         ready,
         keys: 2,
@@ -830,11 +830,11 @@ async fn audit_counts_reach_the_status_at_once_and_then_at_most_once_a_minute() 
             [desired::ANNOTATION_VERSION]
             .clone();
     let counted = |allow, deny| {
-        let hb = crate::heartbeat::Heartbeat {
+        let hb = crate::contract::heartbeat::Heartbeat {
             gateway: "default".into(),
             replica: "a".into(),
             version: Some(version.clone()),
-            audit: vec![crate::heartbeat::AuditCounts {
+            audit: vec![crate::contract::heartbeat::AuditCounts {
                 policy: "shop/orders".into(),
                 rule: "read".into(),
                 would_allow: allow,
@@ -843,7 +843,7 @@ async fn audit_counts_reach_the_status_at_once_and_then_at_most_once_a_minute() 
             }],
             ..Default::default()
         };
-        crate::heartbeat::to_lease("portcullis", &hb, jiff::Timestamp::now(), None)
+        crate::contract::heartbeat::to_lease("portcullis", &hb, jiff::Timestamp::now(), None)
     };
     // The first traffic: written at once.
     put(&mut w.heartbeats, counted(0, 0));

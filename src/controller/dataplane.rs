@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::{AuthPolicyStatus, GatewayServing, IssuerHealth, ReasonCount, RuleAudit};
-use crate::heartbeat::{AUDIT_WINDOW_SECS, Heartbeat, TOP_REASONS};
+use crate::contract::heartbeat::{AUDIT_WINDOW_SECS, Heartbeat, TOP_REASONS};
 use crate::policy::GatewayConfig;
 use crate::policy::config::KeySource;
 
@@ -158,7 +158,8 @@ pub fn issuers(config: Option<&crate::policy::PolicyConfig>, live: &[Heartbeat])
     let mut out = Vec::new();
     for i in config.map(|c| c.issuers.as_slice()).unwrap_or_default() {
         let KeySource::Remote { uri, .. } = &i.keys else { continue };
-        let reports: Vec<&crate::heartbeat::JwksHealth> = live.iter().flat_map(|hb| hb.jwks.iter().filter(|j| j.uri == *uri)).collect();
+        let reports: Vec<&crate::contract::heartbeat::JwksHealth> =
+            live.iter().flat_map(|hb| hb.jwks.iter().filter(|j| j.uri == *uri)).collect();
         let keys = reports.iter().map(|r| r.keys).min().unwrap_or(0);
         let worst_failing = reports.iter().filter(|r| !r.ready).min_by_key(|r| r.since);
         let (jwks, last_error, since) = match (reports.is_empty(), worst_failing) {

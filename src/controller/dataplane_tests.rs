@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::heartbeat::{AuditCounts, JwksHealth};
+use crate::contract::heartbeat::{AuditCounts, JwksHealth};
 use crate::policy::config::PolicyConfig;
 use crate::testkit::compile_yaml;
 

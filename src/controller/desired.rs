@@ -12,16 +12,16 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{AuthPolicy, AuthPolicyStatus, KeyStatus, SigningKey, SigningKeyStatus};
+use crate::contract::publish::sha256_hex;
+pub use crate::contract::publish::{
+    ANNOTATION_HASH, ANNOTATION_KEYS, ANNOTATION_VERSION, CONFIG_KEY, config_from_configmap, content_hash, gateway_configmap_name,
+    gateway_secret_name, pair_is_consistent,
+};
 use crate::keys::schedule::{self, Requests};
 use crate::keys::store::{KeyRing, SECRET_KEY};
 use crate::policy::ownership::HostLedger;
 use crate::policy::tenancy::{ANNOTATION_VERIFIABLE_FROM, SettingsByGateway, parse_grant};
 use crate::policy::{GatewayConfig, KeyRef, Outcome, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys, Tenancy};
-use crate::publish::sha256_hex;
-pub use crate::publish::{
-    ANNOTATION_HASH, ANNOTATION_KEYS, ANNOTATION_VERSION, CONFIG_KEY, config_from_configmap, content_hash, gateway_configmap_name,
-    gateway_secret_name, pair_is_consistent,
-};
 
 pub const FIELD_MANAGER: &str = "portcullis";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "portcullis");
@@ -248,7 +248,7 @@ pub fn gateway_keys_secret(namespace: &str, config: &GatewayConfig, rings: &BTre
     let data: BTreeMap<String, ByteString> = config
         .minting_keys()
         .map(|k| k.key_ref())
-        .filter_map(|k| rings.get(&k).map(|r| (crate::publish::keyring_file_name(&k), ByteString(r.to_json()))))
+        .filter_map(|k| rings.get(&k).map(|r| (crate::contract::publish::keyring_file_name(&k), ByteString(r.to_json()))))
         .collect();
     let parts: Vec<&[u8]> = data.iter().flat_map(|(k, v)| [k.as_bytes(), &v.0[..]]).collect();
     Secret {

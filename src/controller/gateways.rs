@@ -19,7 +19,7 @@ use super::desired::{self, Programmed};
 use super::signingkeys::publish_event;
 use super::{Context, Error};
 use crate::api::{AuthPolicy, AuthPolicyStatus};
-use crate::heartbeat::{self, Heartbeat};
+use crate::contract::heartbeat::{self, Heartbeat};
 use crate::policy::GatewayConfig;
 use crate::policy::config::KeySource;
 use crate::policy::{self, Outcome, PolicyConfig};
@@ -53,8 +53,8 @@ impl IssuerProbes {
             probes.insert(uri.to_owned(), (Instant::now(), entry.as_ref().and_then(|e| e.1.clone())));
             let (uri, ctx) = (uri.to_owned(), ctx.clone());
             tokio::spawn(async move {
-                let client = crate::gateway::jwks::http_client(&ctx.opts.jwks_roots);
-                let result = crate::gateway::jwks::fetch_jwks(&client, &uri).await.map(|_| ());
+                let client = crate::plumbing::jwks_fetch::http_client(&ctx.opts.jwks_roots);
+                let result = crate::plumbing::jwks_fetch::fetch_jwks(&client, &uri).await.map(|_| ());
                 let changed = {
                     let mut probes = ctx.probes.0.lock().expect("probe lock");
                     let before = probes.get(&uri).and_then(|e| e.1.clone());

@@ -191,7 +191,7 @@ pub fn elect(
 async fn watch_lease(api: Api<Lease>, name: String, out: mpsc::Sender<Option<Lease>>) {
     use futures::StreamExt;
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher(api, config).backoff(crate::watch_backoff::WatchBackoff::default());
+    let stream = watcher(api, config).backoff(crate::plumbing::watch_backoff::WatchBackoff::default());
     let mut stream = std::pin::pin!(stream);
     let mut listed: Option<Lease> = None;
     while let Some(event) = stream.next().await {

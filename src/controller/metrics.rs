@@ -2,7 +2,7 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::gateway::metrics::{register, render};
+use crate::plumbing::metrics::{register, render};
 
 #[derive(Clone)]
 pub struct ControllerMetrics {

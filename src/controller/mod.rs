@@ -307,7 +307,7 @@ where
         stores.push(reader);
         // The cache never needs managedFields or kubectl's copy of the last applied object
         // (each as large as the spec): dropped before they are stored.
-        let stream = watcher(api, config.clone()).backoff(crate::watch_backoff::WatchBackoff::default()).modify(|obj: &mut K| {
+        let stream = watcher(api, config.clone()).backoff(crate::plumbing::watch_backoff::WatchBackoff::default()).modify(|obj: &mut K| {
             let meta = obj.meta_mut();
             meta.managed_fields = None;
             if let Some(a) = meta.annotations.as_mut() {
@@ -363,7 +363,7 @@ pub async fn run(
     tasks.extend(t);
     let (gateway_secrets, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways, any_change, changed);
     tasks.extend(t);
-    let heartbeat_leases = watcher::Config::default().labels(crate::heartbeat::LABEL_HEARTBEAT);
+    let heartbeat_leases = watcher::Config::default().labels(crate::contract::heartbeat::LABEL_HEARTBEAT);
     let (heartbeats, t) = watch_kind(slot.clone(), own_ns.apis(&client), heartbeat_leases, any_change, Context::heartbeat_changed);
     tasks.extend(t);
 
@@ -470,8 +470,8 @@ async fn lead(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
 }
 
 /// Admin endpoints of the controller: health, readiness (watch caches synced), metrics.
-pub async fn admin(ctx: Arc<Context>, req: hyper::Request<hyper::body::Incoming>) -> crate::http::Reply {
-    use crate::http::reply;
+pub async fn admin(ctx: Arc<Context>, req: hyper::Request<hyper::body::Incoming>) -> crate::plumbing::http::Reply {
+    use crate::plumbing::http::reply;
     use http::StatusCode;
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),

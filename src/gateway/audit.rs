@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use prometheus::IntCounterVec;
 
+use crate::contract::heartbeat::{AUDIT_WINDOW_SECS, AuditCounts, TOP_REASONS};
 use crate::decide::Verdict;
-use crate::heartbeat::{AUDIT_WINDOW_SECS, AuditCounts, TOP_REASONS};
 
 /// Counts of one rule in one bucket: would-allow, and would-deny by reason.
 #[derive(Default, Clone, Debug, PartialEq)]

@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use super::Gateway;
-use crate::publish::{config_from_configmap, gateway_secret_name, keys_from_secret, pair_is_consistent};
+use crate::contract::publish::{config_from_configmap, gateway_secret_name, keys_from_secret, pair_is_consistent};
 
 /// Watches the two objects and applies every new combination of them.
 pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: String, name: String, mut stop: watch::Receiver<bool>) {
@@ -25,12 +25,12 @@ pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: S
     let cms = reflector::reflector(
         cm_writer,
         watcher(cm_api, watcher::Config::default().fields(&format!("metadata.name={name}")))
-            .backoff(crate::watch_backoff::WatchBackoff::default()),
+            .backoff(crate::plumbing::watch_backoff::WatchBackoff::default()),
     );
     let secrets = reflector::reflector(
         secret_writer,
         watcher(secret_api, watcher::Config::default().fields(&format!("metadata.name={secret_name}")))
-            .backoff(crate::watch_backoff::WatchBackoff::default()),
+            .backoff(crate::plumbing::watch_backoff::WatchBackoff::default()),
     );
     let mut events = std::pin::pin!(futures::stream::select(cms.map(|e| e.map(|_| ())), secrets.map(|e| e.map(|_| ()))));
     let mut applied: Option<(String, Option<String>)> = None;
@@ -149,7 +149,7 @@ mod tests {
         secret["kind"] = json!("Secret");
         secret = with_rv(secret, "6");
         let mut broken = cm.clone();
-        broken["binaryData"][crate::publish::CONFIG_KEY] = json!("bm90IGd6aXA=");
+        broken["binaryData"][crate::contract::publish::CONFIG_KEY] = json!("bm90IGd6aXA=");
         let events = vec![json!({"type": "MODIFIED", "object": with_rv(broken, "11")})];
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         tokio::spawn(api_server(handle, cm, secret, events, seen.clone()));

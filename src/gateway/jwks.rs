@@ -5,80 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::metrics::Metrics;
+use crate::contract::heartbeat::JwksHealth;
 use crate::decide::RemoteKeys;
 use crate::decide::keyset::KeySet;
-use crate::heartbeat::JwksHealth;
-
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-/// An HTTP(S) client that trusts the Mozilla roots plus `extra_roots` (an identity provider
-/// behind a private CA).
-pub fn http_client(extra_roots: &[CertificateDer<'static>]) -> HttpClient {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let (added, ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
-    if ignored > 0 {
-        tracing::warn!(added, ignored, "some extra CA certificates could not be used");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the aws-lc-rs provider supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-    Client::builder(TokioExecutor::new()).build(https)
-}
-
-/// CA certificates (PEM) to trust for JWKS URLs besides the public roots.
-pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-/// Fetches and parses a JWKS; the error says what went wrong without echoing the body.
-pub async fn fetch_jwks(client: &HttpClient, uri: &str) -> Result<(Vec<crate::keys::VerifyKey>, Vec<String>), String> {
-    let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let req = http::Request::get(parsed).header("accept", "application/json").body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp =
-        tokio::time::timeout(FETCH_TIMEOUT, client.request(req)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
-    }
-    let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect())
-        .await
-        .map_err(|_| "timed out reading the body".to_owned())?
-        .map_err(|e| format!("reading the body: {e}"))?
-        .to_bytes();
-    let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-    let (keys, skipped) = crate::keys::parse_jwks(&doc)?;
-    if keys.is_empty() {
-        return Err(format!(
-            "no usable signing key ({})",
-            if skipped.is_empty() { "empty key set".to_owned() } else { skipped.join("; ") }
-        ));
-    }
-    Ok((keys, skipped))
-}
+use crate::plumbing::jwks_fetch::{HttpClient, fetch_jwks, http_client};
 
 struct Remote {
     set: Arc<KeySet>,

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the gateway. Label handles for the hot path are resolved once per
 //! config, so a decision only touches atomics.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::plumbing::metrics::{register, render};
 
 use crate::decide::DenyReason;
 
@@ -211,18 +213,4 @@ impl Metrics {
     pub fn render(&self) -> String {
         render(&self.registry)
     }
-}
-
-/// Registers collectors whose names are fixed in code (so registration cannot fail).
-pub fn register(registry: &Registry, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
-    for c in collectors {
-        registry.register(c).expect("metric names are unique");
-    }
-}
-
-/// The Prometheus text format of a registry.
-pub fn render(registry: &Registry) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&registry.gather(), &mut out).expect("text encoding cannot fail");
-    String::from_utf8(out).expect("metrics are UTF-8")
 }

@@ -35,8 +35,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::decide::{self, BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Decision, Denied, DenyReason, Engine, Request};
-use crate::http::reply;
 use crate::keys::store::KeyRing;
+use crate::plumbing::http::reply;
 use crate::policy::path::PathMode;
 use crate::policy::{GatewayConfig, KeyRef};
 use jwks::JwksRegistry;
@@ -406,7 +406,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, endpoints: Endp
         let gw = gateway.clone();
         async move { gw.handle(req, endpoints).await }
     };
-    crate::http::serve(listener, handler, shutdown, drain).await
+    crate::plumbing::http::serve(listener, handler, shutdown, drain).await
 }
 
-pub use crate::http::shutdown_signal;
+pub use crate::plumbing::http::shutdown_signal;

@@ -12,7 +12,7 @@ use super::Gateway;
 use crate::keys::store::KeyRing;
 use crate::policy::{GatewayConfig, KeyRef};
 
-pub use crate::publish::{keyring_file_name, parse_keyring_file_name};
+pub use crate::contract::publish::{keyring_file_name, parse_keyring_file_name};
 
 /// Reads a compiled config: JSON, or gzip-compressed JSON.
 pub fn read_config(path: &Path) -> Result<GatewayConfig, String> {

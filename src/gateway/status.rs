@@ -11,8 +11,8 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use super::{Gateway, unix_now};
+use crate::contract::heartbeat::{self, Heartbeat, RENEW_SECS};
 use crate::decide::keyset::KeySetKind;
-use crate::heartbeat::{self, Heartbeat, RENEW_SECS};
 
 const FIELD_MANAGER: &str = "portcullis-gateway";
 

@@ -25,7 +25,7 @@ use crate::policy::config::KeySource;
 use crate::policy::path::PathMode;
 use crate::policy::{GatewayConfig, KeyRef};
 
-pub const KIND: &str = "AuthPolicyTest";
+pub use crate::api::POLICY_TEST_KIND as KIND;
 
 /// One test file: `kind: AuthPolicyTest` with `spec.cases`.
 #[derive(Debug, Clone, Deserialize)]

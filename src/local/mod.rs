@@ -7,7 +7,9 @@
 //!                               └──────────▶ policy::compile ◀── published ─┘ ─▶ Gateway::apply
 //! ```
 //! `local`, `check`, `token` and `keys` all go through [`LocalDir::load`], so they see the same
-//! policies and keys.
+//! policies and keys. `portcullis test` ([`policytest`]) runs its cases on what this loads.
+
+pub mod policytest;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -178,7 +180,7 @@ fn take_documents(file: &Path, docs: Result<Vec<Value>, String>, out: &mut Scann
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
         let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         // Policy tests live next to the policies; `portcullis test` reads them.
-        if kind == crate::policytest::KIND && api_version == api::API_VERSION {
+        if kind == api::POLICY_TEST_KIND && api_version == api::API_VERSION {
             continue;
         }
         let ours = matches!(kind.as_str(), "AuthPolicy" | "SigningKey");
@@ -321,7 +323,7 @@ impl LocalDir {
     }
 
     pub fn keyring_path(&self, key: &KeyRef) -> PathBuf {
-        self.keys_dir().join(crate::publish::keyring_file_name(key))
+        self.keys_dir().join(crate::contract::publish::keyring_file_name(key))
     }
 
     /// Runs `f` holding the state directory's lock, so that concurrent commands (a running
