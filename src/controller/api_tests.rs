@@ -1060,3 +1060,24 @@ async fn a_config_too_large_for_a_configmap_is_refused_in_every_status_and_the_l
     let (seen, _) = full_pass(&mut api, &mut w, &ctx, state).await;
     assert_eq!(condition_of(&ctx, "orders", "Programmed"), ("True".into(), "ConfigPublished".into()), "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_pass_writes_a_batch_of_statuses_and_the_status_passes_that_follow_write_the_rest() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    for i in 0..650 {
+        let spec = json!({"rules": [{"name": "r", "public": true, "match": {"paths": [{"prefix": format!("/svc{i}")}]}}]});
+        put(&mut w.policies, policy("shop", &format!("p{i}"), i as i64, spec));
+    }
+    let (first, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
+    assert_eq!(first.iter().filter(|p| p.ends_with("/status")).count(), 500, "one batch");
+    assert!(first.iter().any(|p| p.ends_with("/configmaps/portcullis-gateway-default")), "the config goes out at once");
+    // The loop is told to run a status pass at once; it writes what is still missing.
+    tokio::time::timeout(Duration::from_secs(1), ctx.status_trigger.notified()).await.expect("a status pass is asked for");
+    let (second, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert_eq!(second.iter().filter(|p| p.ends_with("/status")).count(), 150, "{second:?}");
+    let programmed = ctx.stores.policies.state().iter().filter(|p| p.status.is_some()).count();
+    assert_eq!(programmed, 650);
+    let (third, _) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(third.iter().all(|p| !p.ends_with("/status")), "nothing left: {third:?}");
+}
