@@ -317,42 +317,12 @@ fn bench_cache(c: &mut Criterion) {
 fn bench_scale(c: &mut Criterion) {
     use std::sync::Arc;
 
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use portcullis::api::{AuthPolicy, SigningKey};
     use portcullis::controller::dataplane::History;
     use portcullis::controller::desired;
-    use portcullis::keys::schedule;
     let mut g = c.benchmark_group("scale");
     g.sample_size(10);
-    let now = jiff::Timestamp::now();
-    let mut policies = Vec::new();
-    let mut keys = Vec::new();
-    let mut secrets = BTreeMap::new();
-    for n in 0..100 {
-        let ns = format!("scale-{n:03}");
-        if n < 10 {
-            let mut sk: SigningKey = serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey",
-                "metadata": {"name": "internal", "namespace": ns, "uid": format!("uid-{ns}"), "generation": 1}, "spec": {"algorithm": "EdDSA"}}))
-            .unwrap();
-            let ring = schedule::plan(now, &sk.spec, Default::default(), &Default::default(), &mut schedule::generate).unwrap().ring;
-            secrets.insert(ns.clone(), Arc::new(desired::keyring_secret(&sk, &ring)));
-            sk.metadata.uid = Some(format!("uid-{ns}"));
-            keys.push(Arc::new(sk));
-        }
-        for i in 0..100 {
-            let mut p: AuthPolicy =
-                serde_json::from_value(portcullis::testkit::scale_policy(&ns, i, n < 10, "https://id.scale.test/jwks")).unwrap();
-            p.metadata.generation = Some(1);
-            p.metadata.uid = Some(format!("uid-{ns}-{i}"));
-            p.metadata.creation_timestamp = Some(Time(now));
-            policies.push(Arc::new(p));
-        }
-    }
-    let settings = portcullis::policy::tenancy::parse_settings(&format!(
-        "default: {{ mintingKeys: [{}] }}",
-        (0..10).map(|n| format!("scale-{n:03}/internal")).collect::<Vec<_>>().join(", ")
-    ))
-    .unwrap();
+    let portcullis::testkit::ScaleWorld { policies, signing_keys: keys, secrets, settings } =
+        portcullis::testkit::scale_world(100, 10_000, 10, "https://id.scale.test/jwks", |p| p);
     let ns = "portcullis";
     // One pass, as the controller runs it: the validations of the last pass are kept.
     let mut validations = portcullis::policy::ValidationCache::default();

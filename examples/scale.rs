@@ -210,51 +210,20 @@ async fn cleanup(client: Client) {
     }
 }
 
-/// The gateway config the controller would publish for these policies (no SigningKeys: the
-/// minting policies mint with keys of their own namespaces that this offline build generates).
+/// The gateway config the controller would publish for these policies.
 fn offline_config(file: &str, namespaces: usize, policies: usize, keys: usize) {
-    use std::collections::BTreeMap;
-    let now = jiff::Timestamp::now();
-    let mut published = BTreeMap::new();
-    let mut inputs = Vec::new();
+    use portcullis::controller::desired;
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    for n in 0..namespaces {
-        let ns = namespace(n);
-        if n < keys {
-            let key = portcullis::policy::KeyRef { namespace: ns.clone(), name: "internal".into() };
-            let spec: portcullis::api::SigningKeySpec = serde_json::from_value(json!({"algorithm": "EdDSA"})).unwrap();
-            let ring = portcullis::keys::schedule::plan(
-                now,
-                &spec,
-                Default::default(),
-                &Default::default(),
-                &mut portcullis::keys::schedule::generate,
-            )
-            .unwrap()
-            .ring;
-            published.insert(key.clone(), portcullis::keys::schedule::publish(&key, &spec, &ring).unwrap());
-        }
-        for i in 0..policies / namespaces {
-            let mut value = scale_policy(&ns, i, n < keys, "http://127.0.0.1:1/jwks");
-            if std::env::var_os("SCALE_RANDOM_NAMES").is_some() {
-                value = randomize_names(value, &format!("res{i}"), &mut seed);
-            }
-            let p: AuthPolicy = serde_json::from_value(value).unwrap();
-            let mut meta = portcullis::policy::PolicyMeta::new(&ns, &format!("p{i}"));
-            meta.generation = Some(1);
-            inputs.push(portcullis::policy::PolicyInput { meta, spec: p.spec.into(), last_good: None });
-        }
-    }
-    let settings = portcullis::policy::tenancy::parse_settings(&format!(
-        "default: {{ mintingKeys: [{}] }}",
-        (0..keys).map(|n| format!("{}/internal", namespace(n))).collect::<Vec<_>>().join(", ")
-    ))
-    .unwrap();
-    let tenancy = portcullis::policy::Tenancy {
-        settings: settings["default"].clone(),
-        platform_namespace: Some("portcullis".into()),
-        ..Default::default()
-    };
+    let random = std::env::var_os("SCALE_RANDOM_NAMES").is_some();
+    let mut i = 0;
+    let world = portcullis::testkit::scale_world(namespaces, policies, keys, "http://127.0.0.1:1/jwks", |p| {
+        let resource = format!("res{}", i % (policies / namespaces));
+        i += 1;
+        if random { randomize_names(p, &resource, &mut seed) } else { p }
+    });
+    let (published, _) = desired::published_keys(&world.signing_keys, |n, _| world.secrets.get(n).cloned());
+    let inputs = desired::policy_inputs(&world.policies, "default", &Default::default());
+    let tenancy = desired::tenancy(&world.settings, "portcullis", "default", &world.signing_keys, Default::default());
     let compiled = portcullis::policy::compile("default", &inputs, &published, &tenancy);
     std::fs::write(file, compiled.config.to_gzip()).unwrap();
     println!("{}: {} policies, {} routes", file, compiled.config.policies.len(), compiled.config.route_count());
@@ -264,10 +233,8 @@ fn offline_config(file: &str, namespaces: usize, policies: usize, keys: usize) {
 /// cache's objects (with a status as the controller writes it), one
 /// compilation with its validation cache, and what a pass keeps afterwards.
 fn memory(namespaces: usize, policies: usize, keys: usize) {
-    use std::sync::Arc;
     use std::sync::atomic::Ordering::Relaxed;
 
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use portcullis::controller::desired;
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     let mut last = LIVE.load(Relaxed);
@@ -277,28 +244,6 @@ fn memory(namespaces: usize, policies: usize, keys: usize) {
         last = live;
     };
     let now = jiff::Timestamp::now();
-    let mut signing_keys = Vec::new();
-    let mut secrets = std::collections::BTreeMap::new();
-    for n in 0..keys.min(namespaces) {
-        let ns = namespace(n);
-        let mut sk: SigningKey =
-            serde_json::from_value(json!({"metadata": {"name": "internal", "namespace": ns, "uid": format!("uid-{ns}"), "generation": 1},
-            "spec": {"algorithm": "EdDSA"}}))
-            .unwrap();
-        let ring = portcullis::keys::schedule::plan(
-            now,
-            &sk.spec,
-            Default::default(),
-            &Default::default(),
-            &mut portcullis::keys::schedule::generate,
-        )
-        .unwrap()
-        .ring;
-        secrets.insert(ns.clone(), Arc::new(desired::keyring_secret(&sk, &ring)));
-        sk.metadata.uid = Some(format!("uid-{ns}"));
-        signing_keys.push(Arc::new(sk));
-    }
-    step("SigningKeys and their keyring Secrets");
     let status = desired::policy_status(
         None,
         Some(1),
@@ -307,25 +252,15 @@ fn memory(namespaces: usize, policies: usize, keys: usize) {
         None,
         now,
     );
-    let mut cache = Vec::new();
-    for n in 0..namespaces {
-        let ns = namespace(n);
-        for i in 0..policies / namespaces {
-            let mut p: AuthPolicy = serde_json::from_value(scale_policy(&ns, i, n < keys, "https://id.scale.test/jwks")).unwrap();
-            p.metadata.generation = Some(1);
-            p.metadata.uid = Some(format!("0f5e8c3a-1d2b-4c5d-9e8f-{n:06}{i:06}"));
-            p.metadata.resource_version = Some(format!("{}", 100000 + n * 1000 + i));
-            p.metadata.creation_timestamp = Some(Time(now));
-            p.status = Some(status.clone());
-            cache.push(Arc::new(p));
-        }
-    }
-    step(&format!("watch cache: {} AuthPolicies with their statuses", cache.len()));
-    let settings = portcullis::policy::tenancy::parse_settings(&format!(
-        "default: {{ mintingKeys: [{}] }}",
-        (0..keys).map(|n| format!("{}/internal", namespace(n))).collect::<Vec<_>>().join(", ")
-    ))
-    .unwrap();
+    let mut version = 100_000;
+    let world = portcullis::testkit::scale_world(namespaces, policies, keys, "https://id.scale.test/jwks", |mut p| {
+        version += 1;
+        p["metadata"]["resourceVersion"] = json!(version.to_string());
+        p["status"] = serde_json::to_value(&status).unwrap();
+        p
+    });
+    let (signing_keys, secrets, settings, cache) = (world.signing_keys, world.secrets, world.settings, world.policies);
+    step(&format!("watch caches: {} AuthPolicies with their statuses, SigningKeys, keyring Secrets", cache.len()));
     let mut validations = portcullis::policy::ValidationCache::default();
     let (published, rings) = desired::published_keys(&signing_keys, |n, _| secrets.get(n).cloned());
     let inputs = desired::policy_inputs(&cache, "default", &Default::default());

@@ -143,3 +143,49 @@ pub fn scale_policy(namespace: &str, i: usize, mint: bool, jwks: &str) -> Value 
     }
     json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": format!("p{i}"), "namespace": ns}, "spec": spec})
 }
+
+/// What the controller's watch caches hold in a scale run, without a cluster: `policies`
+/// [`scale_policy`]s in `namespaces` namespaces (`scale-000`, …; uid, generation 1 and a creation
+/// time set as the API server would), a SigningKey `internal` with its keyring Secret in each of
+/// the first `keys`, and gateway settings that let the default gateway mint with them. `edit`
+/// may change each policy before it is parsed.
+pub struct ScaleWorld {
+    pub policies: Vec<std::sync::Arc<crate::api::AuthPolicy>>,
+    pub signing_keys: Vec<std::sync::Arc<crate::api::SigningKey>>,
+    /// Keyring Secrets by namespace.
+    pub secrets: BTreeMap<String, std::sync::Arc<k8s_openapi::api::core::v1::Secret>>,
+    pub settings: crate::policy::tenancy::SettingsByGateway,
+}
+
+pub fn scale_world(namespaces: usize, policies: usize, keys: usize, jwks: &str, mut edit: impl FnMut(Value) -> Value) -> ScaleWorld {
+    use std::sync::Arc;
+
+    use crate::keys::schedule;
+    let now = jiff::Timestamp::now();
+    let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+    let namespace = |n: usize| format!("scale-{n:03}");
+    let mut world = ScaleWorld { policies: Vec::new(), signing_keys: Vec::new(), secrets: BTreeMap::new(), settings: Default::default() };
+    for n in 0..keys.min(namespaces) {
+        let ns = namespace(n);
+        let sk: crate::api::SigningKey = serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "internal", "namespace": ns, "uid": format!("uid-{ns}"), "generation": 1}, "spec": {"algorithm": "EdDSA"}}))
+        .expect("a SigningKey");
+        let ring = schedule::plan(now, &sk.spec, Default::default(), &Default::default(), &mut schedule::generate).expect("a plan").ring;
+        world.secrets.insert(ns, Arc::new(crate::controller::desired::keyring_secret(&sk, &ring)));
+        world.signing_keys.push(Arc::new(sk));
+    }
+    for n in 0..namespaces {
+        let ns = namespace(n);
+        for i in 0..policies / namespaces {
+            let mut p: crate::api::AuthPolicy = serde_json::from_value(edit(scale_policy(&ns, i, n < keys, jwks))).expect("an AuthPolicy");
+            p.metadata.generation = Some(1);
+            p.metadata.uid = Some(format!("uid-{ns}-{i}"));
+            p.metadata.creation_timestamp = Some(time.clone());
+            world.policies.push(Arc::new(p));
+        }
+    }
+    let minting: Vec<String> = (0..keys.min(namespaces)).map(|n| format!("{}/internal", namespace(n))).collect();
+    world.settings =
+        crate::policy::tenancy::parse_settings(&format!("default: {{ mintingKeys: [{}] }}", minting.join(", "))).expect("settings");
+    world
+}
