@@ -180,6 +180,8 @@ fn default_values_render_a_least_privilege_secure_install() {
     let grpc =
         one(&objects, "Service", "portcullis-gateway")["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "grpc").cloned();
     assert_eq!(grpc.map(|p| (p["port"].clone(), p["appProtocol"].clone())), Some((json!(9001), json!("grpc"))));
+    let climit = controller["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"].as_str().unwrap();
+    assert_eq!(climit, "512Mi", "10,000 policies peak at half of it (docs/performance.md)");
     let cenv = controller["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
     assert!(!cenv.iter().any(|e| e["name"] == "PORTCULLIS_GATEWAY_SETTINGS"), "no settings: the safe default");
     for optional in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"] {
