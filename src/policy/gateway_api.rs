@@ -410,7 +410,9 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
                 Attachment::Conflicted(format!("policy {by} targets the same and is older; it applies instead"))
             }
         } else {
-            Attachment::TargetNotFound(format!("{} {} has no route rule attached to it", kind_name(c.target.kind), c.target.name))
+            // Attached, with no route on it yet (a Gateway without routes): it applies to the
+            // routes that attach later.
+            Attachment::Accepted { applied: vec![], overridden: 0 }
         };
         out.push((policy, c.target.clone(), attachment));
     }
@@ -554,6 +556,9 @@ mod tests {
         assert!(matches!(outcome(&all, "orders"), Attachment::Accepted { overridden: 1, .. }));
         // The Gateway's policy is the default where no route has one.
         assert_eq!(rules(outcome(&all, "gw-default")), ["search:rule 0"]);
+        // A Gateway without routes: attached, applying nowhere yet.
+        let alone = attach(&[policy("gw-default", 0, &[(Gateway, "web", None)])], &gateways, &[]);
+        assert_eq!(outcome(&alone, "gw-default"), &Attachment::Accepted { applied: vec![], overridden: 0 });
         // Without the search route, everything it targets is overridden.
         let only_orders = attach(
             &[policy("gw-default", 0, &[(Gateway, "web", None)]), policy("orders", 5, &[(HttpRoute, "orders", None)])],
