@@ -537,6 +537,80 @@ fn xpolicy(ns: &str, gateway: &str, name: &str, hosts: &[&str], public: bool, is
     })
 }
 
+/// What happens at the ConfigMap's 1 MiB on a real API server: policies the API server accepts
+/// whose config would not fit are not published; every policy of the gateway says so, and the
+/// last config keeps serving until they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: PORTCULLIS_E2E_KUBECONFIG=... cargo test --test cluster_e2e -- --ignored"]
+async fn a_config_too_large_for_a_configmap_is_refused_and_the_last_one_keeps_serving() {
+    let cluster = Cluster::new(kubeconfig()).await;
+    let (ns, gw) = (cluster.ns.clone(), cluster.gateway_name.clone());
+    let _controller = cluster.controller(free_port(), "controller-a");
+    let port = free_port();
+    let _gateway = cluster.gateway(port);
+    let api: Api<AuthPolicy> = Api::namespaced(cluster.client.clone(), &ns);
+    let host = format!("big-{}.test", cluster.suffix);
+    let public = |name: &str, paths: Vec<Value>| {
+        json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": name, "namespace": ns},
+               "spec": {"gateway": gw, "hosts": [host], "rules": [{"name": "r", "public": true, "match": {"paths": paths}}]}})
+    };
+    let ask = |path: &str| http(port, "GET", &host, &format!("/ext_authz{path}"), &[]).unwrap().status;
+    apply(&api, "small", public("small", vec![json!({"prefix": "/small"})])).await;
+    eventually("/small to be served", Duration::from_secs(10), async || (ask("/small/1") == 200).then_some(())).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns);
+
+    // 20 policies of 16 rules × 32 paths of 200 random characters: over 1 MiB compressed.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut path = || {
+        let chars: String = (0..200)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(seed % 36) as usize])
+            })
+            .collect();
+        json!({"prefix": format!("/{chars}")})
+    };
+    // Applied one by one, so the first ones may be published while they still fit; the last
+    // one never is.
+    let mut last_path = String::new();
+    for i in 0..20 {
+        let mut p = public(&format!("huge-{i}"), vec![]);
+        p["spec"]["rules"] = (0..16)
+            .map(|r| json!({"name": format!("r{r}"), "public": true, "match": {"paths": (0..32).map(|_| path()).collect::<Vec<_>>()}}))
+            .collect();
+        last_path = p["spec"]["rules"][0]["match"]["paths"][0]["prefix"].as_str().unwrap().to_owned();
+        apply(&api, &format!("huge-{i}"), p).await;
+    }
+    let message = eventually("every policy to say ConfigTooLarge", Duration::from_secs(30), async || {
+        let list = api.list(&Default::default()).await.ok()?;
+        let reasons: Vec<_> = list.items.iter().filter_map(|p| condition(p, "Programmed")).collect();
+        (reasons.len() == 21 && reasons.iter().all(|c| c.0 == "False" && c.1 == "ConfigTooLarge")).then(|| reasons[0].2.clone())
+    })
+    .await;
+    assert!(message.contains("over the 1048576 a ConfigMap holds") && message.contains("last published config keeps serving"), "{message}");
+    // Nothing more is written: the gateway keeps the last config that fit, without the last
+    // policy's routes.
+    let published = configmaps.get(&format!("portcullis-gateway-{gw}")).await.unwrap();
+    let bytes: usize = published.binary_data.iter().flatten().map(|(_, v)| v.0.len()).sum();
+    assert!(bytes <= 1 << 20, "{bytes}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = configmaps.get(&format!("portcullis-gateway-{gw}")).await.unwrap();
+    assert_eq!(now.metadata.resource_version, published.metadata.resource_version);
+    assert_eq!(ask("/small/1"), 200);
+    assert_eq!(ask(&format!("{last_path}/x")), 403, "a route of the config that did not fit");
+    // Gone again: the next config fits and is published.
+    for i in 0..20 {
+        api.delete(&format!("huge-{i}"), &DeleteParams::default()).await.unwrap();
+    }
+    eventually("small to be Programmed again", Duration::from_secs(15), async || {
+        condition(&api.get("small").await.ok()?, "Programmed").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(ask("/small/1"), 200);
+}
+
 /// The issue's squatter, on a real API server: namespace `own` protects `/x/1` on a host,
 /// namespace `bad` waits with a public rule for the same route. Nothing `bad` does, and no
 /// timing, ever makes `/x/1` answer without a token.
