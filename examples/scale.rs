@@ -294,16 +294,7 @@ fn memory(namespaces: usize, policies: usize, keys: usize) {
 /// The policy with its resource name (in paths and scopes) and its host replaced by random
 /// lowercase words: real names do not differ by a counter, and compress far less.
 fn randomize_names(policy: serde_json::Value, resource: &str, seed: &mut u64) -> serde_json::Value {
-    let mut word = |len: usize| -> String {
-        (0..len)
-            .map(|_| {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 7;
-                *seed ^= *seed << 17;
-                char::from(b'a' + (*seed % 26) as u8)
-            })
-            .collect()
-    };
+    let mut word = |len: usize| portcullis::testkit::random_word(seed, len, b"abcdefghijklmnopqrstuvwxyz");
     let text = policy.to_string();
     let host = policy["spec"]["hosts"][0].as_str().unwrap().to_owned();
     let text = text.replace(&host, &format!("{}.{}.example", word(8), word(6))).replace(resource, &word(10));

@@ -189,3 +189,16 @@ pub fn scale_world(namespaces: usize, policies: usize, keys: usize, jwks: &str, 
         crate::policy::tenancy::parse_settings(&format!("default: {{ mintingKeys: [{}] }}", minting.join(", "))).expect("settings");
     world
 }
+
+/// `len` characters of `alphabet`, drawn from a xorshift generator at `seed` (tests that need
+/// names or paths which do not compress, reproducibly).
+pub fn random_word(seed: &mut u64, len: usize, alphabet: &[u8]) -> String {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            char::from(alphabet[(*seed % alphabet.len() as u64) as usize])
+        })
+        .collect()
+}

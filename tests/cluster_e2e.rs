@@ -561,17 +561,8 @@ async fn a_config_too_large_for_a_configmap_is_refused_and_the_last_one_keeps_se
 
     // 20 policies of 16 rules × 32 paths of 200 random characters: over 1 MiB compressed.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut path = || {
-        let chars: String = (0..200)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(seed % 36) as usize])
-            })
-            .collect();
-        json!({"prefix": format!("/{chars}")})
-    };
+    let mut path =
+        || json!({"prefix": format!("/{}", portcullis::testkit::random_word(&mut seed, 200, b"abcdefghijklmnopqrstuvwxyz0123456789"))});
     // Applied one by one, so the first ones may be published while they still fit; the last
     // one never is.
     let mut last_path = String::new();

@@ -1022,17 +1022,7 @@ async fn a_config_too_large_for_a_configmap_is_refused_in_every_status_and_the_l
     assert_eq!(condition_of(&ctx, "orders", "Programmed"), ("True".into(), "ConfigPublished".into()));
     // Paths that do not compress: 20 policies whose config is well over a MiB gzipped.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut path = || {
-        let chars: String = (0..200)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(seed % 36) as usize])
-            })
-            .collect();
-        format!("/{chars}")
-    };
+    let mut path = || format!("/{}", crate::testkit::random_word(&mut seed, 200, b"abcdefghijklmnopqrstuvwxyz0123456789"));
     let mut huge = Vec::new();
     for i in 0..20 {
         let rules: Vec<Value> = (0..16)
