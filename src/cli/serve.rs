@@ -186,8 +186,9 @@ pub(super) async fn run_local(args: LocalArgs) -> Result<u8> {
             }
             Err(e) => tracing::error!("reload failed, the previous config keeps serving: {e}"),
         }
-        // Key files written by this load count as seen.
-        fingerprint = local.fingerprint();
+        // Key files written by this load count as seen; resource files as they were before it
+        // was read (one written while it loaded is loaded on the next round, not taken as seen).
+        fingerprint = local.seen_after_load(&current);
     }
     tracing::info!("shutting down");
     let _ = stop.send(true);

@@ -408,6 +408,14 @@ impl LocalDir {
         Ok(Loaded { scanned, compiled, rings, specs, key_events, next_wakeup })
     }
 
+    /// The fingerprint to compare the next round with, after a load that began at `before`: the
+    /// key files as this load left them, the resource files as they were when it began.
+    pub fn seen_after_load(&self, before: &[(PathBuf, Option<SystemTime>, u64)]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+        let keys = self.keys_dir();
+        let resources = before.iter().filter(|(p, ..)| !p.starts_with(&keys)).cloned();
+        resources.chain(self.fingerprint().into_iter().filter(|(p, ..)| p.starts_with(&keys))).collect()
+    }
+
     /// Changes to the resources or the keys (modification times and sizes).
     pub fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         let mut files = yaml_files(&self.dir);
@@ -640,5 +648,21 @@ spec:
         let want: Vec<String> = (1..40).map(|i| format!("p{i:02}.yaml")).collect();
         assert_eq!(files, want);
         assert!(scanned.problems[16].message.starts_with("not valid YAML"), "{}", scanned.problems[16].message);
+    }
+
+    #[test]
+    fn a_resource_written_while_a_load_runs_is_loaded_on_the_next_round() {
+        let d = Dir::new();
+        std::fs::write(d.tmp.path().join("key.yaml"), KEY).unwrap();
+        let before = d.local.fingerprint();
+        // The load writes keys; meanwhile someone edits a resource.
+        d.local.load(jiff::Timestamp::now(), &HashMap::new(), &d.memory).unwrap();
+        std::fs::write(d.tmp.path().join("key.yaml"), format!("{KEY}# edited\n")).unwrap();
+        let seen = d.local.seen_after_load(&before);
+        assert_ne!(seen, d.local.fingerprint(), "the edit is still to be loaded");
+        // Without an edit, the keys the load wrote count as seen.
+        let before = d.local.fingerprint();
+        d.local.load(jiff::Timestamp::now(), &HashMap::new(), &d.memory).unwrap();
+        assert_eq!(d.local.seen_after_load(&before), d.local.fingerprint());
     }
 }
