@@ -584,8 +584,8 @@ async fn a_config_too_large_for_a_configmap_is_refused_and_the_last_one_keeps_se
     // Nothing more is written: the gateway keeps the last config that fit, without the last
     // policy's routes.
     let published = configmaps.get(&format!("portcullis-gateway-{gw}")).await.unwrap();
-    let bytes: usize = published.binary_data.iter().flatten().map(|(_, v)| v.0.len()).sum();
-    assert!(bytes <= 1 << 20, "{bytes}");
+    let bytes = portcullis::controller::desired::configmap_bytes(&published);
+    assert!(bytes <= portcullis::controller::desired::CONFIGMAP_MAX_BYTES, "{bytes}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let now = configmaps.get(&format!("portcullis-gateway-{gw}")).await.unwrap();
     assert_eq!(now.metadata.resource_version, published.metadata.resource_version);

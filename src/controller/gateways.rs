@@ -255,8 +255,8 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
         let claims_cm = (compiled.ledger != held_now).then(|| desired::host_claims_configmap(ns, &gateway, &compiled.ledger));
         // The API server would refuse it, again on every retry: refused here, with the size in
         // every status, before anything of this pass is written.
-        let too_large = [(&cm, "config"), (claims_cm.as_ref().unwrap_or(&cm), "host claims")]
-            .into_iter()
+        let too_large = std::iter::once((&cm, "config"))
+            .chain(claims_cm.as_ref().map(|c| (c, "host claims")))
             .map(|(cm, object)| (object, desired::configmap_bytes(cm)))
             .find(|(_, bytes)| *bytes > desired::CONFIGMAP_MAX_BYTES);
         // Host claims first: a host the config serves is held before the config goes out, so
