@@ -1000,12 +1000,15 @@ async fn the_api_server_enforces_the_crds_schemas_and_cel_rules() {
             other => panic!("{kind} m{i} ({message}) was not refused: {other:?}"),
         }
     }
-    // The valid document is accepted, with the schema's default for the gateway.
-    let mut good = cel_cases::good_policy();
-    good["metadata"] = json!({"name": "good", "namespace": ns});
-    let created: AuthPolicy =
-        Api::namespaced(cluster.client.clone(), &ns).create(&PostParams::default(), &serde_json::from_value(good).unwrap()).await.unwrap();
-    assert_eq!(created.spec.gateway, "default");
+    // The valid documents are accepted, with the schema's default for the gateway.
+    for (i, mut good) in cel_cases::good_policies().into_iter().enumerate() {
+        good["metadata"] = json!({"name": if i == 0 { "good".to_owned() } else { format!("good-{i}") }, "namespace": ns});
+        let created: AuthPolicy = Api::namespaced(cluster.client.clone(), &ns)
+            .create(&PostParams::default(), &serde_json::from_value(good).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(created.spec.gateway, "default");
+    }
     let stored: DynamicObject =
         Api::namespaced_with(cluster.client.clone(), &ns, &ApiResource::erase::<AuthPolicy>(&())).get("good").await.unwrap();
     assert_eq!(stored.data["spec"]["gateway"], "default", "defaulted by the API server, not only by the client");

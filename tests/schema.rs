@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 #[path = "common/cel_cases.rs"]
 mod cel_cases;
-use cel_cases::{good_policy, issuer, mistakes, policy};
+use cel_cases::{good_policies, issuer, mistakes, policy};
 
 fn schema_for(kind: &str) -> Value {
     match kind {
@@ -191,5 +191,8 @@ fn common_mistakes_are_rejected_at_apply_time() {
         assert!(err.iter().any(|e| e.message.contains(message)), "{message}: got {err}");
     }
     // And the same documents minus the mistake are accepted (the rules are not over-eager).
-    validator.validate(&schema_for("AuthPolicy"), &good_policy(), None).unwrap();
+    for good in good_policies() {
+        validator.validate(&schema_for("AuthPolicy"), &good, None).unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert!(unknown_fields(&schema_for("AuthPolicy"), &good).is_empty());
+    }
 }

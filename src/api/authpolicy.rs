@@ -55,6 +55,14 @@ fn is_false(b: &bool) -> bool {
     {
         "rule": "self.rules.all(r, has(r.public) && r.public) || (has(self.issuers) && size(self.issuers) > 0)",
         "message": "rules that are not public need at least one entry in issuers"
+    },
+    {
+        "rule": "!has(self.targetRefs) || size(self.targetRefs) == 0 || !has(self.hosts) || size(self.hosts) == 0",
+        "message": "targetRefs and hosts are exclusive: a policy attached to Gateway API objects takes its hosts from them"
+    },
+    {
+        "rule": "self.rules.all(r, has(r.match)) || (has(self.targetRefs) && size(self.targetRefs) > 0)",
+        "message": "a rule without match covers its whole target, so it needs targetRefs"
     }
 ]))]
 pub struct AuthPolicySpec {
@@ -71,6 +79,18 @@ pub struct AuthPolicySpec {
     #[schemars(length(max = 64), inner(regex(pattern = HOST_PATTERN), length(max = 253)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub hosts: Vec<String>,
+
+    /// Gateway API objects this policy attaches to (GEP-713), in its own namespace: HTTPRoutes
+    /// and GRPCRoutes (a `sectionName` names one rule), or Gateways (a `sectionName` names one
+    /// listener; the policy is the default for routes without one of their own). The hosts and
+    /// paths come from the targets; rules may omit `match` or narrow it. Exclusive with `hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(a, self.exists_one(b, a.kind == b.kind && a.name == b.name && (has(a.sectionName) ? a.sectionName : '') == (has(b.sectionName) ? b.sectionName : '')))",
+        "message": "a target is listed twice"
+    }]))]
+    pub target_refs: Vec<PolicyTargetRef>,
 
     /// Token issuers whose tokens are trusted on this policy's routes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -103,6 +123,45 @@ pub struct AuthPolicySpec {
     /// policy safely; rules may override it. Default `Enforce`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+}
+
+/// A Gateway API object in the policy's namespace (GEP-713 `LocalPolicyTargetReferenceWithSectionName`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetRef {
+    /// `gateway.networking.k8s.io`.
+    #[schemars(regex(pattern = r"^gateway\.networking\.k8s\.io$"))]
+    pub group: String,
+    pub kind: TargetRefKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// An HTTPRoute or GRPCRoute rule's `name`, or a Gateway listener's `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECTION_NAME_PATTERN), length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+}
+
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+/// Gateway API's `SectionName`.
+pub const SECTION_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum TargetRefKind {
+    Gateway,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
+}
+
+impl TargetRefKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "Gateway",
+            Self::HttpRoute => "HTTPRoute",
+            Self::GrpcRoute => "GRPCRoute",
+        }
+    }
 }
 
 /// Whether decisions are enforced or only recorded.
@@ -297,8 +356,10 @@ pub struct Rule {
     /// Unique within the policy; shown in status, logs and metrics.
     #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
     pub name: String,
-    #[serde(rename = "match")]
-    pub match_: RouteMatch,
+    /// Required unless the policy has `targetRefs`; there it may be omitted (the whole target)
+    /// or narrow the target to some of its paths and methods.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub match_: Option<RouteMatch>,
     /// No token needed. Must be said explicitly: nothing is public by omission.
     #[serde(default, skip_serializing_if = "is_false")]
     pub public: bool,
@@ -604,6 +665,35 @@ pub struct AuthPolicyStatus {
     /// One line for `kubectl get`: e.g. `would deny 0.3% (wrong_audience)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_summary: Option<String>,
+    /// Per Gateway the policy applies through (GEP-713): whether it is accepted there and
+    /// enforced by both the gateway's wiring and the Portcullis replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+/// The status of a policy at one ancestor (a Gateway), in Gateway API's shape.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: AncestorRef,
+    /// `portcullis.dev/controller`.
+    pub controller_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Gateway API `ParentReference`, as far as an ancestor needs it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorRef {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -21,7 +21,11 @@ pub const POLICY_TEST_KIND: &str = "AuthPolicyTest";
 
 /// Every CRD Portcullis defines, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AuthPolicy::crd(), SigningKey::crd()]
+    let mut policy = AuthPolicy::crd();
+    // Gateway API's mark of a policy that attaches directly to its targets (GEP-713): tools
+    // such as gwctl find policies by it.
+    policy.metadata.labels = Some([("gateway.networking.k8s.io/policy".to_owned(), "Direct".to_owned())].into());
+    vec![policy, SigningKey::crd()]
 }
 
 /// The file name a CRD is kept under in `crds/`.

@@ -129,6 +129,18 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         p.add("gateway", format!("{:?} must match {DNS_LABEL_PATTERN}", spec.gateway));
     }
 
+    if !spec.target_refs.is_empty() && !spec.hosts.is_empty() {
+        p.add("targetRefs", "targetRefs and hosts are exclusive: a policy attached to Gateway API objects takes its hosts from them");
+    }
+    let mut targets = BTreeSet::new();
+    for (i, t) in spec.target_refs.iter().enumerate() {
+        if t.group != crate::api::GATEWAY_API_GROUP {
+            p.add(&format!("targetRefs[{i}]"), format!("group must be {}", crate::api::GATEWAY_API_GROUP));
+        }
+        if !targets.insert((t.kind, &t.name, &t.section_name)) {
+            p.add(&format!("targetRefs[{i}]"), "the target is listed twice");
+        }
+    }
     let mut hosts = BTreeSet::new();
     for h in &spec.hosts {
         match HostPattern::parse(h) {
@@ -182,11 +194,20 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         if !rule_names.insert(rule.name.as_str()) {
             p.add(&at, "rule name is used twice");
         }
-        if rule.match_.paths.is_empty() {
+        let (paths, rule_methods): (&[PathMatch], &[HttpMethod]) = match &rule.match_ {
+            Some(m) => (&m.paths, &m.methods),
+            // The whole target: paths come from it when the policy is bound to its routes.
+            None if !spec.target_refs.is_empty() => (&[], &[]),
+            None => {
+                p.add(&at, "match is required (a rule without match covers a whole target, which needs targetRefs)");
+                (&[], &[])
+            }
+        };
+        if rule.match_.as_ref().is_some_and(|m| m.paths.is_empty()) {
             p.add(&at, "match.paths needs at least one path");
         }
-        let mask = method_mask(&rule.match_.methods);
-        for (j, pm) in rule.match_.paths.iter().enumerate() {
+        let mask = method_mask(rule_methods);
+        for (j, pm) in paths.iter().enumerate() {
             match compile_path(pm) {
                 Ok(pattern) => {
                     if let Some((_, _, other)) = seen_routes.iter().find(|(pat, m, _)| *pat == pattern && m & mask != 0) {
@@ -197,7 +218,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
                 Err(e) => p.add(&format!("{at}.match.paths[{j}]"), e),
             }
         }
-        let methods: BTreeSet<HttpMethod> = rule.match_.methods.iter().copied().collect();
+        let methods: BTreeSet<HttpMethod> = rule_methods.iter().copied().collect();
 
         if rule.public && (!rule.require.is_empty() || !rule.any_of.is_empty()) {
             p.add(&at, "a public rule cannot have require or anyOf");
@@ -225,7 +246,10 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         let bound =
             rule.require.iter().chain(rule.any_of.iter().flat_map(|g| g.require.iter())).filter_map(|r| r.equals_path_param.as_deref());
         for name in bound {
-            for (j, pm) in rule.match_.paths.iter().enumerate() {
+            if rule.match_.is_none() {
+                p.add(&at, format!("equalsPathParam {name} needs match.paths with templates that have {{{name}}}"));
+            }
+            for (j, pm) in paths.iter().enumerate() {
                 let has = matches!(compile_path(pm), Ok(PathPattern::Template(t)) if t.segments.iter().any(|s| matches!(s, crate::policy::path::TemplateSegment::Param(n) if n == name)));
                 if !has {
                     p.add(
@@ -248,7 +272,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         }
         rules.push(RuleConfig {
             name: rule.name.clone(),
-            paths: rule.match_.paths.clone(),
+            paths: paths.to_vec(),
             methods: methods.into_iter().collect(),
             public: rule.public,
             optional,

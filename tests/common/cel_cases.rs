@@ -71,6 +71,15 @@ pub fn mistakes() -> Vec<(Value, &'static str)> {
             "clockSkew must be at most 5m",
         ),
         (
+            policy(json!({"issuers": [issuer()], "rules": [rule(json!({}))], "hosts": ["a.test"], "targetRefs": [route("orders")]})),
+            "targetRefs and hosts are exclusive",
+        ),
+        (policy(json!({"issuers": [issuer()], "rules": [{"name": "r"}]})), "a rule without match covers its whole target"),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [{"name": "r"}], "targetRefs": [route("orders"), route("orders")]})),
+            "a target is listed twice",
+        ),
+        (
             json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "k"},
                    "spec": {"algorithm": "ES256", "rotationInterval": "1h", "prePublish": "2h", "retain": "1h"}}),
             "prePublish must be shorter than rotationInterval",
@@ -83,7 +92,16 @@ pub fn mistakes() -> Vec<(Value, &'static str)> {
     ]
 }
 
-/// A valid document: the mistakes minus the mistake.
-pub fn good_policy() -> Value {
-    policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": true}]}))]}))
+pub fn route(name: &str) -> Value {
+    json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": name})
+}
+
+/// Valid documents: the mistakes minus the mistake.
+pub fn good_policies() -> Vec<Value> {
+    vec![
+        policy(json!({"issuers": [issuer()], "rules": [rule(json!({"require": [{"claim": "a", "exists": true}]}))]})),
+        // Attached: rules may omit match; the same route with and without a section are two targets.
+        policy(json!({"issuers": [issuer()], "rules": [{"name": "r"}, rule(json!({"name": "s"}))],
+                      "targetRefs": [route("orders"), {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders", "sectionName": "pay"}]})),
+    ]
 }
