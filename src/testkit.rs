@@ -89,6 +89,7 @@ pub fn inputs_from_yaml(yaml: &str) -> Vec<PolicyInput> {
             meta: PolicyMeta::new(d.namespace.as_deref().unwrap_or("default"), &d.name),
             spec: d.spec.into(),
             last_good: None,
+            attachment: None,
         })
         .collect()
 }

@@ -215,7 +215,7 @@ pub fn policy_inputs(policies: &[Arc<AuthPolicy>], gateway: &str, last_good: &Ha
         .map(|p| {
             let meta = policy_meta(p);
             let key = meta.key();
-            PolicyInput { spec: crate::policy::Spec::Object(p.clone()), last_good: last_good.get(&key).cloned(), meta }
+            PolicyInput { spec: crate::policy::Spec::Object(p.clone()), last_good: last_good.get(&key).cloned(), meta, attachment: None }
         })
         .collect()
 }

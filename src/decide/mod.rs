@@ -517,12 +517,13 @@ impl Engine {
         };
         let mut out = Vec::new();
         for p in &self.config.policies {
-            let host_ok = p.hosts.is_empty()
-                || p.hosts.iter().any(|h| crate::policy::host::HostPattern::parse(h).is_ok_and(|pat| pat.matches(&host)));
-            if !host_ok {
-                continue;
-            }
             for r in &p.rules {
+                let hosts = p.rule_hosts(r);
+                let host_ok = hosts.is_empty()
+                    || hosts.iter().any(|h| crate::policy::host::HostPattern::parse(h).is_ok_and(|pat| pat.matches(&host)));
+                if !host_ok {
+                    continue;
+                }
                 let path_ok = r.paths.iter().any(|pm| crate::policy::validate::compile_path(pm).is_ok_and(|pat| pat.matches(&path)));
                 if path_ok && !r.methods.is_empty() && !r.methods.iter().any(|m| m.as_str() == method) {
                     let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();

@@ -193,12 +193,11 @@ impl RouteTable {
         let mut table = RouteTable::default();
         let ranks = age_ranks(config);
         for (pi, policy) in config.policies.iter().enumerate() {
-            let hosts = if policy.hosts.is_empty() {
-                vec![HostPattern::Any]
-            } else {
-                policy.hosts.iter().map(|h| HostPattern::parse(h)).collect::<Result<_, _>>()?
-            };
             for (ri, rule) in policy.rules.iter().enumerate() {
+                let hosts = match policy.rule_hosts(rule) {
+                    [] => vec![HostPattern::Any],
+                    hosts => hosts.iter().map(|h| HostPattern::parse(h)).collect::<Result<_, _>>()?,
+                };
                 let methods = method_mask(&rule.methods);
                 for (xi, pm) in rule.paths.iter().enumerate() {
                     let pattern = compile_path(pm).map_err(|e| format!("{}/{} rule {}: {e}", policy.namespace, policy.name, rule.name))?;
@@ -298,6 +297,7 @@ mod tests {
                 .enumerate()
                 .map(|(r, (paths, methods))| RuleConfig {
                     name: format!("r{r}"),
+                    hosts: Vec::new(),
                     paths,
                     methods,
                     public: true,

@@ -806,3 +806,41 @@ fn audit_mode_allows_what_it_would_deny_and_says_why_with_identity_only_for_a_ve
     let d = decide(&engine, "GET", "api.example.com", "/orders/admin/x", &bearer(&token));
     assert!(matches!(d, Decision::Deny(Denied { reason: DenyReason::ClaimsNotSatisfied, .. })), "{d:?}");
 }
+
+#[test]
+fn a_policy_attached_to_routes_applies_each_route_rule_on_its_own_hosts_only() {
+    use crate::api::PathMatch;
+    use crate::policy::gateway_api::{Applied, RouteMatch};
+    use crate::policy::host::HostPattern;
+    let yaml = "name: p\nnamespace: shop\nspec:\n  targetRefs: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders }]\n  rules: [{ name: all, public: true }]\n";
+    let mut inputs = crate::testkit::inputs_from_yaml(yaml);
+    let applied = |host: &str, prefix: &str| Applied {
+        gateway: ("infra".into(), "web".into()),
+        route: ("shop".into(), "orders".into()),
+        rule: Some("r".into()),
+        hosts: vec![HostPattern::parse(host).unwrap()],
+        matches: vec![RouteMatch { path: PathMatch { prefix: Some(prefix.into()), ..Default::default() }, methods: vec![] }],
+    };
+    // Not resolved (local mode, no Gateway API): refused with the reason, nothing served.
+    let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
+    assert!(
+        matches!(&compiled.outcomes[0].outcome, Outcome::Rejected { rejection, .. } if rejection.reason == RejectReason::TargetNotFound)
+    );
+    assert!(compiled.config.policies.is_empty());
+    inputs[0].attachment = Some(Ok(vec![applied("a.test", "/orders"), applied("b.test", "/admin")]));
+    let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
+    assert_eq!(compiled.outcomes[0].outcome, Outcome::Accepted);
+    let e = engine(&compiled);
+    let none = HeaderMap::new();
+    assert!(decide(&e, "GET", "a.test", "/orders/1", &none).is_allow());
+    assert!(decide(&e, "GET", "b.test", "/admin", &none).is_allow());
+    // Each route's paths on its own hosts only, segment-wise.
+    assert_eq!(reason(&decide(&e, "GET", "a.test", "/admin", &none)), DenyReason::NoRoute);
+    assert_eq!(reason(&decide(&e, "GET", "b.test", "/orders", &none)), DenyReason::NoRoute);
+    assert_eq!(reason(&decide(&e, "GET", "a.test", "/ordersX", &none)), DenyReason::NoRoute);
+    // A route rule whose match Portcullis cannot reproduce: the policy is refused as a whole.
+    inputs[0].attachment =
+        Some(Err(crate::policy::Rejection { reason: RejectReason::Invalid, problems: vec!["RegularExpression".into()] }));
+    let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
+    assert!(compiled.config.policies.is_empty());
+}

@@ -401,6 +401,7 @@ impl LocalDir {
                 meta: meta.clone(),
                 spec: spec.clone().into(),
                 last_good: last_good.get(&meta.key()).cloned(),
+                attachment: None,
             })
             .collect();
         let tenancy = policy::Tenancy { held: memory.held.clone(), ..self.tenancy.clone() };

@@ -106,6 +106,10 @@ pub enum KeySource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
+    /// This rule's hosts where they are not the policy's (a policy attached to Gateway API
+    /// routes: each route has its own). Empty: the policy's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     pub paths: Vec<PathMatch>,
     /// Empty means every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -293,6 +297,7 @@ impl PolicyConfig {
         self.token_sources.shrink_to_fit();
         self.rules.shrink_to_fit();
         for r in &mut self.rules {
+            strings(&mut r.hosts);
             r.paths.shrink_to_fit();
             r.methods.shrink_to_fit();
             requirements(&mut r.require);
@@ -301,6 +306,11 @@ impl PolicyConfig {
             r.forward.claims_to_headers.0.shrink_to_fit();
             r.forward.claims_to_headers.0.iter_mut().for_each(|(_, c)| strings(c));
         }
+    }
+
+    /// The hosts a rule applies on (empty: every host).
+    pub fn rule_hosts<'a>(&'a self, rule: &'a RuleConfig) -> &'a [String] {
+        if rule.hosts.is_empty() { &self.hosts } else { &rule.hosts }
     }
 
     /// `namespace/name`, how policies are named in logs, metrics and maps.

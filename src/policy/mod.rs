@@ -39,6 +39,9 @@ pub struct PolicyInput {
     /// The last accepted version of this policy; it keeps serving while the current one is
     /// rejected as invalid or conflicting.
     pub last_good: Option<Arc<PolicyConfig>>,
+    /// For a policy with `targetRefs`: the route rules it applies to (`gateway_api::attach`),
+    /// or why it applies nowhere. `None`: nothing was resolved (no Gateway API here).
+    pub attachment: Option<Result<Vec<gateway_api::Applied>, Rejection>>,
 }
 
 /// A policy's spec as compiled: a copy of its own, or the object of a watch cache (10,000 specs
@@ -180,10 +183,12 @@ fn route_path(pm: &PathMatch) -> Option<(PatternKind, &str)> {
 /// Every route of a policy: (host, kind, path, methods, rule index, host index, path index);
 /// no host means every host (`*`).
 fn routes_of(cfg: &PolicyConfig) -> impl Iterator<Item = (&str, PatternKind, &str, u16, usize, usize, usize)> + '_ {
-    let hosts: Vec<&str> = if cfg.hosts.is_empty() { vec!["*"] } else { cfg.hosts.iter().map(String::as_str).collect() };
     cfg.rules.iter().enumerate().flat_map(move |(r, rule)| {
         let mask = validate::method_mask(&rule.methods);
-        let hosts = hosts.clone();
+        let hosts: Vec<&str> = match cfg.rule_hosts(rule) {
+            [] => vec!["*"],
+            hosts => hosts.iter().map(String::as_str).collect(),
+        };
         rule.paths
             .iter()
             .enumerate()
@@ -225,8 +230,12 @@ struct Held {
 impl Held {
     fn route(&self, h: &Holder) -> Option<(&str, PatternKind, &str)> {
         let cfg = &self.configs[h.policy as usize];
-        let host = if cfg.hosts.is_empty() { "*" } else { cfg.hosts.get(h.host as usize)? };
-        let (kind, path) = route_path(cfg.rules.get(h.rule as usize)?.paths.get(h.path as usize)?)?;
+        let rule = cfg.rules.get(h.rule as usize)?;
+        let host = match cfg.rule_hosts(rule) {
+            [] => "*",
+            hosts => hosts.get(h.host as usize)?,
+        };
+        let (kind, path) = route_path(rule.paths.get(h.path as usize)?)?;
         Some((host, kind, path))
     }
 }
@@ -318,7 +327,7 @@ pub fn compile_cached(
     let mut candidates: Vec<Candidate> = inputs
         .iter()
         .filter(|i| i.spec.gateway == gateway)
-        .map(|input| Candidate { input, current: cache.validate(input, keys, digest) })
+        .map(|input| Candidate { input, current: cache.validate(input, keys, digest).and_then(|cfg| bound(input, cfg)) })
         .collect();
     cache.keys = digest;
     let wanted: std::collections::HashSet<String> = candidates.iter().map(|c| c.input.meta.key()).collect();
@@ -355,9 +364,10 @@ pub fn compile_cached(
             },
             Err(r) => r,
         };
-        // A missing key cannot be served from memory: its public keys are gone too.
+        // A missing key cannot be served from memory: its public keys are gone too; nor a
+        // route that is gone.
         let previous = c.input.last_good.as_ref().filter(|prev| {
-            rejection.reason != RejectReason::KeyNotFound
+            !matches!(rejection.reason, RejectReason::KeyNotFound | RejectReason::TargetNotFound)
                 && key_exists(prev)
                 && tenancy.check(prev, &hosts).is_ok()
                 && find_conflict(&routes, &held, prev, by_time).is_none()
@@ -381,6 +391,24 @@ pub fn compile_cached(
     let signing_keys = used.iter().filter_map(|k| keys.get(k).cloned()).collect();
     outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Compiled { config: GatewayConfig::new(gateway, accepted, signing_keys), outcomes, ledger }
+}
+
+/// A validated policy as it applies: a policy with `targetRefs` bound to the route rules its
+/// attachment found (never cached: routes change without the policy changing).
+fn bound(input: &PolicyInput, cfg: Arc<PolicyConfig>) -> Result<Arc<PolicyConfig>, Rejection> {
+    if input.spec.target_refs.is_empty() {
+        return Ok(cfg);
+    }
+    match &input.attachment {
+        None => Err(Rejection {
+            reason: RejectReason::TargetNotFound,
+            problems: vec!["targetRefs name Gateway API objects, and none were read here (Gateway API is not installed, or this is local mode); use hosts instead".into()],
+        }),
+        Some(Err(rejection)) => Err(rejection.clone()),
+        Some(Ok(applied)) => gateway_api::bind::bind(&cfg, applied)
+            .map(Arc::new)
+            .map_err(|problems| Rejection { reason: RejectReason::Invalid, problems }),
+    }
 }
 
 /// SigningKeys a policy depends on, for verification or for minting.

@@ -245,6 +245,7 @@ mod tests {
         let mut p = policy(ns, &["a.test"]);
         p.rules.push(RuleConfig {
             name: "r".into(),
+            hosts: Vec::new(),
             paths: Vec::new(),
             methods: Vec::new(),
             public: false,

@@ -74,6 +74,10 @@ pub enum RejectReason {
     KeyNotFound,
     HostNotAllowed,
     SigningKeyNotAllowed,
+    /// A `targetRefs` entry names nothing the gateways route (or Gateway API is not there).
+    TargetNotFound,
+    /// The target's Gateway is of a class Portcullis cannot wire.
+    Unsupported,
 }
 
 impl RejectReason {
@@ -84,6 +88,8 @@ impl RejectReason {
             Self::KeyNotFound => "KeyNotFound",
             Self::HostNotAllowed => "HostNotAllowed",
             Self::SigningKeyNotAllowed => "SigningKeyNotAllowed",
+            Self::TargetNotFound => "TargetNotFound",
+            Self::Unsupported => "Unsupported",
         }
     }
 }
@@ -272,6 +278,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         }
         rules.push(RuleConfig {
             name: rule.name.clone(),
+            hosts: Vec::new(),
             paths: paths.to_vec(),
             methods: methods.into_iter().collect(),
             public: rule.public,
