@@ -2,6 +2,7 @@
 
 mod authpolicy;
 mod duration;
+pub mod gateway_api;
 pub mod schema_check;
 mod signingkey;
 

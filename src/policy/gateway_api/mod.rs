@@ -6,6 +6,7 @@
 //! protected fewer requests than the gateway routes would let the rest through.
 
 use crate::api::PathMatch;
+pub use crate::api::gateway_api::{GrpcMethodMatch, GrpcRouteMatch, HttpPathMatch, HttpRouteMatch};
 
 use super::host::HostPattern;
 
@@ -51,36 +52,6 @@ fn covers(outer: &HostPattern, inner: &HostPattern) -> bool {
     }
 }
 
-/// An HTTPRoute rule match, as far as the authorizer reads it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpRouteMatch {
-    #[serde(default)]
-    pub path: Option<HttpPathMatch>,
-    #[serde(default)]
-    pub method: Option<String>,
-    #[serde(default)]
-    pub headers: Vec<serde_json::Value>,
-    #[serde(default)]
-    pub query_params: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct HttpPathMatch {
-    #[serde(rename = "type", default = "path_prefix")]
-    pub kind: String,
-    #[serde(default = "root")]
-    pub value: String,
-}
-
-fn path_prefix() -> String {
-    "PathPrefix".into()
-}
-
-fn root() -> String {
-    "/".into()
-}
-
 /// A route match as Portcullis matches requests: a path and the methods (empty: any).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
@@ -103,7 +74,7 @@ pub fn route_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
     if !m.query_params.is_empty() {
         return Err("query parameter matches are not reproduced by the authorizer; split the rule or attach to a route without them".into());
     }
-    let path = m.path.clone().unwrap_or(HttpPathMatch { kind: path_prefix(), value: root() });
+    let path = m.path.clone().unwrap_or_default();
     if !path.value.starts_with('/') {
         return Err(format!("path {:?} does not start with '/'", path.value));
     }
@@ -119,29 +90,6 @@ pub fn route_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
         other => return Err(format!("path match type {other:?} is not part of Gateway API")),
     };
     Ok(RouteMatch { path, methods: m.method.iter().cloned().collect() })
-}
-
-/// A GRPCRoute rule match, as far as the authorizer reads it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-pub struct GrpcRouteMatch {
-    #[serde(default)]
-    pub method: Option<GrpcMethodMatch>,
-    #[serde(default)]
-    pub headers: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct GrpcMethodMatch {
-    #[serde(rename = "type", default = "exact")]
-    pub kind: String,
-    #[serde(default)]
-    pub service: Option<String>,
-    #[serde(default)]
-    pub method: Option<String>,
-}
-
-fn exact() -> String {
-    "Exact".into()
 }
 
 /// The Portcullis match for one GRPCRoute match: a gRPC call is `POST /<service>/<method>`, so a
@@ -172,6 +120,7 @@ pub fn grpc_route_match(m: &GrpcRouteMatch) -> Result<RouteMatch, String> {
 
 pub mod attach;
 pub mod bind;
+pub mod topology;
 
 pub use attach::{Applied, Attaching, Attachment, Gateway, Route, RouteRule, TargetKind, TargetRef, attach};
 
