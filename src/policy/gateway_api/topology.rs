@@ -121,7 +121,7 @@ mod tests {
             "spec": {"hostnames": ["api.shop.test"], "rules": [{"name": "read", "matches": [{"path": {"type": "PathPrefix", "value": "/orders"}}]}, {}]},
             "status": {"parents": [accepted(Some("https"), "True"), {"parentRef": {"name": "other"}, "controllerName": "x", "conditions": []}]}
         }));
-        let rs = routes(&[route.clone()], &[], &gws);
+        let rs = routes(std::slice::from_ref(&route), &[], &gws);
         assert_eq!(rs[0].parents, [(("infra".to_owned(), "web".to_owned()), vec!["https".to_owned()])]);
         assert_eq!(rs[0].rules[0].matches.as_ref().unwrap()[0].path.prefix.as_deref(), Some("/orders"));
         assert_eq!(rs[0].rules[1].matches.as_ref().unwrap()[0].path.prefix.as_deref(), Some("/"), "no matches: PathPrefix /");
