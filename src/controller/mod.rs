@@ -20,6 +20,7 @@ mod gateways;
 pub mod leader;
 pub mod metrics;
 mod signingkeys;
+pub mod wiring;
 
 #[cfg(test)]
 mod api_tests;

@@ -2,7 +2,10 @@
 validation does (types, required, enums, patterns, lengths, bounds). CEL rules are checked in
 Rust with kube-cel; unknown fields with the CRD's own structure.
 
-    python3 tests/schema/validate.py CRD_YAML < documents.json
+    python3 tests/schema/validate.py CRD_YAML [KIND VERSION] < documents.json
+
+KIND and VERSION pick one CRD of a multi-document file and one of its versions (default: the
+first CRD, its first version).
 
 Reads a JSON array of documents; prints a JSON array with, per document, the list of errors.
 """
@@ -30,8 +33,14 @@ def openapi_to_jsonschema(node):
 
 
 with open(sys.argv[1]) as f:
-    crd = yaml.safe_load(f)
-schema = openapi_to_jsonschema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    crds = [d for d in yaml.safe_load_all(f) if d]
+if len(sys.argv) > 3:
+    crd = next(d for d in crds if d["spec"]["names"]["kind"] == sys.argv[2])
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == sys.argv[3])
+else:
+    crd = crds[0]
+    version = crd["spec"]["versions"][0]
+schema = openapi_to_jsonschema(version["schema"]["openAPIV3Schema"])
 validator = jsonschema.Draft7Validator(schema)
 documents = json.load(sys.stdin)
 result = []
