@@ -173,14 +173,18 @@ fn exact() -> String {
     "Exact".into()
 }
 
-/// Envoy Gateway's `SecurityPolicy`, as far as Portcullis reads one it did not write: what it
-/// targets (Envoy Gateway applies one SecurityPolicy per target).
+/// Envoy Gateway's `SecurityPolicy`: the ones Portcullis writes, and the users' (Envoy Gateway
+/// applies one per target). The spec is kept as written.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(group = "gateway.envoyproxy.io", version = "v1alpha1", kind = "SecurityPolicy", namespaced)]
-#[serde(rename_all = "camelCase")]
-pub struct SecurityPolicySpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub target_refs: Vec<Value>,
-}
+pub struct SecurityPolicySpec(pub serde_json::Map<String, Value>);
+
+/// Istio's `AuthorizationPolicy`, as Portcullis writes it (spec kept as written).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(group = "security.istio.io", version = "v1", kind = "AuthorizationPolicy", namespaced)]
+pub struct AuthorizationPolicySpec(pub serde_json::Map<String, Value>);
+
+/// Gateway API's `ReferenceGrant`, as Portcullis writes it (spec kept as written).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(group = "gateway.networking.k8s.io", version = "v1beta1", kind = "ReferenceGrant", namespaced)]
+pub struct ReferenceGrantSpec(pub serde_json::Map<String, Value>);

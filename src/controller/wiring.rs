@@ -7,14 +7,16 @@
 //!                                                         └─ Istio: AuthorizationPolicy CUSTOM → Gateway
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api::gateway_api::SecurityPolicy;
-use crate::policy::gateway_api::{TargetKind, TargetRef};
+use crate::api::gateway_api::{GRPCRoute, Gateway as GatewayObject, GatewayClass, HTTPRoute, SecurityPolicy};
+use crate::api::{AuthPolicy, TargetRefKind};
+use crate::policy::gateway_api::{Applied, Attaching, Attachment, TargetKind, TargetRef, attach, topology};
 use crate::policy::host::HostPattern;
+use crate::policy::{RejectReason, Rejection};
 
 use super::desired::MANAGED_BY;
 
@@ -232,13 +234,211 @@ pub fn foreign_security_policy<'a>(existing: &'a [std::sync::Arc<SecurityPolicy>
         .filter(|sp| sp.metadata.namespace.as_deref() == Some(namespace))
         .filter(|sp| sp.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) != Some(MANAGED_BY.1))
         .find(|sp| {
-            sp.spec.target_ref.iter().chain(sp.spec.target_refs.iter()).any(|r| {
+            let single = sp.spec.0.get("targetRef").into_iter();
+            let many = sp.spec.0.get("targetRefs").and_then(Value::as_array).into_iter().flatten();
+            single.chain(many).any(|r| {
                 r["kind"] == kind_name(target.kind)
                     && r["name"] == target.name.as_str()
                     && r.get("sectionName").and_then(Value::as_str).is_none_or(|s| Some(s) == target.section.as_deref())
             })
         })
         .and_then(|sp| sp.metadata.name.as_deref())
+}
+
+/// The Gateway API objects of the cluster, as the watch caches hold them.
+#[derive(Default, Clone)]
+pub struct World {
+    pub classes: Vec<std::sync::Arc<GatewayClass>>,
+    pub gateways: Vec<std::sync::Arc<GatewayObject>>,
+    pub http_routes: Vec<std::sync::Arc<HTTPRoute>>,
+    pub grpc_routes: Vec<std::sync::Arc<GRPCRoute>>,
+    pub security_policies: Vec<std::sync::Arc<SecurityPolicy>>,
+}
+
+/// What an attached policy is at one Gateway: accepted or why not (GEP-713 reasons), and the
+/// object that wires it there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ancestor {
+    pub gateway: (String, String),
+    pub section: Option<String>,
+    /// `Err((reason, message))`.
+    pub accepted: Result<(), (RejectReason, String)>,
+    /// The generated object (kind, namespace, name) that routes this Gateway's requests to the
+    /// authorizer.
+    pub wired_by: Option<(String, String, String)>,
+}
+
+/// Everything Gateway API decides for one pass: what each attached policy compiles from, its
+/// ancestors, and the objects that must exist.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub attachments: HashMap<String, Result<Vec<Applied>, Rejection>>,
+    pub ancestors: HashMap<String, Vec<Ancestor>>,
+    /// (kind, namespace, name) → the object.
+    pub objects: BTreeMap<(String, String, String), Value>,
+}
+
+fn object_key(doc: &Value) -> (String, String, String) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (s(&doc["kind"]), s(&doc["metadata"]["namespace"]), s(&doc["metadata"]["name"]))
+}
+
+/// Resolves every policy with `targetRefs` against the Gateway API objects and the settings.
+pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &WiringSettings) -> Plan {
+    let gateways = topology::gateways(&world.gateways);
+    let routes = topology::routes(&world.http_routes, &world.grpc_routes, &gateways);
+    let attached: Vec<&std::sync::Arc<AuthPolicy>> = policies.iter().filter(|p| !p.spec.target_refs.is_empty()).collect();
+    let attaching: Vec<Attaching> = attached
+        .iter()
+        .map(|p| Attaching {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            targets: p
+                .spec
+                .target_refs
+                .iter()
+                .map(|t| TargetRef {
+                    kind: match t.kind {
+                        TargetRefKind::Gateway => TargetKind::Gateway,
+                        TargetRefKind::HttpRoute => TargetKind::HttpRoute,
+                        TargetRefKind::GrpcRoute => TargetKind::GrpcRoute,
+                    },
+                    name: t.name.clone(),
+                    section: t.section_name.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    let outcomes = attach(&attaching, &gateways, &routes);
+    let class_of = |ns: &str, name: &str| -> Result<Integration, String> {
+        let g = world.gateways.iter().find(|g| g.metadata.namespace.as_deref() == Some(ns) && g.metadata.name.as_deref() == Some(name));
+        let Some(g) = g else { return Err(format!("Gateway {ns}/{name} does not exist")) };
+        let class = &g.spec.gateway_class_name;
+        let controller = world.classes.iter().find(|c| c.metadata.name.as_deref() == Some(class)).map(|c| c.spec.controller_name.as_str());
+        settings.integration(class, controller)
+    };
+    let mut plan = Plan::default();
+    for p in attached {
+        let (namespace, name) = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+        let key = format!("{namespace}/{name}");
+        let owner = Owner { namespace: &namespace, name: &name, uid: p.metadata.uid.as_deref().unwrap_or_default() };
+        let authorizer = settings.authorizers.get(&p.spec.gateway);
+        let mut applied_all: Vec<Applied> = Vec::new();
+        let mut problems: Vec<(RejectReason, String)> = Vec::new();
+        let mut ancestors: Vec<Ancestor> = Vec::new();
+        // Istio: one AuthorizationPolicy per Gateway, for the hosts this policy applies on there.
+        let mut istio_hosts: BTreeMap<(String, String), Vec<HostPattern>> = BTreeMap::new();
+        for (_, target, outcome) in outcomes.iter().filter(|(k, _, _)| *k == key) {
+            let target_gateways: Vec<(String, String)> = match target.kind {
+                TargetKind::Gateway => vec![(namespace.clone(), target.name.clone())],
+                kind => routes
+                    .iter()
+                    .find(|r| r.kind == kind && r.namespace == namespace && r.name == target.name)
+                    .map(|r| r.parents.iter().map(|(g, _)| g.clone()).collect())
+                    .unwrap_or_default(),
+            };
+            let refused = |reason: RejectReason, why: &str| (reason, why.to_owned());
+            let verdict = match outcome {
+                Attachment::Accepted { .. } => Ok(()),
+                Attachment::TargetNotFound(why) => Err(refused(RejectReason::TargetNotFound, why)),
+                Attachment::Conflicted(why) | Attachment::Overridden(why) => Err(refused(RejectReason::Conflicted, why)),
+                Attachment::Invalid(why) => Err(refused(RejectReason::Invalid, why)),
+            };
+            if let Err(e) = &verdict {
+                problems.push(e.clone());
+            }
+            if target_gateways.is_empty() {
+                ancestors.push(Ancestor {
+                    gateway: (namespace.clone(), target.name.clone()),
+                    section: None,
+                    accepted: verdict.clone(),
+                    wired_by: None,
+                });
+            }
+            for gw in target_gateways {
+                let mut ancestor = Ancestor { gateway: gw.clone(), section: None, accepted: verdict.clone(), wired_by: None };
+                if target.kind == TargetKind::Gateway {
+                    ancestor.section = target.section.clone();
+                }
+                if verdict.is_ok() {
+                    match class_of(&gw.0, &gw.1) {
+                        Err(why) => {
+                            ancestor.accepted = Err((RejectReason::Unsupported, why.clone()));
+                            problems.push((RejectReason::Unsupported, why));
+                        }
+                        Ok(Integration::EnvoyGateway) => {
+                            match (authorizer, foreign_security_policy(&world.security_policies, &namespace, target)) {
+                                (_, Some(theirs)) => {
+                                    let why = format!(
+                                        "SecurityPolicy {namespace}/{theirs} already targets {} {}; Envoy Gateway applies one per target, so Portcullis does not wire it",
+                                        kind_name(target.kind),
+                                        target.name
+                                    );
+                                    ancestor.accepted = Err((RejectReason::Conflicted, why.clone()));
+                                    problems.push((RejectReason::Conflicted, why));
+                                }
+                                (None, None) => {
+                                    let why = format!(
+                                        "no authorizer Service is configured for Portcullis gateway {:?} (gatewayAPI.authorizers)",
+                                        p.spec.gateway
+                                    );
+                                    ancestor.accepted = Err((RejectReason::Invalid, why.clone()));
+                                    problems.push((RejectReason::Invalid, why));
+                                }
+                                (Some(svc), None) => {
+                                    let sp = security_policy(&owner, target, svc);
+                                    ancestor.wired_by = Some(object_key(&sp));
+                                    plan.objects.insert(object_key(&sp), sp);
+                                    if svc.namespace != namespace {
+                                        let grant = reference_grant(&namespace, svc);
+                                        plan.objects.insert(object_key(&grant), grant);
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Integration::Istio) => {
+                            istio_hosts.entry(gw.clone()).or_default();
+                            ancestor.wired_by =
+                                Some(("AuthorizationPolicy".into(), gw.0.clone(), object_name(&["portcullis", &namespace, &name], 253)));
+                        }
+                    }
+                }
+                if let Attachment::Accepted { applied, .. } = outcome
+                    && ancestor.accepted.is_ok()
+                {
+                    for a in applied.iter().filter(|a| a.gateway == gw) {
+                        if let Some(hosts) = istio_hosts.get_mut(&gw) {
+                            hosts.extend(a.hosts.iter().filter(|h| !hosts.contains(h)).cloned().collect::<Vec<_>>());
+                        }
+                        applied_all.push(a.clone());
+                    }
+                }
+                if !ancestors.iter().any(|a| a.gateway == ancestor.gateway && a.section == ancestor.section) {
+                    ancestors.push(ancestor);
+                }
+            }
+        }
+        for (gw, hosts) in istio_hosts.into_iter().filter(|(_, h)| !h.is_empty()) {
+            let ap = authorization_policy(&owner, (&gw.0, &gw.1), &hosts, &settings.istio_provider);
+            plan.objects.insert(object_key(&ap), ap);
+        }
+        // A target that cannot be reproduced refuses the whole policy (its last good version
+        // keeps serving); otherwise it applies where it could attach, and says where not.
+        let invalid: Vec<String> = problems.iter().filter(|(r, _)| *r == RejectReason::Invalid).map(|(_, m)| m.clone()).collect();
+        let attachment = if !invalid.is_empty() {
+            Err(Rejection { reason: RejectReason::Invalid, problems: invalid })
+        } else if applied_all.is_empty() && !problems.is_empty() {
+            Err(Rejection { reason: problems[0].0, problems: problems.iter().map(|(_, m)| m.clone()).collect() })
+        } else {
+            Ok(applied_all)
+        };
+        ancestors.sort_by(|a, b| (&a.gateway, &a.section).cmp(&(&b.gateway, &b.section)));
+        ancestors.truncate(16);
+        plan.attachments.insert(key.clone(), attachment);
+        plan.ancestors.insert(key, ancestors);
+    }
+    plan
 }
 
 #[cfg(test)]
@@ -284,5 +484,107 @@ mod tests {
         // Every host: every request through the Gateway.
         let all = authorization_policy(&owner, ("shop", "web"), &[HostPattern::Any], "portcullis");
         assert_eq!(all["spec"]["rules"], json!([{}]));
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn accepted_by(gw: &str) -> Value {
+        json!({"parents": [{"parentRef": {"name": gw, "namespace": "infra"}, "controllerName": "x",
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]})
+    }
+
+    fn world() -> World {
+        let class = |name: &str, controller: &str| {
+            obj(
+                json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": name}, "spec": {"controllerName": controller}}),
+            )
+        };
+        let gateway = |name: &str, class: &str| {
+            obj(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"namespace": "infra", "name": name},
+                "spec": {"gatewayClassName": class, "listeners": [{"name": "https", "hostname": "*.shop.test"}]}}))
+        };
+        let route = |name: &str, gw: &str| {
+            obj(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"namespace": "shop", "name": name},
+                "spec": {"hostnames": [format!("{name}.shop.test")], "rules": [{"name": "all", "matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]},
+                "status": accepted_by(gw)}))
+        };
+        World {
+            classes: vec![
+                class("eg", "gateway.envoyproxy.io/gatewayclass-controller"),
+                class("istio", "istio.io/gateway-controller"),
+                class("nginx", "gateway.nginx.org/nginx-gateway-controller"),
+            ],
+            gateways: vec![gateway("eg-web", "eg"), gateway("istio-web", "istio"), gateway("nginx-web", "nginx")],
+            http_routes: vec![route("orders", "eg-web"), route("mesh", "istio-web"), route("plain", "nginx-web"), route("taken", "eg-web")],
+            grpc_routes: vec![],
+            security_policies: vec![obj(json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+                "metadata": {"namespace": "shop", "name": "their-own"},
+                "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "taken"}], "basicAuth": {}}}))],
+        }
+    }
+
+    fn policy(name: &str, route: &str) -> Arc<AuthPolicy> {
+        obj(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"namespace": "shop", "name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": route}], "rules": [{"name": "r", "public": true}]}}))
+    }
+
+    fn settings() -> WiringSettings {
+        WiringSettings {
+            authorizers: [(
+                "default".to_owned(),
+                ServiceRef { namespace: "portcullis".into(), name: "portcullis-gateway".into(), port: 9001 },
+            )]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_gateway_class_gets_its_wiring_and_the_rest_are_refused_by_name() {
+        let policies = [
+            policy("orders", "orders"),
+            policy("mesh", "mesh"),
+            policy("plain", "plain"),
+            policy("taken", "taken"),
+            policy("gone", "nope"),
+        ];
+        let plan = plan(&policies, &world(), &settings());
+        let kinds: Vec<(&str, &str, &str)> = plan.objects.keys().map(|(k, n, m)| (k.as_str(), n.as_str(), m.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("AuthorizationPolicy", "infra", "portcullis-shop-mesh"),
+                ("ReferenceGrant", "portcullis", "portcullis-portcullis-gateway-from-shop"),
+                ("SecurityPolicy", "shop", "portcullis-orders-httproute-orders"),
+            ]
+        );
+        let accepted = |p: &str| {
+            plan.ancestors[&format!("shop/{p}")].iter().map(|a| a.accepted.clone().map_err(|(r, m)| (r.as_str(), m))).collect::<Vec<_>>()
+        };
+        assert_eq!(accepted("orders"), [Ok(())]);
+        assert!(plan.attachments["shop/orders"].as_ref().is_ok_and(|a| a.len() == 1));
+        assert!(matches!(&accepted("plain")[0], Err(("Unsupported", m)) if m.contains("gateway.nginx.org/nginx-gateway-controller")));
+        assert!(matches!(&plan.attachments["shop/plain"], Err(r) if r.reason == RejectReason::Unsupported), "never served as if protected");
+        assert!(matches!(&accepted("taken")[0], Err(("Conflicted", m)) if m.contains("shop/their-own")));
+        assert!(matches!(&plan.attachments["shop/gone"], Err(r) if r.reason == RejectReason::TargetNotFound));
+        // Istio: the authorizer matches the route itself, on the route's hosts.
+        let ap = &plan.objects[&("AuthorizationPolicy".to_owned(), "infra".to_owned(), "portcullis-shop-mesh".to_owned())];
+        assert_eq!(ap["spec"]["rules"][0]["to"][0]["operation"]["hosts"], json!(["mesh.shop.test", "mesh.shop.test:*"]));
+    }
+
+    #[test]
+    fn without_an_authorizer_service_nothing_is_wired_and_the_policy_says_why() {
+        let plan = plan(&[policy("orders", "orders")], &world(), &WiringSettings::default());
+        assert!(plan.objects.is_empty());
+        assert!(matches!(&plan.attachments["shop/orders"], Err(r) if r.message().contains("gatewayAPI.authorizers")));
     }
 }
