@@ -210,6 +210,9 @@ impl Drop for Cluster {
                 let dp = DeleteParams::default();
                 for (kind, name) in scoped {
                     let _ = match kind {
+                        "GatewayClass" => {
+                            Api::<portcullis::api::gateway_api::GatewayClass>::all(client.clone()).delete(&name, &dp).await.map(|_| ())
+                        }
                         "ValidatingAdmissionPolicy" => {
                             Api::<ValidatingAdmissionPolicy>::all(client.clone()).delete(&name, &dp).await.map(|_| ())
                         }
@@ -1012,6 +1015,162 @@ async fn the_api_server_enforces_the_crds_schemas_and_cel_rules() {
     let stored: DynamicObject =
         Api::namespaced_with(cluster.client.clone(), &ns, &ApiResource::erase::<AuthPolicy>(&())).get("good").await.unwrap();
     assert_eq!(stored.data["spec"]["gateway"], "default", "defaulted by the API server, not only by the client");
+}
+
+/// The official CRDs of Gateway API, Envoy Gateway and Istio (`../shared/crds/`), as they are.
+async fn install_official_crds(client: &Client) {
+    let dir = std::env::var_os("PORTCULLIS_SHARED_CRDS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/crds"));
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in [
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_gatewayclasses.yaml",
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_gateways.yaml",
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_httproutes.yaml",
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_grpcroutes.yaml",
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_referencegrants.yaml",
+        "envoy-gateway-v1.9.0/gateway.envoyproxy.io_securitypolicies.yaml",
+        "istio-v1.30.3/security.istio.io.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for doc in docs.into_iter().filter(|d| d["kind"] == "CustomResourceDefinition") {
+            let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+            apply(&crds, &name, doc).await;
+            eventually("the CRD to be established", Duration::from_secs(30), async || {
+                let c = crds.get(&name).await.ok()?;
+                c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+/// Accepts a route on its parent Gateway, as the gateway's own controller would (status).
+async fn accept_route(client: &Client, ns: &str, name: &str, gateway_ns: &str, gateway: &str, controller: &str) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute")),
+    );
+    let status = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "status": {"parents": [{
+        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": gateway_ns, "name": gateway},
+        "controllerName": controller,
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]
+    }]}});
+    api.patch_status(name, &PatchParams::apply("e2e-gateway-controller").force(), &Patch::Apply(&status)).await.unwrap();
+}
+
+/// Gateway API on a real API server with the official CRDs: an AuthPolicy attached to an
+/// HTTPRoute gets a SecurityPolicy the API server accepts (schema and CEL), a ReferenceGrant for
+/// the authorizer in another namespace, and ancestors in its status; a user's own
+/// SecurityPolicy, an unsupported class and a deleted route are reported, and nothing is left
+/// wired that no policy needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: PORTCULLIS_E2E_KUBECONFIG=... cargo test --test cluster_e2e -- --ignored"]
+async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_api_server() {
+    let cluster = Cluster::with_namespaces(kubeconfig(), &["infra"]).await;
+    install_official_crds(&cluster.client).await;
+    let (c, shop, infra) = (&cluster.client, cluster.tenant_ns.clone(), cluster.extra_ns[0].clone());
+    let eg = "gateway.envoyproxy.io/gatewayclass-controller";
+    let (eg_class, nginx_class) = (format!("e2e-eg-{}", cluster.suffix), format!("e2e-nginx-{}", cluster.suffix));
+    for (class, controller) in [(&eg_class, eg), (&nginx_class, "gateway.nginx.org/nginx-gateway-controller")] {
+        apply_any(c, &json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": class}, "spec": {"controllerName": controller}})).await;
+        cluster.created("GatewayClass", class);
+    }
+    let domain = format!("shop-{}.test", cluster.suffix);
+    for (gw, class) in [("web", &eg_class), ("plain", &nginx_class)] {
+        apply_any(c, &json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": gw, "namespace": infra},
+            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP", "hostname": format!("*.{domain}"),
+                "allowedRoutes": {"namespaces": {"from": "All"}}}]}})).await;
+    }
+    let route = |name: &str, gw: &str, path: Value| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": name, "namespace": shop},
+            "spec": {"parentRefs": [{"name": gw, "namespace": infra}], "hostnames": [format!("{name}.{domain}")],
+                     "rules": [{"name": "main", "matches": [{"path": path}], "backendRefs": [{"name": "backend", "port": 8080}]}]}})
+    };
+    let prefix = |p: &str| json!({"type": "PathPrefix", "value": p});
+    for (name, gw, path, controller) in [
+        ("orders", "web", prefix("/orders"), eg),
+        ("taken", "web", prefix("/"), eg),
+        ("legacy", "plain", prefix("/"), "gateway.nginx.org/nginx-gateway-controller"),
+        ("regex", "web", json!({"type": "RegularExpression", "value": "/v[0-9]+/.*"}), eg),
+    ] {
+        apply_any(c, &route(name, gw, path)).await;
+        accept_route(c, &shop, name, &infra, gw, controller).await;
+    }
+    // The team's own SecurityPolicy on one route.
+    apply_any(c, &json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "their-own", "namespace": shop},
+        "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "taken"}], "cors": {"allowOrigins": ["https://a.test"]}}})).await;
+
+    let settings =
+        json!({"authorizers": {&cluster.gateway_name: {"namespace": &cluster.ns, "name": "portcullis-gateway", "port": 9001}}}).to_string();
+    let _controller = cluster.controller_with(free_port(), "ctl", &["--gateway-api-settings", &settings]);
+    let issuer = TestIssuer::new("https://id.gateway-api.test", SigningAlgorithm::ES256);
+    let attached = |name: &str, target: &str| {
+        json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": name, "namespace": shop},
+            "spec": {"gateway": &cluster.gateway_name,
+                     "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": target}],
+                     "issuers": [{"issuer": issuer.url, "audiences": ["api"], "algorithms": ["ES256"], "jwks": {"inline": issuer.jwks()}}],
+                     "rules": [{"name": "all", "require": [{"claim": "scope", "containsAll": ["read"]}]}]}})
+    };
+    let policies: Api<AuthPolicy> = Api::namespaced(c.clone(), &shop);
+    for (name, target) in [("orders", "orders"), ("taken", "taken"), ("legacy", "legacy"), ("regex", "regex")] {
+        apply(&policies, name, attached(name, target)).await;
+    }
+    accepted(&policies, "orders").await;
+    let sp_api: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        &shop,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.envoyproxy.io", "v1alpha1", "SecurityPolicy")),
+    );
+    let sp =
+        eventually("the SecurityPolicy", Duration::from_secs(20), async || sp_api.get("portcullis-orders-httproute-orders").await.ok())
+            .await;
+    assert_eq!(sp.data["spec"]["extAuth"]["failOpen"], false);
+    assert_eq!(sp.data["spec"]["extAuth"]["contextExtensions"][0]["value"], format!("{shop}/orders"));
+    let uid = policies.get("orders").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(sp.metadata.owner_references.as_ref().unwrap()[0].uid, uid, "owned by its AuthPolicy");
+    let grants: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        &cluster.ns,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant")),
+    );
+    let grant = eventually("the ReferenceGrant", Duration::from_secs(20), async || {
+        grants.list(&Default::default()).await.ok()?.items.into_iter().find(|g| g.data["spec"]["from"][0]["namespace"] == shop.as_str())
+    })
+    .await;
+    assert_eq!(grant.data["spec"]["to"][0]["name"], "portcullis-gateway");
+    let orders = eventually("ancestors in the status", Duration::from_secs(20), async || {
+        policies.get("orders").await.ok().filter(|p| p.status.as_ref().is_some_and(|s| !s.ancestors.is_empty()))
+    })
+    .await;
+    let ancestor = &orders.status.unwrap().ancestors[0];
+    assert_eq!((ancestor.ancestor_ref.namespace.as_str(), ancestor.ancestor_ref.name.as_str()), (infra.as_str(), "web"));
+    assert!(ancestor.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True"), "{ancestor:?}");
+    // No gateway replica serves it here: enforced nowhere, and the status says so.
+    assert!(ancestor.conditions.iter().any(|c| c.type_ == "Enforced" && c.status == "False"), "{ancestor:?}");
+
+    assert!(refused(&policies, "taken", "Conflicted").await.contains("their-own"));
+    assert!(refused(&policies, "legacy", "Unsupported").await.contains("gateway.nginx.org/nginx-gateway-controller"));
+    assert!(refused(&policies, "regex", "Invalid").await.contains("RegularExpression"));
+    // Only the orders route is wired; the user's SecurityPolicy is untouched.
+    let names: Vec<String> = sp_api.list(&Default::default()).await.unwrap().items.iter().map(|o| o.name_any()).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with("portcullis-")).count(), 2, "orders and the (fail-closed) regex route: {names:?}");
+    assert!(sp_api.get("their-own").await.unwrap().data["spec"].get("extAuth").is_none());
+
+    // The route goes: the policy says so, and its SecurityPolicy goes too.
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        &shop,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute")),
+    );
+    routes.delete("orders", &DeleteParams::default()).await.unwrap();
+    assert!(refused(&policies, "orders", "TargetNotFound").await.contains("does not exist"));
+    eventually("the SecurityPolicy to go", Duration::from_secs(20), async || {
+        matches!(sp_api.get("portcullis-orders-httproute-orders").await, Err(kube::Error::Api(s)) if s.code == 404).then_some(())
+    })
+    .await;
 }
 
 #[test]

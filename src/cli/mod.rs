@@ -216,6 +216,12 @@ struct ControllerArgs {
     /// controller's namespace may omit hosts or mint.
     #[arg(long, env = "PORTCULLIS_GATEWAY_SETTINGS")]
     gateway_settings: Option<String>,
+    /// Gateway API wiring (JSON or YAML): `integrations` (GatewayClass controllerName →
+    /// envoy-gateway | istio), `istioProvider`, and per Portcullis gateway the `authorizers`
+    /// Service ({namespace, name, port}) that generated objects send requests to
+    /// (docs/gateways/gateway-api.md).
+    #[arg(long, env = "PORTCULLIS_GATEWAY_API_SETTINGS")]
+    gateway_api_settings: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -86,6 +86,10 @@ pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
             Some(text) => crate::policy::tenancy::parse_settings(text).map_err(|e| anyhow!(e))?,
             None => Default::default(),
         },
+        wiring: match &args.gateway_api_settings {
+            Some(text) => serde_saphyr::from_str(text).map_err(|e| anyhow!("--gateway-api-settings: {e}"))?,
+            None => Default::default(),
+        },
     };
     let metrics = crate::controller::metrics::ControllerMetrics::new();
     let (admin_stop, admin_rx) = watch::channel(false);

@@ -132,8 +132,9 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         // The shop's policies have no hosts and mint with the shop's key: the platform allows both.
         gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
             .unwrap(),
+        wiring: Default::default(),
     };
-    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats };
+    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats, gateway_api: None };
     let ctx = Arc::new(Context::new(client, opts, stores, ControllerMetrics::new()));
     (ctx, Writers { policies: pw, keys: kw, key_secrets: sw, jwks: jw, gateway_configmaps: gcw, gateway_secrets: gsw, heartbeats: hw })
 }
@@ -517,6 +518,12 @@ async fn empty_api_server(mut api: ApiServer, seen: Arc<std::sync::Mutex<Vec<Str
         let line = format!("{} {}", req.method(), req.uri().path());
         let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
         seen.lock().unwrap().push(line);
+        // API discovery of the optional kinds: a cluster without Gateway API.
+        if req.uri().path().starts_with("/apis/") && req.uri().path().matches('/').count() == 3 {
+            let body = serde_json::to_vec(&status_error(404, "NotFound")).unwrap();
+            reply.send_response(Response::builder().status(404).body(Body::from(body)).unwrap());
+            continue;
+        }
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body = if is_watch {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -547,6 +554,7 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
         // The shop's policies have no hosts and mint with the shop's key: the platform allows both.
         gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
             .unwrap(),
+        wiring: Default::default(),
     };
     let metrics = ControllerMetrics::new();
     let cell = Arc::new(tokio::sync::OnceCell::new());
@@ -559,6 +567,11 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
     // Heartbeat Leases are listed and watched; no Lease is read by name or written.
     assert!(!seen.iter().any(|l| l.contains("/leases/") || (l.contains("/leases") && !l.starts_with("GET "))), "{seen:#?}");
     assert!(seen.iter().any(|l| l == "GET /apis/coordination.k8s.io/v1/namespaces/portcullis/leases"), "{seen:#?}");
+    // Without Gateway API: asked once, then nothing of it is watched or written.
+    assert!(seen.iter().any(|l| l == "GET /apis/gateway.networking.k8s.io/v1"), "{seen:#?}");
+    let gateway_api: Vec<&String> =
+        seen.iter().filter(|l| l.contains("gateway.networking.k8s.io") || l.contains("gateway.envoyproxy.io")).collect();
+    assert!(gateway_api.iter().all(|l| l.starts_with("GET /apis/") && l.matches('/').count() == 3), "{gateway_api:#?}");
     assert!(metrics.render().contains("portcullis_controller_leader 0"), "not leading after shutdown");
 }
 
@@ -599,6 +612,31 @@ async fn another_namespaces_takeover_attempt_is_refused_in_its_own_status_and_ch
     let events: Vec<&Value> = seen.iter().filter(|(m, p, _)| m == "POST" && p.ends_with("/events")).map(|(_, _, b)| b).collect();
     assert!(events.iter().any(|e| e["regarding"]["namespace"] == "team-b" && e["type"] == "Warning"), "{events:#?}");
     assert!(!events.iter().any(|e| e["regarding"]["namespace"] == "shop" && e["type"] == "Warning"), "{events:#?}");
+}
+
+#[tokio::test]
+async fn without_gateway_api_a_policy_with_target_refs_applies_nowhere_and_says_why() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let target = json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"}]);
+    put(&mut w.policies, policy("shop", "attached", 10, json!({"targetRefs": target, "rules": [{"name": "all", "public": true}]})));
+    let task = spawn_sync(ctx.clone(), LoopState::default());
+    let seen = api.answer_all().await;
+    finished(task).await.0.unwrap();
+    let status = seen
+        .iter()
+        .find(|(m, p, _)| m == "PATCH" && p == "/apis/portcullis.dev/v1alpha1/namespaces/shop/authpolicies/attached/status")
+        .map(|(_, _, b)| b.clone())
+        .unwrap_or_else(|| panic!("{seen:#?}"));
+    let accepted = &status["status"]["conditions"][0];
+    assert_eq!((accepted["status"].as_str(), accepted["reason"].as_str()), (Some("False"), Some("TargetNotFound")));
+    assert!(accepted["message"].as_str().unwrap().contains("Gateway API is not installed"), "{accepted}");
+    // The shop's other policy is served as before; nothing of Gateway API is asked for.
+    let cm = seen.iter().find(|(m, p, _)| m == "PATCH" && p.ends_with("/configmaps/portcullis-gateway-default")).unwrap();
+    let config = desired::config_from_configmap(&serde_json::from_value(cm.2.clone()).unwrap()).unwrap();
+    assert_eq!(config.policies.iter().map(|p| p.key()).collect::<Vec<_>>(), ["shop/orders"]);
+    assert!(!seen.iter().any(|(_, p, _)| p.contains("gateway.networking.k8s.io") || p.contains("gateway.envoyproxy.io")), "{seen:#?}");
 }
 
 #[tokio::test]

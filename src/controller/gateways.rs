@@ -1,7 +1,7 @@
 //! The gateway loop: on changes (debounced) compile every gateway's policies, publish its
 //! ConfigMap and key Secret when they differ, then write policy statuses that differ.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use super::dataplane::{self, History};
 use super::desired::{self, Programmed};
 use super::signingkeys::publish_event;
 use super::{Context, Error};
+use super::{gateway_api, wiring};
 use crate::api::{AuthPolicy, AuthPolicyStatus};
 use crate::contract::heartbeat::{self, Heartbeat};
 use crate::policy::GatewayConfig;
@@ -96,6 +97,8 @@ pub(super) struct LoopState {
     pub(super) claims: HashMap<String, HeldClaims>,
     /// Statuses written and not yet seen in the watch cache.
     statuses: WrittenStatuses,
+    /// Gateway API: each attached policy's ancestors, and the generated objects that exist.
+    wiring: (HashMap<String, Vec<wiring::Ancestor>>, BTreeSet<wiring::ObjectKey>),
 }
 
 /// Statuses this replica wrote, by policy: what, and the resourceVersion the write returned. A
@@ -236,10 +239,16 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut first_error = None;
+    let plan = ctx.stores.gateway_api.as_ref().map(|s| wiring::plan(&policies, &s.world(), &ctx.opts.wiring));
     for gateway in &names {
         let gateway = gateway.clone();
         let empty = HashMap::new();
-        let inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
+        let mut inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
+        if let Some(plan) = &plan {
+            for input in inputs.iter_mut().filter(|i| !i.spec.target_refs.is_empty()) {
+                input.attachment = plan.attachments.get(&input.meta.key()).cloned();
+            }
+        }
         let claims_name = desired::host_claims_configmap_name(&gateway);
         let held = state.claims.entry(gateway.clone()).or_default();
         let (held_now, problems) = held.current(ctx.stores.gateway_configmaps.get(ns, &claims_name).as_deref());
@@ -320,6 +329,15 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     }
     state.published.retain(|g, _| names.contains(g));
     state.validations.retain(|g, _| names.contains(g));
+    // The gateways' wiring after the configs: a route sent to the authorizer before its policy
+    // arrives there is denied (no route), never let through.
+    if let (Some(stores), Some(plan)) = (&ctx.stores.gateway_api, plan) {
+        let (live, error) = gateway_api::write(&ctx.client, stores, &plan).await;
+        if let Some(e) = error {
+            first_error.get_or_insert(e);
+        }
+        state.wiring = (plan.ancestors, live);
+    }
     let published_in = started.elapsed();
     if let Err(e) = write_statuses(ctx, state, true).await {
         first_error.get_or_insert(e);
@@ -378,6 +396,15 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
             let existing = written.as_ref().or(p.status.as_ref());
             let mut status = desired::policy_status(existing, p.metadata.generation, outcome, &pass.programmed, warning.as_deref(), now);
             dataplane::add_to_status(&mut status, existing, plane, p.metadata.generation, now);
+            if let Some(ancestors) = state.wiring.0.get(&key) {
+                let served = match status.conditions.iter().find(|c| c.type_ == "Enforced") {
+                    Some(c) if c.status == "True" => Ok(()),
+                    Some(c) => Err(c.message.clone()),
+                    None => Err("the Portcullis replicas do not serve this policy yet".to_owned()),
+                };
+                let before = existing.map(|s| s.ancestors.as_slice()).unwrap_or_default();
+                status.ancestors = wiring::ancestor_statuses(ancestors, &state.wiring.1, served, before, p.metadata.generation, now);
+            }
             let audit_fresh = state.audit_written.get(&key).is_some_and(|t| t.elapsed() < AUDIT_EVERY);
             if audit_fresh {
                 dataplane::keep_recent_audit(&mut status, existing);

@@ -16,6 +16,7 @@ pub mod apply;
 mod claims;
 pub mod dataplane;
 pub mod desired;
+pub mod gateway_api;
 mod gateways;
 pub mod leader;
 pub mod metrics;
@@ -168,6 +169,8 @@ pub struct Stores {
     /// Gateway replicas' heartbeat Leases in the controller's namespace (label
     /// `portcullis.dev/heartbeat`).
     pub heartbeats: MultiStore<Lease>,
+    /// Gateway API and the generated objects, when the cluster serves Gateway API.
+    pub gateway_api: Option<gateway_api::Stores>,
 }
 
 pub struct Options {
@@ -185,6 +188,8 @@ pub struct Options {
     pub jwks_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The platform team's word per gateway: hosts, host-less namespaces, minting keys.
     pub gateway_settings: crate::policy::tenancy::SettingsByGateway,
+    /// How Gateway API gateways are wired to the authorizer.
+    pub wiring: wiring::WiringSettings,
 }
 
 /// Each replica writes the Lease under a field manager of its own: with one shared manager,
@@ -368,7 +373,17 @@ pub async fn run(
     let (heartbeats, t) = watch_kind(slot.clone(), own_ns.apis(&client), heartbeat_leases, any_change, Context::heartbeat_changed);
     tasks.extend(t);
 
-    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats };
+    let presence = gateway_api::discover(&client).await;
+    let gateway_api = if presence.gateway_api {
+        tracing::info!(?presence, "Gateway API found: policies with targetRefs are attached and wired");
+        let (stores, t) = gateway_api::watch(slot.clone(), &client, &opts.scope, &opts.namespace, presence);
+        tasks.extend(t);
+        Some(stores)
+    } else {
+        tracing::info!("Gateway API is not installed: policies with targetRefs are not applied (their status says so)");
+        None
+    };
+    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats, gateway_api };
     let ctx = Arc::new(Context::new(client.clone(), opts, stores, metrics));
     let _ = slot.set(ctx.clone());
     let _ = published.set(ctx.clone());
@@ -383,6 +398,9 @@ pub async fn run(
             s.gateway_configmaps.wait_until_ready().await;
             s.gateway_secrets.wait_until_ready().await;
             s.heartbeats.wait_until_ready().await;
+            if let Some(g) = &s.gateway_api {
+                g.wait_until_ready().await;
+            }
             ctx.ready.store(true, Ordering::Release);
             tracing::info!("watch caches synced");
         });

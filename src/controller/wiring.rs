@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api::gateway_api::{GRPCRoute, Gateway as GatewayObject, GatewayClass, HTTPRoute, SecurityPolicy};
-use crate::api::{AuthPolicy, TargetRefKind};
+use crate::api::{AncestorRef, AuthPolicy, PolicyAncestorStatus, TargetRefKind};
 use crate::policy::gateway_api::{Applied, Attaching, Attachment, TargetKind, TargetRef, attach, topology};
 use crate::policy::host::HostPattern;
 use crate::policy::{RejectReason, Rejection};
 
-use super::desired::MANAGED_BY;
+use super::desired::{MANAGED_BY, condition, merge_conditions};
 
 /// The AuthPolicy a generated object is for (labels; objects in another namespace than the
 /// policy cannot be owned by it, and are collected by these).
@@ -28,6 +28,9 @@ pub const LABEL_POLICY_NAMESPACE: &str = "portcullis.dev/policy-namespace";
 /// proxy's own route match chose.
 pub const CONTEXT_POLICY: &str = "portcullis.dev/policy";
 pub const CONTROLLER_NAME: &str = "portcullis.dev/controller";
+
+/// A generated object: (kind, namespace, name).
+pub type ObjectKey = (String, String, String);
 
 /// How a GatewayClass's gateways are wired.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +256,8 @@ pub struct World {
     pub http_routes: Vec<std::sync::Arc<HTTPRoute>>,
     pub grpc_routes: Vec<std::sync::Arc<GRPCRoute>>,
     pub security_policies: Vec<std::sync::Arc<SecurityPolicy>>,
+    /// Generated kinds whose CRDs the cluster does not serve.
+    pub missing_kinds: Vec<String>,
 }
 
 /// What an attached policy is at one Gateway: accepted or why not (GEP-713 reasons), and the
@@ -265,7 +270,7 @@ pub struct Ancestor {
     pub accepted: Result<(), (RejectReason, String)>,
     /// The generated object (kind, namespace, name) that routes this Gateway's requests to the
     /// authorizer.
-    pub wired_by: Option<(String, String, String)>,
+    pub wired_by: Option<ObjectKey>,
 }
 
 /// Everything Gateway API decides for one pass: what each attached policy compiles from, its
@@ -275,10 +280,10 @@ pub struct Plan {
     pub attachments: HashMap<String, Result<Vec<Applied>, Rejection>>,
     pub ancestors: HashMap<String, Vec<Ancestor>>,
     /// (kind, namespace, name) → the object.
-    pub objects: BTreeMap<(String, String, String), Value>,
+    pub objects: BTreeMap<ObjectKey, Value>,
 }
 
-fn object_key(doc: &Value) -> (String, String, String) {
+fn object_key(doc: &Value) -> ObjectKey {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     (s(&doc["kind"]), s(&doc["metadata"]["namespace"]), s(&doc["metadata"]["name"]))
 }
@@ -316,7 +321,15 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         let Some(g) = g else { return Err(format!("Gateway {ns}/{name} does not exist")) };
         let class = &g.spec.gateway_class_name;
         let controller = world.classes.iter().find(|c| c.metadata.name.as_deref() == Some(class)).map(|c| c.spec.controller_name.as_str());
-        settings.integration(class, controller)
+        let integration = settings.integration(class, controller)?;
+        let needs = match integration {
+            Integration::EnvoyGateway => "SecurityPolicy",
+            Integration::Istio => "AuthorizationPolicy",
+        };
+        if world.missing_kinds.iter().any(|k| k == needs) {
+            return Err(format!("GatewayClass {class} needs {needs}, whose CRD this cluster does not serve"));
+        }
+        Ok(integration)
     };
     let mut plan = Plan::default();
     for p in attached {
@@ -361,10 +374,14 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                 if target.kind == TargetKind::Gateway {
                     ancestor.section = target.section.clone();
                 }
-                if verdict.is_ok() {
+                // An invalid policy is wired too: its route then gets only what the last good
+                // version allows, or nothing (no route: denied) — never served as if unprotected.
+                let invalid = matches!(&verdict, Err((RejectReason::Invalid, _)));
+                if verdict.is_ok() || invalid {
+                    let keep = |e: (RejectReason, String)| if invalid { verdict.clone() } else { Err(e) };
                     match class_of(&gw.0, &gw.1) {
                         Err(why) => {
-                            ancestor.accepted = Err((RejectReason::Unsupported, why.clone()));
+                            ancestor.accepted = keep((RejectReason::Unsupported, why.clone()));
                             problems.push((RejectReason::Unsupported, why));
                         }
                         Ok(Integration::EnvoyGateway) => {
@@ -439,6 +456,65 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         plan.ancestors.insert(key, ancestors);
     }
     plan
+}
+
+/// The `status.ancestors` of a policy: per Gateway, `Accepted` as planned and `Enforced` when
+/// it is both wired (its generated object exists) and served by the Portcullis replicas.
+pub fn ancestor_statuses(
+    ancestors: &[Ancestor],
+    live: &std::collections::BTreeSet<ObjectKey>,
+    served: Result<(), String>,
+    existing: &[PolicyAncestorStatus],
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Vec<PolicyAncestorStatus> {
+    ancestors
+        .iter()
+        .map(|a| {
+            let ancestor_ref = AncestorRef {
+                group: crate::api::GATEWAY_API_GROUP.into(),
+                kind: "Gateway".into(),
+                namespace: a.gateway.0.clone(),
+                name: a.gateway.1.clone(),
+                section_name: a.section.clone(),
+            };
+            let accepted = match &a.accepted {
+                Ok(()) => condition(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "the policy applies to its targets through this Gateway".into(),
+                    generation,
+                    now,
+                ),
+                Err((reason, why)) => condition("Accepted", false, reason.as_str(), why.clone(), generation, now),
+            };
+            let enforced = match (&a.accepted, &a.wired_by, &served) {
+                (Err(_), _, _) => condition("Enforced", false, "NotAccepted", "not accepted at this Gateway".into(), generation, now),
+                (Ok(()), None, _) => {
+                    condition("Enforced", false, "NotWired", "no route of this Gateway is wired yet".into(), generation, now)
+                }
+                (Ok(()), Some(w), _) if !live.contains(w) => {
+                    condition("Enforced", false, "NotWired", format!("{} {}/{} is not written yet", w.0, w.1, w.2), generation, now)
+                }
+                (Ok(()), Some(_), Err(why)) => condition("Enforced", false, "NotServed", why.clone(), generation, now),
+                (Ok(()), Some(w), Ok(())) => condition(
+                    "Enforced",
+                    true,
+                    "Enforced",
+                    format!("{} {}/{} sends this Gateway's requests to the serving authorizer", w.0, w.1, w.2),
+                    generation,
+                    now,
+                ),
+            };
+            let before = existing.iter().find(|e| e.ancestor_ref == ancestor_ref).map(|e| e.conditions.as_slice()).unwrap_or_default();
+            PolicyAncestorStatus {
+                ancestor_ref,
+                controller_name: CONTROLLER_NAME.into(),
+                conditions: merge_conditions(before, vec![accepted, enforced]),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -528,6 +604,7 @@ mod plan_tests {
             security_policies: vec![obj(json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
                 "metadata": {"namespace": "shop", "name": "their-own"},
                 "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "taken"}], "basicAuth": {}}}))],
+            missing_kinds: vec![],
         }
     }
 
