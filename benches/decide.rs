@@ -56,6 +56,7 @@ fn bench_decide(c: &mut Criterion) {
             target: "/orders/42?expand=items",
             headers: &h,
             path_mode: Default::default(),
+            routed: None,
         };
 
         let cached = engine_for(&issuer, name, 64 << 20);
@@ -80,10 +81,23 @@ fn bench_decide(c: &mut Criterion) {
     let issuer = TestIssuer::new(ISS, SigningAlgorithm::RS256);
     let engine = engine_for(&issuer, "RS256", 64 << 20);
     let none = HeaderMap::new();
-    let no_token = Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &none, path_mode: Default::default() };
+    let no_token = Request {
+        method: "GET",
+        host: "api.example.com",
+        target: "/orders/42",
+        headers: &none,
+        path_mode: Default::default(),
+        routed: None,
+    };
     g.bench_function("deny/no-token", |b| b.iter(|| black_box(engine.decide(black_box(&no_token), NOW))));
-    let public =
-        Request { method: "GET", host: "api.example.com", target: "/orders/healthz", headers: &none, path_mode: Default::default() };
+    let public = Request {
+        method: "GET",
+        host: "api.example.com",
+        target: "/orders/healthz",
+        headers: &none,
+        path_mode: Default::default(),
+        routed: None,
+    };
     g.bench_function("allow/public", |b| b.iter(|| black_box(engine.decide(black_box(&public), NOW))));
     let forged = {
         let other = TestIssuer::new(ISS, SigningAlgorithm::RS256);
@@ -92,7 +106,8 @@ fn bench_decide(c: &mut Criterion) {
         other.token_with_header(json!({"alg": "RS256", "kid": issuer.key.kid()}), &claims)
     };
     let hf = headers(&forged);
-    let bad = Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &hf, path_mode: Default::default() };
+    let bad =
+        Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &hf, path_mode: Default::default(), routed: None };
     g.bench_function("deny/bad-signature-RS256", |b| b.iter(|| black_box(engine.decide(black_box(&bad), NOW))));
     g.finish();
 }
@@ -118,7 +133,7 @@ fn bench_minting(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::W
     )
     .unwrap();
     let h = headers(&issuer.token("orders", NOW, json!({})));
-    let req = Request { method: "GET", host: "h", target: "/x", headers: &h, path_mode: Default::default() };
+    let req = Request { method: "GET", host: "h", target: "/x", headers: &h, path_mode: Default::default(), routed: None };
     assert!(engine.decide(&req, NOW).is_allow());
     g.bench_function("allow/issue-EdDSA/reused", |b| b.iter(|| black_box(engine.decide(black_box(&req), NOW))));
     // What a fresh mint costs on top: one signature.
@@ -190,7 +205,7 @@ fn bench_compile(c: &mut Criterion) {
         let none = HeaderMap::new();
         let host = "svc-7.example.com";
         let last = format!("/api/p{}/r9/item", n / 10 - 3);
-        let req = Request { method: "GET", host, target: &last, headers: &none, path_mode: Default::default() };
+        let req = Request { method: "GET", host, target: &last, headers: &none, path_mode: Default::default(), routed: None };
         g.bench_function(format!("{n}-routes/route-lookup"), |b| b.iter(|| black_box(engine.decide(black_box(&req), NOW))));
     }
     g.finish();
@@ -277,7 +292,14 @@ fn bench_routes(c: &mut Criterion) {
         let engine = Engine::build(compiled.config, &opts).unwrap();
         let none = HeaderMap::new();
         let target = if n == 1 { "/t0/7/items".to_owned() } else { format!("/p{}/a/b", n - 3) };
-        let req = Request { method: "GET", host: "api.example.com", target: &target, headers: &none, path_mode: Default::default() };
+        let req = Request {
+            method: "GET",
+            host: "api.example.com",
+            target: &target,
+            headers: &none,
+            path_mode: Default::default(),
+            routed: None,
+        };
         assert!(engine.decide(&req, NOW).is_allow());
         g.bench_function(format!("{n}-routes-one-host/lookup"), |b| b.iter(|| black_box(engine.decide(black_box(&req), NOW))));
     }

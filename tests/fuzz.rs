@@ -89,7 +89,7 @@ fn independently_valid(token: &str) -> bool {
 }
 
 fn decide(method: &str, host: &str, target: &str, headers: &HeaderMap, mode: PathMode) -> Decision {
-    world().engine.decide(&Request { method, host, target, headers, path_mode: mode }, NOW)
+    world().engine.decide(&Request { method, host, target, headers, path_mode: mode, routed: None }, NOW)
 }
 
 /// Allowed on a rule that needs a token ⇒ some token in the request verifies independently.

@@ -187,7 +187,14 @@ async fn remote_keys_over_https_from_a_private_ca() {
     let decide = |g: &Gateway| {
         let engine = g.engine().unwrap();
         engine.decide(
-            &portcullis::decide::Request { method: "GET", host: "h", target: "/", headers: &headers, path_mode: Default::default() },
+            &portcullis::decide::Request {
+                method: "GET",
+                host: "h",
+                target: "/",
+                headers: &headers,
+                path_mode: Default::default(),
+                routed: None,
+            },
             now(),
         )
     };

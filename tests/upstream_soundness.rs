@@ -410,7 +410,7 @@ fn judge(engine: &Engine, v: &Variant, tokens: &Tokens, seen: &Value) -> Option<
         }
     }
     let handler = seen["handler"].as_str().unwrap_or("?");
-    let asked = Request { method, host, target: &target, headers: &headers, path_mode: PathMode::Strict };
+    let asked = Request { method, host, target: &target, headers: &headers, path_mode: PathMode::Strict, routed: None };
     let allowed = match engine.decide(&asked, unix_now()) {
         Decision::Allow(a) => a,
         Decision::Deny(d) => {

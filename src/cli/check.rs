@@ -51,8 +51,10 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} must be Name: value"))?;
         headers.append(http::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?);
     }
-    let decision =
-        engine.decide(&Request { method: &args.method, host: &host, target, headers: &headers, path_mode: Default::default() }, unix_now());
+    let decision = engine.decide(
+        &Request { method: &args.method, host: &host, target, headers: &headers, path_mode: Default::default(), routed: None },
+        unix_now(),
+    );
     let route = decision.route().map(|r| format!("AuthPolicy {}, rule {}", engine.policy_key(r), engine.rule_name(r)));
     match decision {
         Decision::Allow(a) => {

@@ -26,7 +26,7 @@ pub const LABEL_POLICY: &str = "portcullis.dev/policy";
 pub const LABEL_POLICY_NAMESPACE: &str = "portcullis.dev/policy-namespace";
 /// Sent to the authorizer with every check from a generated object: which AuthPolicy the
 /// proxy's own route match chose.
-pub const CONTEXT_POLICY: &str = "portcullis.dev/policy";
+pub const CONTEXT_POLICY: &str = crate::decide::ROUTED_POLICY;
 pub const CONTROLLER_NAME: &str = "portcullis.dev/controller";
 
 /// A generated object: (kind, namespace, name).
@@ -45,6 +45,9 @@ pub enum Integration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WiringSettings {
+    /// `false`: Gateway API is not read even where it is installed.
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// GatewayClass `controllerName` → integration.
     #[serde(default = "default_integrations")]
     pub integrations: BTreeMap<String, Integration>,
@@ -58,8 +61,12 @@ pub struct WiringSettings {
 
 impl Default for WiringSettings {
     fn default() -> Self {
-        Self { integrations: default_integrations(), istio_provider: default_istio_provider(), authorizers: BTreeMap::new() }
+        Self { enabled: true, integrations: default_integrations(), istio_provider: default_istio_provider(), authorizers: BTreeMap::new() }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_integrations() -> BTreeMap<String, Integration> {

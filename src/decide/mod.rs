@@ -65,10 +65,12 @@ pub enum DenyReason {
     KeysUnavailable,
     ClaimsNotSatisfied,
     MintUnavailable,
+    /// The proxy routed the request to another policy than the one Portcullis matches it to.
+    RouteMismatch,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 19] = [
+    pub const ALL: [DenyReason; 20] = [
         Self::NoRoute,
         Self::UnsafePath(PathError::Empty),
         Self::BadHost,
@@ -88,6 +90,7 @@ impl DenyReason {
         Self::KeysUnavailable,
         Self::ClaimsNotSatisfied,
         Self::MintUnavailable,
+        Self::RouteMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +114,7 @@ impl DenyReason {
             Self::KeysUnavailable => "keys_unavailable",
             Self::ClaimsNotSatisfied => "claims_not_satisfied",
             Self::MintUnavailable => "mint_unavailable",
+            Self::RouteMismatch => "route_mismatch",
         }
     }
 
@@ -120,7 +124,7 @@ impl DenyReason {
     pub fn status(self) -> u16 {
         match self {
             Self::BadHost | Self::BadMethod | Self::BadRequest | Self::AmbiguousToken => 400,
-            Self::NoRoute | Self::UnsafePath(_) | Self::ClaimsNotSatisfied => 403,
+            Self::NoRoute | Self::UnsafePath(_) | Self::ClaimsNotSatisfied | Self::RouteMismatch => 403,
             Self::KeysUnavailable | Self::MintUnavailable => 503,
             _ => 401,
         }
@@ -159,11 +163,16 @@ impl DenyReason {
             Self::KeysUnavailable => "issuer keys unavailable",
             Self::ClaimsNotSatisfied => "insufficient claims",
             Self::MintUnavailable => "internal token unavailable",
+            Self::RouteMismatch => "routed to another policy",
         }
     }
 }
 
 /// A request as the gateway presents it.
+/// The Envoy context extension that carries [`Request::routed`]: the controller writes it into
+/// generated gateway objects, the gRPC authorizer reads it.
+pub const ROUTED_POLICY: &str = "portcullis.dev/policy";
+
 pub struct Request<'a> {
     pub method: &'a str,
     pub host: &'a str,
@@ -172,6 +181,10 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// Whether a path that is not in normal form is refused or normalised.
     pub path_mode: PathMode,
+    /// The policy (`namespace/name`) the proxy's own route match chose, where its configuration
+    /// says so (Envoy Gateway: the generated SecurityPolicy's context extension). Set only from
+    /// proxy configuration, never from a request header.
+    pub routed: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,6 +396,13 @@ impl Engine {
         };
         let route = RouteRef { policy: entry.policy, rule: entry.rule };
         let policy = &self.policies[entry.policy as usize];
+        // The proxy chose another policy's route (a match Portcullis does not see the same way):
+        // neither is applied as if the other were not there.
+        if let Some(routed) = req.routed
+            && *self.policies[entry.policy as usize].key != *routed
+        {
+            return Decision::deny(DenyReason::RouteMismatch);
+        }
         let rule = &policy.rules[entry.rule as usize];
         let (decision, caller) = self.decide_rule(route, policy, rule, req, &path, query, now);
         let mut decision = if rule.audit { self.audited(decision, caller, route, policy, rule, req.headers, now) } else { decision };

@@ -58,11 +58,11 @@ fn fixture(alg: SigningAlgorithm) -> Fixture {
 }
 
 fn decide(engine: &Engine, method: &str, host: &str, target: &str, hdrs: &HeaderMap) -> Decision {
-    engine.decide(&Request { method, host, target, headers: hdrs, path_mode: Default::default() }, NOW)
+    engine.decide(&Request { method, host, target, headers: hdrs, path_mode: Default::default(), routed: None }, NOW)
 }
 
 fn decide_normalizing(engine: &Engine, method: &str, host: &str, target: &str, hdrs: &HeaderMap) -> Decision {
-    engine.decide(&Request { method, host, target, headers: hdrs, path_mode: PathMode::Normalize }, NOW)
+    engine.decide(&Request { method, host, target, headers: hdrs, path_mode: PathMode::Normalize, routed: None }, NOW)
 }
 
 fn bearer(token: &str) -> HeaderMap {
@@ -627,7 +627,7 @@ spec:
     let e = engine_at(&ring);
     let h = bearer(&issuer.token("orders", NOW, json!({})));
     let minted = |e: &Engine, at: i64| match e
-        .decide(&Request { method: "GET", host: "h", target: "/", headers: &h, path_mode: Default::default() }, at)
+        .decide(&Request { method: "GET", host: "h", target: "/", headers: &h, path_mode: Default::default(), routed: None }, at)
     {
         Decision::Allow(a) => a.authorization.unwrap(),
         d => panic!("{d:?}"),

@@ -103,7 +103,14 @@ impl Gateway {
                 json!({"error": "unavailable", "description": "no config loaded yet"}),
             );
         };
-        let Some(http) = request.attributes.and_then(|a| a.request).and_then(|r| r.http) else {
+        let Some(mut attributes) = request.attributes else {
+            self.count_unusable();
+            return bad_request("the CheckRequest has no attributes");
+        };
+        // Set per route by the proxy's configuration (Envoy Gateway's SecurityPolicy
+        // `contextExtensions`), never by the client.
+        let routed = attributes.context_extensions.remove(crate::decide::ROUTED_POLICY);
+        let Some(http) = attributes.request.and_then(|r| r.http) else {
             self.count_unusable();
             return bad_request("the CheckRequest has no HTTP request attributes");
         };
@@ -114,7 +121,14 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
-        let req = Request { method: &http.method, host: &http.host, target: &http.path, headers: &headers, path_mode: self.path_mode };
+        let req = Request {
+            method: &http.method,
+            host: &http.host,
+            target: &http.path,
+            headers: &headers,
+            path_mode: self.path_mode,
+            routed: routed.as_deref(),
+        };
         match self.decide(&slot, &req, true).await {
             Ok(Decision::Allow(a)) => allowed(&slot, a),
             Ok(Decision::Deny(d)) => deny(slot.engine.realm(), &d),

@@ -124,3 +124,29 @@ async fn denials_carry_envoys_codes_the_challenge_and_the_http_body() {
     assert_eq!((grpc, http), (code::INVALID_ARGUMENT, 400));
     assert_eq!(unusable(&gw), (before.0 + 1, before.1 + 1));
 }
+
+#[tokio::test]
+async fn a_check_routed_to_another_policy_by_the_proxy_is_denied_whatever_the_token() {
+    let issuer = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let gw = gateway(&issuer);
+    let good = issuer.token("orders", crate::gateway::unix_now(), json!({"sub": "ann", "scope": "read"}));
+    let auth = format!("Bearer {good}");
+    let routed = |policy: Option<&str>| {
+        let mut r = check_request("GET", "/orders/1", &[("authorization", &auth)], true);
+        if let Some(p) = policy {
+            r.attributes.as_mut().unwrap().context_extensions.insert(crate::decide::ROUTED_POLICY.into(), p.into());
+        }
+        r
+    };
+    // The proxy agrees (or says nothing): decided as usual.
+    ok(&gw.check(routed(Some("shop/orders"))).await);
+    ok(&gw.check(routed(None)).await);
+    // The proxy routed it to another policy's route: neither applies as if alone.
+    match gw.check(routed(Some("shop/other"))).await.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            assert_eq!(d.status.unwrap().code, 403);
+            assert_eq!(serde_json::from_str::<Value>(&d.body).unwrap()["reason"], "route_mismatch");
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}

@@ -275,7 +275,7 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
-        let request = Request { method, host, target, headers, path_mode: self.path_mode };
+        let request = Request { method, host, target, headers, path_mode: self.path_mode, routed: None };
         // These proxies forward the target as the client sent it: a query token cannot be taken out.
         let decision = match self.decide(&slot, &request, false).await {
             Ok(d) => d,

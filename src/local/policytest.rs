@@ -294,8 +294,10 @@ pub fn run_case(engine: &Engine, signers: &Signers, file: &str, c: &Case, now: i
     {
         headers.append(http::header::COOKIE, v);
     }
-    let decision = engine
-        .decide(&Request { method: &c.request.method, host: &host, target: &target, headers: &headers, path_mode: PathMode::Strict }, now);
+    let decision = engine.decide(
+        &Request { method: &c.request.method, host: &host, target: &target, headers: &headers, path_mode: PathMode::Strict, routed: None },
+        now,
+    );
     // A test states what the policy decides when enforced: Audit mode (which allows) is how it
     // is rolled out, not what it means.
     let (allowed, status, reason, detail, audited) = match &decision {
