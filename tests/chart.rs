@@ -46,6 +46,9 @@ fn controller_watch_rules() -> Value {
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch", "create", "update"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways", "httproutes", "grpcroutes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["gateway.envoyproxy.io"], "resources": ["securitypolicies"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["security.istio.io"], "resources": ["authorizationpolicies"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     ])
 }
 
@@ -53,6 +56,7 @@ fn controller_self_rules() -> Value {
     json!([
         {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["referencegrants"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     ])
 }
 
@@ -184,6 +188,24 @@ fn default_values_render_a_least_privilege_secure_install() {
     assert_eq!(climit, "512Mi", "10,000 policies peak at half of it (docs/performance.md)");
     let cenv = controller["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
     assert!(!cenv.iter().any(|e| e["name"] == "PORTCULLIS_GATEWAY_SETTINGS"), "no settings: the safe default");
+    // Gateway API: wired to this release's gateway Service, as the controller parses it.
+    let wiring = cenv.iter().find(|e| e["name"] == "PORTCULLIS_GATEWAY_API_SETTINGS").expect("Gateway API settings");
+    let wiring: portcullis::controller::wiring::WiringSettings = serde_json::from_str(wiring["value"].as_str().unwrap()).unwrap();
+    assert!(wiring.enabled);
+    assert_eq!(
+        wiring.authorizers["default"],
+        portcullis::controller::wiring::ServiceRef { namespace: "portcullis".into(), name: "portcullis-gateway".into(), port: 9001 }
+    );
+    assert_eq!(
+        wiring,
+        portcullis::controller::wiring::WiringSettings { authorizers: wiring.authorizers.clone(), ..Default::default() },
+        "the chart's map is the built-in one"
+    );
+    // GatewayClasses are cluster-scoped: read only, nothing else cluster-wide.
+    assert_eq!(
+        one(&objects, "ClusterRole", "portcullis-controller-gatewayclasses")["rules"],
+        json!([{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses"], "verbs": ["get", "list", "watch"]}])
+    );
     for optional in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"] {
         assert!(!objects.iter().any(|o| o["kind"] == optional), "{optional} is off by default");
     }
@@ -248,6 +270,21 @@ fn without_heartbeats_the_gateway_writes_nothing_at_all() {
 }
 
 #[test]
+fn without_gateway_api_the_controller_gets_no_access_to_it() {
+    let objects = render(json!({"controller": {"gatewayAPI": {"enabled": false}}})).unwrap();
+    let text =
+        serde_json::to_string(&objects.iter().filter(|o| o["kind"].as_str().is_some_and(|k| k.contains("Role"))).collect::<Vec<_>>())
+            .unwrap();
+    for group in ["gateway.networking.k8s.io", "gateway.envoyproxy.io", "security.istio.io"] {
+        assert!(!text.contains(group), "{group} in {text}");
+    }
+    let controller = one(&objects, "Deployment", "portcullis-controller");
+    let env = controller["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    let wiring = env.iter().find(|e| e["name"] == "PORTCULLIS_GATEWAY_API_SETTINGS").unwrap();
+    assert!(!serde_json::from_str::<portcullis::controller::wiring::WiringSettings>(wiring["value"].as_str().unwrap()).unwrap().enabled);
+}
+
+#[test]
 fn wrong_values_fail_at_install_time() {
     for (values, complaint) in [
         (json!({"controller": {"replicas": "two"}}), "/controller/replicas"),
@@ -260,6 +297,8 @@ fn wrong_values_fail_at_install_time() {
         (json!({"controller": {"gatewaySettings": {"default": {"mintingKeys": ["internal"]}}}}), "mintingKeys"),
         (json!({"controller": {"gatewaySettings": {"default": {"hostz": []}}}}), "hostz"),
         (json!({"controller": {"gatewaySettings": {"default": {"unlistedHosts": "Whoever"}}}}), "unlistedHosts"),
+        (json!({"controller": {"gatewayAPI": {"integrations": {"example.com/gateway": "nginx"}}}}), "integrations"),
+        (json!({"controller": {"gatewayAPI": {"enabeld": false}}}), "enabeld"),
     ] {
         let err = render(values.clone()).expect_err(&values.to_string());
         assert!(err.contains(complaint), "{values}: {err}");

@@ -22,6 +22,7 @@ use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, Val
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Config, ResourceExt};
@@ -213,6 +214,8 @@ impl Drop for Cluster {
                         "GatewayClass" => {
                             Api::<portcullis::api::gateway_api::GatewayClass>::all(client.clone()).delete(&name, &dp).await.map(|_| ())
                         }
+                        "ClusterRole" => Api::<ClusterRole>::all(client.clone()).delete(&name, &dp).await.map(|_| ()),
+                        "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(client.clone()).delete(&name, &dp).await.map(|_| ()),
                         "ValidatingAdmissionPolicy" => {
                             Api::<ValidatingAdmissionPolicy>::all(client.clone()).delete(&name, &dp).await.map(|_| ())
                         }
@@ -811,6 +814,8 @@ fn port_of(deployment: &Value, name: &str) -> u16 {
 #[ignore = "needs a Kubernetes cluster: PORTCULLIS_E2E_KUBECONFIG=... cargo test --test cluster_e2e -- --ignored"]
 async fn the_chart_runs_with_its_own_rbac_its_heartbeat_survives_garbage_collection_and_admission_holds_the_gateway_to_it() {
     let cluster = Cluster::new(kubeconfig()).await;
+    // With Gateway API installed, its watches run under the chart's rights too.
+    install_official_crds(&cluster.client).await;
     let (ns, tenant, gw) = (cluster.ns.clone(), cluster.tenant_ns.clone(), cluster.gateway_name.clone());
     let release = format!("pc{}", cluster.suffix);
     let values = json!({
@@ -836,8 +841,18 @@ async fn the_chart_runs_with_its_own_rbac_its_heartbeat_survives_garbage_collect
             match kind {
                 "ValidatingAdmissionPolicy" => cluster.created("ValidatingAdmissionPolicy", name),
                 "ValidatingAdmissionPolicyBinding" => cluster.created("ValidatingAdmissionPolicyBinding", name),
+                // GatewayClasses are cluster-scoped: reading them is the one cluster-wide grant
+                // (Gateway API on; `controller.gatewayAPI.enabled: false` drops it).
+                "ClusterRole" if name.ends_with("-controller-gatewayclasses") => {
+                    assert_eq!(
+                        o["rules"],
+                        json!([{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses"], "verbs": ["get", "list", "watch"]}])
+                    );
+                    cluster.created("ClusterRole", name);
+                }
+                "ClusterRoleBinding" if name.ends_with("-controller-gatewayclasses") => cluster.created("ClusterRoleBinding", name),
                 "ClusterRole" | "ClusterRoleBinding" => {
-                    panic!("{kind} {name}: with watchNamespaces the chart needs nothing cluster-wide for RBAC")
+                    panic!("{kind} {name}: with watchNamespaces the chart needs nothing cluster-wide for RBAC but reading GatewayClasses")
                 }
                 _ => {}
             }
@@ -854,6 +869,8 @@ async fn the_chart_runs_with_its_own_rbac_its_heartbeat_survives_garbage_collect
     let (controller_deploy, gateway_deploy) = (deployment("controller"), deployment("gateway"));
     let (mut controller, _controller_pod) = run_deployment(&cluster, &controller_deploy, "controller").await;
     wait_ready(&mut controller, port_of(&controller_deploy, "admin"));
+    let log = controller.log_text();
+    assert!(log.contains("Gateway API found") && !log.contains("watch failed"), "the chart's RBAC covers every watch: {log}");
     let (mut gateway, gateway_pod) = run_deployment(&cluster, &gateway_deploy, "gateway").await;
     let (http_port, gateway_admin) = (port_of(&gateway_deploy, "http"), port_of(&gateway_deploy, "admin"));
     wait_ready(&mut gateway, gateway_admin);

@@ -373,7 +373,7 @@ pub async fn run(
     let (heartbeats, t) = watch_kind(slot.clone(), own_ns.apis(&client), heartbeat_leases, any_change, Context::heartbeat_changed);
     tasks.extend(t);
 
-    let presence = gateway_api::discover(&client).await;
+    let presence = if opts.wiring.enabled { gateway_api::discover(&client).await } else { Default::default() };
     let gateway_api = if presence.gateway_api {
         tracing::info!(?presence, "Gateway API found: policies with targetRefs are attached and wired");
         let (stores, t) = gateway_api::watch(slot.clone(), &client, &opts.scope, &opts.namespace, presence);

@@ -96,3 +96,16 @@ volumes:
       name: {{ .Values.jwksCA.configMap }}
 {{- end }}
 {{- end -}}
+
+{{/*
+Gateway API wiring settings for the controller (PORTCULLIS_GATEWAY_API_SETTINGS): the chart's
+integration map, and this release's gateway Service as the authorizer of its gateway.
+*/}}
+{{- define "portcullis.gatewayAPISettings" -}}
+{{- $g := .Values.controller.gatewayAPI -}}
+{{- $authorizers := dict -}}
+{{- if and .Values.gateway.enabled .Values.gateway.grpcPort -}}
+{{- $_ := set $authorizers .Values.gateway.name (dict "namespace" .Release.Namespace "name" (include "portcullis.gateway" .) "port" (int .Values.gateway.grpcPort)) -}}
+{{- end -}}
+{{- toJson (dict "enabled" $g.enabled "integrations" $g.integrations "istioProvider" $g.istioProvider "authorizers" $authorizers) -}}
+{{- end }}
