@@ -614,6 +614,35 @@ fn envoy_grpc_with_the_docs_config_never_serves_what_portcullis_denies() {
     assert_sound_through("envoy-grpc", &["--grpc-listen", &listen], |dir, _, up| common::start_envoy_grpc(dir, grpc, up));
 }
 
+/// Envoy wired the way Envoy Gateway translates the SecurityPolicy Portcullis generates for an
+/// HTTPRoute (per-route ext_authz over gRPC, the AuthPolicy in the context extensions).
+#[test]
+fn envoy_gateway_per_route_ext_authz_never_serves_what_portcullis_denies() {
+    let grpc = free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    assert_sound_through("envoy-gateway", &["--grpc-listen", &listen], |dir, _, up| {
+        common::start_envoy_gateway(dir, grpc, up, "shop/orders")
+    });
+}
+
+/// A route the proxy attributes to another AuthPolicy than the one Portcullis matches serves
+/// nothing, whatever the credentials.
+#[test]
+fn envoy_gateway_routed_to_another_policy_serves_nothing() {
+    let h = harness();
+    let grpc = free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    let (authz, _) = authorizer(&h, &["--grpc-listen", &listen]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_envoy, port) = common::start_envoy_gateway(dir.path(), grpc, h.upstream, "shop/someone-else");
+    let (_, served) = run_corpus(port, &h);
+    assert_eq!(served, 0, "{}", authz.log_text());
+    let admin = h.tokens.get("admin").unwrap();
+    let r = http(port, "GET", HOST, "/orders/admin/1", &[("Authorization", &format!("Bearer {admin}"))]).unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap()["reason"], "route_mismatch");
+}
+
 #[test]
 fn caddy_forward_auth_never_serves_what_portcullis_denies() {
     assert_sound_through("caddy", &[], common::start_caddy);

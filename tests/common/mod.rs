@@ -652,6 +652,40 @@ static_resources:
     )
 }
 
+/// Envoy as Envoy Gateway translates a SecurityPolicy with `extAuth.grpc` on an HTTPRoute (its
+/// `internal/xds/translator/extauth.go`: one ext_authz filter per SecurityPolicy, disabled in the
+/// listener and enabled on the policy's routes only), with the context extensions the generated
+/// SecurityPolicy carries: `routed` names the AuthPolicy. The same cluster and route headers as
+/// [`envoy_grpc_conf`].
+pub fn envoy_gateway_conf(port: u16, admin: u16, authz_grpc: u16, upstream: u16, routed: &str) -> String {
+    let filter = "envoy.filters.http.ext_authz/securitypolicy/shop/portcullis-orders-httproute-orders";
+    let grpc = envoy_grpc_conf(port, admin, authz_grpc, upstream);
+    let grpc = grpc.replacen(
+        "                          request_headers_to_remove: [x-portcullis-sub]",
+        &format!(
+            r#"                          typed_per_filter_config:
+                            {filter}:
+                              "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                              config:
+                                "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                                check_settings: {{ context_extensions: {{ "portcullis.dev/policy": "{routed}" }} }}
+                          request_headers_to_remove: [x-portcullis-sub]"#
+        ),
+        1,
+    );
+    let grpc = grpc.replacen(
+        "                  - name: envoy.filters.http.ext_authz\n",
+        &format!("                  - name: {filter}\n                    disabled: true\n"),
+        1,
+    );
+    assert!(grpc.contains("disabled: true") && grpc.contains("context_extensions"), "the Envoy Gateway shape was not applied");
+    grpc
+}
+
+pub fn start_envoy_gateway(dir: &Path, authz_grpc: u16, upstream: u16, routed: &str) -> (Proc, u16) {
+    start_envoy_conf(dir, |port, admin| envoy_gateway_conf(port, admin, authz_grpc, upstream, routed))
+}
+
 pub fn start_envoy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
     start_envoy_conf(dir, |port, admin| envoy_conf(port, admin, authz, upstream))
 }
