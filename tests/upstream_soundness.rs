@@ -621,7 +621,7 @@ fn envoy_gateway_per_route_ext_authz_never_serves_what_portcullis_denies() {
     let grpc = free_port();
     let listen = format!("127.0.0.1:{grpc}");
     assert_sound_through("envoy-gateway", &["--grpc-listen", &listen], |dir, _, up| {
-        common::start_envoy_gateway(dir, grpc, up, "shop/orders")
+        common::start_envoy_gateway(dir, grpc, up, "shop/orders", None)
     });
 }
 
@@ -634,13 +634,30 @@ fn envoy_gateway_routed_to_another_policy_serves_nothing() {
     let listen = format!("127.0.0.1:{grpc}");
     let (authz, _) = authorizer(&h, &["--grpc-listen", &listen]);
     let dir = tempfile::tempdir().unwrap();
-    let (_envoy, port) = common::start_envoy_gateway(dir.path(), grpc, h.upstream, "shop/someone-else");
+    let (_envoy, port) = common::start_envoy_gateway(dir.path(), grpc, h.upstream, "shop/someone-else", None);
     let (_, served) = run_corpus(port, &h);
     assert_eq!(served, 0, "{}", authz.log_text());
     let admin = h.tokens.get("admin").unwrap();
     let r = http(port, "GET", HOST, "/orders/admin/1", &[("Authorization", &format!("Bearer {admin}"))]).unwrap();
     assert_eq!(r.status, 403);
     assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap()["reason"], "route_mismatch");
+}
+
+/// Behind a `URLRewrite` (`/v1/...` → `/...`), the authorizer decides on the client's path, not
+/// the rewritten one: a path that is public once rewritten is no route as the client sent it.
+#[test]
+fn the_authorizer_sees_the_clients_path_before_a_rewrite() {
+    let h = harness();
+    let grpc = free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    let (authz, _) = authorizer(&h, &["--grpc-listen", &listen]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_envoy, port) = common::start_envoy_gateway(dir.path(), grpc, h.upstream, "shop/orders", Some("/v1/"));
+    let r = http(port, "GET", HOST, "/v1/orders/healthz", &[]).unwrap();
+    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!((r.status, body["reason"].as_str()), (403, Some("no_route")), "{body}\n{}", authz.log_text());
+    // The same route without the rewrite prefix is not routed by Envoy at all.
+    assert_eq!(http(port, "GET", HOST, "/orders/healthz", &[]).unwrap().status, 404);
 }
 
 #[test]

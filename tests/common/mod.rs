@@ -657,9 +657,21 @@ static_resources:
 /// listener and enabled on the policy's routes only), with the context extensions the generated
 /// SecurityPolicy carries: `routed` names the AuthPolicy. The same cluster and route headers as
 /// [`envoy_grpc_conf`].
-pub fn envoy_gateway_conf(port: u16, admin: u16, authz_grpc: u16, upstream: u16, routed: &str) -> String {
+/// `rewrite`: the route matches this prefix and replaces it with `/` (an HTTPRoute `URLRewrite`
+/// filter with `ReplacePrefixMatch`).
+pub fn envoy_gateway_conf(port: u16, admin: u16, authz_grpc: u16, upstream: u16, routed: &str, rewrite: Option<&str>) -> String {
     let filter = "envoy.filters.http.ext_authz/securitypolicy/shop/portcullis-orders-httproute-orders";
-    let grpc = envoy_grpc_conf(port, admin, authz_grpc, upstream);
+    let mut grpc = envoy_grpc_conf(port, admin, authz_grpc, upstream);
+    if let Some(prefix) = rewrite {
+        let (plain, rewritten) = (
+            "                        - match: { prefix: \"/\" }\n                          route: { cluster: app }\n",
+            format!(
+                "                        - match: {{ prefix: \"{prefix}\" }}\n                          route: {{ cluster: app, prefix_rewrite: \"/\" }}\n"
+            ),
+        );
+        assert!(grpc.contains(plain), "the route to rewrite is not in the config");
+        grpc = grpc.replacen(plain, &rewritten, 1);
+    }
     let grpc = grpc.replacen(
         "                          request_headers_to_remove: [x-portcullis-sub]",
         &format!(
@@ -682,8 +694,8 @@ pub fn envoy_gateway_conf(port: u16, admin: u16, authz_grpc: u16, upstream: u16,
     grpc
 }
 
-pub fn start_envoy_gateway(dir: &Path, authz_grpc: u16, upstream: u16, routed: &str) -> (Proc, u16) {
-    start_envoy_conf(dir, |port, admin| envoy_gateway_conf(port, admin, authz_grpc, upstream, routed))
+pub fn start_envoy_gateway(dir: &Path, authz_grpc: u16, upstream: u16, routed: &str, rewrite: Option<&str>) -> (Proc, u16) {
+    start_envoy_conf(dir, |port, admin| envoy_gateway_conf(port, admin, authz_grpc, upstream, routed, rewrite))
 }
 
 pub fn start_envoy(dir: &Path, authz: u16, upstream: u16) -> (Proc, u16) {
