@@ -1090,13 +1090,15 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
     install_official_crds(&cluster.client).await;
     let (c, shop, infra) = (&cluster.client, cluster.tenant_ns.clone(), cluster.extra_ns[0].clone());
     let eg = "gateway.envoyproxy.io/gatewayclass-controller";
-    let (eg_class, nginx_class) = (format!("e2e-eg-{}", cluster.suffix), format!("e2e-nginx-{}", cluster.suffix));
-    for (class, controller) in [(&eg_class, eg), (&nginx_class, "gateway.nginx.org/nginx-gateway-controller")] {
+    let istio = "istio.io/gateway-controller";
+    let (eg_class, nginx_class, istio_class) =
+        (format!("e2e-eg-{}", cluster.suffix), format!("e2e-nginx-{}", cluster.suffix), format!("e2e-istio-{}", cluster.suffix));
+    for (class, controller) in [(&eg_class, eg), (&nginx_class, "gateway.nginx.org/nginx-gateway-controller"), (&istio_class, istio)] {
         apply_any(c, &json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": class}, "spec": {"controllerName": controller}})).await;
         cluster.created("GatewayClass", class);
     }
     let domain = format!("shop-{}.test", cluster.suffix);
-    for (gw, class) in [("web", &eg_class), ("plain", &nginx_class)] {
+    for (gw, class) in [("web", &eg_class), ("plain", &nginx_class), ("mesh", &istio_class)] {
         apply_any(c, &json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": gw, "namespace": infra},
             "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP", "hostname": format!("*.{domain}"),
                 "allowedRoutes": {"namespaces": {"from": "All"}}}]}})).await;
@@ -1112,6 +1114,7 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
         ("taken", "web", prefix("/"), eg),
         ("legacy", "plain", prefix("/"), "gateway.nginx.org/nginx-gateway-controller"),
         ("regex", "web", json!({"type": "RegularExpression", "value": "/v[0-9]+/.*"}), eg),
+        ("meshed", "mesh", prefix("/"), istio),
     ] {
         apply_any(c, &route(name, gw, path)).await;
         accept_route(c, &shop, name, &infra, gw, controller).await;
@@ -1132,7 +1135,7 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
                      "rules": [{"name": "all", "require": [{"claim": "scope", "containsAll": ["read"]}]}]}})
     };
     let policies: Api<AuthPolicy> = Api::namespaced(c.clone(), &shop);
-    for (name, target) in [("orders", "orders"), ("taken", "taken"), ("legacy", "legacy"), ("regex", "regex")] {
+    for (name, target) in [("orders", "orders"), ("taken", "taken"), ("legacy", "legacy"), ("regex", "regex"), ("meshed", "meshed")] {
         apply(&policies, name, attached(name, target)).await;
     }
     accepted(&policies, "orders").await;
@@ -1168,6 +1171,18 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
     // No gateway replica serves it here: enforced nowhere, and the status says so.
     assert!(ancestor.conditions.iter().any(|c| c.type_ == "Enforced" && c.status == "False"), "{ancestor:?}");
 
+    // Istio: an AuthorizationPolicy in the Gateway's namespace, accepted by the API server.
+    accepted(&policies, "meshed").await;
+    let aps: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        &infra,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", "AuthorizationPolicy")),
+    );
+    let ap =
+        eventually("the AuthorizationPolicy", Duration::from_secs(20), async || aps.get(&format!("portcullis-{shop}-meshed")).await.ok())
+            .await;
+    assert_eq!(ap.data["spec"]["action"], "CUSTOM");
+    assert_eq!(ap.data["spec"]["rules"][0]["to"][0]["operation"]["hosts"][0], format!("meshed.{domain}"));
     assert!(refused(&policies, "taken", "Conflicted").await.contains("their-own"));
     assert!(refused(&policies, "legacy", "Unsupported").await.contains("gateway.nginx.org/nginx-gateway-controller"));
     assert!(refused(&policies, "regex", "Invalid").await.contains("RegularExpression"));
@@ -1176,6 +1191,12 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
     assert_eq!(names.iter().filter(|n| n.starts_with("portcullis-")).count(), 2, "orders and the (fail-closed) regex route: {names:?}");
     assert!(sp_api.get("their-own").await.unwrap().data["spec"].get("extAuth").is_none());
 
+    // Another namespace cannot own it: deleting the policy, the controller removes it itself.
+    policies.delete("meshed", &DeleteParams::default()).await.unwrap();
+    eventually("the AuthorizationPolicy to go", Duration::from_secs(20), async || {
+        matches!(aps.get(&format!("portcullis-{shop}-meshed")).await, Err(kube::Error::Api(s)) if s.code == 404).then_some(())
+    })
+    .await;
     // The route goes: the policy says so, and its SecurityPolicy goes too.
     let routes: Api<DynamicObject> = Api::namespaced_with(
         c.clone(),
