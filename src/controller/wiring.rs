@@ -421,6 +421,14 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                                 }
                             }
                         }
+                        Ok(Integration::Istio) if proxy_only(outcome, &gw).is_some() => {
+                            let why = format!(
+                                "{} on this Gateway: Istio sends every request of the Gateway to Portcullis, which cannot select the route by them; split the rule or attach to a route without them",
+                                proxy_only(outcome, &gw).unwrap_or_default()
+                            );
+                            ancestor.accepted = keep((RejectReason::Invalid, why.clone()));
+                            problems.push((RejectReason::Invalid, why));
+                        }
                         Ok(Integration::Istio) => {
                             istio_hosts.entry(gw.clone()).or_default();
                             ancestor.wired_by =
@@ -463,6 +471,16 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         plan.ancestors.insert(key, ancestors);
     }
     plan
+}
+
+/// A route rule match of `outcome` on Gateway `gw` that only the proxy applies (header or query
+/// parameter matches), described with where it is.
+fn proxy_only(outcome: &Attachment, gw: &(String, String)) -> Option<String> {
+    let Attachment::Accepted { applied, .. } = outcome else { return None };
+    applied.iter().filter(|a| a.gateway == *gw).find_map(|a| {
+        let m = a.matches.iter().find_map(|m| m.proxy_only.clone())?;
+        Some(format!("route {}/{} {} has {m}", a.route.0, a.route.1, a.rule.as_deref().unwrap_or("(unnamed rule)")))
+    })
 }
 
 /// The `status.ancestors` of a policy: per Gateway, `Accepted` as planned and `Enforced` when
@@ -663,6 +681,22 @@ mod plan_tests {
         // Istio: the authorizer matches the route itself, on the route's hosts.
         let ap = &plan.objects[&("AuthorizationPolicy".to_owned(), "infra".to_owned(), "portcullis-shop-mesh".to_owned())];
         assert_eq!(ap["spec"]["rules"][0]["to"][0]["operation"]["hosts"], json!(["mesh.shop.test", "mesh.shop.test:*"]));
+    }
+
+    #[test]
+    fn header_matches_are_left_to_a_proxy_that_checks_per_route_and_refused_where_portcullis_selects_the_route() {
+        let mut w = world();
+        let with_header = |name: &str, gw: &str| {
+            obj(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"namespace": "shop", "name": name},
+                "spec": {"rules": [{"name": "beta", "matches": [{"path": {"type": "PathPrefix", "value": "/beta"}, "headers": [{"name": "x-beta", "value": "1"}]}]}]},
+                "status": accepted_by(gw)}))
+        };
+        w.http_routes = vec![with_header("eg-beta", "eg-web"), with_header("istio-beta", "istio-web")];
+        let plan = plan(&[policy("eg", "eg-beta"), policy("istio", "istio-beta")], &w, &settings());
+        assert!(plan.attachments["shop/eg"].as_ref().is_ok_and(|a| a[0].matches[0].path.prefix.as_deref() == Some("/beta")));
+        let refused = plan.attachments["shop/istio"].as_ref().unwrap_err();
+        assert_eq!(refused.reason, RejectReason::Invalid);
+        assert!(refused.message().contains("route shop/istio-beta beta has header matches"), "{}", refused.message());
     }
 
     #[test]

@@ -819,7 +819,11 @@ fn a_policy_attached_to_routes_applies_each_route_rule_on_its_own_hosts_only() {
         route: ("shop".into(), "orders".into()),
         rule: Some("r".into()),
         hosts: vec![HostPattern::parse(host).unwrap()],
-        matches: vec![RouteMatch { path: PathMatch { prefix: Some(prefix.into()), ..Default::default() }, methods: vec![] }],
+        matches: vec![RouteMatch {
+            path: PathMatch { prefix: Some(prefix.into()), ..Default::default() },
+            methods: vec![],
+            proxy_only: None,
+        }],
     };
     // Not resolved (local mode, no Gateway API): refused with the reason, nothing served.
     let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());

@@ -267,7 +267,7 @@ mod tests {
     use crate::api::PathMatch;
 
     fn prefix(p: &str) -> RouteMatch {
-        RouteMatch { path: PathMatch { prefix: Some(p.into()), ..Default::default() }, methods: vec![] }
+        RouteMatch { path: PathMatch { prefix: Some(p.into()), ..Default::default() }, ..Default::default() }
     }
 
     fn world() -> (Vec<Gateway>, Vec<Route>) {

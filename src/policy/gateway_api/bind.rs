@@ -195,7 +195,7 @@ mod tests {
                     "Exact" => PathMatch { exact: Some((*value).to_owned()), ..Default::default() },
                     _ => PathMatch { prefix: Some((*value).to_owned()), ..Default::default() },
                 },
-                methods: vec![],
+                ..Default::default()
             })
             .collect()
     }

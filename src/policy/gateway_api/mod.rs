@@ -53,10 +53,15 @@ fn covers(outer: &HostPattern, inner: &HostPattern) -> bool {
 }
 
 /// A route match as Portcullis matches requests: a path and the methods (empty: any).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteMatch {
     pub path: PathMatch,
     pub methods: Vec<String>,
+    /// What of the match only the proxy applies (header or query parameter matches): the
+    /// authorizer's path and method match is wider. Sound where the proxy sends only the route's
+    /// requests (Envoy Gateway: ext_authz per route); refused where the authorizer must select
+    /// the route itself (Istio).
+    pub proxy_only: Option<String>,
 }
 
 /// The Portcullis match for one HTTPRoute match, or why it cannot be reproduced exactly.
@@ -64,16 +69,15 @@ pub struct RouteMatch {
 /// `PathPrefix` matches whole segments in Gateway API (`/abc` matches `/abc` and `/abc/d`, never
 /// `/abcd`), as a Portcullis prefix does (`decide::tests`, `/ordersX`); a trailing slash is
 /// ignored by both. A match without a
-/// path matches every path (`PathPrefix /`). Header and query matches narrow a route by what the
-/// authorizer is not given the same way on every proxy, and `RegularExpression` has no
-/// portable dialect: refused.
+/// path matches every path (`PathPrefix /`). Header and query matches are the proxy's to apply
+/// (`RouteMatch::proxy_only`), and `RegularExpression` has no portable dialect: refused.
 pub fn route_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
-    if !m.headers.is_empty() {
-        return Err("header matches are not reproduced by the authorizer; split the rule or attach to a route without them".into());
-    }
-    if !m.query_params.is_empty() {
-        return Err("query parameter matches are not reproduced by the authorizer; split the rule or attach to a route without them".into());
-    }
+    let proxy_only = match (m.headers.is_empty(), m.query_params.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some("header matches".to_owned()),
+        (true, false) => Some("query parameter matches".to_owned()),
+        (false, false) => Some("header and query parameter matches".to_owned()),
+    };
     let path = m.path.clone().unwrap_or_default();
     if !path.value.starts_with('/') {
         return Err(format!("path {:?} does not start with '/'", path.value));
@@ -89,16 +93,14 @@ pub fn route_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
         }
         other => return Err(format!("path match type {other:?} is not part of Gateway API")),
     };
-    Ok(RouteMatch { path, methods: m.method.iter().cloned().collect() })
+    Ok(RouteMatch { path, methods: m.method.iter().cloned().collect(), proxy_only })
 }
 
 /// The Portcullis match for one GRPCRoute match: a gRPC call is `POST /<service>/<method>`, so a
 /// service and method are an exact path, a service alone a prefix. A method of any service has
 /// no path form, and regular expressions no portable dialect: refused.
 pub fn grpc_route_match(m: &GrpcRouteMatch) -> Result<RouteMatch, String> {
-    if !m.headers.is_empty() {
-        return Err("header matches are not reproduced by the authorizer; split the rule or attach to a route without them".into());
-    }
+    let proxy_only = (!m.headers.is_empty()).then(|| "header matches".to_owned());
     let path = match &m.method {
         None => PathMatch { prefix: Some("/".into()), ..Default::default() },
         Some(GrpcMethodMatch { kind, .. }) if kind != "Exact" => {
@@ -115,7 +117,7 @@ pub fn grpc_route_match(m: &GrpcRouteMatch) -> Result<RouteMatch, String> {
         }
         Some(GrpcMethodMatch { service: None, method: None, .. }) => PathMatch { prefix: Some("/".into()), ..Default::default() },
     };
-    Ok(RouteMatch { path, methods: vec![] })
+    Ok(RouteMatch { path, methods: vec![], proxy_only })
 }
 
 pub mod attach;
@@ -168,10 +170,15 @@ mod tests {
         assert_eq!((all.path.prefix.as_deref(), all.methods.len()), (Some("/"), 0));
         // The spec's default type is PathPrefix.
         assert_eq!(m(serde_json::json!({"path": {"value": "/x"}})).unwrap().path.prefix.as_deref(), Some("/x"));
+        // Header and query matches: the path and method still, with what only the proxy applies.
+        let narrowed = m(serde_json::json!({"path": {"value": "/x"}, "headers": [{"name": "x-v", "value": "2"}], "queryParams": [{"name": "v", "value": "2"}]})).unwrap();
+        assert_eq!(
+            (narrowed.path.prefix.as_deref(), narrowed.proxy_only.as_deref()),
+            (Some("/x"), Some("header and query parameter matches"))
+        );
+        assert_eq!(prefix.proxy_only, None);
         for (refused, why) in [
             (serde_json::json!({"path": {"type": "RegularExpression", "value": "/a.*"}}), "cannot be reproduced exactly"),
-            (serde_json::json!({"headers": [{"name": "x-v", "value": "2"}]}), "header matches"),
-            (serde_json::json!({"queryParams": [{"name": "v", "value": "2"}]}), "query parameter matches"),
             (serde_json::json!({"path": {"type": "Prefix", "value": "/a"}}), "not part of Gateway API"),
         ] {
             let e = m(refused.clone()).unwrap_err();
@@ -190,6 +197,7 @@ mod tests {
         assert_eq!(m(serde_json::json!({})).unwrap().path.prefix.as_deref(), Some("/"));
         assert!(m(serde_json::json!({"method": {"method": "Get"}})).unwrap_err().contains("no path form"));
         assert!(m(serde_json::json!({"method": {"type": "RegularExpression", "service": "shop.*"}})).unwrap_err().contains("only Exact"));
-        assert!(m(serde_json::json!({"headers": [{"name": "x", "value": "y"}]})).unwrap_err().contains("header matches"));
+        let with_header = m(serde_json::json!({"method": {"service": "s.S"}, "headers": [{"name": "x", "value": "y"}]})).unwrap();
+        assert_eq!((with_header.path.prefix.as_deref(), with_header.proxy_only.as_deref()), (Some("/s.S"), Some("header matches")));
     }
 }
