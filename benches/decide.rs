@@ -384,5 +384,124 @@ fn bench_scale(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_preparsed, bench_compile, bench_controller, bench_routes, bench_cache, bench_scale);
+/// Gateway API: 1,000 HTTPRoutes (100 namespaces, 3 named rules each) on one Envoy Gateway
+/// Gateway, each with an AuthPolicy attached (one rule for the whole route, one narrowing it).
+/// One pass of the controller before it talks to the API server: the wiring plan (topology,
+/// attachment, generated objects, ancestors), binding and compiling, the ConfigMap. An HTTPRoute
+/// edit costs this pass (plus the debounce and the writes).
+fn bench_gateway_api(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use portcullis::api::AuthPolicy;
+    use portcullis::api::gateway_api::{Gateway, GatewayClass, HTTPRoute};
+    use portcullis::controller::{desired, wiring};
+    use serde_json::json;
+    let mut g = c.benchmark_group("gateway-api");
+    g.sample_size(10);
+    let class: Arc<GatewayClass> = Arc::new(
+        serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "eg"},
+            "spec": {"controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}}))
+        .unwrap(),
+    );
+    let gateway: Arc<Gateway> = Arc::new(
+        serde_json::from_value(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "web", "namespace": "infra"},
+            "spec": {"gatewayClassName": "eg", "listeners": [{"name": "https", "hostname": "*.shop.test"}]}}),
+        )
+        .unwrap(),
+    );
+    let route = |i: usize, first: &str| -> Arc<HTTPRoute> {
+        Arc::new(
+            serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": format!("r{i}"), "namespace": format!("ns{}", i % 100)},
+                "spec": {"hostnames": [format!("r{i}.shop.test")], "rules": [
+                    {"name": "read", "matches": [{"path": {"type": "PathPrefix", "value": first}, "method": "GET"}]},
+                    {"name": "write", "matches": [{"path": {"type": "PathPrefix", "value": "/orders"}, "method": "POST"}]},
+                    {"name": "health", "matches": [{"path": {"type": "Exact", "value": "/healthz"}}]}]},
+                "status": {"parents": [{"parentRef": {"name": "web", "namespace": "infra"}, "controllerName": "gateway.envoyproxy.io/gatewayclass-controller",
+                    "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]}}))
+            .unwrap(),
+        )
+    };
+    let routes: Vec<Arc<HTTPRoute>> = (0..1000).map(|i| route(i, "/orders")).collect();
+    let issuer =
+        json!({"issuer": "https://id.test", "audiences": ["shop"], "algorithms": ["ES256"], "jwks": {"uri": "https://id.test/jwks"}});
+    let policies: Vec<Arc<AuthPolicy>> = (0..1000)
+        .map(|i| {
+            Arc::new(
+                serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy",
+                    "metadata": {"name": format!("p{i}"), "namespace": format!("ns{}", i % 100), "uid": format!("u{i}"), "generation": 1,
+                                 "creationTimestamp": "2026-01-01T00:00:00Z"},
+                    "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": format!("r{i}")}],
+                             "issuers": [issuer],
+                             "rules": [{"name": "admin", "match": {"paths": [{"prefix": "/orders/admin"}]}, "require": [{"claim": "roles", "containsAny": ["admin"]}]},
+                                       {"name": "rest", "require": [{"claim": "scope", "containsAll": ["orders"]}]}]}}))
+                .unwrap(),
+            )
+        })
+        .collect();
+    let settings = wiring::WiringSettings {
+        authorizers: [(
+            "default".to_owned(),
+            wiring::ServiceRef { namespace: "portcullis".into(), name: "portcullis-gateway".into(), port: 9001 },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let tenancy_settings = portcullis::policy::tenancy::parse_settings("default: { unlistedHosts: FirstClaim }").unwrap();
+    let mut validations = portcullis::policy::ValidationCache::default();
+    let mut pass = |routes: &[Arc<HTTPRoute>]| {
+        let world = wiring::World {
+            classes: vec![class.clone()],
+            gateways: vec![gateway.clone()],
+            http_routes: routes.to_vec(),
+            ..Default::default()
+        };
+        let plan = wiring::plan(&policies, &world, &settings);
+        let mut inputs = desired::policy_inputs(&policies, "default", &Default::default());
+        for input in &mut inputs {
+            input.attachment = plan.attachments.get(&input.meta.key()).cloned();
+        }
+        let tenancy = desired::tenancy(&tenancy_settings, "portcullis", "default", &[], Default::default());
+        let compiled = portcullis::policy::compile_cached("default", &inputs, &BTreeMap::new(), &tenancy, &mut validations);
+        let secret = desired::gateway_keys_secret("portcullis", &compiled.config, &BTreeMap::new());
+        let cm = desired::gateway_configmap("portcullis", &compiled.config, &secret);
+        (plan, compiled, cm)
+    };
+    let (plan, first, _) = pass(&routes);
+    assert!(
+        first.outcomes.iter().all(|o| o.outcome == portcullis::policy::Outcome::Accepted),
+        "{:?}",
+        first.outcomes.iter().find(|o| o.outcome != portcullis::policy::Outcome::Accepted)
+    );
+    assert_eq!(plan.objects.len(), 1000 + 100, "a SecurityPolicy per route, a ReferenceGrant per namespace");
+    // Per policy: admin on the GET and the POST rule (inside /orders), the rest on all three.
+    assert_eq!(first.config.route_count(), 1000 * 5);
+    g.bench_function("1000-routes-and-policies/pass", |b| b.iter(|| black_box(pass(&routes))));
+    let world =
+        wiring::World { classes: vec![class.clone()], gateways: vec![gateway.clone()], http_routes: routes.clone(), ..Default::default() };
+    g.bench_function("1000-routes-and-policies/plan-only", |b| b.iter(|| black_box(wiring::plan(&policies, &world, &settings))));
+    let mut edited = routes.clone();
+    let mut n = 0;
+    g.bench_function("1000-routes-and-policies/route-edit-pass", |b| {
+        b.iter(|| {
+            n += 1;
+            edited[7] = route(7, &format!("/orders/v{n}"));
+            black_box(pass(&edited))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decide,
+    bench_preparsed,
+    bench_compile,
+    bench_controller,
+    bench_routes,
+    bench_cache,
+    bench_scale,
+    bench_gateway_api
+);
 criterion_main!(benches);

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::api::gateway_api::{GRPCRoute, Gateway as GatewayObject, GatewayClass, HTTPRoute, SecurityPolicy};
 use crate::api::{AncestorRef, AuthPolicy, PolicyAncestorStatus, TargetRefKind};
-use crate::policy::gateway_api::{Applied, Attaching, Attachment, TargetKind, TargetRef, attach, topology};
+use crate::policy::gateway_api::{Applied, Attaching, Attachment, Route, TargetKind, TargetRef, attach, topology};
 use crate::policy::host::HostPattern;
 use crate::policy::{RejectReason, Rejection};
 
@@ -323,6 +323,12 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         })
         .collect();
     let outcomes = attach(&attaching, &gateways, &routes);
+    let mut outcomes_of: HashMap<&str, Vec<(&TargetRef, &Attachment)>> = HashMap::new();
+    for (key, target, outcome) in &outcomes {
+        outcomes_of.entry(key.as_str()).or_default().push((target, outcome));
+    }
+    let route_index: HashMap<(TargetKind, &str, &str), &Route> =
+        routes.iter().map(|r| ((r.kind, r.namespace.as_str(), r.name.as_str()), r)).collect();
     let class_of = |ns: &str, name: &str| -> Result<Integration, String> {
         let g = world.gateways.iter().find(|g| g.metadata.namespace.as_deref() == Some(ns) && g.metadata.name.as_deref() == Some(name));
         let Some(g) = g else { return Err(format!("Gateway {ns}/{name} does not exist")) };
@@ -349,12 +355,11 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         let mut ancestors: Vec<Ancestor> = Vec::new();
         // Istio: one AuthorizationPolicy per Gateway, for the hosts this policy applies on there.
         let mut istio_hosts: BTreeMap<(String, String), Vec<HostPattern>> = BTreeMap::new();
-        for (_, target, outcome) in outcomes.iter().filter(|(k, _, _)| *k == key) {
+        for (target, outcome) in outcomes_of.get(key.as_str()).into_iter().flatten().copied() {
             let target_gateways: Vec<(String, String)> = match target.kind {
                 TargetKind::Gateway => vec![(namespace.clone(), target.name.clone())],
-                kind => routes
-                    .iter()
-                    .find(|r| r.kind == kind && r.namespace == namespace && r.name == target.name)
+                kind => route_index
+                    .get(&(kind, namespace.as_str(), target.name.as_str()))
                     .map(|r| r.parents.iter().map(|(g, _)| g.clone()).collect())
                     .unwrap_or_default(),
             };

@@ -113,6 +113,8 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
     }
     let mut out: Vec<(String, TargetRef, Attachment)> = Vec::new();
     let mut claims: Vec<Claim> = Vec::new();
+    let route_index: std::collections::HashMap<(TargetKind, &str, &str), &Route> =
+        routes.iter().map(|r| ((r.kind, r.namespace.as_str(), r.name.as_str()), r)).collect();
     for (i, p) in policies.iter().enumerate() {
         for t in &p.targets {
             let missing = |what: String| (p.key(), t.clone(), Attachment::TargetNotFound(what));
@@ -131,7 +133,7 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
                     claims.push(Claim { policy: i, target: t.clone(), level: Level::Gateway });
                 }
                 TargetKind::HttpRoute | TargetKind::GrpcRoute => {
-                    let Some(r) = routes.iter().find(|r| r.kind == t.kind && r.namespace == p.namespace && r.name == t.name) else {
+                    let Some(r) = route_index.get(&(t.kind, p.namespace.as_str(), t.name.as_str())) else {
                         out.push(missing(format!("{} {}/{} does not exist", kind_name(t.kind), p.namespace, t.name)));
                         continue;
                     };
@@ -161,6 +163,12 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
         let p = &policies[c.policy];
         (std::cmp::Reverse(c.level), p.created.is_none(), p.created, p.namespace.clone(), p.name.clone())
     };
+    // Claims by what they name: a route's rules are covered by the claims on the route and on
+    // its Gateways, never by a scan of all of them.
+    let mut by_target: std::collections::HashMap<(TargetKind, &str, &str), Vec<usize>> = Default::default();
+    for (i, c) in claims.iter().enumerate() {
+        by_target.entry((c.target.kind, policies[c.policy].namespace.as_str(), c.target.name.as_str())).or_default().push(i);
+    }
     let mut won: std::collections::HashMap<usize, Vec<Applied>> = Default::default();
     let mut lost_to: std::collections::HashMap<usize, (Level, String, usize)> = Default::default();
     let mut invalid: std::collections::HashMap<usize, String> = Default::default();
@@ -168,9 +176,11 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
         for ((gw_ns, gw_name), listeners) in &r.parents {
             let Some(g) = gateways.iter().find(|g| g.namespace == *gw_ns && g.name == *gw_name) else { continue };
             for (rule_index, rule) in r.rules.iter().enumerate() {
-                let covering: Vec<(usize, &Claim)> = claims
-                    .iter()
-                    .enumerate()
+                let on_route = by_target.get(&(r.kind, r.namespace.as_str(), r.name.as_str())).into_iter().flatten();
+                let on_gateway = by_target.get(&(TargetKind::Gateway, g.namespace.as_str(), g.name.as_str())).into_iter().flatten();
+                let covering: Vec<(usize, &Claim)> = on_route
+                    .chain(on_gateway)
+                    .map(|&i| (i, &claims[i]))
                     .filter(|(_, c)| {
                         let p = &policies[c.policy];
                         match c.target.kind {
