@@ -1191,6 +1191,28 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
     assert_eq!(names.iter().filter(|n| n.starts_with("portcullis-")).count(), 2, "orders and the (fail-closed) regex route: {names:?}");
     assert!(sp_api.get("their-own").await.unwrap().data["spec"].get("extAuth").is_none());
 
+    // A target that appears later: TargetNotFound until the route exists and its Gateway
+    // accepted it, then wired.
+    apply(&policies, "late", attached("late", "late")).await;
+    assert!(refused(&policies, "late", "TargetNotFound").await.contains("late"));
+    apply_any(c, &route("late", "web", prefix("/late"))).await;
+    accept_route(c, &shop, "late", &infra, "web", eg).await;
+    accepted(&policies, "late").await;
+    eventually("the late route's SecurityPolicy", Duration::from_secs(20), async || {
+        sp_api.get("portcullis-late-httproute-late").await.ok()
+    })
+    .await;
+    // An edit that does not bind (a rule outside the route) is refused; the last good version
+    // keeps serving and its SecurityPolicy stays.
+    let mut outside = attached("late", "late");
+    outside["spec"]["rules"][0]["match"] = json!({"paths": [{"prefix": "/elsewhere"}]});
+    apply(&policies, "late", outside).await;
+    assert!(refused(&policies, "late", "Invalid").await.contains("outside every path"));
+    let late = policies.get("late").await.unwrap();
+    let programmed = condition(&late, "Programmed").unwrap();
+    assert_eq!(programmed.0, "True", "the last good version serves: {programmed:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(sp_api.get("portcullis-late-httproute-late").await.is_ok(), "the SecurityPolicy stays");
     // Another namespace cannot own it: deleting the policy, the controller removes it itself.
     policies.delete("meshed", &DeleteParams::default()).await.unwrap();
     eventually("the AuthorizationPolicy to go", Duration::from_secs(20), async || {
