@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::api::gateway_api::{GRPCRoute, Gateway as GatewayObject, HTTPRoute, RouteStatus};
 
-use super::{Gateway, Route, RouteRule, TargetKind, grpc_route_match, route_match};
+use super::{Gateway, Route, RouteMatch, RouteRule, TargetKind, grpc_route_match, route_match};
 
 pub fn gateways(objects: &[Arc<GatewayObject>]) -> Vec<Gateway> {
     objects
@@ -21,48 +21,40 @@ pub fn gateways(objects: &[Arc<GatewayObject>]) -> Vec<Gateway> {
 /// Every HTTPRoute and GRPCRoute. A rule without matches matches everything (Gateway API's
 /// default `PathPrefix /`).
 pub fn routes(http: &[Arc<HTTPRoute>], grpc: &[Arc<GRPCRoute>], gateways: &[Gateway]) -> Vec<Route> {
-    let mut out = Vec::new();
-    for r in http {
-        let namespace = r.metadata.namespace.clone().unwrap_or_default();
-        let rules = r
-            .spec
-            .rules
-            .iter()
-            .map(|rule| {
-                let matches = if rule.matches.is_empty() { vec![Default::default()] } else { rule.matches.clone() };
-                RouteRule { name: rule.name.clone(), matches: matches.iter().map(route_match).collect() }
-            })
-            .collect();
-        out.push(Route {
-            kind: TargetKind::HttpRoute,
-            parents: accepted_parents(&namespace, r.status.as_ref(), gateways),
-            namespace,
-            name: r.metadata.name.clone().unwrap_or_default(),
-            hostnames: r.spec.hostnames.clone(),
-            rules,
-        });
+    let http_routes = http.iter().map(|r| {
+        let rules = r.spec.rules.iter().map(|rule| RouteRule { name: rule.name.clone(), matches: matches_of(&rule.matches, route_match) });
+        route(TargetKind::HttpRoute, &r.metadata, &r.spec.hostnames, rules.collect(), r.status.as_ref(), gateways)
+    });
+    let grpc_routes = grpc.iter().map(|r| {
+        let rules =
+            r.spec.rules.iter().map(|rule| RouteRule { name: rule.name.clone(), matches: matches_of(&rule.matches, grpc_route_match) });
+        route(TargetKind::GrpcRoute, &r.metadata, &r.spec.hostnames, rules.collect(), r.status.as_ref(), gateways)
+    });
+    http_routes.chain(grpc_routes).collect()
+}
+
+/// A rule's matches in Portcullis terms; none is one default match.
+fn matches_of<M: Default + Clone>(matches: &[M], convert: fn(&M) -> Result<RouteMatch, String>) -> Result<Vec<RouteMatch>, String> {
+    if matches.is_empty() { convert(&M::default()).map(|m| vec![m]) } else { matches.iter().map(convert).collect() }
+}
+
+fn route(
+    kind: TargetKind,
+    meta: &kube::api::ObjectMeta,
+    hostnames: &[String],
+    rules: Vec<RouteRule>,
+    status: Option<&RouteStatus>,
+    gateways: &[Gateway],
+) -> Route {
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    Route {
+        kind,
+        parents: accepted_parents(&namespace, status, gateways),
+        namespace,
+        name: meta.name.clone().unwrap_or_default(),
+        hostnames: hostnames.to_vec(),
+        rules,
     }
-    for r in grpc {
-        let namespace = r.metadata.namespace.clone().unwrap_or_default();
-        let rules = r
-            .spec
-            .rules
-            .iter()
-            .map(|rule| {
-                let matches = if rule.matches.is_empty() { vec![Default::default()] } else { rule.matches.clone() };
-                RouteRule { name: rule.name.clone(), matches: matches.iter().map(grpc_route_match).collect() }
-            })
-            .collect();
-        out.push(Route {
-            kind: TargetKind::GrpcRoute,
-            parents: accepted_parents(&namespace, r.status.as_ref(), gateways),
-            namespace,
-            name: r.metadata.name.clone().unwrap_or_default(),
-            hostnames: r.spec.hostnames.clone(),
-            rules,
-        });
-    }
-    out
 }
 
 /// The Gateways whose controller accepted the route (`Accepted=True` in `status.parents`), each
