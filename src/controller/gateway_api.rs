@@ -140,6 +140,9 @@ impl Stores {
         if !self.presence.authorization_policies {
             missing.push("AuthorizationPolicy".to_owned());
         }
+        if !self.presence.reference_grants {
+            missing.push("ReferenceGrant".to_owned());
+        }
         World {
             classes: self.classes.state(),
             gateways: self.gateways.state(),

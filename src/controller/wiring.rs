@@ -415,6 +415,16 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                                     ancestor.accepted = Err((RejectReason::Invalid, why.clone()));
                                     problems.push((RejectReason::Invalid, why));
                                 }
+                                (Some(svc), None)
+                                    if svc.namespace != namespace && world.missing_kinds.iter().any(|k| k == "ReferenceGrant") =>
+                                {
+                                    let why = format!(
+                                        "the authorizer Service is in namespace {} and this cluster does not serve ReferenceGrant, which Envoy Gateway needs to send {namespace}'s requests there",
+                                        svc.namespace
+                                    );
+                                    ancestor.accepted = keep((RejectReason::Unsupported, why.clone()));
+                                    problems.push((RejectReason::Unsupported, why));
+                                }
                                 (Some(svc), None) => {
                                     let sp = security_policy(&owner, target, svc);
                                     ancestor.wired_by = Some(object_key(&sp));
@@ -702,6 +712,18 @@ mod plan_tests {
         let refused = plan.attachments["shop/istio"].as_ref().unwrap_err();
         assert_eq!(refused.reason, RejectReason::Invalid);
         assert!(refused.message().contains("route shop/istio-beta beta has header matches"), "{}", refused.message());
+    }
+
+    #[test]
+    fn a_missing_crd_is_reported_and_never_half_wired() {
+        let mut w = world();
+        w.missing_kinds = vec!["ReferenceGrant".into(), "AuthorizationPolicy".into()];
+        let plan = plan(&[policy("orders", "orders"), policy("mesh", "mesh")], &w, &settings());
+        assert!(plan.objects.is_empty(), "no SecurityPolicy without the grant it needs: {:?}", plan.objects.keys());
+        assert!(matches!(&plan.attachments["shop/orders"], Err(r) if r.message().contains("ReferenceGrant")));
+        assert!(
+            matches!(&plan.attachments["shop/mesh"], Err(r) if r.reason == RejectReason::Unsupported && r.message().contains("AuthorizationPolicy"))
+        );
     }
 
     #[test]
