@@ -709,13 +709,27 @@ pub fn start_envoy_grpc(dir: &Path, authz_grpc: u16, upstream: u16) -> (Proc, u1
 fn start_envoy_conf(dir: &Path, conf: impl Fn(u16, u16) -> String) -> (Proc, u16) {
     let bin = envoy_binary();
     std::fs::create_dir_all(dir).unwrap();
-    let (port, admin) = (free_port(), free_port());
-    std::fs::write(dir.join("envoy.yaml"), conf(port, admin)).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c").arg(dir.join("envoy.yaml")).args(["--disable-hot-restart", "-l", "warning", "--concurrency", "1"]);
-    let mut p = Proc::spawn("envoy", &mut cmd, dir.join("envoy.out"));
-    p.wait_serving(Duration::from_secs(30), || http(admin, "GET", "localhost", "/ready", &[]).ok().filter(|r| r.status == 200));
-    (p, port)
+    // A free port can be taken by a test running beside this one before Envoy binds it: then
+    // Envoy exits at once, and starts again on other ports.
+    for attempt in 1.. {
+        let (port, admin) = (free_port(), free_port());
+        std::fs::write(dir.join("envoy.yaml"), conf(port, admin)).unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c").arg(dir.join("envoy.yaml")).args(["--disable-hot-restart", "-l", "warning", "--concurrency", "1"]);
+        let mut p = Proc::spawn("envoy", &mut cmd, dir.join("envoy.out"));
+        let ready = wait_until("envoy", Duration::from_secs(30), || {
+            if !p.is_running() {
+                return Some(false);
+            }
+            http(admin, "GET", "localhost", "/ready", &[]).ok().filter(|r| r.status == 200).map(|_| true)
+        });
+        if ready {
+            return (p, port);
+        }
+        let log = p.log_text();
+        assert!(attempt < 3 && log.contains("Address already in use"), "envoy exited:\n{log}");
+    }
+    unreachable!()
 }
 
 /// A JWKS endpoint whose answer the test changes, counting requests.
