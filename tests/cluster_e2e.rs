@@ -1125,7 +1125,7 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
 
     let settings =
         json!({"authorizers": {&cluster.gateway_name: {"namespace": &cluster.ns, "name": "portcullis-gateway", "port": 9001}}}).to_string();
-    let _controller = cluster.controller_with(free_port(), "ctl", &["--gateway-api-settings", &settings]);
+    let controller = cluster.controller_with(free_port(), "ctl", &["--gateway-api-settings", &settings]);
     let issuer = TestIssuer::new("https://id.gateway-api.test", SigningAlgorithm::ES256);
     let attached = |name: &str, target: &str| {
         json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": name, "namespace": shop},
@@ -1184,6 +1184,17 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
     assert_eq!(ap.data["spec"]["action"], "CUSTOM");
     assert_eq!(ap.data["spec"]["rules"][0]["to"][0]["operation"]["hosts"][0], format!("meshed.{domain}"));
     assert!(refused(&policies, "taken", "Conflicted").await.contains("their-own"));
+    // Written once over all these passes: the API server's defaults in the stored object never
+    // read as a difference (a request per object and pass, 1,000 objects a pass at scale).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = controller
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("gateway wiring written") && l.contains("portcullis-orders-httproute-orders"))
+        .count();
+    assert_eq!(writes, 1, "the SecurityPolicy was written again:\n{}", controller.log_text());
+    let again = sp_api.get("portcullis-orders-httproute-orders").await.unwrap();
+    assert_eq!(again.metadata.resource_version, sp.metadata.resource_version);
     assert!(refused(&policies, "legacy", "Unsupported").await.contains("gateway.nginx.org/nginx-gateway-controller"));
     assert!(refused(&policies, "regex", "Invalid").await.contains("RegularExpression"));
     // Only the orders route is wired; the user's SecurityPolicy is untouched.

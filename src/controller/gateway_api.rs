@@ -209,7 +209,7 @@ pub async fn write(client: &Client, stores: &Stores, plan: &wiring::Plan) -> (BT
     let mut first_error = None;
     for (key, doc) in &plan.objects {
         let (kind, namespace, name) = key;
-        if existing.get(key) == Some(&comparable(doc)) {
+        if existing.get(key).is_some_and(|stored| wiring::holds(stored, &comparable(doc))) {
             live.insert(key.clone());
             continue;
         }

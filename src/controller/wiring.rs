@@ -181,7 +181,7 @@ pub fn security_policy(owner: &Owner, target: &TargetRef, authorizer: &ServiceRe
         "spec": {
             "targetRefs": [target_ref],
             "extAuth": {
-                "grpc": {"backendRefs": [{"group": "", "kind": "Service", "name": authorizer.name, "namespace": authorizer.namespace, "port": authorizer.port}]},
+                "grpc": {"backendRefs": [{"group": "", "kind": "Service", "name": authorizer.name, "namespace": authorizer.namespace, "port": authorizer.port, "weight": 1}]},
                 "failOpen": false,
                 "contextExtensions": [{"name": CONTEXT_POLICY, "type": "Value", "value": format!("{}/{}", owner.namespace, owner.name)}],
             },
@@ -234,6 +234,18 @@ pub fn authorization_policy(owner: &Owner, gateway: (&str, &str), hosts: &[HostP
             "rules": [rule],
         },
     })
+}
+
+/// Whether `stored` holds everything `desired` sets: the same values for every field written,
+/// whatever else the API server added (CRD defaults such as a backendRef's `weight`, another
+/// controller's labels). Comparing for equality rewrote such an object on every pass, and each
+/// write woke the next pass.
+pub fn holds(stored: &Value, desired: &Value) -> bool {
+    match (stored, desired) {
+        (Value::Object(s), Value::Object(d)) => d.iter().all(|(k, dv)| s.get(k).is_some_and(|sv| holds(sv, dv))),
+        (Value::Array(s), Value::Array(d)) => s.len() == d.len() && s.iter().zip(d).all(|(sv, dv)| holds(sv, dv)),
+        (s, d) => s == d,
+    }
 }
 
 /// A SecurityPolicy Portcullis did not write that targets the same object: Envoy Gateway applies
@@ -560,6 +572,38 @@ pub fn ancestor_statuses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_object_with_defaults_and_foreign_labels_holds_what_was_written_and_a_changed_one_does_not() {
+        let owner = Owner { namespace: "shop", name: "orders", uid: "u-1" };
+        let authorizer = ServiceRef { namespace: "portcullis".into(), name: "portcullis-gateway".into(), port: 9001 };
+        let target = TargetRef { kind: TargetKind::HttpRoute, name: "orders".into(), section: None };
+        let desired = security_policy(&owner, &target, &authorizer);
+        let mut stored = desired.clone();
+        // As the API server stores it: fields the CRD defaults, a label of someone else's.
+        stored["spec"]["extAuth"]["timeout"] = json!("10s");
+        stored["metadata"]["labels"]["team"] = json!("shop");
+        assert!(holds(&stored, &desired));
+        for change in [
+            json!({"spec": {"extAuth": {"failOpen": true}}}),
+            json!({"spec": {"extAuth": {"contextExtensions": []}}}),
+            json!({"metadata": {"labels": {"portcullis.dev/policy": "other"}}}),
+        ] {
+            let mut edited = stored.clone();
+            json_merge(&mut edited, &change);
+            assert!(!holds(&edited, &desired), "{change}");
+        }
+        let mut extra_target = stored.clone();
+        extra_target["spec"]["targetRefs"].as_array_mut().unwrap().push(json!({"kind": "HTTPRoute", "name": "x"}));
+        assert!(!holds(&extra_target, &desired), "a list is the list written");
+    }
+
+    fn json_merge(into: &mut Value, patch: &Value) {
+        match (into, patch) {
+            (Value::Object(i), Value::Object(p)) => p.iter().for_each(|(k, v)| json_merge(i.entry(k.clone()).or_insert(Value::Null), v)),
+            (i, p) => *i = p.clone(),
+        }
+    }
 
     #[test]
     fn long_names_are_cut_with_a_hash_and_never_collide() {
