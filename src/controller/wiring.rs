@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api::gateway_api::{GRPCRoute, Gateway as GatewayObject, GatewayClass, HTTPRoute, SecurityPolicy};
-use crate::api::{AncestorRef, AuthPolicy, PolicyAncestorStatus, TargetRefKind};
+use crate::api::{AncestorRef, AuthPolicy, PolicyAncestorStatus};
 use crate::policy::gateway_api::{Applied, Attaching, Attachment, Route, TargetKind, TargetRef, attach, topology};
 use crate::policy::host::HostPattern;
 use crate::policy::{RejectReason, Rejection};
@@ -115,22 +115,6 @@ pub fn object_name(parts: &[&str], max: usize) -> String {
     format!("{}-{hash}", name[..max - 9].trim_end_matches(['-', '.']))
 }
 
-fn kind_slug(kind: TargetKind) -> &'static str {
-    match kind {
-        TargetKind::Gateway => "gateway",
-        TargetKind::HttpRoute => "httproute",
-        TargetKind::GrpcRoute => "grpcroute",
-    }
-}
-
-fn kind_name(kind: TargetKind) -> &'static str {
-    match kind {
-        TargetKind::Gateway => "Gateway",
-        TargetKind::HttpRoute => "HTTPRoute",
-        TargetKind::GrpcRoute => "GRPCRoute",
-    }
-}
-
 /// The owner (a policy) and identity labels of a generated object.
 pub struct Owner<'a> {
     pub namespace: &'a str,
@@ -169,11 +153,11 @@ pub fn label_value(name: &str) -> String {
 /// The Envoy Gateway `SecurityPolicy` for one target of a policy: ext_authz over gRPC to the
 /// authorizer, never failing open, telling it which policy the route belongs to.
 pub fn security_policy(owner: &Owner, target: &TargetRef, authorizer: &ServiceRef) -> Value {
-    let mut target_ref = json!({"group": crate::api::GATEWAY_API_GROUP, "kind": kind_name(target.kind), "name": target.name});
+    let mut target_ref = json!({"group": crate::api::GATEWAY_API_GROUP, "kind": target.kind.as_str(), "name": target.name});
     if let Some(s) = &target.section {
         target_ref["sectionName"] = json!(s);
     }
-    let name = object_name(&["portcullis", owner.name, kind_slug(target.kind), &target.name, target.section.as_deref().unwrap_or("")], 253);
+    let name = object_name(&["portcullis", owner.name, target.kind.as_str(), &target.name, target.section.as_deref().unwrap_or("")], 253);
     json!({
         "apiVersion": "gateway.envoyproxy.io/v1alpha1",
         "kind": "SecurityPolicy",
@@ -259,7 +243,7 @@ pub fn foreign_security_policy<'a>(existing: &'a [std::sync::Arc<SecurityPolicy>
             let single = sp.spec.0.get("targetRef").into_iter();
             let many = sp.spec.0.get("targetRefs").and_then(Value::as_array).into_iter().flatten();
             single.chain(many).any(|r| {
-                r["kind"] == kind_name(target.kind)
+                r["kind"] == target.kind.as_str()
                     && r["name"] == target.name.as_str()
                     && r.get("sectionName").and_then(Value::as_str).is_none_or(|s| Some(s) == target.section.as_deref())
             })
@@ -322,15 +306,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                 .spec
                 .target_refs
                 .iter()
-                .map(|t| TargetRef {
-                    kind: match t.kind {
-                        TargetRefKind::Gateway => TargetKind::Gateway,
-                        TargetRefKind::HttpRoute => TargetKind::HttpRoute,
-                        TargetRefKind::GrpcRoute => TargetKind::GrpcRoute,
-                    },
-                    name: t.name.clone(),
-                    section: t.section_name.clone(),
-                })
+                .map(|t| TargetRef { kind: t.kind, name: t.name.clone(), section: t.section_name.clone() })
                 .collect(),
         })
         .collect();
@@ -413,7 +389,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                                 (_, Some(theirs)) => {
                                     let why = format!(
                                         "SecurityPolicy {namespace}/{theirs} already targets {} {}; Envoy Gateway applies one per target, so Portcullis does not wire it",
-                                        kind_name(target.kind),
+                                        target.kind.as_str(),
                                         target.name
                                     );
                                     ancestor.accepted = Err((RejectReason::Conflicted, why.clone()));

@@ -3,13 +3,8 @@
 
 use super::{HostPattern, RouteMatch, route_hostnames};
 
-/// The Gateway API kinds an AuthPolicy attaches to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TargetKind {
-    Gateway,
-    HttpRoute,
-    GrpcRoute,
-}
+/// The Gateway API kinds an AuthPolicy attaches to (`spec.targetRefs[].kind`).
+pub use crate::api::TargetRefKind as TargetKind;
 
 /// One entry of an AuthPolicy's `targetRefs` (GEP-713): in the policy's own namespace; the
 /// section is an HTTPRoute rule's or a Gateway listener's name.
@@ -134,19 +129,19 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
                 }
                 TargetKind::HttpRoute | TargetKind::GrpcRoute => {
                     let Some(r) = route_index.get(&(t.kind, p.namespace.as_str(), t.name.as_str())) else {
-                        out.push(missing(format!("{} {}/{} does not exist", kind_name(t.kind), p.namespace, t.name)));
+                        out.push(missing(format!("{} {}/{} does not exist", t.kind.as_str(), p.namespace, t.name)));
                         continue;
                     };
                     if let Some(section) = &t.section
                         && !r.rules.iter().any(|rule| rule.name.as_ref() == Some(section))
                     {
-                        out.push(missing(format!("{} {}/{} has no rule named {section:?}", kind_name(t.kind), p.namespace, t.name)));
+                        out.push(missing(format!("{} {}/{} has no rule named {section:?}", t.kind.as_str(), p.namespace, t.name)));
                         continue;
                     }
                     if r.parents.is_empty() {
                         out.push(missing(format!(
                             "{} {}/{} is not accepted by any Gateway (its status.parents say so)",
-                            kind_name(t.kind),
+                            t.kind.as_str(),
                             p.namespace,
                             t.name
                         )));
@@ -222,7 +217,7 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
                         invalid.entry(winner).or_insert_with(|| {
                             format!(
                                 "{} {}/{} rule {}: {why}",
-                                kind_name(r.kind),
+                                r.kind.as_str(),
                                 r.namespace,
                                 r.name,
                                 rule.name.as_deref().unwrap_or("(unnamed)")
@@ -261,14 +256,6 @@ pub fn attach(policies: &[Attaching], gateways: &[Gateway], routes: &[Route]) ->
     }
     out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     out
-}
-
-fn kind_name(kind: TargetKind) -> &'static str {
-    match kind {
-        TargetKind::Gateway => "Gateway",
-        TargetKind::HttpRoute => "HTTPRoute",
-        TargetKind::GrpcRoute => "GRPCRoute",
-    }
 }
 
 #[cfg(test)]
