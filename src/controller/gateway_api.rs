@@ -162,7 +162,7 @@ impl Stores {
             s.map(|s| s.state())
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|o| is_managed(o.meta()))
+                .filter(|o| wiring::is_managed(o.meta()))
                 .map(|o| (key_of(kind, o.meta()), comparable(&*o)))
                 .collect()
         }
@@ -171,10 +171,6 @@ impl Stores {
         out.extend(of("ReferenceGrant", self.reference_grants.as_ref()));
         out
     }
-}
-
-fn is_managed(meta: &kube::api::ObjectMeta) -> bool {
-    meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1)
 }
 
 fn key_of(kind: &str, meta: &kube::api::ObjectMeta) -> ObjectKey {

@@ -232,13 +232,18 @@ pub fn holds(stored: &Value, desired: &Value) -> bool {
     }
 }
 
+/// Whether Portcullis wrote the object (its managed-by label).
+pub fn is_managed(meta: &kube::api::ObjectMeta) -> bool {
+    meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
 /// A SecurityPolicy Portcullis did not write that targets the same object: Envoy Gateway applies
 /// one per target, so the generated one would be ignored (or would displace the user's).
 pub fn foreign_security_policy<'a>(existing: &'a [std::sync::Arc<SecurityPolicy>], namespace: &str, target: &TargetRef) -> Option<&'a str> {
     existing
         .iter()
         .filter(|sp| sp.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|sp| sp.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) != Some(MANAGED_BY.1))
+        .filter(|sp| !is_managed(&sp.metadata))
         .find(|sp| {
             let single = sp.spec.0.get("targetRef").into_iter();
             let many = sp.spec.0.get("targetRefs").and_then(Value::as_array).into_iter().flatten();
