@@ -272,6 +272,9 @@ pub struct World {
 /// object that wires it there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ancestor {
+    /// The Gateway; for a target no Gateway accepted (or that does not exist), the target
+    /// itself, so that the status names what is missing.
+    pub kind: TargetKind,
     pub gateway: (String, String),
     pub section: Option<String>,
     /// `Err((reason, message))`.
@@ -368,6 +371,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
             }
             if target_gateways.is_empty() {
                 ancestors.push(Ancestor {
+                    kind: target.kind,
                     gateway: (namespace.clone(), target.name.clone()),
                     section: None,
                     accepted: verdict.clone(),
@@ -375,7 +379,8 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                 });
             }
             for gw in target_gateways {
-                let mut ancestor = Ancestor { gateway: gw.clone(), section: None, accepted: verdict.clone(), wired_by: None };
+                let mut ancestor =
+                    Ancestor { kind: TargetKind::Gateway, gateway: gw.clone(), section: None, accepted: verdict.clone(), wired_by: None };
                 if target.kind == TargetKind::Gateway {
                     ancestor.section = target.section.clone();
                 }
@@ -454,7 +459,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                         applied_all.push(a.clone());
                     }
                 }
-                if !ancestors.iter().any(|a| a.gateway == ancestor.gateway && a.section == ancestor.section) {
+                if !ancestors.iter().any(|a| (a.kind, &a.gateway, &a.section) == (ancestor.kind, &ancestor.gateway, &ancestor.section)) {
                     ancestors.push(ancestor);
                 }
             }
@@ -473,7 +478,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         } else {
             Ok(applied_all)
         };
-        ancestors.sort_by(|a, b| (&a.gateway, &a.section).cmp(&(&b.gateway, &b.section)));
+        ancestors.sort_by(|a, b| (a.kind, &a.gateway, &a.section).cmp(&(b.kind, &b.gateway, &b.section)));
         ancestors.truncate(16);
         plan.attachments.insert(key.clone(), attachment);
         plan.ancestors.insert(key, ancestors);
@@ -506,7 +511,7 @@ pub fn ancestor_statuses(
         .map(|a| {
             let ancestor_ref = AncestorRef {
                 group: crate::api::GATEWAY_API_GROUP.into(),
-                kind: "Gateway".into(),
+                kind: a.kind.as_str().into(),
                 namespace: a.gateway.0.clone(),
                 name: a.gateway.1.clone(),
                 section_name: a.section.clone(),
@@ -718,6 +723,12 @@ mod plan_tests {
         assert!(matches!(&plan.attachments["shop/plain"], Err(r) if r.reason == RejectReason::Unsupported), "never served as if protected");
         assert!(matches!(&accepted("taken")[0], Err(("Conflicted", m)) if m.contains("shop/their-own")));
         assert!(matches!(&plan.attachments["shop/gone"], Err(r) if r.reason == RejectReason::TargetNotFound));
+        let gone = &plan.ancestors["shop/gone"][0];
+        assert_eq!(
+            (gone.kind, gone.gateway.1.as_str()),
+            (TargetKind::HttpRoute, "nope"),
+            "the status names the missing route, not a Gateway"
+        );
         // Istio: the authorizer matches the route itself, on the route's hosts.
         let ap = &plan.objects[&("AuthorizationPolicy".to_owned(), "infra".to_owned(), "portcullis-shop-mesh".to_owned())];
         assert_eq!(ap["spec"]["rules"][0]["to"][0]["operation"]["hosts"], json!(["mesh.shop.test", "mesh.shop.test:*"]));
