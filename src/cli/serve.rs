@@ -90,6 +90,7 @@ pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
             Some(text) => serde_saphyr::from_str(text).map_err(|e| anyhow!("--gateway-api-settings: {e}"))?,
             None => Default::default(),
         },
+        rediscover: Duration::from_secs(60),
     };
     let metrics = crate::controller::metrics::ControllerMetrics::new();
     let (admin_stop, admin_rx) = watch::channel(false);

@@ -133,8 +133,18 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
             .unwrap(),
         wiring: Default::default(),
+        rediscover: Duration::from_secs(60),
     };
-    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats, gateway_api: None };
+    let stores = Stores {
+        policies,
+        signing_keys,
+        key_secrets,
+        jwks,
+        gateway_configmaps,
+        gateway_secrets,
+        heartbeats,
+        gateway_api: Default::default(),
+    };
     let ctx = Arc::new(Context::new(client, opts, stores, ControllerMetrics::new()));
     (ctx, Writers { policies: pw, keys: kw, key_secrets: sw, jwks: jw, gateway_configmaps: gcw, gateway_secrets: gsw, heartbeats: hw })
 }
@@ -555,6 +565,7 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
         gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
             .unwrap(),
         wiring: Default::default(),
+        rediscover: Duration::from_secs(60),
     };
     let metrics = ControllerMetrics::new();
     let cell = Arc::new(tokio::sync::OnceCell::new());
@@ -573,6 +584,92 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
         seen.iter().filter(|l| l.contains("gateway.networking.k8s.io") || l.contains("gateway.envoyproxy.io")).collect();
     assert!(gateway_api.iter().all(|l| l.starts_with("GET /apis/") && l.matches('/').count() == 3), "{gateway_api:#?}");
     assert!(metrics.render().contains("portcullis_controller_leader 0"), "not leading after shutdown");
+}
+
+/// An empty cluster whose API discovery answers that it serves every kind Portcullis reads once
+/// `installed` is set (Gateway API installed while the controller runs).
+async fn installing_api_server(
+    mut api: ApiServer,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    installed: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while let Some((req, reply)) = api.0.next_request().await {
+        let path = req.uri().path().to_owned();
+        seen.lock().unwrap().push(format!("{} {path}", req.method()));
+        let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+        let (status, body) = if path.starts_with("/apis/") && path.matches('/').count() == 3 {
+            if installed.load(std::sync::atomic::Ordering::SeqCst) {
+                let names = [
+                    "httproutes",
+                    "gateways",
+                    "gatewayclasses",
+                    "grpcroutes",
+                    "referencegrants",
+                    "securitypolicies",
+                    "authorizationpolicies",
+                ];
+                let resources: Vec<Value> = names
+                    .iter()
+                    .map(|n| json!({"name": n, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["get"]}))
+                    .collect();
+                (200, json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": &path[6..], "resources": resources}))
+            } else {
+                (404, status_error(404, "NotFound"))
+            }
+        } else if is_watch {
+            // A watch that ends after a while, answered beside the other requests.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                reply.send_response(Response::builder().status(200).body(Body::from(Vec::new())).unwrap());
+            });
+            continue;
+        } else {
+            (200, json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}))
+        };
+        reply.send_response(Response::builder().status(status).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn gateway_api_installed_after_the_start_is_found_watched_and_used_once_its_caches_are_complete() {
+    let (client, api) = mock();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let installed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(installing_api_server(api, seen.clone(), installed.clone()));
+    let opts = Options {
+        namespace: "portcullis".into(),
+        scope: Scope::All,
+        gateways: vec!["default".into()],
+        identity: "solo".into(),
+        lease_name: None,
+        debounce: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        jwks_roots: Vec::new(),
+        gateway_settings: Default::default(),
+        wiring: Default::default(),
+        rediscover: Duration::from_millis(200),
+    };
+    let cell = Arc::new(tokio::sync::OnceCell::new());
+    let run =
+        tokio::spawn(super::run(client, opts, ControllerMetrics::new(), tokio::time::sleep(Duration::from_millis(2500)), cell.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ctx = cell.get().unwrap_or_else(|| panic!("not running: {:?}", seen.lock().unwrap())).clone();
+    assert!(ctx.stores.gateway_api.get().is_none(), "not installed yet");
+    assert!(!seen.lock().unwrap().iter().any(|l| l.contains("/httproutes")), "nothing of it watched yet");
+    installed.store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..30 {
+        if ctx.stores.gateway_api.get().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ctx.stores.gateway_api.get().is_some(), "found and its caches synced");
+    assert!(seen.lock().unwrap().iter().any(|l| l == "GET /apis/gateway.networking.k8s.io/v1/httproutes"), "watched");
+    finished(run).await.unwrap();
+    // Stopped with the controller: no request after it returned.
+    let after = seen.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(seen.lock().unwrap().len(), after, "the late watches stop with the controller");
 }
 
 #[tokio::test]

@@ -239,7 +239,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut first_error = None;
-    let plan = ctx.stores.gateway_api.as_ref().map(|s| wiring::plan(&policies, &s.world(), &ctx.opts.wiring));
+    let plan = ctx.stores.gateway_api.get().map(|s| wiring::plan(&policies, &s.world(), &ctx.opts.wiring));
     for gateway in &names {
         let gateway = gateway.clone();
         let empty = HashMap::new();
@@ -331,7 +331,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     state.validations.retain(|g, _| names.contains(g));
     // The gateways' wiring after the configs: a route sent to the authorizer before its policy
     // arrives there is denied (no route), never let through.
-    if let (Some(stores), Some(plan)) = (&ctx.stores.gateway_api, plan) {
+    if let (Some(stores), Some(plan)) = (ctx.stores.gateway_api.get(), plan) {
         let (live, error) = gateway_api::write(&ctx.client, stores, &plan).await;
         if let Some(e) = error {
             first_error.get_or_insert(e);

@@ -169,8 +169,9 @@ pub struct Stores {
     /// Gateway replicas' heartbeat Leases in the controller's namespace (label
     /// `portcullis.dev/heartbeat`).
     pub heartbeats: MultiStore<Lease>,
-    /// Gateway API and the generated objects, when the cluster serves Gateway API.
-    pub gateway_api: Option<gateway_api::Stores>,
+    /// Gateway API and the generated objects, once the cluster serves Gateway API (found at
+    /// start, or later: set only when its caches are complete).
+    pub gateway_api: std::sync::OnceLock<gateway_api::Stores>,
 }
 
 pub struct Options {
@@ -190,6 +191,8 @@ pub struct Options {
     pub gateway_settings: crate::policy::tenancy::SettingsByGateway,
     /// How Gateway API gateways are wired to the authorizer.
     pub wiring: wiring::WiringSettings,
+    /// How often a cluster without Gateway API is asked again whether it serves it now.
+    pub rediscover: Duration,
 }
 
 /// Each replica writes the Lease under a field manager of its own: with one shared manager,
@@ -215,6 +218,8 @@ pub struct Context {
     pub ready: AtomicBool,
     probes: gateways::IssuerProbes,
     rings_written: signingkeys::WrittenRings,
+    /// Tasks started after `run` began (Gateway API found later), stopped with the others.
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Context {
@@ -231,6 +236,7 @@ impl Context {
             ready: AtomicBool::new(false),
             probes: gateways::IssuerProbes::default(),
             rings_written: signingkeys::WrittenRings::default(),
+            background: Default::default(),
             opts,
         }
     }
@@ -374,15 +380,15 @@ pub async fn run(
     tasks.extend(t);
 
     let presence = if opts.wiring.enabled { gateway_api::discover(&client).await } else { Default::default() };
-    let gateway_api = if presence.gateway_api {
+    let gateway_api = std::sync::OnceLock::new();
+    if presence.gateway_api {
         tracing::info!(?presence, "Gateway API found: policies with targetRefs are attached and wired");
         let (stores, t) = gateway_api::watch(slot.clone(), &client, &opts.scope, &opts.namespace, presence);
         tasks.extend(t);
-        Some(stores)
-    } else {
+        let _ = gateway_api.set(stores);
+    } else if opts.wiring.enabled {
         tracing::info!("Gateway API is not installed: policies with targetRefs are not applied (their status says so)");
-        None
-    };
+    }
     let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats, gateway_api };
     let ctx = Arc::new(Context::new(client.clone(), opts, stores, metrics));
     let _ = slot.set(ctx.clone());
@@ -398,12 +404,17 @@ pub async fn run(
             s.gateway_configmaps.wait_until_ready().await;
             s.gateway_secrets.wait_until_ready().await;
             s.heartbeats.wait_until_ready().await;
-            if let Some(g) = &s.gateway_api {
+            if let Some(g) = s.gateway_api.get() {
                 g.wait_until_ready().await;
             }
             ctx.ready.store(true, Ordering::Release);
             tracing::info!("watch caches synced");
         });
+    }
+
+    if ctx.opts.wiring.enabled && ctx.stores.gateway_api.get().is_none() {
+        let task = tokio::spawn(rediscover(ctx.clone(), slot.clone()));
+        ctx.background.lock().expect("task list").push(task);
     }
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -475,10 +486,30 @@ async fn finish(
             tracing::warn!("releasing the Lease timed out");
         }
     }
-    for t in tasks {
+    for t in tasks.into_iter().chain(std::mem::take(&mut *ctx.background.lock().expect("task list"))) {
         t.abort();
     }
     Ok(ctx)
+}
+
+/// Gateway API installed after the controller started (or not answered at start): asked again
+/// until it is there, then watched; policies are attached from the first pass after its caches
+/// are complete (a half-listed cache would read as deleted routes).
+async fn rediscover(ctx: Arc<Context>, slot: Arc<tokio::sync::OnceCell<Arc<Context>>>) {
+    loop {
+        tokio::time::sleep(ctx.opts.rediscover).await;
+        let presence = gateway_api::discover(&ctx.client).await;
+        if !presence.gateway_api {
+            continue;
+        }
+        tracing::info!(?presence, "Gateway API found: policies with targetRefs are attached and wired from now on");
+        let (stores, tasks) = gateway_api::watch(slot, &ctx.client, &ctx.opts.scope, &ctx.opts.namespace, presence);
+        ctx.background.lock().expect("task list").extend(tasks);
+        stores.wait_until_ready().await;
+        let _ = ctx.stores.gateway_api.set(stores);
+        ctx.changed();
+        return;
+    }
 }
 
 /// The leader's work: SigningKey reconcilers and the gateway loop, until `stop`.
