@@ -402,7 +402,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                                         target.kind.as_str(),
                                         target.name
                                     );
-                                    ancestor.accepted = Err((RejectReason::Conflicted, why.clone()));
+                                    ancestor.accepted = keep((RejectReason::Conflicted, why.clone()));
                                     problems.push((RejectReason::Conflicted, why));
                                 }
                                 (None, None) => {
@@ -410,7 +410,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                                         "no authorizer Service is configured for Portcullis gateway {:?} (gatewayAPI.authorizers)",
                                         p.spec.gateway
                                     );
-                                    ancestor.accepted = Err((RejectReason::Invalid, why.clone()));
+                                    ancestor.accepted = keep((RejectReason::Invalid, why.clone()));
                                     problems.push((RejectReason::Invalid, why));
                                 }
                                 (Some(svc), None)
