@@ -104,6 +104,26 @@ struct Writers {
     heartbeats: Writer<Lease>,
 }
 
+/// A controller in namespace `portcullis` for gateway `default`, without a Lease, with quick
+/// debouncing; the shop's policies have no hosts and mint with the shop's key, and the platform
+/// allows both.
+fn options(identity: &str) -> Options {
+    Options {
+        namespace: "portcullis".into(),
+        scope: Scope::All,
+        gateways: vec!["default".into()],
+        identity: identity.into(),
+        lease_name: None,
+        debounce: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        jwks_roots: Vec::new(),
+        gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
+            .unwrap(),
+        wiring: Default::default(),
+        rediscover: Duration::from_secs(60),
+    }
+}
+
 fn context(client: Client) -> (Arc<Context>, Writers) {
     fn pair<K>() -> (MultiStore<K>, Writer<K>)
     where
@@ -120,21 +140,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
     let (gateway_configmaps, gcw) = pair();
     let (gateway_secrets, gsw) = pair();
     let (heartbeats, hw) = pair();
-    let opts = Options {
-        namespace: "portcullis".into(),
-        scope: Scope::All,
-        gateways: vec!["default".into()],
-        identity: "test".into(),
-        lease_name: None,
-        debounce: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        jwks_roots: Vec::new(),
-        // The shop's policies have no hosts and mint with the shop's key: the platform allows both.
-        gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
-            .unwrap(),
-        wiring: Default::default(),
-        rediscover: Duration::from_secs(60),
-    };
+    let opts = options("test");
     let stores = Stores {
         policies,
         signing_keys,
@@ -552,21 +558,7 @@ async fn without_a_lease_the_controller_leads_once_publishes_and_stops_cleanly()
     let (client, api) = mock();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     tokio::spawn(empty_api_server(api, seen.clone()));
-    let opts = Options {
-        namespace: "portcullis".into(),
-        scope: Scope::All,
-        gateways: vec!["default".into()],
-        identity: "solo".into(),
-        lease_name: None,
-        debounce: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        jwks_roots: Vec::new(),
-        // The shop's policies have no hosts and mint with the shop's key: the platform allows both.
-        gateway_settings: crate::policy::tenancy::parse_settings("default: { anyHostNamespaces: [shop], mintingKeys: [shop/internal] }")
-            .unwrap(),
-        wiring: Default::default(),
-        rediscover: Duration::from_secs(60),
-    };
+    let opts = options("solo");
     let metrics = ControllerMetrics::new();
     let cell = Arc::new(tokio::sync::OnceCell::new());
     let ctx = super::run(client, opts, metrics.clone(), tokio::time::sleep(Duration::from_millis(1500)), cell.clone()).await.unwrap();
@@ -636,19 +628,7 @@ async fn gateway_api_installed_after_the_start_is_found_watched_and_used_once_it
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let installed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(installing_api_server(api, seen.clone(), installed.clone()));
-    let opts = Options {
-        namespace: "portcullis".into(),
-        scope: Scope::All,
-        gateways: vec!["default".into()],
-        identity: "solo".into(),
-        lease_name: None,
-        debounce: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        jwks_roots: Vec::new(),
-        gateway_settings: Default::default(),
-        wiring: Default::default(),
-        rediscover: Duration::from_millis(200),
-    };
+    let opts = Options { rediscover: Duration::from_millis(200), ..options("solo") };
     let cell = Arc::new(tokio::sync::OnceCell::new());
     let run =
         tokio::spawn(super::run(client, opts, ControllerMetrics::new(), tokio::time::sleep(Duration::from_millis(2500)), cell.clone()));
