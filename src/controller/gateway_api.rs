@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde_json::Value;
@@ -30,27 +30,27 @@ pub struct Presence {
     pub authorization_policies: bool,
 }
 
-async fn serves(client: &Client, group_version: &str, plural: &str) -> bool {
-    match client.list_api_group_resources(group_version).await {
+/// Whether the API server serves the kind of `K` (its group, version and plural as the view
+/// type declares them).
+async fn serves<K: Resource<DynamicType = ()>>(client: &Client) -> bool {
+    let (group_version, plural) = (K::api_version(&()), K::plural(&()));
+    match client.list_api_group_resources(&group_version).await {
         Ok(list) => list.resources.iter().any(|r| r.name == plural),
         Err(kube::Error::Api(s)) if s.code == 404 => false,
         Err(e) => {
-            tracing::warn!(group_version, "API discovery failed, taking {plural} as absent: {e}");
+            tracing::warn!(%group_version, "API discovery failed, taking {plural} as absent: {e}");
             false
         }
     }
 }
 
 pub async fn discover(client: &Client) -> Presence {
-    let gw = "gateway.networking.k8s.io/v1";
     Presence {
-        gateway_api: serves(client, gw, "httproutes").await
-            && serves(client, gw, "gateways").await
-            && serves(client, gw, "gatewayclasses").await,
-        grpc_routes: serves(client, gw, "grpcroutes").await,
-        reference_grants: serves(client, "gateway.networking.k8s.io/v1beta1", "referencegrants").await,
-        security_policies: serves(client, "gateway.envoyproxy.io/v1alpha1", "securitypolicies").await,
-        authorization_policies: serves(client, "security.istio.io/v1", "authorizationpolicies").await,
+        gateway_api: serves::<HTTPRoute>(client).await && serves::<Gateway>(client).await && serves::<GatewayClass>(client).await,
+        grpc_routes: serves::<GRPCRoute>(client).await,
+        reference_grants: serves::<ReferenceGrant>(client).await,
+        security_policies: serves::<SecurityPolicy>(client).await,
+        authorization_policies: serves::<AuthorizationPolicy>(client).await,
     }
 }
 
@@ -133,16 +133,16 @@ impl Stores {
     }
 
     pub fn world(&self) -> World {
-        let mut missing = Vec::new();
-        if !self.presence.security_policies {
-            missing.push("SecurityPolicy".to_owned());
-        }
-        if !self.presence.authorization_policies {
-            missing.push("AuthorizationPolicy".to_owned());
-        }
-        if !self.presence.reference_grants {
-            missing.push("ReferenceGrant".to_owned());
-        }
+        let p = &self.presence;
+        let missing = [
+            (p.security_policies, SecurityPolicy::kind(&())),
+            (p.authorization_policies, AuthorizationPolicy::kind(&())),
+            (p.reference_grants, ReferenceGrant::kind(&())),
+        ]
+        .into_iter()
+        .filter(|(served, _)| !served)
+        .map(|(_, kind)| kind.into_owned())
+        .collect();
         World {
             classes: self.classes.state(),
             gateways: self.gateways.state(),
@@ -153,22 +153,19 @@ impl Stores {
         }
     }
 
-    /// Generated objects as the caches hold them: (kind, namespace, name) → (spec, labels).
+    /// Generated objects as the caches hold them: (kind, namespace, name) → (spec, labels, owners).
     fn generated(&self) -> Vec<(ObjectKey, Value)> {
-        fn of<K: Resource + serde::Serialize + Clone>(kind: &str, s: Option<&MultiStore<K>>) -> Vec<(ObjectKey, Value)>
-        where
-            K::DynamicType: std::hash::Hash + Eq + Clone + Default,
-        {
+        fn of<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(s: Option<&MultiStore<K>>) -> Vec<(ObjectKey, Value)> {
             s.map(|s| s.state())
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|o| wiring::is_managed(o.meta()))
-                .map(|o| (key_of(kind, o.meta()), comparable(&*o)))
+                .map(|o| (key_of(&K::kind(&()), o.meta()), comparable(&*o)))
                 .collect()
         }
-        let mut out = of("SecurityPolicy", self.security_policies.as_ref());
-        out.extend(of("AuthorizationPolicy", self.authorization_policies.as_ref()));
-        out.extend(of("ReferenceGrant", self.reference_grants.as_ref()));
+        let mut out = of(self.security_policies.as_ref());
+        out.extend(of(self.authorization_policies.as_ref()));
+        out.extend(of(self.reference_grants.as_ref()));
         out
     }
 }
@@ -188,13 +185,13 @@ fn owners(v: &Value) -> Value {
     Value::Array(refs.iter().map(|r| serde_json::json!({"kind": r["kind"], "name": r["name"], "uid": r["uid"]})).collect())
 }
 
+/// The API of a generated kind, as its view type declares it.
 fn api_resource(kind: &str) -> ApiResource {
-    let gvk = match kind {
-        "SecurityPolicy" => GroupVersionKind::gvk("gateway.envoyproxy.io", "v1alpha1", "SecurityPolicy"),
-        "AuthorizationPolicy" => GroupVersionKind::gvk("security.istio.io", "v1", "AuthorizationPolicy"),
-        _ => GroupVersionKind::gvk("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant"),
-    };
-    ApiResource::from_gvk(&gvk)
+    match kind {
+        k if k == SecurityPolicy::kind(&()) => ApiResource::erase::<SecurityPolicy>(&()),
+        k if k == AuthorizationPolicy::kind(&()) => ApiResource::erase::<AuthorizationPolicy>(&()),
+        _ => ApiResource::erase::<ReferenceGrant>(&()),
+    }
 }
 
 /// Writes the planned objects that differ from the caches and deletes generated ones no longer
@@ -236,7 +233,26 @@ pub async fn write(client: &Client, stores: &Stores, plan: &wiring::Plan) -> (BT
     (live, first_error)
 }
 
-/// The name of a generated object, for logs and status (`kind namespace/name`).
-pub fn describe((kind, namespace, name): &ObjectKey) -> String {
-    format!("{kind} {namespace}/{name}")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_asks_for_the_resource_names_the_api_server_serves() {
+        let names = [
+            HTTPRoute::plural(&()),
+            Gateway::plural(&()),
+            GatewayClass::plural(&()),
+            GRPCRoute::plural(&()),
+            ReferenceGrant::plural(&()),
+            SecurityPolicy::plural(&()),
+            AuthorizationPolicy::plural(&()),
+        ];
+        let want =
+            ["httproutes", "gateways", "gatewayclasses", "grpcroutes", "referencegrants", "securitypolicies", "authorizationpolicies"];
+        assert_eq!(names.map(|n| n.into_owned()), want.map(str::to_owned));
+        assert_eq!(api_resource("SecurityPolicy").api_version, "gateway.envoyproxy.io/v1alpha1");
+        assert_eq!(api_resource("ReferenceGrant").api_version, "gateway.networking.k8s.io/v1beta1");
+        assert_eq!(api_resource("AuthorizationPolicy").plural, "authorizationpolicies");
+    }
 }

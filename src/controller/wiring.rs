@@ -12,11 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api::gateway_api::{GRPCRoute, Gateway as GatewayObject, GatewayClass, HTTPRoute, SecurityPolicy};
+use crate::api::gateway_api::{
+    AuthorizationPolicy, GRPCRoute, Gateway as GatewayObject, GatewayClass, HTTPRoute, ReferenceGrant, SecurityPolicy,
+};
 use crate::api::{AncestorRef, AuthPolicy, PolicyAncestorStatus};
 use crate::policy::gateway_api::{Applied, Attaching, Attachment, Route, TargetKind, TargetRef, attach, topology};
 use crate::policy::host::HostPattern;
 use crate::policy::{RejectReason, Rejection};
+use kube::Resource;
 
 use super::desired::{MANAGED_BY, condition, merge_conditions};
 
@@ -159,8 +162,8 @@ pub fn security_policy(owner: &Owner, target: &TargetRef, authorizer: &ServiceRe
     }
     let name = object_name(&["portcullis", owner.name, target.kind.as_str(), &target.name, target.section.as_deref().unwrap_or("")], 253);
     json!({
-        "apiVersion": "gateway.envoyproxy.io/v1alpha1",
-        "kind": "SecurityPolicy",
+        "apiVersion": SecurityPolicy::api_version(&()),
+        "kind": SecurityPolicy::kind(&()),
         "metadata": owner.metadata(name, owner.namespace),
         "spec": {
             "targetRefs": [target_ref],
@@ -177,15 +180,15 @@ pub fn security_policy(owner: &Owner, target: &TargetRef, authorizer: &ServiceRe
 /// Service in its own namespace (Gateway API's rule for cross-namespace references).
 pub fn reference_grant(from_namespace: &str, authorizer: &ServiceRef) -> Value {
     json!({
-        "apiVersion": "gateway.networking.k8s.io/v1beta1",
-        "kind": "ReferenceGrant",
+        "apiVersion": ReferenceGrant::api_version(&()),
+        "kind": ReferenceGrant::kind(&()),
         "metadata": {
             "name": object_name(&["portcullis", &authorizer.name, "from", from_namespace], 253),
             "namespace": authorizer.namespace,
             "labels": {MANAGED_BY.0: MANAGED_BY.1, LABEL_POLICY_NAMESPACE: from_namespace},
         },
         "spec": {
-            "from": [{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": from_namespace}],
+            "from": [{"group": SecurityPolicy::group(&()), "kind": SecurityPolicy::kind(&()), "namespace": from_namespace}],
             "to": [{"group": "", "kind": "Service", "name": authorizer.name}],
         },
     })
@@ -208,8 +211,8 @@ pub fn authorization_policy(owner: &Owner, gateway: (&str, &str), hosts: &[HostP
     }
     let rule = if to_hosts.is_empty() { json!({}) } else { json!({"to": [{"operation": {"hosts": to_hosts}}]}) };
     json!({
-        "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
+        "apiVersion": AuthorizationPolicy::api_version(&()),
+        "kind": AuthorizationPolicy::kind(&()),
         "metadata": owner.metadata(object_name(&["portcullis", owner.namespace, owner.name], 253), gateway.0),
         "spec": {
             "targetRefs": [{"group": crate::api::GATEWAY_API_GROUP, "kind": "Gateway", "name": gateway.1}],
@@ -230,6 +233,11 @@ pub fn holds(stored: &Value, desired: &Value) -> bool {
         (Value::Array(s), Value::Array(d)) => s.len() == d.len() && s.iter().zip(d).all(|(sv, dv)| holds(sv, dv)),
         (s, d) => s == d,
     }
+}
+
+/// A generated object as status and logs name it: `kind namespace/name`.
+pub fn describe((kind, namespace, name): &ObjectKey) -> String {
+    format!("{kind} {namespace}/{name}")
 }
 
 /// Whether Portcullis wrote the object (its managed-by label).
@@ -332,10 +340,10 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         let controller = world.classes.iter().find(|c| c.metadata.name.as_deref() == Some(class)).map(|c| c.spec.controller_name.as_str());
         let integration = settings.integration(class, controller)?;
         let needs = match integration {
-            Integration::EnvoyGateway => "SecurityPolicy",
-            Integration::Istio => "AuthorizationPolicy",
+            Integration::EnvoyGateway => SecurityPolicy::kind(&()),
+            Integration::Istio => AuthorizationPolicy::kind(&()),
         };
-        if world.missing_kinds.iter().any(|k| k == needs) {
+        if world.missing_kinds.iter().any(|k| *k == needs) {
             return Err(format!("GatewayClass {class} needs {needs}, whose CRD this cluster does not serve"));
         }
         Ok(integration)
@@ -414,7 +422,8 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                                     problems.push((RejectReason::Invalid, why));
                                 }
                                 (Some(svc), None)
-                                    if svc.namespace != namespace && world.missing_kinds.iter().any(|k| k == "ReferenceGrant") =>
+                                    if svc.namespace != namespace
+                                        && world.missing_kinds.iter().any(|k| *k == ReferenceGrant::kind(&())) =>
                                 {
                                     let why = format!(
                                         "the authorizer Service is in namespace {} and this cluster does not serve ReferenceGrant, which Envoy Gateway needs to send {namespace}'s requests there",
@@ -444,8 +453,11 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                         }
                         Ok(Integration::Istio) => {
                             istio_hosts.entry(gw.clone()).or_default();
-                            ancestor.wired_by =
-                                Some(("AuthorizationPolicy".into(), gw.0.clone(), object_name(&["portcullis", &namespace, &name], 253)));
+                            ancestor.wired_by = Some((
+                                AuthorizationPolicy::kind(&()).into_owned(),
+                                gw.0.clone(),
+                                object_name(&["portcullis", &namespace, &name], 253),
+                            ));
                         }
                     }
                 }
@@ -533,14 +545,14 @@ pub fn ancestor_statuses(
                     condition("Enforced", false, "NotWired", "no route of this Gateway is wired yet".into(), generation, now)
                 }
                 (Ok(()), Some(w), _) if !live.contains(w) => {
-                    condition("Enforced", false, "NotWired", format!("{} {}/{} is not written yet", w.0, w.1, w.2), generation, now)
+                    condition("Enforced", false, "NotWired", format!("{} is not written yet", describe(w)), generation, now)
                 }
                 (Ok(()), Some(_), Err(why)) => condition("Enforced", false, "NotServed", why.clone(), generation, now),
                 (Ok(()), Some(w), Ok(())) => condition(
                     "Enforced",
                     true,
                     "Enforced",
-                    format!("{} {}/{} sends this Gateway's requests to the serving authorizer", w.0, w.1, w.2),
+                    format!("{} sends this Gateway's requests to the serving authorizer", describe(w)),
                     generation,
                     now,
                 ),
