@@ -319,6 +319,9 @@ enum KeysAction {
         #[command(flatten)]
         dir: DirArgs,
         name: String,
+        /// As `portcullis keys list` shows it. A kid is base64url and may start with `-`: taken
+        /// as the value it is, not as an option.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }
@@ -476,5 +479,17 @@ fn find_key(loaded: &Loaded, name: &str) -> Result<KeyRef> {
             loaded.rings.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
         ),
         _ => bail!("SigningKey {name} exists in several namespaces; write namespace/name"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kid_that_starts_with_a_dash_is_revoked_not_read_as_an_option() {
+        let cli = Cli::try_parse_from(["portcullis", "keys", "revoke", "--dir", "d", "internal", "-J5xQ"]).unwrap();
+        let Command::Keys(KeysArgs { action: KeysAction::Revoke { kid, name, .. } }) = cli.command else { panic!("{cli:?}") };
+        assert_eq!((name.as_str(), kid.as_str()), ("internal", "-J5xQ"));
     }
 }
