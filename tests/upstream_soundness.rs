@@ -687,3 +687,149 @@ fn the_oracle_catches_an_unsound_integration() {
     );
     eprintln!("unsound on purpose: {} violations, e.g. {}", violations.len(), admin_without_token.unwrap());
 }
+
+/// Envoy as Istio wires a Gateway: one ext_authz for all of it (the CUSTOM AuthorizationPolicy,
+/// no word from the proxy about the route), and the HTTPRoute's rules as Envoy routes in Gateway
+/// API precedence (Istio's `pilot/pkg/config/kube/gateway` sorts them so; `PathPrefix` becomes
+/// `path_separated_prefix`). Each route tells the upstream which rule it is.
+fn istio_conf(port: u16, admin: u16, authz_grpc: u16, upstream: u16) -> String {
+    let grpc = common::envoy_grpc_conf(port, admin, authz_grpc, upstream);
+    // The docs' one route, with its identity header handling, becomes the HTTPRoute's rules.
+    let start = grpc.find("                        - match: { prefix: \"/\" }").expect("the route to replace");
+    let end_marker = "append_action: OVERWRITE_IF_EXISTS_OR_ADD\n";
+    let end = start + grpc[start..].find(end_marker).expect("its headers") + end_marker.len();
+    let route = |rule: &str, extra: &str| {
+        format!(
+            "                        - match: {{ path_separated_prefix: \"/orders\"{extra} }}\n                          route: {{ cluster: app }}\n                          request_headers_to_add: [{{ header: {{ key: x-route, value: {rule} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}]\n"
+        )
+    };
+    let routes = [
+        route("beta", ", headers: [{ name: x-version, string_match: { exact: \"2\" } }]"),
+        route("preview", ", query_parameters: [{ name: v, string_match: { exact: \"2\" } }]"),
+        route("stable", ""),
+    ]
+    .concat();
+    format!("{}{routes}{}", &grpc[..start], &grpc[end..])
+}
+
+/// Istio sends every request of the Gateway to Portcullis, which must pick the AuthPolicy of the
+/// route rule Envoy picks by header and query parameter: the HTTPRoute and the policies go through
+/// the controller's own planning and compilation, the compiled config to `portcullis gateway`, and
+/// no request is served under another rule's policy than the one Portcullis applied.
+#[test]
+fn istio_shaped_envoy_and_portcullis_choose_the_same_route_by_header_and_query() {
+    use portcullis::api::AuthPolicy;
+    use portcullis::controller::{desired, wiring};
+    use std::sync::Arc;
+    let issuer = TestIssuer::new("https://idp.test", SigningAlgorithm::RS256);
+    let policy = |name: &str, rule: Value| -> Arc<AuthPolicy> {
+        Arc::new(
+            serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"namespace": "shop", "name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders", "sectionName": name}],
+                    "issuers": [{"issuer": "https://idp.test", "audiences": ["orders"], "algorithms": ["RS256"], "jwks": {"inline": issuer.jwks()}}],
+                    "rules": [rule]}}))
+            .unwrap(),
+        )
+    };
+    let policies = [
+        policy("beta", json!({"name": "admins", "require": [{"claim": "role", "in": ["admin"]}]})),
+        policy("preview", json!({"name": "writers", "require": [{"claim": "role", "in": ["writer", "admin"]}]})),
+        policy("stable", json!({"name": "all", "public": true})),
+    ];
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+    let world = wiring::World {
+        classes: vec![obj(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "istio"},
+            "spec": {"controllerName": "istio.io/gateway-controller"}}))],
+        gateways: vec![obj(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        )],
+        http_routes: vec![obj(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"namespace": "shop", "name": "orders"},
+            "spec": {"hostnames": [HOST], "parentRefs": [{"name": "web"}], "rules": [
+                {"name": "stable", "matches": [{"path": {"type": "PathPrefix", "value": "/orders"}}]},
+                {"name": "beta", "matches": [{"path": {"type": "PathPrefix", "value": "/orders"}, "headers": [{"name": "X-Version", "value": "2"}]}]},
+                {"name": "preview", "matches": [{"path": {"type": "PathPrefix", "value": "/orders"}, "queryParams": [{"name": "v", "value": "2"}]}]}]},
+            "status": {"parents": [{"parentRef": {"name": "web"}, "controllerName": "istio.io/gateway-controller",
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]}}),
+        )],
+        grpc_routes: vec![],
+        security_policies: vec![],
+        missing_kinds: vec![],
+    };
+    let settings: wiring::WiringSettings = serde_json::from_value(
+        json!({"authorizers": {"default": {"namespace": "portcullis", "name": "portcullis-gateway", "port": 9001}}}),
+    )
+    .unwrap();
+    let plan = wiring::plan(&policies, &world, &settings);
+    assert!(plan.objects.keys().any(|(kind, _, _)| kind == "AuthorizationPolicy"), "{:?}", plan.objects.keys());
+    let mut inputs = desired::policy_inputs(&policies, "default", &Default::default());
+    inputs.iter_mut().for_each(|i| i.attachment = plan.attachments.get(&i.meta.key()).cloned());
+    let compiled = portcullis::policy::compile("default", &inputs, &BTreeMap::new(), &portcullis::policy::Tenancy::single_owner());
+    assert!(compiled.outcomes.iter().all(|o| o.outcome == portcullis::policy::Outcome::Accepted), "{:?}", compiled.outcomes);
+    let oracle = engine(&compiled);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), compiled.config.to_json()).unwrap();
+    let upstream = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/shop_app.py");
+    let mut app =
+        Proc::spawn("the flask upstream", Command::new("python3").arg(script).arg(upstream.to_string()), dir.path().join("app.log"));
+    app.wait_serving(Duration::from_secs(20), || http(upstream, "GET", "localhost", "/__ping", &[]).ok());
+    let (port, grpc) = (free_port(), free_port());
+    let mut cmd = Command::new(common::portcullis());
+    cmd.args(["gateway", "--config"]).arg(dir.path().join("config.json"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--grpc-listen", &format!("127.0.0.1:{grpc}")]);
+    let mut authz = Proc::spawn("portcullis gateway", &mut cmd, dir.path().join("portcullis.log"));
+    common::wait_ready(&mut authz, port);
+    let (_envoy, proxy) = common::start_envoy_conf(&dir.path().join("envoy"), |p, a| istio_conf(p, a, grpc, upstream));
+
+    let now = unix_now();
+    let token = |role: &str| format!("Bearer {}", issuer.token("orders", now, json!({"sub": role, "role": role})));
+    let credentials = [None, Some(token("admin")), Some(token("writer")), Some(token("reader"))];
+    let versions: [&[(&str, &str)]; 5] =
+        [&[], &[("x-version", "2")], &[("X-Version", "2")], &[("x-version", "3")], &[("x-version", "2"), ("x-version", "2")]];
+    let queries = ["", "?v=2", "?v=3", "?V=2", "?v=2&v=2", "?v=%32", "?a=1&v=2"];
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for credential in &credentials {
+        for version in versions {
+            for query in queries {
+                let target = format!("/orders/1{query}");
+                let mut hdrs: Vec<(&str, &str)> = version.to_vec();
+                if let Some(c) = credential {
+                    hdrs.push(("authorization", c));
+                }
+                let r = http(proxy, "GET", HOST, &target, &hdrs).unwrap();
+                *statuses.entry(r.status).or_default() += 1;
+                let headers = portcullis::testkit::header_map(&hdrs);
+                let decided = oracle.decide(
+                    &Request { method: "GET", host: HOST, target: &target, headers: &headers, path_mode: PathMode::Strict, routed: None },
+                    now,
+                );
+                let seen: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                let case = format!("{target} {version:?} {}", credential.as_deref().map_or("anonymous", |_| "token"));
+                match (&decided, seen["handler"].as_str()) {
+                    (Decision::Allow(a), Some(_)) => {
+                        let route = seen["headers"]["x-route"].as_str().unwrap_or_default().to_owned();
+                        let applied = &compiled.config.policies[a.route.policy as usize].name;
+                        assert_eq!(&route, applied, "{case}: Envoy routed to rule {route}, Portcullis applied policy {applied}");
+                        *served.entry(route).or_default() += 1;
+                    }
+                    (Decision::Deny(d), Some(_)) => panic!("{case}: served though Portcullis denies it ({:?})", d.reason),
+                    (Decision::Deny(d), None) => assert_eq!(r.status, d.reason.status(), "{case}: {seen}"),
+                    (Decision::Allow(_), None) => panic!("{case}: allowed but not served: {} {seen}\n{}", r.status, authz.log_text()),
+                }
+            }
+        }
+    }
+    // Every rule was reached, and what the gateway may read its own way was refused.
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["beta", "preview", "stable"], "{served:?} {statuses:?}");
+    assert!(statuses.get(&400).is_some_and(|n| *n >= 3 * 4), "ambiguous requests answered 400: {statuses:?}");
+    let admin = token("admin");
+    let r = http(proxy, "GET", HOST, "/orders/1?v=2&v=2", &[("authorization", &admin)]).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap()["reason"], "ambiguous_route");
+}

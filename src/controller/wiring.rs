@@ -445,7 +445,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                         }
                         Ok(Integration::Istio) if proxy_only(outcome, &gw).is_some() => {
                             let why = format!(
-                                "{} on this Gateway: Istio sends every request of the Gateway to Portcullis, which cannot select the route by them; split the rule or attach to a route without them",
+                                "{} on this Gateway: Istio sends every request of the Gateway to Portcullis, which cannot select the route by it exactly; use an Exact match, or attach to a route without it",
                                 proxy_only(outcome, &gw).unwrap_or_default()
                             );
                             ancestor.accepted = keep((RejectReason::Invalid, why.clone()));
@@ -498,8 +498,8 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
     plan
 }
 
-/// A route rule match of `outcome` on Gateway `gw` that only the proxy applies (header or query
-/// parameter matches), described with where it is.
+/// A route rule match of `outcome` on Gateway `gw` that only the proxy applies (a
+/// `RegularExpression` header or query parameter match), described with where it is.
 fn proxy_only(outcome: &Attachment, gw: &(String, String)) -> Option<String> {
     let Attachment::Accepted { applied, .. } = outcome else { return None };
     applied.iter().filter(|a| a.gateway == *gw).find_map(|a| {
@@ -747,19 +747,33 @@ mod plan_tests {
     }
 
     #[test]
-    fn header_matches_are_left_to_a_proxy_that_checks_per_route_and_refused_where_portcullis_selects_the_route() {
+    fn exact_header_matches_are_matched_by_portcullis_and_regular_expressions_are_refused_where_it_selects_the_route() {
         let mut w = world();
-        let with_header = |name: &str, gw: &str| {
+        let with_header = |name: &str, gw: &str, kind: &str| {
             obj(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"namespace": "shop", "name": name},
-                "spec": {"rules": [{"name": "beta", "matches": [{"path": {"type": "PathPrefix", "value": "/beta"}, "headers": [{"name": "x-beta", "value": "1"}]}]}]},
+                "spec": {"rules": [{"name": "beta", "matches": [{"path": {"type": "PathPrefix", "value": "/beta"}, "headers": [{"type": kind, "name": "x-beta", "value": "1"}]}]}]},
                 "status": accepted_by(gw)}))
         };
-        w.http_routes = vec![with_header("eg-beta", "eg-web"), with_header("istio-beta", "istio-web")];
-        let plan = plan(&[policy("eg", "eg-beta"), policy("istio", "istio-beta")], &w, &settings());
-        assert!(plan.attachments["shop/eg"].as_ref().is_ok_and(|a| a[0].matches[0].path.prefix.as_deref() == Some("/beta")));
-        let refused = plan.attachments["shop/istio"].as_ref().unwrap_err();
+        w.http_routes = vec![
+            with_header("eg-beta", "eg-web", "RegularExpression"),
+            with_header("istio-beta", "istio-web", "Exact"),
+            with_header("istio-re", "istio-web", "RegularExpression"),
+        ];
+        let plan = plan(&[policy("eg", "eg-beta"), policy("istio", "istio-beta"), policy("istio-re", "istio-re")], &w, &settings());
+        // Envoy Gateway checks per route: what only the proxy can match stays the proxy's.
+        let eg = &plan.attachments["shop/eg"].as_ref().unwrap()[0].matches[0];
+        assert_eq!((eg.path.prefix.as_deref(), eg.when.len(), eg.proxy_only.is_some()), (Some("/beta"), 0, true));
+        // Istio sends the whole Gateway: an exact header match is a condition Portcullis checks …
+        let istio = &plan.attachments["shop/istio"].as_ref().unwrap()[0].matches[0];
+        assert_eq!(istio.when, [crate::policy::config::RequestCondition::Header { name: "x-beta".into(), value: "1".into() }]);
+        // … and a regular expression it cannot reproduce refuses the policy.
+        let refused = plan.attachments["shop/istio-re"].as_ref().unwrap_err();
         assert_eq!(refused.reason, RejectReason::Invalid);
-        assert!(refused.message().contains("route shop/istio-beta beta has header matches"), "{}", refused.message());
+        assert!(
+            refused.message().contains("route shop/istio-re beta has RegularExpression header match \"x-beta\""),
+            "{}",
+            refused.message()
+        );
     }
 
     #[test]

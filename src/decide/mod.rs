@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::api::{HttpMethod, JwtAlgorithm, TokenForwarding, TokenSource};
 use crate::keys::store::KeyRing;
 use crate::policy::claims::{ClaimPath, ClaimRequirement, RequestFacts, Unmet};
-use crate::policy::config::{HeaderClaims, IssueConfig, KeySource};
+use crate::policy::config::{HeaderClaims, IssueConfig, KeySource, RequestCondition};
 use crate::policy::host::normalize_host;
 use crate::policy::path::{PathError, PathMode, normalize_as, split_target};
 use crate::policy::validate::{compile_requirements, request_method_bit};
@@ -67,10 +67,13 @@ pub enum DenyReason {
     MintUnavailable,
     /// The proxy routed the request to another policy than the one Portcullis matches it to.
     RouteMismatch,
+    /// Which route applies depends on a repeated or percent-encoded header or query parameter
+    /// that a route's condition names: the gateway's reading of it cannot be known.
+    AmbiguousRoute,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 20] = [
+    pub const ALL: [DenyReason; 21] = [
         Self::NoRoute,
         Self::UnsafePath(PathError::Empty),
         Self::BadHost,
@@ -91,6 +94,7 @@ impl DenyReason {
         Self::ClaimsNotSatisfied,
         Self::MintUnavailable,
         Self::RouteMismatch,
+        Self::AmbiguousRoute,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +119,7 @@ impl DenyReason {
             Self::ClaimsNotSatisfied => "claims_not_satisfied",
             Self::MintUnavailable => "mint_unavailable",
             Self::RouteMismatch => "route_mismatch",
+            Self::AmbiguousRoute => "ambiguous_route",
         }
     }
 
@@ -123,7 +128,7 @@ impl DenyReason {
     /// decide (fail closed, and visibly so).
     pub fn status(self) -> u16 {
         match self {
-            Self::BadHost | Self::BadMethod | Self::BadRequest | Self::AmbiguousToken => 400,
+            Self::BadHost | Self::BadMethod | Self::BadRequest | Self::AmbiguousToken | Self::AmbiguousRoute => 400,
             Self::NoRoute | Self::UnsafePath(_) | Self::ClaimsNotSatisfied | Self::RouteMismatch => 403,
             Self::KeysUnavailable | Self::MintUnavailable => 503,
             _ => 401,
@@ -134,7 +139,7 @@ impl DenyReason {
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
             Self::MissingToken => None,
-            Self::AmbiguousToken => Some("invalid_request"),
+            Self::AmbiguousToken | Self::AmbiguousRoute => Some("invalid_request"),
             Self::ClaimsNotSatisfied => Some("insufficient_scope"),
             s if s.status() == 401 => Some("invalid_token"),
             _ => None,
@@ -164,6 +169,7 @@ impl DenyReason {
             Self::ClaimsNotSatisfied => "insufficient claims",
             Self::MintUnavailable => "internal token unavailable",
             Self::RouteMismatch => "routed to another policy",
+            Self::AmbiguousRoute => "repeated or encoded header or query parameter a route matches on",
         }
     }
 }
@@ -387,11 +393,16 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return Decision::deny(DenyReason::UnsafePath(e)),
         };
-        if let Some((policy, mut allowed)) = self.cors_preflight(req, &host, &path) {
+        if let Some((policy, mut allowed)) = self.cors_preflight(req, &host, &path, query) {
             allowed.strip_query = query_tokens(policy, query);
             return Decision::Allow(allowed);
         }
-        let Some(entry) = self.routes.lookup(&host, &path, method_bit) else {
+        let conditions = Conditions::of(req.headers, query);
+        let entry = self.routes.lookup(&host, &path, method_bit, &|when| conditions.hold(when));
+        if conditions.ambiguous.get() {
+            return Decision::deny(DenyReason::AmbiguousRoute);
+        }
+        let Some(entry) = entry else {
             return Decision::deny(DenyReason::NoRoute);
         };
         let route = RouteRef { policy: entry.policy, rule: entry.rule };
@@ -570,7 +581,7 @@ impl Engine {
 
     /// A CORS preflight (`OPTIONS` with one `Origin` and one `Access-Control-Request-Method`)
     /// for a route of a policy that lets preflights through: allowed as anonymous.
-    fn cors_preflight(&self, req: &Request<'_>, host: &str, path: &str) -> Option<(&RtPolicy, Allowed)> {
+    fn cors_preflight(&self, req: &Request<'_>, host: &str, path: &str, query: Option<&str>) -> Option<(&RtPolicy, Allowed)> {
         if req.method != "OPTIONS" {
             return None;
         }
@@ -586,7 +597,10 @@ impl Engine {
         if requested == "OPTIONS" {
             return None;
         }
-        let entry = self.routes.lookup(host, path, accepted_method_bit(requested)?)?;
+        // An ambiguous preflight is not answered here: it goes on to be refused as such.
+        let conditions = Conditions::of(req.headers, query);
+        let entry = self.routes.lookup(host, path, accepted_method_bit(requested)?, &|when| conditions.hold(when));
+        let entry = entry.filter(|_| !conditions.ambiguous.get())?;
         let policy = &self.policies[entry.policy as usize];
         policy.cors_preflight.then(|| (policy, self.anonymous(RouteRef { policy: entry.policy, rule: entry.rule }, policy, req.headers)))
     }
@@ -621,6 +635,59 @@ impl Engine {
 }
 
 /// The policy's token query parameters present in `query`.
+/// A request's headers and query as route conditions see them. A condition on a header sent
+/// more than once, or on a query parameter repeated or percent-encoded (in its name or value),
+/// is ambiguous: gateways join, pick or decode such values each their own way.
+struct Conditions<'a> {
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    ambiguous: std::cell::Cell<bool>,
+}
+
+impl<'a> Conditions<'a> {
+    fn of(headers: &'a HeaderMap, query: Option<&'a str>) -> Self {
+        Self { headers, query, ambiguous: std::cell::Cell::new(false) }
+    }
+
+    fn hold(&self, when: &[RequestCondition]) -> bool {
+        when.iter().all(|c| {
+            let got = match c {
+                RequestCondition::Header { name, value } => self.header(name).map(|v| v == Some(value.as_bytes())),
+                RequestCondition::Query { name, value } => self.query(name).map(|v| v == Some(value.as_bytes())),
+            };
+            got.unwrap_or_else(|()| {
+                self.ambiguous.set(true);
+                false
+            })
+        })
+    }
+
+    fn header(&self, name: &str) -> Result<Option<&[u8]>, ()> {
+        let mut all = self.headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (Some(_), Some(_)) => Err(()),
+            (v, _) => Ok(v.map(HeaderValue::as_bytes)),
+        }
+    }
+
+    fn query(&self, name: &str) -> Result<Option<&[u8]>, ()> {
+        let encoded = |s: &str| s.contains(['%', '+']);
+        let mut found = None;
+        for pair in self.query.unwrap_or("").split('&') {
+            let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if n == name {
+                if found.is_some() || encoded(v) {
+                    return Err(());
+                }
+                found = Some(v.as_bytes());
+            } else if encoded(n) {
+                return Err(());
+            }
+        }
+        Ok(found)
+    }
+}
+
 fn query_tokens(policy: &RtPolicy, query: Option<&str>) -> Vec<String> {
     let Some(query) = query else { return Vec::new() };
     policy

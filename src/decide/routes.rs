@@ -2,10 +2,11 @@
 //!
 //! Precedence is a total order (see [`precedence`]):
 //! host (exact name > longer wildcard suffix > any host), then within a host group
-//! exact path > longer literal > prefix before template at equal length > older policy
-//! (creation time) > namespace/name > rule order > path order. Routes with the same pattern never
-//! share a method (validation and conflict detection guarantee it), so at most one route of a
-//! given pattern matches a request.
+//! exact path > longer literal > prefix before template at equal length > a method match >
+//! more header conditions > more query parameter conditions (Gateway API's order) > older policy
+//! (creation time) > namespace/name > rule order > path order. Routes of different policies with
+//! the same pattern never share a method unless their conditions tell them apart (validation and
+//! conflict detection guarantee it).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 
 use crate::policy::GatewayConfig;
+use crate::policy::config::RequestCondition;
 use crate::policy::host::HostPattern;
 use crate::policy::path::{PathPattern, PatternKind, prefix_keys};
 use crate::policy::validate::{compile_path, method_mask};
@@ -29,12 +31,28 @@ pub struct RouteEntry {
     /// tie-breaker between equally specific routes, as a number (40,000 routes each holding
     /// their policy's names cost megabytes, and comparing them made the sort slow).
     pub age_rank: u32,
+    /// The route's header and query parameter conditions: an index into the table's, or
+    /// [`NO_CONDITIONS`].
+    pub when: u32,
+    /// Gateway API's tie-breakers after the path, higher first: a method match, the number of
+    /// header conditions, the number of query parameter conditions.
+    pub specificity: (bool, u8, u8),
 }
+
+pub const NO_CONDITIONS: u32 = u32::MAX;
 
 /// Orders two routes of the same host group; `Less` wins.
 pub fn precedence(a: &RouteEntry, b: &RouteEntry) -> Ordering {
     let key = |r: &RouteEntry| {
-        (r.pattern.kind() != PatternKind::Exact, Reverse(r.literal_len), r.pattern.kind(), r.age_rank, r.rule, r.path_index)
+        (
+            r.pattern.kind() != PatternKind::Exact,
+            Reverse(r.literal_len),
+            r.pattern.kind(),
+            Reverse(r.specificity),
+            r.age_rank,
+            r.rule,
+            r.path_index,
+        )
     };
     key(a).cmp(&key(b))
 }
@@ -145,8 +163,8 @@ impl PathTable {
         }
     }
 
-    fn lookup(&self, entries: &[RouteEntry], path: &str, method: u16) -> Option<u32> {
-        let fits = |id: &&u32| entries[**id as usize].methods & method != 0;
+    fn lookup(&self, entries: &[RouteEntry], path: &str, fits_id: &impl Fn(u32) -> bool) -> Option<u32> {
+        let fits = |id: &&u32| fits_id(**id);
         if let Some(id) = self.exact.get(path).and_then(|ids| ids.iter().find(fits)) {
             return Some(*id);
         }
@@ -157,7 +175,7 @@ impl PathTable {
         } else {
             let parts: Vec<&str> = path[1..].split('/').collect();
             let mut best = None;
-            let fits_rank = |rank: u32| entries[self.templates[rank as usize] as usize].methods & method != 0;
+            let fits_rank = |rank: u32| fits_id(self.templates[rank as usize]);
             self.trie.best(&parts, 0, &fits_rank, &mut best);
             best.map(|rank| self.templates[rank as usize])
         };
@@ -181,6 +199,8 @@ impl PathTable {
 #[derive(Default, Debug)]
 pub struct RouteTable {
     entries: Vec<RouteEntry>,
+    /// Distinct condition sets of the routes that have them.
+    conditions: Vec<Box<[RequestCondition]>>,
     exact_hosts: HashMap<Box<str>, PathTable, RandomState>,
     /// Keyed by suffix with its leading dot (`.example.com`).
     wildcard_hosts: HashMap<Box<str>, PathTable, RandomState>,
@@ -199,6 +219,21 @@ impl RouteTable {
                     hosts => hosts.iter().map(|h| HostPattern::parse(h)).collect::<Result<_, _>>()?,
                 };
                 let methods = method_mask(&rule.methods);
+                let when = match rule.when.as_slice() {
+                    [] => NO_CONDITIONS,
+                    when => match table.conditions.iter().position(|c| **c == *when) {
+                        Some(at) => at as u32,
+                        None => {
+                            table.conditions.push(when.into());
+                            (table.conditions.len() - 1) as u32
+                        }
+                    },
+                };
+                let headers = rule.when.iter().filter(|c| c.is_header()).count();
+                let count = |n: usize| {
+                    u8::try_from(n).map_err(|_| format!("{}/{} rule {}: too many conditions", policy.namespace, policy.name, rule.name))
+                };
+                let specificity = (methods != u16::MAX, count(headers)?, count(rule.when.len() - headers)?);
                 for (xi, pm) in rule.paths.iter().enumerate() {
                     let pattern = compile_path(pm).map_err(|e| format!("{}/{} rule {}: {e}", policy.namespace, policy.name, rule.name))?;
                     let entry = RouteEntry {
@@ -209,6 +244,8 @@ impl RouteTable {
                         rule: ri as u32,
                         path_index: xi as u32,
                         age_rank: ranks[pi],
+                        when,
+                        specificity,
                     };
                     for host in &hosts {
                         let id = table.entries.len() as u32;
@@ -230,8 +267,13 @@ impl RouteTable {
         Ok(table)
     }
 
-    /// The route for a normalised host and path, if any.
-    pub fn lookup(&self, host: &str, path: &str, method: u16) -> Option<&RouteEntry> {
+    /// The route for a normalised host and path, if any; `when` says whether the request meets
+    /// a route's conditions.
+    pub fn lookup(&self, host: &str, path: &str, method: u16, when: &impl Fn(&[RequestCondition]) -> bool) -> Option<&RouteEntry> {
+        let fits = |id: u32| {
+            let e = &self.entries[id as usize];
+            e.methods & method != 0 && (e.when == NO_CONDITIONS || when(&self.conditions[e.when as usize]))
+        };
         let groups = self
             .exact_hosts
             .get(host)
@@ -239,7 +281,7 @@ impl RouteTable {
             .chain(host.match_indices('.').filter_map(|(i, _)| self.wildcard_hosts.get(&host[i..])))
             .chain((!self.any_host.is_empty()).then_some(&self.any_host));
         for group in groups {
-            if let Some(id) = group.lookup(&self.entries, path, method) {
+            if let Some(id) = group.lookup(&self.entries, path, &fits) {
                 return Some(&self.entries[id as usize]);
             }
         }
@@ -283,6 +325,7 @@ mod tests {
         let rule = (
             proptest::collection::vec(path_match(), 1..3),
             proptest::collection::vec(prop_oneof![Just(HttpMethod::GET), Just(HttpMethod::POST)], 0..2),
+            prop_oneof![4 => Just(vec![]), 1 => Just(vec![x(1)]), 1 => Just(vec![x(2)]), 1 => Just(vec![v(1)]), 1 => Just(vec![x(1), v(1)])],
         );
         (host, proptest::collection::vec(rule, 1..4), 0i64..3).prop_map(move |(host, rules, created)| PolicyConfig {
             namespace: "ns".into(),
@@ -295,11 +338,12 @@ mod tests {
             rules: rules
                 .into_iter()
                 .enumerate()
-                .map(|(r, (paths, methods))| RuleConfig {
+                .map(|(r, (paths, methods, when))| RuleConfig {
                     name: format!("r{r}"),
                     hosts: Vec::new(),
                     paths,
                     methods,
+                    when,
                     public: true,
                     optional: false,
                     require: Vec::new(),
@@ -310,6 +354,30 @@ mod tests {
                 .collect(),
             cors_preflight: false,
         })
+    }
+
+    fn x(n: u8) -> RequestCondition {
+        RequestCondition::Header { name: "x".into(), value: n.to_string() }
+    }
+
+    fn v(n: u8) -> RequestCondition {
+        RequestCondition::Query { name: "v".into(), value: n.to_string() }
+    }
+
+    /// What a request carries: header `x` and query parameter `v`, each absent or a value.
+    type Facts = (Option<u8>, Option<u8>);
+
+    fn facts() -> impl Strategy<Value = Facts> {
+        (prop_oneof![Just(None), Just(Some(1)), Just(Some(2))], prop_oneof![Just(None), Just(Some(1))])
+    }
+
+    fn holds(facts: Facts) -> impl Fn(&[RequestCondition]) -> bool {
+        move |when| {
+            when.iter().all(|c| match c {
+                RequestCondition::Header { value, .. } => facts.0.map(|n| n.to_string()).as_ref() == Some(value),
+                RequestCondition::Query { value, .. } => facts.1.map(|n| n.to_string()).as_ref() == Some(value),
+            })
+        }
     }
 
     fn config() -> impl Strategy<Value = GatewayConfig> {
@@ -337,11 +405,19 @@ mod tests {
     }
 
     /// The same answer by brute force: host groups in order, routes in precedence order.
-    fn reference<'t>(t: &'t RouteTable, host: &str, path: &str, method: u16) -> Option<&'t RouteEntry> {
-        reference_with(t, &route_hosts(t), host, path, method)
+    fn reference<'t>(t: &'t RouteTable, host: &str, path: &str, method: u16, facts: Facts) -> Option<&'t RouteEntry> {
+        reference_with(t, &route_hosts(t), host, path, method, facts)
     }
 
-    fn reference_with<'t>(t: &'t RouteTable, hosts: &[Vec<HostPattern>], host: &str, path: &str, method: u16) -> Option<&'t RouteEntry> {
+    fn reference_with<'t>(
+        t: &'t RouteTable,
+        hosts: &[Vec<HostPattern>],
+        host: &str,
+        path: &str,
+        method: u16,
+        facts: Facts,
+    ) -> Option<&'t RouteEntry> {
+        let holds = holds(facts);
         let rank = |h: &HostPattern| match h {
             HostPattern::Exact(_) => (0, 0),
             HostPattern::Wildcard(s) => (1, usize::MAX - s.len()),
@@ -353,6 +429,7 @@ mod tests {
             .zip(hosts)
             .flat_map(|(e, hs)| hs.iter().filter(|h| h.matches(host)).map(move |h| (rank(h), e)))
             .filter(|(_, e)| e.methods & method != 0 && e.pattern.matches(path))
+            .filter(|(_, e)| e.when == NO_CONDITIONS || holds(&t.conditions[e.when as usize]))
             .collect();
         candidates.sort_by(|(ra, a), (rb, b)| ra.cmp(rb).then_with(|| precedence(a, b)));
         candidates.first().map(|(_, e)| *e)
@@ -367,11 +444,12 @@ mod tests {
             path in request_path(),
             host in prop_oneof![Just("api.x.io"), Just("b.x.io"), Just("c.io"), Just("other.test")],
             post in any::<bool>(),
+            facts in facts(),
         ) {
             let table = RouteTable::build(&config).unwrap();
             let method = if post { 1 << (HttpMethod::POST as u16) } else { 1 << (HttpMethod::GET as u16) };
-            let got = table.lookup(host, &path, method).map(|e| (e.policy, e.rule, e.path_index));
-            let want = reference(&table, host, &path, method).map(|e| (e.policy, e.rule, e.path_index));
+            let got = table.lookup(host, &path, method, &holds(facts)).map(|e| (e.policy, e.rule, e.path_index));
+            let want = reference(&table, host, &path, method, facts).map(|e| (e.policy, e.rule, e.path_index));
             prop_assert_eq!(got, want);
         }
 
@@ -395,13 +473,13 @@ mod tests {
         }
 
         #[test]
-        fn the_order_of_policies_in_the_input_does_not_matter(config in config(), path in request_path()) {
+        fn the_order_of_policies_in_the_input_does_not_matter(config in config(), path in request_path(), facts in facts()) {
             let mut reversed = config.clone();
             reversed.policies.reverse();
             let (a, b) = (RouteTable::build(&config).unwrap(), RouteTable::build(&reversed).unwrap());
             let get = 1 << (HttpMethod::GET as u16);
             for host in ["api.x.io", "b.x.io", "c.io"] {
-                let name = |t: &RouteTable, c: &GatewayConfig| t.lookup(host, &path, get).map(|e| (c.policies[e.policy as usize].name.clone(), e.rule, e.path_index));
+                let name = |t: &RouteTable, c: &GatewayConfig| t.lookup(host, &path, get, &holds(facts)).map(|e| (c.policies[e.policy as usize].name.clone(), e.rule, e.path_index));
                 prop_assert_eq!(name(&a, &config), name(&b, &reversed));
             }
         }
@@ -416,6 +494,7 @@ mod tests {
         fn lookup_agrees_with_brute_force_on_large_random_route_sets(
             policies in (0..120).map(policy).collect::<Vec<_>>(),
             paths in proptest::collection::vec(request_path(), 30),
+            facts in facts(),
         ) {
             let config = GatewayConfig::new("default", policies.into_iter().map(std::sync::Arc::new).collect(), Vec::new());
             let table = RouteTable::build(&config).unwrap();
@@ -423,8 +502,8 @@ mod tests {
             for path in &paths {
                 for host in ["api.x.io", "b.x.io", "other.test"] {
                     for method in [1 << (HttpMethod::GET as u16), 1 << (HttpMethod::POST as u16)] {
-                        let got = table.lookup(host, path, method).map(|e| (e.policy, e.rule, e.path_index));
-                        let want = reference_with(&table, &hosts, host, path, method).map(|e| (e.policy, e.rule, e.path_index));
+                        let got = table.lookup(host, path, method, &holds(facts)).map(|e| (e.policy, e.rule, e.path_index));
+                        let want = reference_with(&table, &hosts, host, path, method, facts).map(|e| (e.policy, e.rule, e.path_index));
                         prop_assert_eq!(got, want, "{} {} among {} routes", host, path, table.len());
                     }
                 }

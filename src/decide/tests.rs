@@ -819,11 +819,7 @@ fn a_policy_attached_to_routes_applies_each_route_rule_on_its_own_hosts_only() {
         route: ("shop".into(), "orders".into()),
         rule: Some("r".into()),
         hosts: vec![HostPattern::parse(host).unwrap()],
-        matches: vec![RouteMatch {
-            path: PathMatch { prefix: Some(prefix.into()), ..Default::default() },
-            methods: vec![],
-            proxy_only: None,
-        }],
+        matches: vec![RouteMatch { path: PathMatch { prefix: Some(prefix.into()), ..Default::default() }, ..Default::default() }],
     };
     // Not resolved (local mode, no Gateway API): refused with the reason, nothing served.
     let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
@@ -847,4 +843,92 @@ fn a_policy_attached_to_routes_applies_each_route_rule_on_its_own_hosts_only() {
         Some(Err(crate::policy::Rejection { reason: RejectReason::Invalid, problems: vec!["RegularExpression".into()] }));
     let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
     assert!(compiled.config.policies.is_empty());
+}
+
+#[test]
+fn header_and_query_conditions_of_routes_select_the_policy_as_the_gateway_routes_and_ambiguity_is_refused() {
+    use crate::api::PathMatch;
+    use crate::policy::config::RequestCondition::{Header, Query};
+    use crate::policy::gateway_api::{Applied, RouteMatch};
+    use crate::policy::host::HostPattern;
+    let yaml = |name: &str| {
+        format!(
+            "name: {name}\nnamespace: shop\nspec:\n  targetRefs: [{{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders }}]\n  rules: [{{ name: all, public: true }}]\n"
+        )
+    };
+    let applied = |when: Vec<crate::policy::config::RequestCondition>| Applied {
+        gateway: ("infra".into(), "web".into()),
+        route: ("shop".into(), "orders".into()),
+        rule: Some("r".into()),
+        hosts: vec![HostPattern::parse("a.test").unwrap()],
+        matches: vec![RouteMatch { path: PathMatch { prefix: Some("/api".into()), ..Default::default() }, when, ..Default::default() }],
+    };
+    let h = |v: &str| Header { name: "x-version".into(), value: v.into() };
+    let q = |v: &str| Query { name: "v".into(), value: v.into() };
+    let inputs_for = |policies: Vec<(&str, Vec<crate::policy::config::RequestCondition>)>| {
+        let mut inputs = Vec::new();
+        for (name, when) in policies {
+            let mut input = crate::testkit::inputs_from_yaml(&yaml(name)).remove(0);
+            input.attachment = Some(Ok(vec![applied(when)]));
+            inputs.push(input);
+        }
+        inputs
+    };
+    let inputs = inputs_for(vec![
+        ("plain", vec![]),
+        ("v2", vec![h("2")]),
+        ("v3", vec![h("3")]),
+        ("q2", vec![q("2")]),
+        ("both", vec![h("2"), q("2")]),
+    ]);
+    let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
+    assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted), "{:?}", compiled.outcomes);
+    let e = engine(&compiled);
+    let chosen = |target: &str, hdrs: &[(&str, &str)]| match decide(&e, "GET", "a.test", target, &headers(hdrs)) {
+        Decision::Allow(a) => e.policies[a.route.policy as usize].key.to_string(),
+        Decision::Deny(d) => d.reason.as_str().to_owned(),
+    };
+    // Gateway API's order: more header conditions first, then more query conditions.
+    assert_eq!(chosen("/api/x", &[]), "shop/plain");
+    assert_eq!(chosen("/api/x", &[("x-version", "2")]), "shop/v2");
+    assert_eq!(chosen("/api/x", &[("X-Version", "3")]), "shop/v3", "header names are case-insensitive");
+    assert_eq!(chosen("/api/x", &[("x-version", "4")]), "shop/plain");
+    assert_eq!(chosen("/api/x?v=2", &[]), "shop/q2");
+    assert_eq!(chosen("/api/x?a=1&v=2", &[("x-version", "2")]), "shop/both");
+    assert_eq!(chosen("/api/x?v=2", &[("x-version", "3")]), "shop/v3", "a header condition outranks a query condition");
+    assert_eq!(chosen("/api/x?V=2", &[]), "shop/plain", "query names are case-sensitive");
+    assert_eq!(chosen("/api/x?v=22", &[("x-version", "2 ")]), "shop/plain", "values are exact");
+    // What the gateway may read differently is refused, not guessed.
+    for (target, hdrs) in [
+        ("/api/x", vec![("x-version", "2"), ("x-version", "2")]),
+        ("/api/x?v=2&v=2", vec![]),
+        ("/api/x?v=%32", vec![]),
+        ("/api/x?v=2+", vec![]),
+        ("/api/x?%76=2", vec![]),
+    ] {
+        assert_eq!(chosen(target, &hdrs), "ambiguous_route", "{target} {hdrs:?}");
+    }
+    // Elsewhere, repeats and encodings are nobody's business.
+    assert_eq!(chosen("/other?v=%32&v=1", &[("x-version", "2"), ("x-version", "3")]), "no_route");
+    // Two routes one request can match with neither more specific: the gateway picks the older
+    // route, which the authorizer cannot know; the later policy is refused.
+    let inputs = inputs_for(vec![
+        ("a", vec![h("2")]),
+        ("b", vec![h("2")]),
+        ("c", vec![q("2")]),
+        ("d", vec![Query { name: "w".into(), value: "1".into() }]),
+    ]);
+    let compiled = crate::policy::compile("default", &inputs, &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
+    let outcome = |name: &str| compiled.outcomes.iter().find(|o| o.name == name).unwrap().outcome.clone();
+    assert_eq!(outcome("a"), Outcome::Accepted);
+    assert!(
+        matches!(outcome("b"), Outcome::Rejected { rejection, .. } if rejection.reason == RejectReason::Conflicted && rejection.problems[0].contains("1 header or query parameter condition")),
+        "{:?}",
+        outcome("b")
+    );
+    assert_eq!(outcome("c"), Outcome::Accepted, "a header condition and a query condition never tie");
+    assert!(
+        matches!(outcome("d"), Outcome::Rejected { rejection, .. } if rejection.reason == RejectReason::Conflicted),
+        "v=2&w=1 matches both"
+    );
 }

@@ -114,6 +114,10 @@ pub struct RuleConfig {
     /// Empty means every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<HttpMethod>,
+    /// Header and query parameter values a request must carry besides its path and method (a
+    /// Gateway API route match the authorizer reproduces). At most one per name, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<RequestCondition>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public: bool,
     /// A request without a token is allowed as anonymous.
@@ -127,6 +131,35 @@ pub struct RuleConfig {
     /// Audit mode: decided and counted, but allowed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub audit: bool,
+}
+
+/// A request header (name lower-case, compared case-insensitively as HTTP does) or query
+/// parameter (name case-sensitive) that must have exactly this value: Gateway API's `Exact`
+/// header and query parameter matches.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(tag = "in", rename_all = "camelCase", deny_unknown_fields)]
+pub enum RequestCondition {
+    Header { name: String, value: String },
+    Query { name: String, value: String },
+}
+
+impl RequestCondition {
+    pub fn is_header(&self) -> bool {
+        matches!(self, Self::Header { .. })
+    }
+}
+
+/// Whether two condition sets can hold for one request: no name asks for two values.
+pub fn compatible(a: &[RequestCondition], b: &[RequestCondition]) -> bool {
+    use RequestCondition::*;
+    a.iter().all(|x| {
+        b.iter().all(|y| match (x, y) {
+            (Header { name: n, value: v }, Header { name: m, value: w }) | (Query { name: n, value: v }, Query { name: m, value: w }) => {
+                n != m || v == w
+            }
+            _ => true,
+        })
+    })
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -300,6 +333,7 @@ impl PolicyConfig {
             strings(&mut r.hosts);
             r.paths.shrink_to_fit();
             r.methods.shrink_to_fit();
+            r.when.shrink_to_fit();
             requirements(&mut r.require);
             r.any_of.shrink_to_fit();
             r.any_of.iter_mut().for_each(requirements);

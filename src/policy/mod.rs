@@ -269,15 +269,26 @@ fn precedes(holder: &PolicyConfig, served: bool, created: Option<Timestamp>, by_
 fn find_conflict(routes: &RouteIndex, held: &Held, cfg: &PolicyConfig, by_time: bool) -> Option<String> {
     for (host, kind, path, mask, r, _, _) in routes_of(cfg) {
         let Some(holders) = routes.0.get(&route_hash(host, kind, path)) else { continue };
-        let Some(h) = holders.iter().find(|h| h.methods & mask != 0 && held.route(h) == Some((host, kind, path))) else { continue };
+        let when = &cfg.rules[r].when;
+        let Some(h) = holders.iter().find(|h| {
+            h.methods & mask != 0
+                && held.route(h) == Some((host, kind, path))
+                && may_tie(&held.configs[h.policy as usize].rules[h.rule as usize].when, when)
+        }) else {
+            continue;
+        };
         let holder = &held.configs[h.policy as usize];
         let kind = match kind {
             PatternKind::Exact => "exact",
             PatternKind::Prefix => "prefix",
             PatternKind::Template => "template",
         };
+        let conditions = match when.len() {
+            0 => String::new(),
+            n => format!(", {n} header or query parameter condition{}", if n == 1 { "" } else { "s" }),
+        };
         return Some(format!(
-            "rule {} ({kind} {path} on host {host}, {}) conflicts with rule {} of AuthPolicy {}, which {} and keeps it",
+            "rule {} ({kind} {path} on host {host}, {}{conditions}) conflicts with rule {} of AuthPolicy {}, which {} and keeps it",
             cfg.rules[r].name,
             describe_methods(mask & h.methods),
             holder.rules[h.rule as usize].name,
@@ -286,6 +297,15 @@ fn find_conflict(routes: &RouteIndex, held: &Held, cfg: &PolicyConfig, by_time: 
         ));
     }
     None
+}
+
+/// Whether one request can match two routes of the same path and methods with neither more
+/// specific: as many header and as many query parameter conditions, none contradicting the
+/// other. Gateway API then picks the older *route*, which the authorizer does not know; without
+/// conditions this is the plain same-route conflict.
+fn may_tie(a: &[config::RequestCondition], b: &[config::RequestCondition]) -> bool {
+    let headers = |c: &[config::RequestCondition]| c.iter().filter(|c| c.is_header()).count();
+    headers(a) == headers(b) && a.len() == b.len() && config::compatible(a, b)
 }
 
 /// Records an accepted policy's routes and hosts.

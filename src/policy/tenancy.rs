@@ -248,6 +248,7 @@ mod tests {
             hosts: Vec::new(),
             paths: Vec::new(),
             methods: Vec::new(),
+            when: Vec::new(),
             public: false,
             optional: false,
             require: Vec::new(),

@@ -281,6 +281,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
             hosts: Vec::new(),
             paths: paths.to_vec(),
             methods: methods.into_iter().collect(),
+            when: Vec::new(),
             public: rule.public,
             optional,
             require: rule.require.clone(),

@@ -706,7 +706,7 @@ pub fn start_envoy_grpc(dir: &Path, authz_grpc: u16, upstream: u16) -> (Proc, u1
     start_envoy_conf(dir, |port, admin| envoy_grpc_conf(port, admin, authz_grpc, upstream))
 }
 
-fn start_envoy_conf(dir: &Path, conf: impl Fn(u16, u16) -> String) -> (Proc, u16) {
+pub fn start_envoy_conf(dir: &Path, conf: impl Fn(u16, u16) -> String) -> (Proc, u16) {
     let bin = envoy_binary();
     std::fs::create_dir_all(dir).unwrap();
     // A free port can be taken by a test running beside this one before Envoy binds it: then

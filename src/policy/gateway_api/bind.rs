@@ -57,14 +57,14 @@ pub fn bind(cfg: &PolicyConfig, applied: &[Applied]) -> Result<PolicyConfig, Vec
                     continue;
                 }
                 fits = true;
-                // Same rule, hosts and methods: one entry with all its paths.
-                match rules.iter_mut().find(|r| r.name == rule.name && r.hosts == hosts && r.methods == methods) {
+                // Same rule, hosts, methods and conditions: one entry with all its paths.
+                match rules.iter_mut().find(|r| r.name == rule.name && r.hosts == hosts && r.methods == methods && r.when == m.when) {
                     Some(r) => paths.into_iter().for_each(|p| {
                         if !r.paths.contains(&p) {
                             r.paths.push(p)
                         }
                     }),
-                    None => rules.push(RuleConfig { hosts: hosts.clone(), paths, methods, ..rule.clone() }),
+                    None => rules.push(RuleConfig { hosts: hosts.clone(), paths, methods, when: m.when.clone(), ..rule.clone() }),
                 }
             }
         }

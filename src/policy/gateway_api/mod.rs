@@ -7,6 +7,7 @@
 
 use crate::api::PathMatch;
 pub use crate::api::gateway_api::{GrpcMethodMatch, GrpcRouteMatch, HttpPathMatch, HttpRouteMatch};
+use crate::policy::config::RequestCondition;
 
 use super::host::HostPattern;
 
@@ -52,16 +53,47 @@ fn covers(outer: &HostPattern, inner: &HostPattern) -> bool {
     }
 }
 
-/// A route match as Portcullis matches requests: a path and the methods (empty: any).
+/// A route match as Portcullis matches requests: a path, the methods (empty: any) and the
+/// header and query parameter values it requires.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteMatch {
     pub path: PathMatch,
     pub methods: Vec<String>,
-    /// What of the match only the proxy applies (header or query parameter matches): the
-    /// authorizer's path and method match is wider. Sound where the proxy sends only the route's
-    /// requests (Envoy Gateway: ext_authz per route); refused where the authorizer must select
-    /// the route itself (Istio).
+    /// `Exact` header and query parameter matches, one per name (the first, as the spec says),
+    /// sorted.
+    pub when: Vec<RequestCondition>,
+    /// What of the match only the proxy applies (a `RegularExpression` header or query match,
+    /// whose dialect is the gateway's): the authorizer's match is wider. Sound where the proxy
+    /// sends only the route's requests (Envoy Gateway: ext_authz per route); refused where the
+    /// authorizer must select the route itself (Istio).
     pub proxy_only: Option<String>,
+}
+
+/// The conditions and proxy-only remainder of a match's header and query parameter matches.
+/// `Exact` becomes a condition; anything else (`RegularExpression`, a `Host` header the proxy
+/// keeps as `:authority`) stays the proxy's. Only the first match of a name counts (the spec).
+fn conditions(headers: &[serde_json::Value], query: &[serde_json::Value]) -> Result<(Vec<RequestCondition>, Option<String>), String> {
+    let (mut when, mut proxy_only, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+    for (header, m) in headers.iter().map(|m| (true, m)).chain(query.iter().map(|m| (false, m))) {
+        let what = if header { "header" } else { "query parameter" };
+        let (Some(name), Some(value)) = (m["name"].as_str(), m["value"].as_str()) else {
+            return Err(format!("a {what} match without a name and value"));
+        };
+        let name = if header { name.to_ascii_lowercase() } else { name.to_owned() };
+        if seen.contains(&(header, name.clone())) {
+            continue;
+        }
+        seen.push((header, name.clone()));
+        match m["type"].as_str().unwrap_or("Exact") {
+            "Exact" if !(header && name == "host") => {
+                let value = value.to_owned();
+                when.push(if header { RequestCondition::Header { name, value } } else { RequestCondition::Query { name, value } })
+            }
+            kind => proxy_only.push(format!("{kind} {what} match {name:?}")),
+        }
+    }
+    when.sort();
+    Ok((when, (!proxy_only.is_empty()).then(|| proxy_only.join(", "))))
 }
 
 /// The Portcullis match for one HTTPRoute match, or why it cannot be reproduced exactly.
@@ -69,15 +101,11 @@ pub struct RouteMatch {
 /// `PathPrefix` matches whole segments in Gateway API (`/abc` matches `/abc` and `/abc/d`, never
 /// `/abcd`), as a Portcullis prefix does (`decide::tests`, `/ordersX`); a trailing slash is
 /// ignored by both. A match without a
-/// path matches every path (`PathPrefix /`). Header and query matches are the proxy's to apply
-/// (`RouteMatch::proxy_only`), and `RegularExpression` has no portable dialect: refused.
+/// path matches every path (`PathPrefix /`). `Exact` header and query matches are conditions
+/// the authorizer checks too; a `RegularExpression` one only the proxy applies
+/// ([`RouteMatch::proxy_only`]). A `RegularExpression` path has no portable dialect: refused.
 pub fn route_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
-    let proxy_only = match (m.headers.is_empty(), m.query_params.is_empty()) {
-        (true, true) => None,
-        (false, true) => Some("header matches".to_owned()),
-        (true, false) => Some("query parameter matches".to_owned()),
-        (false, false) => Some("header and query parameter matches".to_owned()),
-    };
+    let (when, proxy_only) = conditions(&m.headers, &m.query_params)?;
     let path = m.path.clone().unwrap_or_default();
     if !path.value.starts_with('/') {
         return Err(format!("path {:?} does not start with '/'", path.value));
@@ -93,14 +121,14 @@ pub fn route_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
         }
         other => return Err(format!("path match type {other:?} is not part of Gateway API")),
     };
-    Ok(RouteMatch { path, methods: m.method.iter().cloned().collect(), proxy_only })
+    Ok(RouteMatch { path, methods: m.method.iter().cloned().collect(), when, proxy_only })
 }
 
 /// The Portcullis match for one GRPCRoute match: a gRPC call is `POST /<service>/<method>`, so a
 /// service and method are an exact path, a service alone a prefix. A method of any service has
 /// no path form, and regular expressions no portable dialect: refused.
 pub fn grpc_route_match(m: &GrpcRouteMatch) -> Result<RouteMatch, String> {
-    let proxy_only = (!m.headers.is_empty()).then(|| "header matches".to_owned());
+    let (when, proxy_only) = conditions(&m.headers, &[])?;
     let path = match &m.method {
         None => PathMatch { prefix: Some("/".into()), ..Default::default() },
         Some(GrpcMethodMatch { kind, .. }) if kind != "Exact" => {
@@ -117,7 +145,7 @@ pub fn grpc_route_match(m: &GrpcRouteMatch) -> Result<RouteMatch, String> {
         }
         Some(GrpcMethodMatch { service: None, method: None, .. }) => PathMatch { prefix: Some("/".into()), ..Default::default() },
     };
-    Ok(RouteMatch { path, methods: vec![], proxy_only })
+    Ok(RouteMatch { path, methods: vec![], when, proxy_only })
 }
 
 pub mod attach;
@@ -170,13 +198,20 @@ mod tests {
         assert_eq!((all.path.prefix.as_deref(), all.methods.len()), (Some("/"), 0));
         // The spec's default type is PathPrefix.
         assert_eq!(m(serde_json::json!({"path": {"value": "/x"}})).unwrap().path.prefix.as_deref(), Some("/x"));
-        // Header and query matches: the path and method still, with what only the proxy applies.
-        let narrowed = m(serde_json::json!({"path": {"value": "/x"}, "headers": [{"name": "x-v", "value": "2"}], "queryParams": [{"name": "v", "value": "2"}]})).unwrap();
-        assert_eq!(
-            (narrowed.path.prefix.as_deref(), narrowed.proxy_only.as_deref()),
-            (Some("/x"), Some("header and query parameter matches"))
-        );
-        assert_eq!(prefix.proxy_only, None);
+        // Exact header and query matches: conditions, one per name (the first), header names in
+        // lower case, query names as written; what only the proxy applies is said.
+        let narrowed = m(serde_json::json!({"path": {"value": "/x"}, "headers": [
+            {"name": "X-V", "value": "2"}, {"name": "x-v", "value": "3"}, {"type": "RegularExpression", "name": "x-r", "value": "a.*"},
+            {"name": "Host", "value": "a.test"}
+        ], "queryParams": [{"name": "V", "value": "2"}, {"name": "v", "value": "4"}, {"name": "V", "value": "5"}]}))
+        .unwrap();
+        let h = |n: &str, v: &str| RequestCondition::Header { name: n.into(), value: v.into() };
+        let q = |n: &str, v: &str| RequestCondition::Query { name: n.into(), value: v.into() };
+        assert_eq!(narrowed.path.prefix.as_deref(), Some("/x"));
+        assert_eq!(narrowed.when, [h("x-v", "2"), q("V", "2"), q("v", "4")]);
+        assert_eq!(narrowed.proxy_only.as_deref(), Some("RegularExpression header match \"x-r\", Exact header match \"host\""));
+        assert_eq!((prefix.proxy_only, prefix.when.len()), (None, 0));
+        assert!(m(serde_json::json!({"headers": [{"name": "x"}]})).unwrap_err().contains("without a name and value"));
         for (refused, why) in [
             (serde_json::json!({"path": {"type": "RegularExpression", "value": "/a.*"}}), "cannot be reproduced exactly"),
             (serde_json::json!({"path": {"type": "Prefix", "value": "/a"}}), "not part of Gateway API"),
@@ -197,7 +232,8 @@ mod tests {
         assert_eq!(m(serde_json::json!({})).unwrap().path.prefix.as_deref(), Some("/"));
         assert!(m(serde_json::json!({"method": {"method": "Get"}})).unwrap_err().contains("no path form"));
         assert!(m(serde_json::json!({"method": {"type": "RegularExpression", "service": "shop.*"}})).unwrap_err().contains("only Exact"));
-        let with_header = m(serde_json::json!({"method": {"service": "s.S"}, "headers": [{"name": "x", "value": "y"}]})).unwrap();
-        assert_eq!((with_header.path.prefix.as_deref(), with_header.proxy_only.as_deref()), (Some("/s.S"), Some("header matches")));
+        let with_header = m(serde_json::json!({"method": {"service": "s.S"}, "headers": [{"name": "X", "value": "y"}]})).unwrap();
+        assert_eq!(with_header.path.prefix.as_deref(), Some("/s.S"));
+        assert_eq!(with_header.when, [RequestCondition::Header { name: "x".into(), value: "y".into() }]);
     }
 }
