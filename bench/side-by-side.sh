@@ -219,20 +219,22 @@ listener() { # $1 port, $2.. filter function and its argument
                 normalize_path: true
                 merge_slashes: true
                 route_config:
-                  virtual_hosts: [{ name: all, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: app } }] }]
+                  virtual_hosts: [{ name: all, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: app }${ROUTE_EXTRA:-} }] }]
                 http_filters:
 $("$@")
                   - name: envoy.filters.http.router
                     typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
 YAML
 }
+# The gRPC route names its AuthPolicy as Envoy Gateway's SecurityPolicy does (docs/gateways/gateway-api.md).
+ROUTED=', typed_per_filter_config: { envoy.filters.http.ext_authz: { "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute, check_settings: { context_extensions: { "portcullis.dev/policy": bench/api } } } }'
 cat >"$WORK/envoy.yaml" <<YAML
 admin: { address: { socket_address: { address: 127.0.0.1, port_value: $ENV_ADMIN } } }
 static_resources:
   listeners:
 $(listener "$ENV_TRIV" ext_authz trivial)
 $(listener "$ENV_HTTP" ext_authz portcullis)
-$(listener "$ENV_GRPC" ext_authz grpc)
+$(ROUTE_EXTRA="$ROUTED" listener "$ENV_GRPC" ext_authz grpc)
 $(listener "$ENV_JWT" jwt_authn)
   clusters:
 $(cluster app "$UP")
@@ -282,7 +284,7 @@ SETUPS=(
   "nginx-portcullis-10k|$NGX_PC10K|$PC10K_PID|NGINX auth_request → Portcullis, 10,000 routes on the host"
   "envoy-http-trivial|$ENV_TRIV|$TRIV_PID|Envoy HTTP ext_authz → NGINX \`return 200\` (own process)"
   "envoy-http-portcullis|$ENV_HTTP|$PC_PID|Envoy HTTP ext_authz → Portcullis"
-  "envoy-grpc-portcullis|$ENV_GRPC|$PC_PID|Envoy gRPC ext_authz → Portcullis"
+  "envoy-grpc-portcullis|$ENV_GRPC|$PC_PID|Envoy gRPC ext_authz → Portcullis (the AuthPolicy in the context extensions)"
   "envoy-jwt-authn|$ENV_JWT|-|Envoy native jwt_authn (RS256, its JWT cache on)"
   "haproxy-jwt-verify|$HAP|-|HAProxy native jwt_verify (RS256, no cache)"
 )
