@@ -443,18 +443,14 @@ async fn start_serving(
     }
     if let Some(addr) = args.grpc_listen {
         let tls = match (&args.grpc_tls_cert, &args.grpc_tls_key) {
-            (Some(cert), Some(key)) => {
-                let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-                let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-                Some(tonic::transport::ServerTlsConfig::new().identity(identity))
-            }
+            (Some(cert), Some(key)) => Some(crate::gateway::grpc_transport::tls_config(cert, key).map_err(|e| anyhow!(e))?),
             _ => None,
         };
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         tracing::info!(grpc = %l.local_addr()?, tls = tls.is_some(), "gRPC ext_authz listening");
         let (gw, stop) = (gateway.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::gateway::grpc::serve(l, gw, Default::default(), tls, stop).await {
+            if let Err(e) = crate::gateway::grpc_transport::serve(l, gw, Default::default(), tls, stop).await {
                 tracing::error!("{e}");
             }
         }));

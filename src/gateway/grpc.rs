@@ -2,15 +2,12 @@
 //! (`envoyExtAuthzGrpc`) and Envoy Gateway (`extAuth.grpc`) call it: the request's attributes
 //! arrive structured (method, `:path` as Envoy normalised it, `:authority`, headers), and the
 //! answer sets, overwrites and removes upstream headers and query parameters. The decision is
-//! the HTTP mode's ([`Gateway::decide`]): one core, two transports.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! the HTTP mode's ([`Gateway::decide`]): one core, two transports. The HTTP/2 side is
+//! [`super::grpc_transport`].
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpCode};
@@ -18,8 +15,6 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, val
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use http::{HeaderMap, HeaderName};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use super::{Gateway, Slot, www_authenticate};
 use crate::decide::{Decision, Denied, Request, Verdict};
@@ -31,64 +26,6 @@ mod code {
     pub const PERMISSION_DENIED: i32 = 7;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
-}
-
-/// How the gRPC listener is bounded.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Longest time one Check may take (Envoy's own timeout should be shorter).
-    pub deadline: Duration,
-    /// Concurrent streams per HTTP/2 connection (Envoy multiplexes on few connections).
-    pub max_streams: u32,
-    /// Largest CheckRequest accepted (headers only; Envoy sends no body unless asked).
-    pub max_message_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self { deadline: Duration::from_secs(5), max_streams: 1024, max_message_bytes: 1 << 20 }
-    }
-}
-
-struct Service(Arc<Gateway>);
-
-#[tonic::async_trait]
-impl Authorization for Service {
-    async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let answer = self.0.check(request.into_inner()).await;
-        let code = answer.status.as_ref().map_or(code::OK, |s| s.code);
-        self.0.metrics.grpc_check(code);
-        Ok(tonic::Response::new(answer))
-    }
-}
-
-/// Serves gRPC Check on `listener` until `shutdown` turns true, with optional TLS.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    limits: Limits,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let service = AuthorizationServer::new(Service(gateway))
-        .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(limits.max_message_bytes);
-    let mut builder = tonic::transport::Server::builder()
-        .timeout(limits.deadline)
-        .max_concurrent_streams(limits.max_streams)
-        .concurrency_limit_per_connection(limits.max_streams as usize)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).map_err(|e| format!("gRPC TLS: {e}"))?;
-    }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(|e| format!("gRPC server: {e}"))
 }
 
 impl Gateway {
@@ -186,24 +123,26 @@ fn allowed(slot: &Slot, a: crate::decide::Allowed) -> CheckResponse {
     }
     ok.headers_to_remove.extend(a.strip.iter().map(|h| h.as_str().to_owned()));
     ok.query_parameters_to_remove = a.strip_query.clone();
-    // For Envoy's RBAC filter and access logs (namespace envoy.filters.http.ext_authz).
-    let mut meta = serde_json::Map::new();
-    meta.insert("policy".into(), json!(slot.engine.policy_key(a.route)));
-    meta.insert("rule".into(), json!(slot.engine.rule_name(a.route)));
+    // For Envoy's RBAC filter and access logs (namespace envoy.filters.http.ext_authz), built
+    // straight from the claims (a copy of them first cost a map per request).
+    let text = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_owned())) };
+    let mut meta = Struct::default();
+    meta.fields.insert("policy".into(), text(slot.engine.policy_key(a.route)));
+    meta.fields.insert("rule".into(), text(slot.engine.rule_name(a.route)));
     if let Some(caller) = &a.caller {
         for claim in ["sub", "iss"] {
             if let Some(v) = caller.claims.get(claim) {
-                meta.insert(claim.into(), v.clone());
+                meta.fields.insert(claim.into(), to_value(v));
             }
         }
-        meta.insert("claims".into(), caller.claims.clone());
+        meta.fields.insert("claims".into(), to_value(&caller.claims));
     }
     if let Some(Verdict::WouldDeny { reason, .. }) = &a.audit {
-        meta.insert("audit_would_deny".into(), json!(reason.as_str()));
+        meta.fields.insert("audit_would_deny".into(), text(reason.as_str()));
     }
     CheckResponse {
         status: Some(RpcStatus { code: code::OK, ..Default::default() }),
-        dynamic_metadata: Some(to_struct(&meta)),
+        dynamic_metadata: Some(meta),
         http_response: Some(HttpResponse::OkResponse(ok)),
     }
 }

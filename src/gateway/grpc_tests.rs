@@ -1,6 +1,8 @@
 //! The gRPC Check mapping, on the decision core (Envoy itself in tests/gateway_e2e.rs).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderMap as PbHeaderMap;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;

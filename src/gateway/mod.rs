@@ -13,6 +13,7 @@ mod answer;
 pub mod audit;
 pub mod cluster;
 pub mod grpc;
+pub mod grpc_transport;
 pub mod jwks;
 pub mod metrics;
 pub mod request;

@@ -1,0 +1,177 @@
+//! The HTTP/2 side of gRPC Check, with a real HTTP/2 client (Envoy itself in tests/).
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, check_response::HttpResponse};
+use tokio::net::TcpStream;
+
+use super::*;
+use crate::gateway::metrics::Metrics;
+use crate::testkit::compile_yaml;
+
+fn gateway() -> Arc<Gateway> {
+    let yaml = "name: open\nnamespace: shop\nspec:\n  hosts: [api.test]\n  rules: [{ name: health, match: { paths: [{ exact: /healthz }] }, public: true }]\n";
+    let gw = Gateway::new("https://gw.test", Metrics::new(), Duration::from_secs(1));
+    gw.apply(compile_yaml("default", yaml, &BTreeMap::new()).config, &BTreeMap::new()).unwrap();
+    gw
+}
+
+fn check_request(path: &str) -> CheckRequest {
+    let http = HttpRequest { method: "GET".into(), path: path.into(), host: "api.test".into(), ..Default::default() };
+    CheckRequest {
+        attributes: Some(AttributeContext { request: Some(AttrRequest { http: Some(http), ..Default::default() }), ..Default::default() }),
+    }
+}
+
+fn framed(message: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(0);
+    b.put_u32(message.len() as u32);
+    b.extend_from_slice(message);
+    b.freeze()
+}
+
+struct Server {
+    port: u16,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+async fn start(limits: Limits, tls: Option<Arc<rustls::ServerConfig>>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(serve(listener, gateway(), limits, tls, rx));
+    Server { port, stop, task }
+}
+
+type Client = h2::client::SendRequest<Bytes>;
+
+async fn client<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: T) -> Client {
+    let (client, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// One call: the gRPC status, and the CheckResponse when there is one.
+async fn call(client: &mut Client, path: &str, content_type: &str, body: Bytes) -> (String, Option<CheckResponse>) {
+    let request = http::Request::post(format!("http://api.test{path}")).header("content-type", content_type).body(()).unwrap();
+    let (response, mut send) = client.clone().ready().await.unwrap().send_request(request, false).unwrap();
+    send.send_data(body, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let status_of = |h: &HeaderMap| h.get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    if let Some(code) = status_of(response.headers()) {
+        return (code, None); // trailers-only
+    }
+    let mut body = response.into_body();
+    let mut data = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    let message = frame(&data).unwrap();
+    (status_of(&trailers).unwrap(), Some(CheckResponse::decode(message).unwrap()))
+}
+
+fn allowed(answer: &CheckResponse) -> bool {
+    matches!(answer.http_response, Some(HttpResponse::OkResponse(_))) && answer.status.as_ref().is_some_and(|s| s.code == 0)
+}
+
+#[tokio::test]
+async fn many_checks_on_one_connection_are_answered_each_with_its_own_decision() {
+    let server = start(Limits::default(), None).await;
+    let mut c = client(TcpStream::connect(("127.0.0.1", server.port)).await.unwrap()).await;
+    let calls = (0..64).map(|i| {
+        let mut c = c.clone();
+        let path = if i % 2 == 0 { "/healthz" } else { "/admin" };
+        async move { (path, call(&mut c, CHECK_PATH, "application/grpc", framed(&check_request(path).encode_to_vec())).await) }
+    });
+    for (path, (code, answer)) in futures::future::join_all(calls).await {
+        let answer = answer.unwrap_or_else(|| panic!("{path}: no message, status {code}"));
+        assert_eq!(code, "0", "{path}");
+        assert_eq!(allowed(&answer), path == "/healthz", "{path}: {answer:?}");
+    }
+    // Another call on the same connection afterwards.
+    let (code, answer) = call(&mut c, CHECK_PATH, "application/grpc+proto", framed(&check_request("/healthz").encode_to_vec())).await;
+    assert!(code == "0" && allowed(&answer.unwrap()));
+    server.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.task).await.expect("stops").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn what_is_not_one_plain_check_request_gets_a_grpc_error_and_no_decision() {
+    let server = start(Limits { max_message_bytes: 1024, ..Default::default() }, None).await;
+    let mut c = client(TcpStream::connect(("127.0.0.1", server.port)).await.unwrap()).await;
+    let good = check_request("/healthz").encode_to_vec();
+    let mut compressed = framed(&good).to_vec();
+    compressed[0] = 1;
+    let mut short = framed(&good).to_vec();
+    short.pop();
+    let cases: Vec<(&str, &str, Bytes, &str)> = vec![
+        ("/envoy.service.auth.v3.Authorization/Other", "application/grpc", framed(&good), "12"),
+        (CHECK_PATH, "application/json", framed(&good), "3"),
+        (CHECK_PATH, "application/grpc", Bytes::from(compressed), "12"),
+        (CHECK_PATH, "application/grpc", Bytes::from(short), "3"),
+        (CHECK_PATH, "application/grpc", Bytes::from_static(b"\0\0"), "3"),
+        (CHECK_PATH, "application/grpc", framed(b"\xff\xff\xff\xff"), "3"),
+        (CHECK_PATH, "application/grpc", framed(&[0u8; 2048]), "8"),
+    ];
+    for (path, content_type, body, want) in cases {
+        let (code, answer) = call(&mut c, path, content_type, body).await;
+        assert_eq!((code.as_str(), answer.is_none()), (want, true), "{path} {content_type}");
+    }
+    // The connection still serves.
+    let (code, answer) = call(&mut c, CHECK_PATH, "application/grpc", framed(&good)).await;
+    assert!(code == "0" && allowed(&answer.unwrap()));
+}
+
+#[tokio::test]
+async fn over_tls_only_http2_is_offered_and_checks_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(tls_config(&cert, &dir.path().join("missing.pem")).unwrap_err().contains("missing.pem"));
+    assert!(tls_config(&key, &key).unwrap_err().contains("no certificate"));
+    let server = start(Limits::default(), Some(tls_config(&cert, &key).unwrap())).await;
+
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut c = client(tls).await;
+    let (code, answer) = call(&mut c, CHECK_PATH, "application/grpc", framed(&check_request("/healthz").encode_to_vec())).await;
+    assert!(code == "0" && allowed(&answer.unwrap()));
+}
+
+#[tokio::test]
+async fn a_slow_decision_is_cut_at_the_deadline_and_a_fast_one_sets_no_timer() {
+    let fast = within(Duration::ZERO, async { 7 }).await;
+    assert_eq!(fast, Some(7), "ready at once: no deadline applies, even a zero one");
+    let slow = within(Duration::from_millis(20), tokio::time::sleep(Duration::from_secs(5))).await;
+    assert_eq!(slow, None);
+    let waits = within(Duration::from_secs(5), async {
+        tokio::task::yield_now().await;
+        8
+    })
+    .await;
+    assert_eq!(waits, Some(8));
+}
