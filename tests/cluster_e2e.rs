@@ -1165,11 +1165,32 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
         policies.get("orders").await.ok().filter(|p| p.status.as_ref().is_some_and(|s| !s.ancestors.is_empty()))
     })
     .await;
-    let ancestor = &orders.status.unwrap().ancestors[0];
+    let ancestor = &orders.status.as_ref().unwrap().ancestors[0];
     assert_eq!((ancestor.ancestor_ref.namespace.as_str(), ancestor.ancestor_ref.name.as_str()), (infra.as_str(), "web"));
     assert!(ancestor.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True"), "{ancestor:?}");
-    // No gateway replica serves it here: enforced nowhere, and the status says so.
-    assert!(ancestor.conditions.iter().any(|c| c.type_ == "Enforced" && c.status == "False"), "{ancestor:?}");
+    // Envoy Gateway has not accepted the SecurityPolicy (no Envoy Gateway runs here): not
+    // enforced, and the status says which half is missing.
+    let enforced = |p: &AuthPolicy| {
+        p.status.as_ref().and_then(|s| s.ancestors.first()).and_then(|a| a.conditions.iter().find(|c| c.type_ == "Enforced")).cloned()
+    };
+    let pending = enforced(&orders).unwrap();
+    assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("False", "PendingGateway"), "{pending:?}");
+    // Envoy Gateway accepts it at the Gateway (its status, through the official CRD's schema):
+    // then only the serving half is missing, as no gateway replica serves it here.
+    let eg_status = json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy", "status": {"ancestors": [{
+        "ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": infra, "name": "web"},
+        "controllerName": eg,
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Policy has been accepted.",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": sp.metadata.generation}]}]}});
+    let sp = sp_api
+        .patch_status("portcullis-orders-httproute-orders", &PatchParams::apply("e2e-envoy-gateway").force(), &Patch::Apply(&eg_status))
+        .await
+        .unwrap();
+    let served_half = eventually("Enforced to wait only for the replicas", Duration::from_secs(20), async || {
+        enforced(&policies.get("orders").await.ok()?).filter(|c| c.reason == "NotServed")
+    })
+    .await;
+    assert_eq!(served_half.status, "False");
 
     // Istio: an AuthorizationPolicy in the Gateway's namespace, accepted by the API server.
     accepted(&policies, "meshed").await;

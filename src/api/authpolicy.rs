@@ -43,6 +43,7 @@ fn is_false(b: &bool) -> bool {
     category = "portcullis",
     doc = "AuthPolicy declares which routes of a gateway require a JWT, whose tokens are trusted and which claims a caller must carry.",
     printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gateway"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRefs[*].name"),
     printcolumn(name = "Accepted", type_ = "string", json_path = r#".status.conditions[?(@.type=="Accepted")].status"#),
     printcolumn(name = "Programmed", type_ = "string", json_path = r#".status.conditions[?(@.type=="Programmed")].status"#),
     printcolumn(name = "Enforced", type_ = "string", json_path = r#".status.conditions[?(@.type=="Enforced")].status"#),

@@ -176,13 +176,18 @@ fn exact() -> String {
 /// Envoy Gateway's `SecurityPolicy`: the ones Portcullis writes, and the users' (Envoy Gateway
 /// applies one per target). The spec is kept as written.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "gateway.envoyproxy.io", version = "v1alpha1", kind = "SecurityPolicy", namespaced)]
+#[kube(group = "gateway.envoyproxy.io", version = "v1alpha1", kind = "SecurityPolicy", namespaced, status = "ObjectStatus")]
 pub struct SecurityPolicySpec(pub serde_json::Map<String, Value>);
 
 /// Istio's `AuthorizationPolicy`, as Portcullis writes it (spec kept as written).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "security.istio.io", version = "v1", kind = "AuthorizationPolicy", namespaced)]
+#[kube(group = "security.istio.io", version = "v1", kind = "AuthorizationPolicy", namespaced, status = "ObjectStatus")]
 pub struct AuthorizationPolicySpec(pub serde_json::Map<String, Value>);
+
+/// The status another controller writes on an object Portcullis generated (Envoy Gateway's
+/// `ancestors`, Istio's `conditions`), kept as written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct ObjectStatus(pub serde_json::Map<String, Value>);
 
 /// Gateway API's `ReferenceGrant`, as Portcullis writes it (spec kept as written).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

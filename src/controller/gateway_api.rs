@@ -3,7 +3,7 @@
 //! own field manager, removing the ones no policy needs any more. Without Gateway API nothing
 //! of this runs, and policies with `targetRefs` say why they apply nowhere.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -13,7 +13,7 @@ use kube::{Api, Client, Resource};
 use serde_json::Value;
 
 use super::desired::MANAGED_BY;
-use super::wiring::{self, ObjectKey, World};
+use super::wiring::{self, ObjectKey, Wired, World};
 use super::{Context, Error, MultiStore, Scope, any_change};
 use crate::api::gateway_api::{AuthorizationPolicy, GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant, SecurityPolicy};
 
@@ -153,14 +153,21 @@ impl Stores {
         }
     }
 
-    /// Generated objects as the caches hold them: (kind, namespace, name) → (spec, labels, owners).
-    fn generated(&self) -> Vec<(ObjectKey, Value)> {
-        fn of<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(s: Option<&MultiStore<K>>) -> Vec<(ObjectKey, Value)> {
+    /// Generated objects as the caches hold them: (kind, namespace, name) → ((spec, labels,
+    /// owners), as it exists).
+    fn generated(&self) -> Vec<(ObjectKey, (Value, Wired))> {
+        fn of<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(s: Option<&MultiStore<K>>) -> Vec<(ObjectKey, (Value, Wired))> {
             s.map(|s| s.state())
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|o| wiring::is_managed(o.meta()))
-                .map(|o| (key_of(&K::kind(&()), o.meta()), comparable(&*o)))
+                .map(|o| {
+                    let wired = Wired {
+                        generation: o.meta().generation,
+                        status: serde_json::to_value(&*o).expect("objects serialize")["status"].take(),
+                    };
+                    (key_of(&K::kind(&()), o.meta()), (comparable(&*o), wired))
+                })
                 .collect()
         }
         let mut out = of(self.security_policies.as_ref());
@@ -195,22 +202,27 @@ fn api_resource(kind: &str) -> ApiResource {
 }
 
 /// Writes the planned objects that differ from the caches and deletes generated ones no longer
-/// planned. Returns the planned objects that exist now (written or unchanged).
-pub async fn write(client: &Client, stores: &Stores, plan: &wiring::Plan) -> (BTreeSet<ObjectKey>, Option<Error>) {
+/// planned. Returns the planned objects that exist now (written or unchanged), with the
+/// generation written and the status their gateway's controller gave them.
+pub async fn write(client: &Client, stores: &Stores, plan: &wiring::Plan) -> (BTreeMap<ObjectKey, Wired>, Option<Error>) {
     let existing: std::collections::HashMap<_, _> = stores.generated().into_iter().collect();
-    let mut live = BTreeSet::new();
+    let mut live = BTreeMap::new();
     let mut first_error = None;
     for (key, doc) in &plan.objects {
         let (kind, namespace, name) = key;
-        if existing.get(key).is_some_and(|stored| wiring::holds(stored, &comparable(doc))) {
-            live.insert(key.clone());
+        if let Some(stored) = existing.get(key)
+            && wiring::holds(&stored.0, &comparable(doc))
+        {
+            live.insert(key.clone(), stored.1.clone());
             continue;
         }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource(kind));
         match api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(doc)).await {
-            Ok(_) => {
+            Ok(written) => {
                 tracing::info!(kind = %kind, namespace = %namespace, name = %name, "gateway wiring written");
-                live.insert(key.clone());
+                // Whatever the gateway said was about an earlier generation (checked against it).
+                let status = existing.get(key).map(|e| e.1.status.clone()).unwrap_or_default();
+                live.insert(key.clone(), Wired { generation: written.metadata.generation, status });
             }
             Err(e) => {
                 tracing::warn!(kind = %kind, namespace = %namespace, name = %name, "writing gateway wiring failed: {e}");

@@ -1,7 +1,7 @@
 //! The gateway loop: on changes (debounced) compile every gateway's policies, publish its
 //! ConfigMap and key Secret when they differ, then write policy statuses that differ.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ pub(super) struct LoopState {
     /// Statuses written and not yet seen in the watch cache.
     statuses: WrittenStatuses,
     /// Gateway API: each attached policy's ancestors, and the generated objects that exist.
-    wiring: (HashMap<String, Vec<wiring::Ancestor>>, BTreeSet<wiring::ObjectKey>),
+    wiring: (HashMap<String, Vec<wiring::Ancestor>>, BTreeMap<wiring::ObjectKey, wiring::Wired>),
 }
 
 /// Statuses this replica wrote, by policy: what, and the resourceVersion the write returned. A

@@ -508,11 +508,73 @@ fn proxy_only(outcome: &Attachment, gw: &(String, String)) -> Option<String> {
     })
 }
 
+/// A generated object as it exists: the generation written, and the status its gateway's
+/// controller gave it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wired {
+    pub generation: Option<i64>,
+    pub status: Value,
+}
+
+/// What the gateway's own controller says of a generated object at one Gateway: `Ok` with a
+/// note for the message, or `Err` with the reason and why it is not enforced there.
+///
+/// Envoy Gateway reports per Gateway in a SecurityPolicy's `status.ancestors` (`Accepted`, for
+/// the generation it saw). Istio reports nothing for a policy attached to a Gateway — only
+/// problems, in `status.conditions` — so there the object written is all that can be known, and
+/// the message says so.
+pub fn gateway_verdict(key: &ObjectKey, wired: &Wired, gateway: &(String, String)) -> Result<&'static str, (&'static str, String)> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    if key.0 == AuthorizationPolicy::kind(&()) {
+        let conditions = wired.status["conditions"].as_array().map(Vec::as_slice).unwrap_or_default();
+        return match conditions.iter().find(|c| c["status"] == "False") {
+            Some(c) => Err((
+                "RejectedByGateway",
+                format!("Istio reports {} on {}: {}: {}", text(&c["type"]), describe(key), text(&c["reason"]), text(&c["message"])),
+            )),
+            None => Ok(" (Istio reports no acceptance for a policy attached to a Gateway: written, not confirmed)"),
+        };
+    }
+    let ancestors = wired.status["ancestors"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let here: Vec<&Value> = ancestors
+        .iter()
+        .filter(|a| {
+            let r = &a["ancestorRef"];
+            r["kind"].as_str().unwrap_or("Gateway") == "Gateway"
+                && r["name"] == gateway.1.as_str()
+                && r["namespace"].as_str().unwrap_or(&key.1) == gateway.0
+        })
+        .collect();
+    let pending = |what: String| Err(("PendingGateway", what));
+    if here.is_empty() {
+        return pending(format!("Envoy Gateway has not reported on {} at this Gateway yet", describe(key)));
+    }
+    for a in here {
+        let conditions = a["conditions"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let Some(accepted) = conditions.iter().find(|c| c["type"] == "Accepted") else {
+            return pending(format!("Envoy Gateway has not accepted {} at this Gateway yet", describe(key)));
+        };
+        if accepted["status"] != "True" {
+            return Err((
+                "RejectedByGateway",
+                format!("Envoy Gateway does not accept {}: {}: {}", describe(key), text(&accepted["reason"]), text(&accepted["message"])),
+            ));
+        }
+        if let (Some(seen), Some(written)) = (accepted["observedGeneration"].as_i64(), wired.generation)
+            && seen < written
+        {
+            return pending(format!("Envoy Gateway has not seen generation {written} of {} yet", describe(key)));
+        }
+    }
+    Ok("")
+}
+
 /// The `status.ancestors` of a policy: per Gateway, `Accepted` as planned and `Enforced` when
-/// it is both wired (its generated object exists) and served by the Portcullis replicas.
+/// it is wired (its generated object exists and the gateway's controller accepts it there) and
+/// served by the Portcullis replicas.
 pub fn ancestor_statuses(
     ancestors: &[Ancestor],
-    live: &std::collections::BTreeSet<ObjectKey>,
+    wired: &BTreeMap<ObjectKey, Wired>,
     served: Result<(), String>,
     existing: &[PolicyAncestorStatus],
     generation: Option<i64>,
@@ -539,23 +601,24 @@ pub fn ancestor_statuses(
                 ),
                 Err((reason, why)) => condition("Accepted", false, reason.as_str(), why.clone(), generation, now),
             };
-            let enforced = match (&a.accepted, &a.wired_by, &served) {
-                (Err(_), _, _) => condition("Enforced", false, "NotAccepted", "not accepted at this Gateway".into(), generation, now),
-                (Ok(()), None, _) => {
-                    condition("Enforced", false, "NotWired", "no route of this Gateway is wired yet".into(), generation, now)
-                }
-                (Ok(()), Some(w), _) if !live.contains(w) => {
-                    condition("Enforced", false, "NotWired", format!("{} is not written yet", describe(w)), generation, now)
-                }
-                (Ok(()), Some(_), Err(why)) => condition("Enforced", false, "NotServed", why.clone(), generation, now),
-                (Ok(()), Some(w), Ok(())) => condition(
-                    "Enforced",
-                    true,
-                    "Enforced",
-                    format!("{} sends this Gateway's requests to the serving authorizer", describe(w)),
-                    generation,
-                    now,
-                ),
+            let enforced = match (&a.accepted, &a.wired_by) {
+                (Err(_), _) => condition("Enforced", false, "NotAccepted", "not accepted at this Gateway".into(), generation, now),
+                (Ok(()), None) => condition("Enforced", false, "NotWired", "no route of this Gateway is wired yet".into(), generation, now),
+                (Ok(()), Some(w)) => match wired.get(w).map(|o| gateway_verdict(w, o, &a.gateway)) {
+                    None => condition("Enforced", false, "NotWired", format!("{} is not written yet", describe(w)), generation, now),
+                    Some(Err((reason, why))) => condition("Enforced", false, reason, why, generation, now),
+                    Some(Ok(_)) if served.is_err() => {
+                        condition("Enforced", false, "NotServed", served.clone().unwrap_err(), generation, now)
+                    }
+                    Some(Ok(note)) => condition(
+                        "Enforced",
+                        true,
+                        "Enforced",
+                        format!("{} sends this Gateway's requests to the serving authorizer{note}", describe(w)),
+                        generation,
+                        now,
+                    ),
+                },
             };
             let before = existing.iter().find(|e| e.ancestor_ref == ancestor_ref).map(|e| e.conditions.as_slice()).unwrap_or_default();
             PolicyAncestorStatus {
@@ -642,6 +705,58 @@ mod tests {
         // Every host: every request through the Gateway.
         let all = authorization_policy(&owner, ("shop", "web"), &[HostPattern::Any], "portcullis");
         assert_eq!(all["spec"]["rules"], json!([{}]));
+    }
+
+    fn eg_status(ancestors: Value) -> Wired {
+        Wired { generation: Some(2), status: json!({ "ancestors": ancestors }) }
+    }
+
+    fn ancestor_entry(name: &str, status: &str, generation: i64) -> Value {
+        json!({"ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra", "name": name},
+               "controllerName": "gateway.envoyproxy.io/gatewayclass-controller",
+               "conditions": [{"type": "Accepted", "status": status, "reason": if status == "True" { "Accepted" } else { "Conflicted" },
+                               "message": "m", "observedGeneration": generation}]})
+    }
+
+    #[test]
+    fn enforced_at_a_gateway_needs_its_controller_to_accept_the_generated_object_there_and_the_replicas_to_serve() {
+        let sp: ObjectKey = ("SecurityPolicy".into(), "shop".into(), "portcullis-orders-httproute-orders".into());
+        let ap: ObjectKey = ("AuthorizationPolicy".into(), "infra".into(), "portcullis-shop-orders".into());
+        let web = ("infra".to_owned(), "web".to_owned());
+        let verdict = |key: &ObjectKey, w: Wired| gateway_verdict(key, &w, &web);
+        // Envoy Gateway: per Gateway, for the generation written.
+        assert!(verdict(&sp, eg_status(json!([ancestor_entry("web", "True", 2)]))).is_ok());
+        assert!(matches!(verdict(&sp, Wired::default()), Err(("PendingGateway", m)) if m.contains("not reported")));
+        assert!(matches!(verdict(&sp, eg_status(json!([ancestor_entry("other", "True", 2)]))), Err(("PendingGateway", _))));
+        assert!(
+            matches!(verdict(&sp, eg_status(json!([ancestor_entry("web", "True", 1)]))), Err(("PendingGateway", m)) if m.contains("generation 2"))
+        );
+        assert!(
+            matches!(verdict(&sp, eg_status(json!([ancestor_entry("web", "True", 2), ancestor_entry("web", "False", 2)]))), Err(("RejectedByGateway", m)) if m.contains("Conflicted"))
+        );
+        // Istio: only problems are reported.
+        assert!(matches!(verdict(&ap, Wired::default()), Ok(note) if note.contains("not confirmed")));
+        let refused = Wired {
+            generation: Some(1),
+            status: json!({"conditions": [{"type": "Reconciled", "status": "False", "reason": "Invalid", "message": "bad"}]}),
+        };
+        assert!(matches!(verdict(&ap, refused), Err(("RejectedByGateway", m)) if m.contains("Reconciled") && m.contains("bad")));
+
+        // The status: each half named when it is missing, Enforced only with both.
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let ancestor =
+            Ancestor { kind: TargetKind::Gateway, gateway: web.clone(), section: None, accepted: Ok(()), wired_by: Some(sp.clone()) };
+        let enforced = |wired: &BTreeMap<ObjectKey, Wired>, served: Result<(), String>| {
+            let st = ancestor_statuses(std::slice::from_ref(&ancestor), wired, served, &[], Some(3), now);
+            let c = st[0].conditions.iter().find(|c| c.type_ == "Enforced").unwrap().clone();
+            (c.status, c.reason)
+        };
+        let accepted = BTreeMap::from([(sp.clone(), eg_status(json!([ancestor_entry("web", "True", 2)])))]);
+        let pending = BTreeMap::from([(sp.clone(), Wired { generation: Some(2), status: Value::Null })]);
+        assert_eq!(enforced(&accepted, Ok(())), ("True".into(), "Enforced".into()));
+        assert_eq!(enforced(&accepted, Err("not yet".into())), ("False".into(), "NotServed".into()));
+        assert_eq!(enforced(&pending, Ok(())), ("False".into(), "PendingGateway".into()));
+        assert_eq!(enforced(&BTreeMap::new(), Ok(())), ("False".into(), "NotWired".into()));
     }
 }
 
