@@ -1203,6 +1203,14 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
         eventually("the AuthorizationPolicy", Duration::from_secs(20), async || aps.get(&format!("portcullis-{shop}-meshed")).await.ok())
             .await;
     assert_eq!(ap.data["spec"]["action"], "CUSTOM");
+    // Another Portcullis installation's object in the same Gateway namespace: never ours to
+    // delete or rewrite.
+    apply_any(c, &json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "portcullis-other-release", "namespace": infra,
+                     "labels": {"app.kubernetes.io/managed-by": "portcullis", "portcullis.dev/instance": "elsewhere.portcullis-controller"}},
+        "spec": {"action": "CUSTOM", "provider": {"name": "portcullis-elsewhere"}, "rules": [{}]}})).await;
+    let instance = portcullis::controller::wiring::instance_label(&cluster.ns, &format!("portcullis-{}", cluster.gateway_name));
+    assert_eq!(ap.labels().get("portcullis.dev/instance"), Some(&instance));
     assert_eq!(ap.data["spec"]["rules"][0]["to"][0]["operation"]["hosts"][0], format!("meshed.{domain}"));
     assert!(refused(&policies, "taken", "Conflicted").await.contains("their-own"));
     // Written once over all these passes: the API server's defaults in the stored object never
@@ -1251,6 +1259,8 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
         matches!(aps.get(&format!("portcullis-{shop}-meshed")).await, Err(kube::Error::Api(s)) if s.code == 404).then_some(())
     })
     .await;
+    let other = aps.get("portcullis-other-release").await.expect("the other installation's object stays");
+    assert_eq!(other.data["spec"]["provider"]["name"], "portcullis-elsewhere");
     // The route goes: the policy says so, and its SecurityPolicy goes too.
     let routes: Api<DynamicObject> = Api::namespaced_with(
         c.clone(),

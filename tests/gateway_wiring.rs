@@ -69,7 +69,7 @@ fn errors(doc: &Value) -> Vec<String> {
 }
 
 fn owner() -> Owner<'static> {
-    Owner { namespace: "shop", name: "orders", uid: "0b6f2c1e-5b1a-4c8e-9a8e-2f1f7f3c2d10" }
+    Owner { namespace: "shop", name: "orders", uid: "0b6f2c1e-5b1a-4c8e-9a8e-2f1f7f3c2d10", instance: "portcullis.portcullis-controller" }
 }
 
 fn authorizer() -> ServiceRef {
@@ -96,7 +96,7 @@ fn generated_istio_authorization_policies_and_reference_grants_are_valid() {
         let doc = authorization_policy(&owner(), ("infra", "web"), &hosts, "portcullis");
         assert_eq!(errors(&doc), Vec::<String>::new(), "{doc:#}");
     }
-    let doc = reference_grant("shop", &authorizer());
+    let doc = reference_grant("shop", &authorizer(), "portcullis.portcullis-controller");
     assert_eq!(errors(&doc), Vec::<String>::new(), "{doc:#}");
 }
 

@@ -66,6 +66,11 @@ fn host_name() -> String {
 pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let identity = args.identity.clone().unwrap_or_else(host_name);
+    let mut wiring: crate::controller::wiring::WiringSettings = match &args.gateway_api_settings {
+        Some(text) => serde_saphyr::from_str(text).map_err(|e| anyhow!("--gateway-api-settings: {e}"))?,
+        None => Default::default(),
+    };
+    wiring.instance = crate::controller::wiring::instance_label(&args.namespace, &args.lease_name);
     let opts = crate::controller::Options {
         namespace: args.namespace,
         scope: if args.watch_namespaces.is_empty() {
@@ -86,10 +91,7 @@ pub(super) async fn run_controller(args: ControllerArgs) -> Result<u8> {
             Some(text) => crate::policy::tenancy::parse_settings(text).map_err(|e| anyhow!(e))?,
             None => Default::default(),
         },
-        wiring: match &args.gateway_api_settings {
-            Some(text) => serde_saphyr::from_str(text).map_err(|e| anyhow!("--gateway-api-settings: {e}"))?,
-            None => Default::default(),
-        },
+        wiring,
         rediscover: Duration::from_secs(60),
     };
     let metrics = crate::controller::metrics::ControllerMetrics::new();

@@ -155,12 +155,15 @@ impl Stores {
 
     /// Generated objects as the caches hold them: (kind, namespace, name) → ((spec, labels,
     /// owners), as it exists).
-    fn generated(&self) -> Vec<(ObjectKey, (Value, Wired))> {
-        fn of<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(s: Option<&MultiStore<K>>) -> Vec<(ObjectKey, (Value, Wired))> {
+    fn generated(&self, instance: &str) -> Vec<(ObjectKey, (Value, Wired))> {
+        fn of<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(
+            s: Option<&MultiStore<K>>,
+            instance: &str,
+        ) -> Vec<(ObjectKey, (Value, Wired))> {
             s.map(|s| s.state())
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|o| wiring::is_managed(o.meta()))
+                .filter(|o| wiring::is_ours(o.meta(), instance))
                 .map(|o| {
                     let wired = Wired {
                         generation: o.meta().generation,
@@ -170,9 +173,9 @@ impl Stores {
                 })
                 .collect()
         }
-        let mut out = of(self.security_policies.as_ref());
-        out.extend(of(self.authorization_policies.as_ref()));
-        out.extend(of(self.reference_grants.as_ref()));
+        let mut out = of(self.security_policies.as_ref(), instance);
+        out.extend(of(self.authorization_policies.as_ref(), instance));
+        out.extend(of(self.reference_grants.as_ref(), instance));
         out
     }
 }
@@ -205,7 +208,7 @@ fn api_resource(kind: &str) -> ApiResource {
 /// planned. Returns the planned objects that exist now (written or unchanged), with the
 /// generation written and the status their gateway's controller gave them.
 pub async fn write(client: &Client, stores: &Stores, plan: &wiring::Plan) -> (BTreeMap<ObjectKey, Wired>, Option<Error>) {
-    let existing: std::collections::HashMap<_, _> = stores.generated().into_iter().collect();
+    let existing: std::collections::HashMap<_, _> = stores.generated(&plan.instance).into_iter().collect();
     let mut live = BTreeMap::new();
     let mut first_error = None;
     for (key, doc) in &plan.objects {

@@ -27,6 +27,9 @@ use super::desired::{MANAGED_BY, condition, merge_conditions};
 /// policy cannot be owned by it, and are collected by these).
 pub const LABEL_POLICY: &str = "portcullis.dev/policy";
 pub const LABEL_POLICY_NAMESPACE: &str = "portcullis.dev/policy-namespace";
+/// Which Portcullis installation wrote a generated object: two releases in one cluster each
+/// keep and delete only their own.
+pub const LABEL_INSTANCE: &str = "portcullis.dev/instance";
 /// Sent to the authorizer with every check from a generated object: which AuthPolicy the
 /// proxy's own route match chose.
 pub const CONTEXT_POLICY: &str = crate::decide::ROUTED_POLICY;
@@ -60,11 +63,21 @@ pub struct WiringSettings {
     /// Per Portcullis gateway, the Service of its authorizer's gRPC port.
     #[serde(default)]
     pub authorizers: BTreeMap<String, ServiceRef>,
+    /// This installation's [`LABEL_INSTANCE`] (the controller's namespace and Lease); empty:
+    /// none is written.
+    #[serde(skip)]
+    pub instance: String,
 }
 
 impl Default for WiringSettings {
     fn default() -> Self {
-        Self { enabled: true, integrations: default_integrations(), istio_provider: default_istio_provider(), authorizers: BTreeMap::new() }
+        Self {
+            enabled: true,
+            integrations: default_integrations(),
+            istio_provider: default_istio_provider(),
+            authorizers: BTreeMap::new(),
+            instance: String::new(),
+        }
     }
 }
 
@@ -123,15 +136,20 @@ pub struct Owner<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub uid: &'a str,
+    pub instance: &'a str,
 }
 
 impl Owner<'_> {
     fn labels(&self) -> Value {
-        json!({
+        let mut labels = json!({
             MANAGED_BY.0: MANAGED_BY.1,
             LABEL_POLICY: label_value(self.name),
             LABEL_POLICY_NAMESPACE: self.namespace,
-        })
+        });
+        if !self.instance.is_empty() {
+            labels[LABEL_INSTANCE] = json!(self.instance);
+        }
+        labels
     }
 
     fn metadata(&self, name: String, namespace: &str) -> Value {
@@ -178,8 +196,8 @@ pub fn security_policy(owner: &Owner, target: &TargetRef, authorizer: &ServiceRe
 
 /// The `ReferenceGrant` that lets SecurityPolicies of `from_namespace` send to the authorizer's
 /// Service in its own namespace (Gateway API's rule for cross-namespace references).
-pub fn reference_grant(from_namespace: &str, authorizer: &ServiceRef) -> Value {
-    json!({
+pub fn reference_grant(from_namespace: &str, authorizer: &ServiceRef, instance: &str) -> Value {
+    let mut grant = json!({
         "apiVersion": ReferenceGrant::api_version(&()),
         "kind": ReferenceGrant::kind(&()),
         "metadata": {
@@ -191,7 +209,11 @@ pub fn reference_grant(from_namespace: &str, authorizer: &ServiceRef) -> Value {
             "from": [{"group": SecurityPolicy::group(&()), "kind": SecurityPolicy::kind(&()), "namespace": from_namespace}],
             "to": [{"group": "", "kind": "Service", "name": authorizer.name}],
         },
-    })
+    });
+    if !instance.is_empty() {
+        grant["metadata"]["labels"][LABEL_INSTANCE] = json!(instance);
+    }
+    grant
 }
 
 /// The Istio `AuthorizationPolicy` that sends a Gateway's requests for a policy's hosts to the
@@ -240,18 +262,31 @@ pub fn describe((kind, namespace, name): &ObjectKey) -> String {
     format!("{kind} {namespace}/{name}")
 }
 
-/// Whether Portcullis wrote the object (its managed-by label).
-pub fn is_managed(meta: &kube::api::ObjectMeta) -> bool {
-    meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1)
+/// Whether this installation wrote the object: Portcullis' managed-by label and its instance
+/// label (an object without one was written before instances were labelled: taken as ours, and
+/// labelled on the next write).
+pub fn is_ours(meta: &kube::api::ObjectMeta, instance: &str) -> bool {
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str);
+    label(MANAGED_BY.0) == Some(MANAGED_BY.1) && label(LABEL_INSTANCE).is_none_or(|i| i == instance)
+}
+
+/// This installation's instance label value: its namespace and Lease.
+pub fn instance_label(namespace: &str, lease: &str) -> String {
+    label_value(&format!("{namespace}.{lease}"))
 }
 
 /// A SecurityPolicy Portcullis did not write that targets the same object: Envoy Gateway applies
 /// one per target, so the generated one would be ignored (or would displace the user's).
-pub fn foreign_security_policy<'a>(existing: &'a [std::sync::Arc<SecurityPolicy>], namespace: &str, target: &TargetRef) -> Option<&'a str> {
+pub fn foreign_security_policy<'a>(
+    existing: &'a [std::sync::Arc<SecurityPolicy>],
+    namespace: &str,
+    target: &TargetRef,
+    instance: &str,
+) -> Option<&'a str> {
     existing
         .iter()
         .filter(|sp| sp.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|sp| !is_managed(&sp.metadata))
+        .filter(|sp| !is_ours(&sp.metadata, instance))
         .find(|sp| {
             let single = sp.spec.0.get("targetRef").into_iter();
             let many = sp.spec.0.get("targetRefs").and_then(Value::as_array).into_iter().flatten();
@@ -300,6 +335,8 @@ pub struct Plan {
     pub ancestors: HashMap<String, Vec<Ancestor>>,
     /// (kind, namespace, name) → the object.
     pub objects: BTreeMap<ObjectKey, Value>,
+    /// The installation the objects belong to ([`WiringSettings::instance`]).
+    pub instance: String,
 }
 
 fn object_key(doc: &Value) -> ObjectKey {
@@ -348,11 +385,12 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
         }
         Ok(integration)
     };
-    let mut plan = Plan::default();
+    let mut plan = Plan { instance: settings.instance.clone(), ..Default::default() };
     for p in attached {
         let (namespace, name) = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
         let key = format!("{namespace}/{name}");
-        let owner = Owner { namespace: &namespace, name: &name, uid: p.metadata.uid.as_deref().unwrap_or_default() };
+        let owner =
+            Owner { namespace: &namespace, name: &name, uid: p.metadata.uid.as_deref().unwrap_or_default(), instance: &settings.instance };
         let authorizer = settings.authorizers.get(&p.spec.gateway);
         let mut applied_all: Vec<Applied> = Vec::new();
         let mut problems: Vec<(RejectReason, String)> = Vec::new();
@@ -403,7 +441,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                             problems.push((RejectReason::Unsupported, why));
                         }
                         Ok(Integration::EnvoyGateway) => {
-                            match (authorizer, foreign_security_policy(&world.security_policies, &namespace, target)) {
+                            match (authorizer, foreign_security_policy(&world.security_policies, &namespace, target, &settings.instance)) {
                                 (_, Some(theirs)) => {
                                     let why = format!(
                                         "SecurityPolicy {namespace}/{theirs} already targets {} {}; Envoy Gateway applies one per target, so Portcullis does not wire it",
@@ -437,7 +475,7 @@ pub fn plan(policies: &[std::sync::Arc<AuthPolicy>], world: &World, settings: &W
                                     ancestor.wired_by = Some(object_key(&sp));
                                     plan.objects.insert(object_key(&sp), sp);
                                     if svc.namespace != namespace {
-                                        let grant = reference_grant(&namespace, svc);
+                                        let grant = reference_grant(&namespace, svc, &settings.instance);
                                         plan.objects.insert(object_key(&grant), grant);
                                     }
                                 }
@@ -636,7 +674,7 @@ mod tests {
 
     #[test]
     fn a_stored_object_with_defaults_and_foreign_labels_holds_what_was_written_and_a_changed_one_does_not() {
-        let owner = Owner { namespace: "shop", name: "orders", uid: "u-1" };
+        let owner = Owner { namespace: "shop", name: "orders", uid: "u-1", instance: "" };
         let authorizer = ServiceRef { namespace: "portcullis".into(), name: "portcullis-gateway".into(), port: 9001 };
         let target = TargetRef { kind: TargetKind::HttpRoute, name: "orders".into(), section: None };
         let desired = security_policy(&owner, &target, &authorizer);
@@ -690,7 +728,7 @@ mod tests {
 
     #[test]
     fn generated_objects_fail_closed_and_are_owned_only_within_their_namespace() {
-        let owner = Owner { namespace: "shop", name: "orders", uid: "u-1" };
+        let owner = Owner { namespace: "shop", name: "orders", uid: "u-1", instance: "" };
         let authorizer = ServiceRef { namespace: "portcullis".into(), name: "portcullis-gateway".into(), port: 9001 };
         let target = TargetRef { kind: TargetKind::HttpRoute, name: "orders".into(), section: Some("pay".into()) };
         let sp = security_policy(&owner, &target, &authorizer);
@@ -889,6 +927,45 @@ mod plan_tests {
             "{}",
             refused.message()
         );
+    }
+
+    #[test]
+    fn each_installation_labels_its_objects_and_another_ones_security_policy_is_someone_elses() {
+        let settings = WiringSettings { instance: instance_label("portcullis-a", "portcullis-controller"), ..settings() };
+        assert_eq!(settings.instance, "portcullis-a.portcullis-controller");
+        assert!(instance_label(&"n".repeat(63), "portcullis-controller").len() <= 63, "a label value");
+        let mut w = world();
+        // Installation b wired the orders route already (its own AuthPolicy there).
+        let theirs = |instance: Option<&str>| -> Arc<SecurityPolicy> {
+            let mut labels = json!({MANAGED_BY.0: MANAGED_BY.1});
+            if let Some(i) = instance {
+                labels[LABEL_INSTANCE] = json!(i);
+            }
+            obj(json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+                "metadata": {"namespace": "shop", "name": "portcullis-other-httproute-orders", "labels": labels},
+                "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"}], "extAuth": {}}}))
+        };
+        w.security_policies = vec![theirs(Some("portcullis-b.portcullis-controller"))];
+        let conflicted = plan(&[policy("orders", "orders")], &w, &settings);
+        assert!(
+            matches!(&conflicted.attachments["shop/orders"], Err(r) if r.reason == RejectReason::Conflicted && r.message().contains("portcullis-other-httproute-orders"))
+        );
+        // Without it, every generated object carries this installation's label.
+        w.security_policies.clear();
+        let wired = plan(&[policy("orders", "orders"), policy("mesh", "mesh")], &w, &settings);
+        assert!(!wired.objects.is_empty());
+        for (key, doc) in &wired.objects {
+            assert_eq!(doc["metadata"]["labels"][LABEL_INSTANCE], json!(settings.instance), "{key:?}");
+        }
+        // Ours: this installation's, or unlabelled (written before instances had labels).
+        let meta = |labels: Value| -> kube::api::ObjectMeta { serde_json::from_value(json!({"labels": labels})).unwrap() };
+        assert!(is_ours(&meta(json!({MANAGED_BY.0: MANAGED_BY.1, LABEL_INSTANCE: settings.instance})), &settings.instance));
+        assert!(is_ours(&meta(json!({MANAGED_BY.0: MANAGED_BY.1})), &settings.instance));
+        assert!(!is_ours(
+            &meta(json!({MANAGED_BY.0: MANAGED_BY.1, LABEL_INSTANCE: "portcullis-b.portcullis-controller"})),
+            &settings.instance
+        ));
+        assert!(!is_ours(&meta(json!({LABEL_INSTANCE: settings.instance})), &settings.instance), "not Portcullis'");
     }
 
     #[test]
