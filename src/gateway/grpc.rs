@@ -19,11 +19,16 @@ use serde_json::{Value, json};
 use super::{Gateway, Slot, www_authenticate};
 use crate::decide::{Decision, Denied, Request, Verdict};
 
-/// gRPC status codes Envoy reads (google.rpc.Code).
-mod code {
+/// gRPC status codes (google.rpc.Code): those Envoy reads in a Check's answer, and the
+/// transport's own.
+pub(super) mod code {
     pub const OK: i32 = 0;
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const PERMISSION_DENIED: i32 = 7;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const UNIMPLEMENTED: i32 = 12;
+    pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
 }

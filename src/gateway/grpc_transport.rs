@@ -26,18 +26,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Gateway;
+use super::grpc::code;
 
 /// The one method served.
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-
-/// gRPC status codes (google.rpc.Code) of the transport's own answers.
-mod code {
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const DEADLINE_EXCEEDED: i32 = 4;
-    pub const RESOURCE_EXHAUSTED: i32 = 8;
-    pub const UNIMPLEMENTED: i32 = 12;
-    pub const INTERNAL: i32 = 13;
-}
 
 /// How the gRPC listener is bounded.
 #[derive(Debug, Clone)]
