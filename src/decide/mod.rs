@@ -11,6 +11,7 @@
 
 mod build;
 pub mod cache;
+mod conditions;
 pub mod keyset;
 pub mod mint;
 pub mod routes;
@@ -28,12 +29,13 @@ use serde_json::Value;
 use crate::api::{HttpMethod, JwtAlgorithm, TokenForwarding, TokenSource};
 use crate::keys::store::KeyRing;
 use crate::policy::claims::{ClaimPath, ClaimRequirement, RequestFacts, Unmet};
-use crate::policy::config::{HeaderClaims, IssueConfig, KeySource, RequestCondition};
+use crate::policy::config::{HeaderClaims, IssueConfig, KeySource};
 use crate::policy::host::normalize_host;
 use crate::policy::path::{PathError, PathMode, normalize_as, split_target};
 use crate::policy::validate::{compile_requirements, request_method_bit};
 use crate::policy::{GatewayConfig, KeyRef, PolicyConfig};
 use cache::TokenCache;
+use conditions::Conditions;
 use keyset::KeySet;
 use mint::Minter;
 use routes::RouteTable;
@@ -635,59 +637,6 @@ impl Engine {
 }
 
 /// The policy's token query parameters present in `query`.
-/// A request's headers and query as route conditions see them. A condition on a header sent
-/// more than once, or on a query parameter repeated or percent-encoded (in its name or value),
-/// is ambiguous: gateways join, pick or decode such values each their own way.
-struct Conditions<'a> {
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-    ambiguous: std::cell::Cell<bool>,
-}
-
-impl<'a> Conditions<'a> {
-    fn of(headers: &'a HeaderMap, query: Option<&'a str>) -> Self {
-        Self { headers, query, ambiguous: std::cell::Cell::new(false) }
-    }
-
-    fn hold(&self, when: &[RequestCondition]) -> bool {
-        when.iter().all(|c| {
-            let got = match c {
-                RequestCondition::Header { name, value } => self.header(name).map(|v| v == Some(value.as_bytes())),
-                RequestCondition::Query { name, value } => self.query(name).map(|v| v == Some(value.as_bytes())),
-            };
-            got.unwrap_or_else(|()| {
-                self.ambiguous.set(true);
-                false
-            })
-        })
-    }
-
-    fn header(&self, name: &str) -> Result<Option<&[u8]>, ()> {
-        let mut all = self.headers.get_all(name).iter();
-        match (all.next(), all.next()) {
-            (Some(_), Some(_)) => Err(()),
-            (v, _) => Ok(v.map(HeaderValue::as_bytes)),
-        }
-    }
-
-    fn query(&self, name: &str) -> Result<Option<&[u8]>, ()> {
-        let encoded = |s: &str| s.contains(['%', '+']);
-        let mut found = None;
-        for pair in self.query.unwrap_or("").split('&') {
-            let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if n == name {
-                if found.is_some() || encoded(v) {
-                    return Err(());
-                }
-                found = Some(v.as_bytes());
-            } else if encoded(n) {
-                return Err(());
-            }
-        }
-        Ok(found)
-    }
-}
-
 fn query_tokens(policy: &RtPolicy, query: Option<&str>) -> Vec<String> {
     let Some(query) = query else { return Vec::new() };
     policy
