@@ -175,3 +175,24 @@ async fn a_slow_decision_is_cut_at_the_deadline_and_a_fast_one_sets_no_timer() {
     .await;
     assert_eq!(waits, Some(8));
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_stays() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let keepalive = Duration::from_millis(100);
+    let server = start(Limits { keepalive, ..Default::default() }, None).await;
+    // A raw HTTP/2 peer: the preface and its SETTINGS, then silence (no SETTINGS ack, no PING
+    // answer). The server must close it, not hold it forever.
+    let mut raw = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the silent peer was never closed");
+    // A PING frame header: length 8, type 6, no flags, stream 0.
+    assert!(sink.windows(9).any(|w| w == [0, 0, 8, 6, 0, 0, 0, 0, 0]), "a PING was sent first");
+    // A real client answers pings: after several keepalive periods it is still served.
+    let mut c = client(TcpStream::connect(("127.0.0.1", server.port)).await.unwrap()).await;
+    tokio::time::sleep(keepalive * 5).await;
+    let (code, answer) = call(&mut c, CHECK_PATH, "application/grpc", framed(&check_request("/healthz").encode_to_vec())).await;
+    assert!(code == "0" && allowed(&answer.unwrap()));
+}
