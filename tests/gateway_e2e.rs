@@ -459,3 +459,60 @@ fn the_docs_show_the_configurations_these_tests_use() {
         assert!(text.contains(conf.trim()), "{doc} does not contain, verbatim, the configuration the tests run:\n{}", conf.trim());
     }
 }
+
+/// A self-signed certificate for `localhost` (openssl, as `.ci/run` installs it).
+fn localhost_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    (cert, key)
+}
+
+/// Envoy's gRPC ext_authz over TLS (`--grpc-tls-cert`/`--grpc-tls-key`): Envoy verifies the
+/// authorizer's certificate and speaks HTTP/2 over ALPN; an Envoy that does not trust the
+/// certificate gets no decision and lets nothing through.
+#[test]
+fn envoy_reaches_the_grpc_authorizer_over_tls_and_only_with_a_trusted_certificate() {
+    let fx = fixture();
+    let dir = proxy_dir("envoy-grpc-tls");
+    let (cert, key) = localhost_cert(dir.path(), "authz");
+    let (other, _) = localhost_cert(dir.path(), "other");
+    let (port, grpc) = (common::free_port(), common::free_port());
+    let listen = format!("127.0.0.1:{grpc}");
+    let _tls = common::start_local_with(
+        &fx._dir.path().join("policies"),
+        port,
+        dir.path().join("portcullis-tls.log"),
+        &["--grpc-listen", &listen, "--grpc-tls-cert", cert.to_str().unwrap(), "--grpc-tls-key", key.to_str().unwrap()],
+    );
+    let with_tls = |trusted: &Path| {
+        let conf = common::envoy_grpc_conf(0, 0, grpc, fx.upstream_port);
+        let cluster = "    - name: portcullis_grpc\n      type: STATIC\n      connect_timeout: 1s\n";
+        assert!(conf.contains(cluster), "the gRPC cluster is not in the config");
+        let tls = format!(
+            "{cluster}      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n          sni: localhost\n          common_tls_context:\n            alpn_protocols: [h2]\n            validation_context:\n              trusted_ca: {{ filename: {} }}\n              match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: localhost }} }}]\n",
+            trusted.display()
+        );
+        let upstream = fx.upstream_port;
+        move |p: u16, a: u16| common::envoy_grpc_conf(p, a, grpc, upstream).replacen(cluster, &tls, 1)
+    };
+    let (_envoy, proxy) = common::start_envoy_conf(&dir.path().join("trusting"), with_tls(&cert));
+    let token = fx.rs.token("orders", fx.now, json!({"sub": "alice", "scope": "orders:read"}));
+    let r = http(proxy, "GET", HOST, "/orders/1", &[("Authorization", &format!("Bearer {token}"))]).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(upstream_header(&r, "x-portcullis-sub").as_deref(), Some("alice"));
+    assert_eq!(http(proxy, "GET", HOST, "/orders/1", &[]).unwrap().status, 401);
+    // Trusting another certificate: no TLS session, no decision, nothing served.
+    let (_wary, wary) = common::start_envoy_conf(&dir.path().join("wary"), with_tls(&other));
+    let r = http(wary, "GET", HOST, "/orders/1", &[("Authorization", &format!("Bearer {token}"))]).unwrap();
+    assert_eq!(r.status, 403, "fails closed: {}", String::from_utf8_lossy(&r.body));
+    let upstream_saw = serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|v| v.get("target").cloned());
+    assert_eq!(upstream_saw, None, "the upstream was never reached");
+}
