@@ -34,6 +34,7 @@ fn framed(message: &[u8]) -> Bytes {
 
 struct Server {
     port: u16,
+    gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -42,8 +43,9 @@ async fn start(limits: Limits, tls: Option<Arc<rustls::ServerConfig>>) -> Server
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, gateway(), limits, tls, rx));
-    Server { port, stop, task }
+    let gw = gateway();
+    let task = tokio::spawn(serve(listener, gw.clone(), limits, tls, rx));
+    Server { port, gateway: gw, stop, task }
 }
 
 type Client = h2::client::SendRequest<Bytes>;
@@ -129,6 +131,12 @@ async fn what_is_not_one_plain_check_request_gets_a_grpc_error_and_no_decision()
     // The connection still serves.
     let (code, answer) = call(&mut c, CHECK_PATH, "application/grpc", framed(&good)).await;
     assert!(code == "0" && allowed(&answer.unwrap()));
+    // Counted by their own codes.
+    let metrics = server.gateway.metrics.render();
+    for (code, n) in [("UNIMPLEMENTED", 2), ("INVALID_ARGUMENT", 4), ("RESOURCE_EXHAUSTED", 1), ("OK", 1)] {
+        let line = format!("portcullis_grpc_checks_total{{code=\"{code}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -32,8 +32,20 @@ pub struct Metrics {
 }
 
 /// The gRPC statuses a Check answers with (google.rpc.Code), and the label of everything else.
-const GRPC_CODES: [(i32, &str); 6] =
-    [(0, "OK"), (3, "INVALID_ARGUMENT"), (7, "PERMISSION_DENIED"), (14, "UNAVAILABLE"), (16, "UNAUTHENTICATED"), (-1, "OTHER")];
+/// The transport's own (a deadline, a message too large, another method or a compressed one, a
+/// broken stream) are told apart from the decisions' too.
+const GRPC_CODES: [(i32, &str); 10] = [
+    (0, "OK"),
+    (3, "INVALID_ARGUMENT"),
+    (4, "DEADLINE_EXCEEDED"),
+    (7, "PERMISSION_DENIED"),
+    (8, "RESOURCE_EXHAUSTED"),
+    (12, "UNIMPLEMENTED"),
+    (13, "INTERNAL"),
+    (14, "UNAVAILABLE"),
+    (16, "UNAUTHENTICATED"),
+    (-1, "OTHER"),
+];
 
 /// Decision counters of one policy (or of requests that matched no policy).
 #[derive(Clone)]
