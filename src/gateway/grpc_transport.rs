@@ -133,14 +133,17 @@ where
 {
     let window = (limits.max_message_bytes as u32 + 5).max(65_535);
     let io = Unvectored(io);
-    let mut conn = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.max_streams)
         .initial_window_size(window)
         .initial_connection_window_size(window.saturating_mul(4))
         .max_header_list_size(64 * 1024)
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .handshake::<_, Bytes>(io);
+    // A peer that connects and never speaks HTTP/2 holds nothing for long.
+    let mut conn = match tokio::time::timeout(limits.keepalive.min(Duration::from_secs(10)), handshake).await {
+        Ok(conn) => conn.map_err(|e| format!("handshake: {e}"))?,
+        Err(_) => return Err("no HTTP/2 handshake".into()),
+    };
     let keepalive = keepalive(conn.ping_pong(), limits.keepalive);
     tokio::pin!(keepalive);
     let mut streams = FuturesUnordered::new();

@@ -198,6 +198,10 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_stays(
     assert!(closed.is_ok(), "the silent peer was never closed");
     // A PING frame header: length 8, type 6, no flags, stream 0.
     assert!(sink.windows(9).any(|w| w == [0, 0, 8, 6, 0, 0, 0, 0, 0]), "a PING was sent first");
+    // A peer that never says anything: closed too.
+    let mut mute = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), mute.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the mute peer was never closed");
     // A real client answers pings: after several keepalive periods it is still served.
     let mut c = client(TcpStream::connect(("127.0.0.1", server.port)).await.unwrap()).await;
     tokio::time::sleep(keepalive * 5).await;
