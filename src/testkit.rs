@@ -203,3 +203,19 @@ pub fn random_word(seed: &mut u64, len: usize, alphabet: &[u8]) -> String {
         })
         .collect()
 }
+
+/// A self-signed certificate for `localhost` (P-256, not a CA) and its key, as PEM files
+/// `NAME.crt` and `NAME.key` in `dir`, made by `openssl` (which `.ci/run` installs).
+pub fn localhost_certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    (cert, key)
+}

@@ -1063,13 +1063,15 @@ async fn install_official_crds(client: &Client) {
     }
 }
 
+/// The API of a kind Portcullis has no type for, in `ns`: `group/version` and `kind`.
+fn dynamic_api(client: &Client, ns: &str, group_version: (&str, &str), kind: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(group_version.0, group_version.1, kind);
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
 /// Accepts a route on its parent Gateway, as the gateway's own controller would (status).
 async fn accept_route(client: &Client, ns: &str, name: &str, gateway_ns: &str, gateway: &str, controller: &str) {
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute")),
-    );
+    let api: Api<DynamicObject> = dynamic_api(client, ns, ("gateway.networking.k8s.io", "v1"), "HTTPRoute");
     let status = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "status": {"parents": [{
         "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": gateway_ns, "name": gateway},
         "controllerName": controller,
@@ -1139,11 +1141,7 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
         apply(&policies, name, attached(name, target)).await;
     }
     accepted(&policies, "orders").await;
-    let sp_api: Api<DynamicObject> = Api::namespaced_with(
-        c.clone(),
-        &shop,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.envoyproxy.io", "v1alpha1", "SecurityPolicy")),
-    );
+    let sp_api: Api<DynamicObject> = dynamic_api(c, &shop, ("gateway.envoyproxy.io", "v1alpha1"), "SecurityPolicy");
     let sp =
         eventually("the SecurityPolicy", Duration::from_secs(20), async || sp_api.get("portcullis-orders-httproute-orders").await.ok())
             .await;
@@ -1151,11 +1149,7 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
     assert_eq!(sp.data["spec"]["extAuth"]["contextExtensions"][0]["value"], format!("{shop}/orders"));
     let uid = policies.get("orders").await.unwrap().metadata.uid.unwrap();
     assert_eq!(sp.metadata.owner_references.as_ref().unwrap()[0].uid, uid, "owned by its AuthPolicy");
-    let grants: Api<DynamicObject> = Api::namespaced_with(
-        c.clone(),
-        &cluster.ns,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant")),
-    );
+    let grants: Api<DynamicObject> = dynamic_api(c, &cluster.ns, ("gateway.networking.k8s.io", "v1beta1"), "ReferenceGrant");
     let grant = eventually("the ReferenceGrant", Duration::from_secs(20), async || {
         grants.list(&Default::default()).await.ok()?.items.into_iter().find(|g| g.data["spec"]["from"][0]["namespace"] == shop.as_str())
     })
@@ -1194,11 +1188,7 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
 
     // Istio: an AuthorizationPolicy in the Gateway's namespace, accepted by the API server.
     accepted(&policies, "meshed").await;
-    let aps: Api<DynamicObject> = Api::namespaced_with(
-        c.clone(),
-        &infra,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", "AuthorizationPolicy")),
-    );
+    let aps: Api<DynamicObject> = dynamic_api(c, &infra, ("security.istio.io", "v1"), "AuthorizationPolicy");
     let ap =
         eventually("the AuthorizationPolicy", Duration::from_secs(20), async || aps.get(&format!("portcullis-{shop}-meshed")).await.ok())
             .await;
@@ -1262,11 +1252,7 @@ async fn an_authpolicy_attached_to_an_httproute_wires_envoy_gateway_on_a_real_ap
     let other = aps.get("portcullis-other-release").await.expect("the other installation's object stays");
     assert_eq!(other.data["spec"]["provider"]["name"], "portcullis-elsewhere");
     // The route goes: the policy says so, and its SecurityPolicy goes too.
-    let routes: Api<DynamicObject> = Api::namespaced_with(
-        c.clone(),
-        &shop,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute")),
-    );
+    let routes: Api<DynamicObject> = dynamic_api(c, &shop, ("gateway.networking.k8s.io", "v1"), "HTTPRoute");
     routes.delete("orders", &DeleteParams::default()).await.unwrap();
     assert!(refused(&policies, "orders", "TargetNotFound").await.contains("does not exist"));
     eventually("the SecurityPolicy to go", Duration::from_secs(20), async || {

@@ -460,21 +460,6 @@ fn the_docs_show_the_configurations_these_tests_use() {
     }
 }
 
-/// A self-signed certificate for `localhost` (openssl, as `.ci/run` installs it).
-fn localhost_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    (cert, key)
-}
-
 /// Envoy's gRPC ext_authz over TLS (`--grpc-tls-cert`/`--grpc-tls-key`): Envoy verifies the
 /// authorizer's certificate and speaks HTTP/2 over ALPN; an Envoy that does not trust the
 /// certificate gets no decision and lets nothing through.
@@ -482,8 +467,8 @@ fn localhost_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::Pat
 fn envoy_reaches_the_grpc_authorizer_over_tls_and_only_with_a_trusted_certificate() {
     let fx = fixture();
     let dir = proxy_dir("envoy-grpc-tls");
-    let (cert, key) = localhost_cert(dir.path(), "authz");
-    let (other, _) = localhost_cert(dir.path(), "other");
+    let (cert, key) = portcullis::testkit::localhost_certificate(dir.path(), "authz");
+    let (other, _) = portcullis::testkit::localhost_certificate(dir.path(), "other");
     let (port, grpc) = (common::free_port(), common::free_port());
     let listen = format!("127.0.0.1:{grpc}");
     let _tls = common::start_local_with(

@@ -625,16 +625,23 @@ fn envoy_gateway_per_route_ext_authz_never_serves_what_portcullis_denies() {
     });
 }
 
-/// A route the proxy attributes to another AuthPolicy than the one Portcullis matches serves
-/// nothing, whatever the credentials.
-#[test]
-fn envoy_gateway_routed_to_another_policy_serves_nothing() {
+/// The harness behind Envoy wired as Envoy Gateway wires a route (`routed`: the AuthPolicy of
+/// its context extension; `rewrite`: a prefix replaced with `/`), with the gRPC authorizer.
+fn through_envoy_gateway(routed: &str, rewrite: Option<&str>) -> (Harness, Proc, (Proc, tempfile::TempDir), u16) {
     let h = harness();
     let grpc = free_port();
     let listen = format!("127.0.0.1:{grpc}");
     let (authz, _) = authorizer(&h, &["--grpc-listen", &listen]);
     let dir = tempfile::tempdir().unwrap();
-    let (_envoy, port) = common::start_envoy_gateway(dir.path(), grpc, h.upstream, "shop/someone-else", None);
+    let (envoy, port) = common::start_envoy_gateway(dir.path(), grpc, h.upstream, routed, rewrite);
+    (h, authz, (envoy, dir), port)
+}
+
+/// A route the proxy attributes to another AuthPolicy than the one Portcullis matches serves
+/// nothing, whatever the credentials.
+#[test]
+fn envoy_gateway_routed_to_another_policy_serves_nothing() {
+    let (h, authz, _envoy, port) = through_envoy_gateway("shop/someone-else", None);
     let (_, served) = run_corpus(port, &h);
     assert_eq!(served, 0, "{}", authz.log_text());
     let admin = h.tokens.get("admin").unwrap();
@@ -647,12 +654,7 @@ fn envoy_gateway_routed_to_another_policy_serves_nothing() {
 /// the rewritten one: a path that is public once rewritten is no route as the client sent it.
 #[test]
 fn the_authorizer_sees_the_clients_path_before_a_rewrite() {
-    let h = harness();
-    let grpc = free_port();
-    let listen = format!("127.0.0.1:{grpc}");
-    let (authz, _) = authorizer(&h, &["--grpc-listen", &listen]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_envoy, port) = common::start_envoy_gateway(dir.path(), grpc, h.upstream, "shop/orders", Some("/v1/"));
+    let (_h, authz, _envoy, port) = through_envoy_gateway("shop/orders", Some("/v1/"));
     let r = http(port, "GET", HOST, "/v1/orders/healthz", &[]).unwrap();
     let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     assert_eq!((r.status, body["reason"].as_str()), (403, Some("no_route")), "{body}\n{}", authz.log_text());

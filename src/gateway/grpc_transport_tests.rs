@@ -142,16 +142,7 @@ async fn what_is_not_one_plain_check_request_gets_a_grpc_error_and_no_decision()
 #[tokio::test]
 async fn over_tls_only_http2_is_offered_and_checks_are_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = crate::testkit::localhost_certificate(dir.path(), "authz");
     assert!(tls_config(&cert, &dir.path().join("missing.pem")).unwrap_err().contains("missing.pem"));
     assert!(tls_config(&key, &key).unwrap_err().contains("no certificate"));
     let server = start(Limits::default(), Some(tls_config(&cert, &key).unwrap())).await;
