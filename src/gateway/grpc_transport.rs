@@ -252,7 +252,29 @@ async fn check(gateway: &Gateway, limits: &Limits, request: http::Request<RecvSt
     }
     let message = frame(&buf)?;
     let request = CheckRequest::decode(message).map_err(|e| (code::INVALID_ARGUMENT, format!("not a CheckRequest: {e}")))?;
-    within(limits.deadline, gateway.check(request)).await.ok_or((code::DEADLINE_EXCEEDED, "the decision took too long".into()))
+    // The caller's own deadline when it is the shorter: an answer after it reaches nobody.
+    let deadline = parts.headers.get("grpc-timeout").and_then(grpc_timeout).map_or(limits.deadline, |t| t.min(limits.deadline));
+    within(deadline, gateway.check(request)).await.ok_or((code::DEADLINE_EXCEEDED, "the decision took too long".into()))
+}
+
+/// A `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`); anything
+/// else is no timeout (the listener's own deadline still applies).
+fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let v = value.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The one message of a unary request: a flag byte (0: not compressed), its length, itself.

@@ -199,3 +199,17 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_stays(
     let (code, answer) = call(&mut c, CHECK_PATH, "application/grpc", framed(&check_request("/healthz").encode_to_vec())).await;
     assert!(code == "0" && allowed(&answer.unwrap()));
 }
+
+#[test]
+fn the_callers_grpc_timeout_is_read_and_anything_malformed_ignored() {
+    let t = |v: &str| grpc_timeout(&HeaderValue::from_str(v).unwrap());
+    assert_eq!(t("2000m"), Some(Duration::from_millis(2000)));
+    assert_eq!(t("1S"), Some(Duration::from_secs(1)));
+    assert_eq!(t("3M"), Some(Duration::from_secs(180)));
+    assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+    assert_eq!(t("250u"), Some(Duration::from_micros(250)));
+    assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+    for bad in ["", "m", "123456789m", "10", "10x", "-1S", "1.5S", " 1S"] {
+        assert_eq!(t(bad), None, "{bad:?}");
+    }
+}
