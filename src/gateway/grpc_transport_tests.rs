@@ -60,7 +60,15 @@ async fn client<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: T) -> Cl
 
 /// One call: the gRPC status, and the CheckResponse when there is one.
 async fn call(client: &mut Client, path: &str, content_type: &str, body: Bytes) -> (String, Option<CheckResponse>) {
-    let request = http::Request::post(format!("http://api.test{path}")).header("content-type", content_type).body(()).unwrap();
+    call_with(client, path, &[("content-type", content_type)], body).await
+}
+
+async fn call_with(client: &mut Client, path: &str, headers: &[(&str, &str)], body: Bytes) -> (String, Option<CheckResponse>) {
+    let mut request = http::Request::post(format!("http://api.test{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(()).unwrap();
     let (response, mut send) = client.clone().ready().await.unwrap().send_request(request, false).unwrap();
     send.send_data(body, true).unwrap();
     let response = response.await.unwrap();
@@ -212,4 +220,66 @@ fn the_callers_grpc_timeout_is_read_and_anything_malformed_ignored() {
     for bad in ["", "m", "123456789m", "10", "10x", "-1S", "1.5S", " 1S"] {
         assert_eq!(t(bad), None, "{bad:?}");
     }
+}
+
+/// A decision that has to wait (a refetch of the issuer's keys, for a token signed with a key
+/// they do not list, from an IdP that no longer answers) is cut at the caller's `grpc-timeout`,
+/// not at the refetch's own 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_grpc_timeout_cuts_a_decision_that_waits() {
+    use crate::api::SigningAlgorithm;
+    use crate::testkit::TestIssuer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (known, unknown) =
+        (TestIssuer::new("https://idp.test", SigningAlgorithm::ES256), TestIssuer::new("https://idp.test", SigningAlgorithm::ES256));
+    // The IdP answers its JWKS once, then holds every later connection without a word.
+    let idp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_port = idp.local_addr().unwrap().port();
+    let jwks = known.jwks().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        for n in 0.. {
+            let Ok((mut s, _)) = idp.accept().await else { return };
+            if n == 0 {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            } else {
+                held.push(s);
+            }
+        }
+    });
+    let yaml = format!(
+        "name: api\nnamespace: shop\nspec:\n  hosts: [api.test]\n  issuers: [{{ issuer: \"https://idp.test\", audiences: [api], algorithms: [ES256], jwks: {{ uri: \"http://127.0.0.1:{idp_port}/jwks\" }} }}]\n  rules: [{{ name: all, match: {{ paths: [{{ prefix: / }}] }} }}]\n"
+    );
+    let gw = Gateway::new("https://gw.test", Metrics::new(), Duration::from_millis(10));
+    let engine = gw.apply(compile_yaml("default", &yaml, &BTreeMap::new()).config, &BTreeMap::new()).unwrap();
+    let keys = engine.remote_key_sets()[0].clone();
+    for _ in 0..200 {
+        if keys.state().loaded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(keys.state().loaded, "the JWKS was fetched once");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_stop, rx) = watch::channel(false);
+    tokio::spawn(serve(listener, gw, Limits::default(), None, rx));
+    let mut c = client(TcpStream::connect(("127.0.0.1", port)).await.unwrap()).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut request = check_request("/orders");
+    let http = request.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap();
+    http.headers.insert("authorization".into(), format!("Bearer {}", unknown.token("api", now, serde_json::json!({"sub": "a"}))));
+    let body = framed(&request.encode_to_vec());
+    tokio::time::sleep(Duration::from_millis(50)).await; // past the shortest time between fetches
+    let started = std::time::Instant::now();
+    let (code, _) = call_with(&mut c, CHECK_PATH, &[("content-type", "application/grpc"), ("grpc-timeout", "200m")], body).await;
+    let took = started.elapsed();
+    assert_eq!(code, "4", "DEADLINE_EXCEEDED");
+    assert!(took < Duration::from_millis(1500), "cut at the caller's 200 ms, not the refetch's 2 s: {took:?}");
 }
