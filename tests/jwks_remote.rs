@@ -45,14 +45,7 @@ async fn remote_keys_are_fetched_refetched_on_unknown_kid_and_kept_on_failure() 
     };
 
     // Fetched at start.
-    let set = engine.remote_key_sets()[0].clone();
-    for _ in 0..100 {
-        if set.state().loaded {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(set.state().loaded, "the JWKS was fetched");
+    assert!(portcullis::gateway::jwks::first_fetched(&engine, Duration::from_secs(2)).await, "the JWKS was fetched");
     assert_eq!(ask(&a).await, 200);
     let hits_after_start = idp.hits.load(Ordering::SeqCst);
 

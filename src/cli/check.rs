@@ -26,10 +26,7 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
     gateway.keep_policy_details();
     let engine = gateway.apply(loaded.compiled.config.clone(), &loaded.rings).map_err(|e| anyhow!(e))?;
     // Remote JWKS are fetched once, briefly.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while engine.remote_key_sets().iter().any(|s| !s.state().loaded) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::gateway::jwks::first_fetched(&engine, Duration::from_secs(5)).await;
 
     let uri = absolute_url(&args.url)?;
     let host = uri.authority().map(|a| a.as_str().to_owned()).expect("absolute URLs have an authority");

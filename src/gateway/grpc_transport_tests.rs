@@ -258,14 +258,7 @@ async fn the_callers_grpc_timeout_cuts_a_decision_that_waits() {
     );
     let gw = Gateway::new("https://gw.test", Metrics::new(), Duration::from_millis(10));
     let engine = gw.apply(compile_yaml("default", &yaml, &BTreeMap::new()).config, &BTreeMap::new()).unwrap();
-    let keys = engine.remote_key_sets()[0].clone();
-    for _ in 0..200 {
-        if keys.state().loaded {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(keys.state().loaded, "the JWKS was fetched once");
+    assert!(crate::gateway::jwks::first_fetched(&engine, Duration::from_secs(2)).await, "the JWKS was fetched once");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (_stop, rx) = watch::channel(false);

@@ -197,6 +197,21 @@ fn record_health(
     flipped
 }
 
+/// Waits until every remote JWKS of `engine` has been fetched once, at most `within`; whether
+/// they all were.
+pub async fn first_fetched(engine: &crate::decide::Engine, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if engine.remote_key_sets().iter().all(|s| s.state().loaded) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[cfg(test)]
 mod health_tests {
     use super::*;
