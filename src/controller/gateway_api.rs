@@ -165,11 +165,9 @@ impl Stores {
                 .into_iter()
                 .filter(|o| wiring::is_ours(o.meta(), instance))
                 .map(|o| {
-                    let wired = Wired {
-                        generation: o.meta().generation,
-                        status: serde_json::to_value(&*o).expect("objects serialize")["status"].take(),
-                    };
-                    (key_of(&K::kind(&()), o.meta()), (comparable(&*o), wired))
+                    let mut v = serde_json::to_value(&*o).expect("objects serialize");
+                    let wired = Wired { generation: o.meta().generation, status: v["status"].take() };
+                    (key_of(&K::kind(&()), o.meta()), (comparable(&v), wired))
                 })
                 .collect()
         }
@@ -184,10 +182,9 @@ fn key_of(kind: &str, meta: &kube::api::ObjectMeta) -> ObjectKey {
     (kind.to_owned(), meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
-/// What of an object Portcullis writes: its spec, labels and owners.
-fn comparable(obj: &impl serde::Serialize) -> Value {
-    let v = serde_json::to_value(obj).expect("objects serialize");
-    serde_json::json!({"spec": v["spec"], "labels": v["metadata"]["labels"], "owners": owners(&v)})
+/// What of an object (as JSON) Portcullis writes: its spec, labels and owners.
+fn comparable(v: &Value) -> Value {
+    serde_json::json!({"spec": v["spec"], "labels": v["metadata"]["labels"], "owners": owners(v)})
 }
 
 fn owners(v: &Value) -> Value {
