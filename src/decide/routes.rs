@@ -211,6 +211,8 @@ impl RouteTable {
     /// Builds the table; `config` has passed validation, so every pattern compiles.
     pub fn build(config: &GatewayConfig) -> Result<Self, String> {
         let mut table = RouteTable::default();
+        // Each distinct condition set once, by value.
+        let mut interned: HashMap<&[RequestCondition], u32, RandomState> = HashMap::default();
         let ranks = age_ranks(config);
         for (pi, policy) in config.policies.iter().enumerate() {
             for (ri, rule) in policy.rules.iter().enumerate() {
@@ -221,13 +223,10 @@ impl RouteTable {
                 let methods = method_mask(&rule.methods);
                 let when = match rule.when.as_slice() {
                     [] => NO_CONDITIONS,
-                    when => match table.conditions.iter().position(|c| **c == *when) {
-                        Some(at) => at as u32,
-                        None => {
-                            table.conditions.push(when.into());
-                            (table.conditions.len() - 1) as u32
-                        }
-                    },
+                    when => *interned.entry(when).or_insert_with(|| {
+                        table.conditions.push(when.into());
+                        (table.conditions.len() - 1) as u32
+                    }),
                 };
                 let headers = rule.when.iter().filter(|c| c.is_header()).count();
                 let count = |n: usize| {
