@@ -17,6 +17,8 @@ pub const HEADER_NAME_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A dotted claim path: no empty segments.
 pub const CLAIM_PATTERN: &str = r"^[^.]+(\.[^.]+)*$";
+/// `namespace/serviceaccount` or `namespace/*`.
+pub const SERVICE_ACCOUNT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/([a-z0-9]([-.a-z0-9]*[a-z0-9])?|\*)$";
 
 fn default_gateway() -> String {
     "default".to_owned()
@@ -173,20 +175,29 @@ pub enum Mode {
     Audit,
 }
 
-/// A trusted token issuer.
+/// A trusted token issuer: an external one (`issuer`, `jwks`, `algorithms`), or the cluster's
+/// own ServiceAccount token issuer (`kubernetes`), discovered by the controller.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.kubernetes) ? !has(self.issuer) && !has(self.jwks) : has(self.issuer) && has(self.jwks) && has(self.algorithms) && size(self.algorithms) > 0",
+    "message": "give either kubernetes, or issuer, jwks and algorithms"
+}]))]
 pub struct IssuerSpec {
     /// Exact value of the `iss` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
-    pub issuer: String,
+    pub issuer: Option<String>,
     /// Accepted `aud` values; a token must carry at least one of them.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
     pub audiences: Vec<String>,
     /// Where the issuer's public keys come from.
-    pub jwks: JwksSource,
-    /// Accepted signature algorithms. HMAC and `none` are never accepted.
-    #[schemars(length(min = 1, max = 9))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksSource>,
+    /// Accepted signature algorithms. HMAC and `none` are never accepted. For `kubernetes`,
+    /// default RS256 and ES256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub algorithms: Vec<JwtAlgorithm>,
     /// Tolerated clock difference for `exp` and `nbf` (default 60s, at most 5m).
@@ -195,6 +206,23 @@ pub struct IssuerSpec {
         {"rule": "duration(self) <= duration('5m')", "message": "clockSkew must be at most 5m"}
     ]))]
     pub clock_skew: Option<Duration>,
+    /// Trust the cluster's own ServiceAccount tokens (projected, audience-bound, expiring):
+    /// the issuer and its keys are the cluster's, discovered by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesIssuer>,
+}
+
+/// The cluster's ServiceAccount token issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesIssuer {
+    /// The longest lifetime (`exp - iat`) a token may have been issued with (default 1h, at most
+    /// 24h). A token outlives the Pod it was bound to; short lifetimes bound that window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) >= duration('10m') && duration(self) <= duration('24h')", "message": "maxTokenLifetime must be between 10m and 24h"}
+    ]))]
+    pub max_token_lifetime: Option<Duration>,
 }
 
 /// Exactly one of `uri`, `inline` or `signingKeyRef`.
@@ -341,8 +369,8 @@ pub struct NamedSource {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!(has(self.public) && self.public) || ((!has(self.require) || size(self.require) == 0) && (!has(self.anyOf) || size(self.anyOf) == 0))",
-        "message": "a public rule cannot have require or anyOf"
+        "rule": "!(has(self.public) && self.public) || ((!has(self.require) || size(self.require) == 0) && (!has(self.anyOf) || size(self.anyOf) == 0) && (!has(self.serviceAccounts) || size(self.serviceAccounts) == 0))",
+        "message": "a public rule cannot have require, anyOf or serviceAccounts"
     },
     {
         "rule": "!(has(self.public) && self.public) || !has(self.forward) || !has(self.forward.token) || self.forward.token != 'issue'",
@@ -377,6 +405,12 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub any_of: Vec<RequirementGroup>,
+    /// The caller must be one of these workloads: `namespace/serviceaccount` or `namespace/*`,
+    /// with a token of the policy's `kubernetes` issuer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = SERVICE_ACCOUNT_PATTERN), length(max = 317)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub service_accounts: Vec<String>,
     /// Overrides the policy's `forward` for this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<Forward>,

@@ -2,12 +2,14 @@
 
 mod authpolicy;
 mod duration;
+mod exchange;
 pub mod gateway_api;
 pub mod schema_check;
 mod signingkey;
 
 pub use authpolicy::*;
 pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
+pub use exchange::*;
 pub use signingkey::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -26,7 +28,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     // Gateway API's mark of a policy that attaches directly to its targets (GEP-713): tools
     // such as gwctl find policies by it.
     policy.metadata.labels = Some([("gateway.networking.k8s.io/policy".to_owned(), "Direct".to_owned())].into());
-    vec![policy, SigningKey::crd()]
+    vec![policy, SigningKey::crd(), TokenExchangePolicy::crd()]
 }
 
 /// The file name a CRD is kept under in `crds/`.

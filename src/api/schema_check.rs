@@ -77,7 +77,9 @@ pub fn schema_of(kind: &str) -> Option<&'static Value> {
     use std::sync::OnceLock;
     static AUTH_POLICY: OnceLock<Value> = OnceLock::new();
     static SIGNING_KEY: OnceLock<Value> = OnceLock::new();
+    static EXCHANGE: OnceLock<Value> = OnceLock::new();
     match kind {
+        "TokenExchangePolicy" => Some(EXCHANGE.get_or_init(|| crd_schema(&crate::api::TokenExchangePolicy::crd()))),
         "AuthPolicy" => Some(AUTH_POLICY.get_or_init(|| crd_schema(&crate::api::AuthPolicy::crd()))),
         "SigningKey" => Some(SIGNING_KEY.get_or_init(|| crd_schema(&crate::api::SigningKey::crd()))),
         _ => None,

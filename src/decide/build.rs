@@ -21,8 +21,17 @@ impl Engine {
         let mut shared_headers: HashMap<&HeaderClaims, Arc<[(HeaderName, ClaimPath)]>> = HashMap::new();
         let mut shared_issues: HashMap<&IssueConfig, Arc<IssueConfig>> = HashMap::new();
         let mut shared_sources: HashMap<&[TokenSource], Arc<[TokenSource]>> = HashMap::new();
-        type IssuerKey<'a> = (&'a str, &'a [String], &'a [JwtAlgorithm], u64, *const KeySet);
+        type IssuerKey<'a> = (&'a str, &'a [String], &'a [JwtAlgorithm], u64, *const KeySet, Option<i64>);
         let mut shared_issuers: HashMap<IssuerKey, Arc<RtIssuer>> = HashMap::new();
+        // The cluster's ServiceAccount issuer: unloaded (its tokens get 503) until discovered.
+        let cluster = match &config.cluster_issuer {
+            Some(c) => {
+                let set =
+                    static_key_set(&mut static_sets, &mut warnings, "cluster".into(), format!("cluster issuer {}", c.issuer), &c.keys)?;
+                (c.issuer.clone(), set)
+            }
+            None => (String::new(), KeySet::new_remote("cluster issuer (not discovered)")),
+        };
         for p in &config.policies {
             let key = p.key();
             let mut token_headers = Vec::new();
@@ -65,6 +74,12 @@ impl Engine {
                         let id = serde_json::to_string(keys).expect("JWKs serialize");
                         static_key_set(&mut static_sets, &mut warnings, id, format!("inline keys of {key} issuer {}", i.issuer), keys)?
                     }
+                    KeySource::Cluster { .. } => {
+                        if config.cluster_issuer.is_none() {
+                            warnings.push(format!("{key}: the cluster's ServiceAccount issuer is not known: its tokens are refused (503)"));
+                        }
+                        cluster.1.clone()
+                    }
                     KeySource::SigningKey(r) => {
                         let published = config.published_keys(r).ok_or_else(|| format!("{key}: SigningKey {r} is not in the config"))?;
                         static_key_set(
@@ -76,16 +91,22 @@ impl Engine {
                         )?
                     }
                 };
-                let shared = shared_issuers.entry((&i.issuer, &i.audiences, &i.algorithms, i.clock_skew_secs, Arc::as_ptr(&keys)));
+                let (issuer, max_lifetime) = match &i.keys {
+                    KeySource::Cluster { max_lifetime_secs } => (cluster.0.as_str(), Some(*max_lifetime_secs as i64)),
+                    _ => (i.issuer.as_str(), None),
+                };
+                let shared =
+                    shared_issuers.entry((issuer, &i.audiences, &i.algorithms, i.clock_skew_secs, Arc::as_ptr(&keys), max_lifetime));
                 issuers.push(
                     shared
                         .or_insert_with(|| {
                             Arc::new(RtIssuer {
-                                issuer: i.issuer.clone(),
+                                issuer: issuer.to_owned(),
                                 audiences: i.audiences.clone(),
                                 algorithms: i.algorithms.clone(),
                                 skew: i.clock_skew_secs as i64,
                                 keys,
+                                cluster: max_lifetime,
                             })
                         })
                         .clone(),
@@ -115,22 +136,7 @@ impl Engine {
                 };
                 let issue = match &r.forward.issue {
                     Some(ic) if r.forward.token == TokenForwarding::Issue => {
-                        let minter = minters
-                            .entry(ic.signing_key.clone())
-                            .or_insert_with(|| {
-                                let made = config
-                                    .published_keys(&ic.signing_key)
-                                    .ok_or_else(|| format!("SigningKey {} is not in the config", ic.signing_key))
-                                    .and_then(|published| Minter::new(published, opts.minting.get(&ic.signing_key)));
-                                match made {
-                                    Ok(m) => Some(Arc::new(m)),
-                                    Err(e) => {
-                                        warnings.push(format!("{key}: cannot mint: {e}"));
-                                        None
-                                    }
-                                }
-                            })
-                            .clone();
+                        let minter = minter_for(&mut minters, &config, opts, &mut warnings, &key, &ic.signing_key);
                         Some((shared_issues.entry(ic).or_insert_with(|| Arc::new(ic.clone())).clone(), minter))
                     }
                     _ => None,
@@ -154,6 +160,7 @@ impl Engine {
                     templates,
                     require,
                     any_of,
+                    service_accounts: r.service_accounts.iter().map(|s| WorkloadPattern::parse(s)).collect::<Result<_, _>>().map_err(at)?,
                     headers,
                     token: r.forward.token,
                     issue,
@@ -171,7 +178,26 @@ impl Engine {
                 cors_preflight: p.cors_preflight,
             });
         }
+        let mut exchanges = Vec::with_capacity(config.exchanges.len());
+        for x in &config.exchanges {
+            let minter = minter_for(
+                &mut minters,
+                &config,
+                opts,
+                &mut warnings,
+                &format!("TokenExchangePolicy {}/{}", x.namespace, x.name),
+                &x.signing_key,
+            );
+            exchanges.push(exchange::RtExchange::build(x, minter)?);
+        }
+        let subjects = crate::keys::parse_jwks(&config.minting_jwks())?.0;
+        let exchange = exchange::ExchangeRt {
+            cluster: config.cluster_issuer.as_ref().map(|_| cluster.clone()),
+            subjects: KeySet::new_static("the gateway's minting keys", subjects),
+            exchanges,
+        };
         Ok(Self {
+            exchange,
             config: Arc::new(config),
             routes,
             policies,
@@ -210,6 +236,34 @@ impl Engine {
         self.config = Arc::new(config);
         self
     }
+}
+
+/// The minter of a SigningKey, made once per config; `None` (with a warning) when this gateway
+/// cannot mint with it yet.
+fn minter_for(
+    minters: &mut HashMap<KeyRef, Option<Arc<Minter>>>,
+    config: &GatewayConfig,
+    opts: &BuildOptions<'_>,
+    warnings: &mut Vec<String>,
+    who: &str,
+    key: &KeyRef,
+) -> Option<Arc<Minter>> {
+    minters
+        .entry(key.clone())
+        .or_insert_with(|| {
+            let made = config
+                .published_keys(key)
+                .ok_or_else(|| format!("SigningKey {key} is not in the config"))
+                .and_then(|published| Minter::new(published, opts.minting.get(key)));
+            match made {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    warnings.push(format!("{who}: cannot mint: {e}"));
+                    None
+                }
+            }
+        })
+        .clone()
 }
 
 /// One key set per distinct source, shared by every issuer that uses it (and so is its cache).

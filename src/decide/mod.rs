@@ -12,11 +12,14 @@
 mod build;
 pub mod cache;
 mod conditions;
+pub mod exchange;
 pub mod keyset;
 pub mod mint;
 pub mod routes;
 pub mod token;
 
+#[cfg(test)]
+mod exchange_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +36,7 @@ use crate::policy::config::{HeaderClaims, IssueConfig, KeySource};
 use crate::policy::host::normalize_host;
 use crate::policy::path::{PathError, PathMode, normalize_as, split_target};
 use crate::policy::validate::{compile_requirements, request_method_bit};
+use crate::policy::workload::{self, WorkloadPattern};
 use crate::policy::{GatewayConfig, KeyRef, PolicyConfig};
 use cache::TokenCache;
 use conditions::Conditions;
@@ -72,10 +76,12 @@ pub enum DenyReason {
     /// Which route applies depends on a repeated or percent-encoded header or query parameter
     /// that a route's condition names: the gateway's reading of it cannot be known.
     AmbiguousRoute,
+    /// A ServiceAccount token issued for longer than its issuer accepts, or without `iat`.
+    LifetimeTooLong,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 21] = [
+    pub const ALL: [DenyReason; 22] = [
         Self::NoRoute,
         Self::UnsafePath(PathError::Empty),
         Self::BadHost,
@@ -97,6 +103,7 @@ impl DenyReason {
         Self::MintUnavailable,
         Self::RouteMismatch,
         Self::AmbiguousRoute,
+        Self::LifetimeTooLong,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +129,7 @@ impl DenyReason {
             Self::MintUnavailable => "mint_unavailable",
             Self::RouteMismatch => "route_mismatch",
             Self::AmbiguousRoute => "ambiguous_route",
+            Self::LifetimeTooLong => "lifetime_too_long",
         }
     }
 
@@ -172,6 +180,7 @@ impl DenyReason {
             Self::MintUnavailable => "internal token unavailable",
             Self::RouteMismatch => "routed to another policy",
             Self::AmbiguousRoute => "repeated or encoded header or query parameter a route matches on",
+            Self::LifetimeTooLong => "token issued for too long",
         }
     }
 }
@@ -269,6 +278,8 @@ struct RtIssuer {
     algorithms: Vec<JwtAlgorithm>,
     skew: i64,
     keys: Arc<KeySet>,
+    /// The cluster's ServiceAccount issuer: the longest lifetime a token may be issued with.
+    cluster: Option<i64>,
 }
 
 struct RtPolicy {
@@ -292,6 +303,7 @@ struct RtRule {
     templates: Vec<crate::policy::path::Template>,
     require: Vec<ClaimRequirement>,
     any_of: Vec<Vec<ClaimRequirement>>,
+    service_accounts: Vec<WorkloadPattern>,
     headers: Arc<[(HeaderName, ClaimPath)]>,
     token: TokenForwarding,
     issue: Option<(Arc<IssueConfig>, Option<Arc<Minter>>)>,
@@ -334,6 +346,7 @@ pub struct Engine {
     cache: TokenCache,
     issuer_url: String,
     remote_sets: Vec<Arc<KeySet>>,
+    exchange: exchange::ExchangeRt,
     /// Problems that do not stop the engine (a minting key not delivered yet, skipped JWKs).
     pub warnings: Vec<String>,
 }
@@ -494,6 +507,23 @@ impl Engine {
             }
         };
 
+        if !rule.service_accounts.is_empty() {
+            // Only the cluster's issuer speaks for workloads: another issuer's `kubernetes.io`
+            // claim is just a claim.
+            let from_cluster = policy.issuers.iter().find(|i| i.issuer == verified.iss).is_some_and(|i| i.cluster.is_some());
+            let caller = workload::of_claims(&verified.claims).filter(|_| from_cluster);
+            if !caller.is_some_and(|w| rule.service_accounts.iter().any(|p| p.matches(w))) {
+                let detail = if from_cluster {
+                    "serviceAccounts: the caller is not one of them"
+                } else {
+                    "serviceAccounts: not a ServiceAccount token of the cluster"
+                };
+                return (
+                    Decision::Deny(deny(DenyReason::ClaimsNotSatisfied, Some(detail.to_owned()))),
+                    Some((verified, from_authorization)),
+                );
+            }
+        }
         let params = rule.templates.iter().find_map(|t| t.params(path)).unwrap_or_default();
         let facts = RequestFacts { headers: req.headers, params: &params };
         let decision = match check_rule(rule, &verified.claims, facts) {
@@ -619,7 +649,11 @@ impl Engine {
         }
         let unverified = token::parse(token).map_err(|r| (r, None))?;
         let iss = unverified.claims.get("iss").and_then(Value::as_str).ok_or((DenyReason::UntrustedIssuer, None))?;
-        let issuer = policy.issuers.iter().find(|i| i.issuer == iss).ok_or((DenyReason::UntrustedIssuer, None))?;
+        let Some(issuer) = policy.issuers.iter().find(|i| i.issuer == iss) else {
+            // The cluster's issuer is not discovered yet: the token may well be its.
+            let undiscovered = policy.issuers.iter().any(|i| i.cluster.is_some() && i.issuer.is_empty());
+            return Err((if undiscovered { DenyReason::KeysUnavailable } else { DenyReason::UntrustedIssuer }, None));
+        };
         if !issuer.algorithms.contains(&unverified.alg) {
             return Err((DenyReason::UnsupportedAlgorithm, None));
         }
@@ -702,7 +736,22 @@ fn accepted_method_bit(method: &str) -> Option<u16> {
 /// What a verified token must also satisfy for this issuer of this policy, cached or not.
 fn admit(v: &Verified, issuer: &RtIssuer, now: i64) -> Result<(), DenyReason> {
     v.check_time(now, issuer.skew)?;
-    if v.audience_matches(&issuer.audiences) { Ok(()) } else { Err(DenyReason::WrongAudience) }
+    if !v.audience_matches(&issuer.audiences) {
+        return Err(DenyReason::WrongAudience);
+    }
+    if let Some(max_lifetime) = issuer.cluster {
+        admit_workload(v, max_lifetime)?;
+    }
+    Ok(())
+}
+
+/// A ServiceAccount token: it names its workload consistently, and was issued (`iat`) for no
+/// longer than accepted. A token outlives the Pod it was bound to, and only its lifetime
+/// bounds that.
+pub(crate) fn admit_workload(v: &Verified, max_lifetime: i64) -> Result<(), DenyReason> {
+    workload::of_claims(&v.claims).ok_or(DenyReason::MalformedToken)?;
+    let iat = v.claims.get("iat").and_then(Value::as_i64).ok_or(DenyReason::LifetimeTooLong)?;
+    if v.exp - iat > max_lifetime { Err(DenyReason::LifetimeTooLong) } else { Ok(()) }
 }
 
 /// `require` all hold, and (when there are groups) every requirement of at least one group.

@@ -347,6 +347,7 @@ mod tests {
                     optional: false,
                     require: Vec::new(),
                     any_of: Vec::new(),
+                    service_accounts: Vec::new(),
                     forward: ForwardConfig { token: TokenForwarding::Original, ..Default::default() },
                     audit: false,
                 })

@@ -932,3 +932,102 @@ fn header_and_query_conditions_of_routes_select_the_policy_as_the_gateway_routes
         "v=2&w=1 matches both"
     );
 }
+
+#[test]
+fn cluster_service_account_tokens_are_trusted_only_as_the_cluster_issues_them_and_name_the_workload() {
+    use crate::policy::config::ClusterIssuer;
+    const CLUSTER: &str = "https://kubernetes.default.svc.cluster.local";
+    let cluster = TestIssuer::new(CLUSTER, SigningAlgorithm::RS256);
+    let idp = TestIssuer::new(ISS, SigningAlgorithm::ES256);
+    let yaml = format!(
+        r#"
+name: internal
+namespace: shop
+spec:
+  hosts: [orders.shop.svc]
+  issuers:
+    - kubernetes: {{ maxTokenLifetime: 1h }}
+      audiences: [orders.shop.svc]
+    - issuer: {ISS}
+      audiences: [orders.shop.svc]
+      jwks: {{ inline: {jwks} }}
+      algorithms: [ES256]
+  rules:
+    - name: checkout-only
+      match: {{ paths: [{{ prefix: / }}] }}
+      serviceAccounts: [shop/checkout, ops/*]
+      forward:
+        claimsToHeaders:
+          X-Caller-Namespace: {{ claimPath: [kubernetes.io, namespace] }}
+          X-Caller: {{ claimPath: [kubernetes.io, serviceaccount, name] }}
+"#,
+        jwks = idp.jwks()
+    );
+    let compiled = compile_yaml("default", &yaml, &BTreeMap::new());
+    assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted), "{:?}", compiled.outcomes);
+    let sa = |ns: &str, name: &str, extra: serde_json::Value| {
+        let mut c = json!({"sub": format!("system:serviceaccount:{ns}:{name}"),
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": "u1"}, "pod": {"name": "p", "uid": "u2"}}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let ask = |engine: &Engine, token: &str| decide(engine, "GET", "orders.shop.svc", "/orders", &bearer(token));
+
+    // Before the cluster's issuer is known: refused, and visibly so.
+    let unknown = engine(&compiled);
+    assert!(unknown.warnings.iter().any(|w| w.contains("not known")), "{:?}", unknown.warnings);
+    assert_eq!(
+        reason(&ask(&unknown, &cluster.token("orders.shop.svc", NOW, sa("shop", "checkout", json!({}))))),
+        DenyReason::KeysUnavailable
+    );
+
+    let mut config = compiled.config.clone();
+    let issuer = ClusterIssuer { issuer: CLUSTER.into(), keys: vec![crate::api::JwkObject(cluster.key.public_jwk().clone())] };
+    crate::policy::exchange::complete(&mut config, Some(issuer), &[], &BTreeMap::new(), &crate::policy::Tenancy::single_owner());
+    let e = engine(&crate::policy::Compiled { config, ..compiled.clone() });
+
+    let Decision::Allow(a) = ask(&e, &cluster.token("orders.shop.svc", NOW, sa("shop", "checkout", json!({})))) else { panic!("denied") };
+    let got: BTreeMap<_, _> = a.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
+    assert_eq!(got, BTreeMap::from([("x-caller".into(), "checkout".into()), ("x-caller-namespace".into(), "shop".into())]));
+    assert!(
+        ask(&e, &cluster.token("orders.shop.svc", NOW, sa("ops", "deployer", json!({})))).is_allow(),
+        "ops/* admits any account of ops"
+    );
+
+    let mut legacy = sa("shop", "checkout", json!({}));
+    legacy["iss"] = json!(CLUSTER);
+    legacy["aud"] = json!("orders.shop.svc");
+    let no_exp = cluster.key.sign_jwt(&legacy).unwrap();
+    let denied = [
+        ("another workload", cluster.token("orders.shop.svc", NOW, sa("shop", "web", json!({})))),
+        ("another audience", cluster.token("https://kubernetes.default.svc", NOW, sa("shop", "checkout", json!({})))),
+        ("issued for 2h", cluster.token("orders.shop.svc", NOW, sa("shop", "checkout", json!({"exp": NOW + 7200})))),
+        (
+            "no iat",
+            cluster
+                .key
+                .sign_jwt(&{
+                    let mut c = cluster.claims("orders.shop.svc", NOW, sa("shop", "checkout", json!({})));
+                    c.as_object_mut().unwrap().remove("iat");
+                    c
+                })
+                .unwrap(),
+        ),
+        ("no exp (a legacy Secret token)", no_exp),
+        (
+            "sub and kubernetes.io disagree",
+            cluster.token("orders.shop.svc", NOW, sa("shop", "checkout", json!({"sub": "system:serviceaccount:shop:web"}))),
+        ),
+        ("another issuer's kubernetes.io claim", idp.token("orders.shop.svc", NOW, sa("shop", "checkout", json!({})))),
+    ];
+    for (what, token) in denied {
+        let d = ask(&e, &token);
+        assert!(!d.is_allow(), "{what}");
+    }
+    let r = |t: &str| reason(&ask(&e, t));
+    assert_eq!(r(&cluster.token("orders.shop.svc", NOW, sa("shop", "checkout", json!({"exp": NOW + 7200})))), DenyReason::LifetimeTooLong);
+    assert_eq!(r(&idp.token("orders.shop.svc", NOW, sa("shop", "checkout", json!({})))), DenyReason::ClaimsNotSatisfied);
+    assert_eq!(r(&cluster.token("orders.shop.svc", NOW, sa("shop", "web", json!({})))), DenyReason::ClaimsNotSatisfied);
+}

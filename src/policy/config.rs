@@ -28,6 +28,51 @@ pub struct GatewayConfig {
     /// Public keys of the SigningKeys the policies reference, ordered by namespace and name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signing_keys: Vec<PublishedKeys>,
+    /// The cluster's ServiceAccount token issuer, for `kubernetes` issuers and token exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_issuer: Option<ClusterIssuer>,
+    /// Accepted TokenExchangePolicies, ordered by namespace and name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exchanges: Vec<ExchangeConfig>,
+}
+
+/// The issuer of the cluster's ServiceAccount tokens and its public keys, as the controller
+/// discovered them (or local mode's stand-in).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterIssuer {
+    pub issuer: String,
+    pub keys: Vec<JwkObject>,
+}
+
+/// One TokenExchangePolicy, compiled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExchangeConfig {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The `aud` of exchanged tokens: a ServiceAccount username of `namespace`.
+    pub audience: String,
+    pub signing_key: KeyRef,
+    pub ttl_secs: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require: Vec<Requirement>,
+    pub max_depth: u32,
+    pub actors: Vec<ExchangeActorConfig>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExchangeActorConfig {
+    /// `namespace/name`, or `namespace/*`.
+    pub service_account: String,
+    /// Accepted `aud` of the subject token; empty: the actor's own username.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_audiences: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -59,6 +104,12 @@ pub struct IssuerConfig {
     pub algorithms: Vec<JwtAlgorithm>,
     pub clock_skew_secs: u64,
     pub keys: KeySource,
+}
+
+impl IssuerConfig {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.keys, KeySource::Cluster { .. })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +151,12 @@ pub enum KeySource {
         keys: Vec<JwkObject>,
     },
     SigningKey(KeyRef),
+    /// The cluster's ServiceAccount issuer (the config's `clusterIssuer`; `issuer` is empty):
+    /// only expiring tokens naming a ServiceAccount, issued for at most `maxLifetimeSecs`.
+    #[serde(rename_all = "camelCase")]
+    Cluster {
+        max_lifetime_secs: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -127,6 +184,10 @@ pub struct RuleConfig {
     pub require: Vec<Requirement>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub any_of: Vec<Vec<Requirement>>,
+    /// The caller must be one of these workloads (`namespace/name` or `namespace/*`), with a
+    /// token of the policy's cluster issuer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
     pub forward: ForwardConfig,
     /// Audit mode: decided and counted, but allowed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -367,7 +428,15 @@ impl GatewayConfig {
 
     /// Builds a config and stamps its version.
     pub fn new(gateway: &str, policies: Vec<Arc<PolicyConfig>>, signing_keys: Vec<PublishedKeys>) -> Self {
-        let mut config = Self { format: CONFIG_FORMAT, gateway: gateway.to_owned(), version: String::new(), policies, signing_keys };
+        let mut config = Self {
+            format: CONFIG_FORMAT,
+            gateway: gateway.to_owned(),
+            version: String::new(),
+            policies,
+            signing_keys,
+            cluster_issuer: None,
+            exchanges: Vec::new(),
+        };
         config.version = config.content_hash();
         config
     }
@@ -452,8 +521,20 @@ impl GatewayConfig {
             .policies
             .iter()
             .flat_map(|p| p.rules.iter().filter_map(|r| r.forward.issue.as_ref().map(|i| i.signing_key.clone())))
+            .chain(self.exchanges.iter().map(|x| x.signing_key.clone()))
             .collect();
         self.signing_keys.iter().filter(move |k| minting.contains(&k.key_ref()))
+    }
+
+    /// The JWKS of the keys the gateway mints with, each kid once: what services trust.
+    pub fn minting_jwks(&self) -> serde_json::Value {
+        let mut seen = std::collections::BTreeSet::new();
+        let keys: Vec<&serde_json::Map<String, serde_json::Value>> = self
+            .minting_keys()
+            .flat_map(|k| k.keys.iter().map(|j| &j.0))
+            .filter(|j| seen.insert(j.get("kid").and_then(|k| k.as_str()).unwrap_or_default().to_owned()))
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     pub fn published_keys(&self, key: &KeyRef) -> Option<&PublishedKeys> {

@@ -12,12 +12,14 @@
 
 pub mod claims;
 pub mod config;
+pub mod exchange;
 pub mod gateway_api;
 pub mod host;
 pub mod ownership;
 pub mod path;
 pub mod tenancy;
 pub mod validate;
+pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -175,13 +175,17 @@ impl Tenancy {
         Ok(())
     }
 
+    /// Whether `key` may mint tokens that the gateway's JWKS vouches for.
+    pub fn may_mint(&self, key: &KeyRef) -> bool {
+        self.trusted(&key.namespace) || self.settings.minting_keys.iter().any(|k| *k == key.to_string())
+    }
+
     fn check_minting(&self, cfg: &PolicyConfig) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         for r in &cfg.rules {
             let Some(issue) = &r.forward.issue else { continue };
             let key = &issue.signing_key;
-            let allowed = self.trusted(&key.namespace) || self.settings.minting_keys.iter().any(|k| *k == key.to_string());
-            if !allowed {
+            if !self.may_mint(key) {
                 problems.push(format!(
                     "rules[{}].forward.issue.signingKeyRef: SigningKey {key} may not mint internal tokens for this gateway: services trust every key the gateway mints with, so the platform team must list it in the gateway settings' mintingKeys",
                     r.name
@@ -253,6 +257,7 @@ mod tests {
             optional: false,
             require: Vec::new(),
             any_of: Vec::new(),
+            service_accounts: Vec::new(),
             forward: ForwardConfig {
                 issue: Some(IssueConfig { signing_key: key.parse().unwrap(), audience: "x".into(), ttl_secs: 60, claims: Vec::new() }),
                 ..ForwardConfig::default()

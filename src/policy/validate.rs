@@ -11,6 +11,7 @@ use super::claims::{ClaimPath, ClaimRequirement};
 use super::config::{ForwardConfig, IssueConfig, IssuerConfig, KeyRef, KeySource, PolicyConfig, PublishedKeys, RuleConfig};
 use super::host::HostPattern;
 use super::path::PathPattern;
+use crate::api::JwtAlgorithm;
 use crate::api::{
     AuthPolicySpec, DNS_LABEL_PATTERN, Forward, HeaderClaim, HeaderSource, HttpMethod, IssuerSpec, PathMatch, Requirement, TokenForwarding,
     TokenSource,
@@ -22,6 +23,9 @@ pub const DEFAULT_REFRESH_SECS: u64 = 300;
 pub const MIN_REFRESH_SECS: u64 = 10;
 pub const DEFAULT_ISSUE_TTL_SECS: u64 = 300;
 pub const MAX_ISSUE_TTL_SECS: u64 = 3600;
+pub const DEFAULT_SA_TOKEN_LIFETIME_SECS: u64 = 3600;
+pub const MIN_SA_TOKEN_LIFETIME_SECS: u64 = 600;
+pub const MAX_SA_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
 /// Claims the minter sets itself; a policy cannot copy them from the caller.
 pub const MINTED_CLAIMS: [&str; 7] = ["iss", "aud", "sub", "exp", "nbf", "iat", "jti"];
@@ -160,8 +164,9 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
     let mut issuer_names = BTreeSet::new();
     for (i, iss) in spec.issuers.iter().enumerate() {
         let at = format!("issuers[{i}]");
-        if !issuer_names.insert(iss.issuer.as_str()) {
-            p.add(&at, format!("issuer {:?} is listed twice", iss.issuer));
+        let name = iss.issuer.as_deref().unwrap_or(if iss.kubernetes.is_some() { "kubernetes" } else { "" });
+        if !issuer_names.insert(name) {
+            p.add(&at, format!("issuer {name:?} is listed twice"));
         }
         if let Some(ic) = validate_issuer(&at, meta, iss, keys, &mut p) {
             issuers.push(ic);
@@ -226,8 +231,16 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         }
         let methods: BTreeSet<HttpMethod> = rule_methods.iter().copied().collect();
 
-        if rule.public && (!rule.require.is_empty() || !rule.any_of.is_empty()) {
-            p.add(&at, "a public rule cannot have require or anyOf");
+        if rule.public && (!rule.require.is_empty() || !rule.any_of.is_empty() || !rule.service_accounts.is_empty()) {
+            p.add(&at, "a public rule cannot have require, anyOf or serviceAccounts");
+        }
+        if !rule.service_accounts.is_empty() && !spec.issuers.iter().any(|i| i.kubernetes.is_some()) {
+            p.add(&format!("{at}.serviceAccounts"), "needs an issuer of kind kubernetes in issuers");
+        }
+        for sa in &rule.service_accounts {
+            if let Err(e) = parse_service_account(sa) {
+                p.add(&format!("{at}.serviceAccounts"), e);
+            }
         }
         if !rule.public && spec.issuers.is_empty() {
             p.add(&at, "the rule needs a token but the policy trusts no issuer");
@@ -286,6 +299,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
             optional,
             require: rule.require.clone(),
             any_of: rule.any_of.iter().map(|g| g.require.clone()).collect(),
+            service_accounts: rule.service_accounts.clone(),
             forward,
             audit: rule.mode.or(spec.mode) == Some(crate::api::Mode::Audit),
         });
@@ -319,20 +333,44 @@ fn validate_issuer(
     keys: &BTreeMap<KeyRef, PublishedKeys>,
     p: &mut Problems,
 ) -> Option<IssuerConfig> {
-    if iss.issuer.is_empty() {
-        p.add(at, "issuer must not be empty");
-    }
     if iss.audiences.is_empty() || iss.audiences.iter().any(String::is_empty) {
         p.add(at, "audiences needs at least one non-empty audience");
-    }
-    if iss.algorithms.is_empty() {
-        p.add(at, "algorithms needs at least one algorithm");
     }
     let clock_skew_secs = iss.clock_skew.map_or(DEFAULT_CLOCK_SKEW_SECS, |d| d.as_secs());
     if clock_skew_secs > MAX_CLOCK_SKEW_SECS {
         p.add(at, format!("clockSkew {clock_skew_secs}s is more than {MAX_CLOCK_SKEW_SECS}s"));
     }
-    let j = &iss.jwks;
+    let algorithms = |default: &[JwtAlgorithm]| {
+        let given = if iss.algorithms.is_empty() { default } else { &iss.algorithms };
+        given.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
+    };
+    if let Some(k) = &iss.kubernetes {
+        if iss.issuer.is_some() || iss.jwks.is_some() {
+            p.add(at, "kubernetes takes its issuer and keys from the cluster: give no issuer or jwks");
+        }
+        let max_lifetime_secs = k.max_token_lifetime.map_or(DEFAULT_SA_TOKEN_LIFETIME_SECS, |d| d.as_secs());
+        if !(MIN_SA_TOKEN_LIFETIME_SECS..=MAX_SA_TOKEN_LIFETIME_SECS).contains(&max_lifetime_secs) {
+            p.add(&format!("{at}.kubernetes.maxTokenLifetime"), "must be between 10m and 24h");
+        }
+        return Some(IssuerConfig {
+            issuer: String::new(),
+            audiences: iss.audiences.clone(),
+            algorithms: algorithms(&[JwtAlgorithm::RS256, JwtAlgorithm::ES256]),
+            clock_skew_secs,
+            keys: KeySource::Cluster { max_lifetime_secs },
+        });
+    }
+    let issuer = iss.issuer.clone().unwrap_or_default();
+    if issuer.is_empty() {
+        p.add(at, "issuer must not be empty");
+    }
+    if iss.algorithms.is_empty() {
+        p.add(at, "algorithms needs at least one algorithm");
+    }
+    let Some(j) = &iss.jwks else {
+        p.add(at, "jwks is required (or kubernetes, for the cluster's ServiceAccount tokens)");
+        return None;
+    };
     let sources = [j.uri.is_some(), j.inline.is_some(), j.signing_key_ref.is_some()].iter().filter(|b| **b).count();
     if sources != 1 {
         p.add(&format!("{at}.jwks"), "exactly one of uri, inline or signingKeyRef must be set");
@@ -369,13 +407,7 @@ fn validate_issuer(
         }
         KeySource::SigningKey(key)
     };
-    Some(IssuerConfig {
-        issuer: iss.issuer.clone(),
-        audiences: iss.audiences.clone(),
-        algorithms: iss.algorithms.iter().copied().collect::<BTreeSet<_>>().into_iter().collect(),
-        clock_skew_secs,
-        keys: keys_source,
-    })
+    Some(IssuerConfig { issuer, audiences: iss.audiences.clone(), algorithms: algorithms(&[]), clock_skew_secs, keys: keys_source })
 }
 
 fn validate_forward(at: &str, meta: &PolicyMeta, f: &Forward, keys: &BTreeMap<KeyRef, PublishedKeys>, p: &mut Problems) -> ForwardConfig {
@@ -477,4 +509,20 @@ fn is_dns_label(s: &str) -> bool {
 /// Compiles every requirement of a rule (validation guarantees this succeeds).
 pub fn compile_requirements(reqs: &[Requirement]) -> Result<Vec<ClaimRequirement>, String> {
     reqs.iter().map(ClaimRequirement::compile).collect()
+}
+
+/// `namespace/name` or `namespace/*` of a ServiceAccount: (namespace, `None` for any name).
+pub fn parse_service_account(s: &str) -> Result<(&str, Option<&str>), String> {
+    let bad = || format!("{s:?} is not namespace/serviceaccount or namespace/*");
+    let (ns, name) = s.split_once('/').ok_or_else(bad)?;
+    if !is_dns_label(ns) || name.is_empty() || name.len() > 253 || name.contains('/') {
+        return Err(bad());
+    }
+    if name == "*" {
+        return Ok((ns, None));
+    }
+    let ok = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if ok { Ok((ns, Some(name))) } else { Err(bad()) }
 }

@@ -89,6 +89,24 @@ pub fn mistakes() -> Vec<(Value, &'static str)> {
                    "spec": {"algorithm": "ES256", "rsaBits": 4096}}),
             "rsaBits applies only to RS256",
         ),
+        (
+            policy(
+                json!({"issuers": [{"issuer": "https://id", "audiences": ["a"], "algorithms": [], "jwks": {"uri": "https://id/jwks"}}], "rules": [rule(json!({}))]}),
+            ),
+            "give either kubernetes, or issuer, jwks and algorithms",
+        ),
+        (
+            policy(json!({"issuers": [{"kubernetes": {}, "issuer": "https://id", "audiences": ["a"]}], "rules": [rule(json!({}))]})),
+            "give either kubernetes, or issuer, jwks and algorithms",
+        ),
+        (
+            policy(json!({"issuers": [{"kubernetes": {"maxTokenLifetime": "48h"}, "audiences": ["a"]}], "rules": [rule(json!({}))]})),
+            "maxTokenLifetime must be between 10m and 24h",
+        ),
+        (
+            policy(json!({"issuers": [issuer()], "rules": [rule(json!({"public": true, "serviceAccounts": ["shop/a"]}))]})),
+            "a public rule cannot have require, anyOf or serviceAccounts",
+        ),
     ]
 }
 
@@ -103,5 +121,8 @@ pub fn good_policies() -> Vec<Value> {
         // Attached: rules may omit match; the same route with and without a section are two targets.
         policy(json!({"issuers": [issuer()], "rules": [{"name": "r"}, rule(json!({"name": "s"}))],
                       "targetRefs": [route("orders"), {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders", "sectionName": "pay"}]})),
+        // The cluster's ServiceAccount tokens: no issuer, keys or algorithms to give.
+        policy(json!({"issuers": [{"kubernetes": {"maxTokenLifetime": "1h"}, "audiences": ["orders.shop.svc"]}],
+                      "rules": [rule(json!({"serviceAccounts": ["shop/checkout", "ops/*"]}))]})),
     ]
 }
