@@ -29,6 +29,8 @@ pub struct Metrics {
     pub audit_decisions: IntCounterVec,
     /// One counter per gRPC status answered, in [`GRPC_CODES`] order.
     grpc_checks: Vec<IntCounter>,
+    /// Token exchange requests by result (`issued` or the OAuth error code).
+    pub token_exchanges: IntCounterVec,
 }
 
 /// The gRPC statuses a Check answers with (google.rpc.Code), and the label of everything else.
@@ -126,9 +128,15 @@ impl Metrics {
             &["code"],
         )
         .expect("valid metric");
+        let token_exchanges = IntCounterVec::new(
+            Opts::new("portcullis_token_exchanges_total", "Token exchange requests by result: issued, or the OAuth error answered."),
+            &["result"],
+        )
+        .expect("valid metric");
         register(
             &registry,
             vec![
+                Box::new(token_exchanges.clone()),
                 Box::new(decisions.clone()),
                 Box::new(denials_vec),
                 Box::new(decision_seconds.clone()),
@@ -158,6 +166,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             token_cache_entries,
+            token_exchanges,
             token_cache_bytes,
             rejected_resources,
             signing_key_age,

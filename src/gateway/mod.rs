@@ -12,6 +12,7 @@
 mod answer;
 pub mod audit;
 pub mod cluster;
+pub mod exchange;
 pub mod grpc;
 pub mod grpc_transport;
 pub mod jwks;
@@ -215,19 +216,27 @@ impl Gateway {
         let mut algs: Vec<&str> = config.minting_keys().map(|k| k.algorithm.as_str()).collect();
         algs.sort_unstable();
         algs.dedup();
-        json!({
+        let mut doc = json!({
             "issuer": self.issuer_url,
             "jwks_uri": format!("{}/.well-known/jwks.json", self.issuer_url),
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": algs,
-        })
+        });
+        if !config.exchanges.is_empty() {
+            doc["token_endpoint"] = json!(format!("{}{}", self.issuer_url, exchange::TOKEN_PATH));
+            doc["grant_types_supported"] = json!([crate::decide::exchange::GRANT_TYPE]);
+        }
+        doc
     }
 
     pub async fn handle(self: &Arc<Self>, req: hyper::Request<Incoming>, endpoints: Endpoints) -> Response<Full<Bytes>> {
-        let path = req.uri().path();
         let decisions = endpoints != Endpoints::Admin;
         let admin = endpoints != Endpoints::Main;
+        if decisions && req.uri().path() == exchange::TOKEN_PATH {
+            return self.token_exchange(req).await;
+        }
+        let path = req.uri().path();
         match path {
             p if decisions && let Some(profile) = Profile::for_path(p) => self.authorize(&req, profile).await,
             "/.well-known/jwks.json" if decisions => self.jwks_response(),
@@ -392,13 +401,7 @@ fn deny_response(realm: &str, d: &Denied) -> Response<Full<Bytes>> {
 /// The public keys of the SigningKeys the gateway mints with, each kid once. Keys that only
 /// verify callers stay out: a team's own key must never become one that services trust.
 pub fn public_jwks(config: &GatewayConfig) -> serde_json::Value {
-    let mut seen = std::collections::BTreeSet::new();
-    let keys: Vec<&serde_json::Map<String, serde_json::Value>> = config
-        .minting_keys()
-        .flat_map(|k| k.keys.iter().map(|j| &j.0))
-        .filter(|j| seen.insert(j.get("kid").and_then(|k| k.as_str()).unwrap_or_default().to_owned()))
-        .collect();
-    json!({ "keys": keys })
+    config.minting_jwks()
 }
 
 /// Serves one listener with the gateway's endpoints until `shutdown` turns true.
