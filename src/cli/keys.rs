@@ -13,7 +13,15 @@ pub(super) fn run_token(args: TokenArgs) -> Result<u8> {
     let pair = ring.keys.iter().find(|k| k.kid == kid).context("signing key missing")?.key_pair()?;
     let mut claims: Value = serde_json::from_str(&args.claims).context("--claims must be a JSON object")?;
     let obj = claims.as_object_mut().context("--claims must be a JSON object")?;
-    for (name, value) in [("iss", args.iss), ("aud", args.aud), ("sub", args.sub)] {
+    let mut iss = args.iss;
+    if let Some(sa) = &args.service_account {
+        let (ns, name) = crate::policy::validate::parse_service_account(sa).map_err(|e| anyhow::anyhow!("--service-account: {e}"))?;
+        let name = name.context("--service-account names one ServiceAccount, not namespace/*")?;
+        obj.entry("sub").or_insert(json!(crate::api::service_account_username(ns, name)));
+        obj.entry("kubernetes.io").or_insert(json!({"namespace": ns, "serviceaccount": {"name": name, "uid": "local"}}));
+        iss = iss.or_else(|| Some(args.dir.cluster_issuer.clone()));
+    }
+    for (name, value) in [("iss", iss), ("aud", args.aud), ("sub", args.sub)] {
         if let Some(v) = value {
             obj.entry(name).or_insert(json!(v));
         }

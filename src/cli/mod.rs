@@ -77,6 +77,13 @@ struct DirArgs {
     /// for tenancy.
     #[arg(long, env = "PORTCULLIS_GATEWAY_SETTINGS")]
     gateway_settings: Option<String>,
+    /// A SigningKey of the directory (`namespace/name`) that stands in for the cluster's
+    /// ServiceAccount token issuer: `kubernetes` issuers and token exchange trust its keys.
+    #[arg(long)]
+    cluster_issuer_key: Option<String>,
+    /// The `iss` of the stand-in cluster issuer's tokens.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    cluster_issuer: String,
 }
 
 impl DirArgs {
@@ -90,6 +97,10 @@ impl DirArgs {
         if let Some(text) = &self.gateway_settings {
             let mut all = crate::policy::tenancy::parse_settings(text).map_err(|e| anyhow!(e))?;
             local.tenancy = crate::policy::Tenancy { settings: all.remove(&self.gateway).unwrap_or_default(), ..Default::default() };
+        }
+        if let Some(key) = &self.cluster_issuer_key {
+            let key = key.parse().map_err(|e: String| anyhow!("--cluster-issuer-key: {e}"))?;
+            local.cluster_issuer = Some((self.cluster_issuer.clone(), key));
         }
         Ok(local)
     }
@@ -276,6 +287,10 @@ struct TokenArgs {
     /// `sub` (unless in --claims).
     #[arg(long)]
     sub: Option<String>,
+    /// A ServiceAccount token of the stand-in cluster issuer for `namespace/name`: `sub` and the
+    /// `kubernetes.io` claim name it, `iss` defaults to --cluster-issuer.
+    #[arg(long)]
+    service_account: Option<String>,
 }
 
 #[derive(Args, Debug)]

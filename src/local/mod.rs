@@ -22,6 +22,8 @@ use serde_json::Value;
 use crate::api::{self, SigningKeySpec};
 use crate::keys::schedule::{self, Event, Requests};
 use crate::keys::store::{KeyRing, read_keyring, write_keyring};
+use crate::policy::config::{ClusterIssuer, ExchangeConfig};
+use crate::policy::exchange::ExchangeInput;
 use crate::policy::ownership::HostLedger;
 use crate::policy::{self, Compiled, KeyRef, PolicyConfig, PolicyInput, PolicyMeta, PublishedKeys};
 
@@ -43,6 +45,7 @@ impl std::fmt::Display for DocProblem {
 pub struct Scanned {
     pub policies: Vec<(PolicyMeta, api::AuthPolicySpec)>,
     pub signing_keys: Vec<(KeyRef, SigningKeySpec)>,
+    pub exchanges: Vec<(PolicyMeta, api::TokenExchangePolicySpec)>,
     pub problems: Vec<DocProblem>,
     /// The file each resource came from (`AuthPolicy ns/name`, `SigningKey ns/name`).
     pub sources: HashMap<String, PathBuf>,
@@ -60,8 +63,10 @@ fn resource_id(kind: &str, key: &str) -> String {
 pub struct Memory {
     policies: HashMap<String, (PathBuf, PolicyMeta, api::AuthPolicySpec)>,
     signing_keys: HashMap<KeyRef, (PathBuf, SigningKeySpec)>,
+    exchanges: HashMap<String, (PathBuf, PolicyMeta, api::TokenExchangePolicySpec)>,
     /// Accepted policy versions, the compiler's `last_good`.
     pub accepted: HashMap<String, Arc<PolicyConfig>>,
+    accepted_exchanges: HashMap<String, ExchangeConfig>,
     /// Hosts claimed so far (with `--gateway-settings`): a policy file removed and put back
     /// finds its hosts still its own, as on a cluster.
     pub held: HostLedger,
@@ -76,8 +81,15 @@ impl Memory {
             s.policies.iter().map(|(m, spec)| (m.key(), (source(resource_id("AuthPolicy", &m.key())), m.clone(), spec.clone()))).collect();
         self.signing_keys =
             s.signing_keys.iter().map(|(k, spec)| (k.clone(), (source(resource_id("SigningKey", &k.to_string())), spec.clone()))).collect();
+        self.exchanges = s
+            .exchanges
+            .iter()
+            .map(|(m, spec)| (m.key(), (source(resource_id("TokenExchangePolicy", &m.key())), m.clone(), spec.clone())))
+            .collect();
         self.accepted.extend(loaded.compiled.config.policies_by_key());
         self.accepted.retain(|k, _| self.policies.contains_key(k));
+        self.accepted_exchanges.extend(loaded.compiled.config.exchanges.iter().map(|x| (format!("{}/{}", x.namespace, x.name), x.clone())));
+        self.accepted_exchanges.retain(|k, _| self.exchanges.contains_key(k));
         self.held = loaded.compiled.ledger.clone();
     }
 
@@ -99,6 +111,18 @@ impl Memory {
         for (key, (file, meta, spec)) in kept_policies {
             let id = resource_id("AuthPolicy", key);
             scanned.policies.push((meta.clone(), spec.clone()));
+            scanned.sources.insert(id.clone(), file.clone());
+            scanned.kept.push(format!("{id}: {} is broken; its last good version keeps serving", file.display()));
+        }
+        let mut kept_exchanges: Vec<_> = self
+            .exchanges
+            .iter()
+            .filter(|(key, (file, _, _))| broken.contains(file) && !scanned.exchanges.iter().any(|(m, _)| &m.key() == *key))
+            .collect();
+        kept_exchanges.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, (file, meta, spec)) in kept_exchanges {
+            let id = resource_id("TokenExchangePolicy", key);
+            scanned.exchanges.push((meta.clone(), spec.clone()));
             scanned.sources.insert(id.clone(), file.clone());
             scanned.kept.push(format!("{id}: {} is broken; its last good version keeps serving", file.display()));
         }
@@ -183,7 +207,7 @@ fn take_documents(file: &Path, docs: Result<Vec<Value>, String>, out: &mut Scann
         if kind == api::POLICY_TEST_KIND && api_version == api::API_VERSION {
             continue;
         }
-        let ours = matches!(kind.as_str(), "AuthPolicy" | "SigningKey");
+        let ours = matches!(kind.as_str(), "AuthPolicy" | "SigningKey" | "TokenExchangePolicy");
         if !ours || api_version != api::API_VERSION {
             // Other manifests may share the directory; but one of our kinds with a mistyped
             // apiVersion, or our group with a mistyped kind, is a broken resource, not a
@@ -191,7 +215,7 @@ fn take_documents(file: &Path, docs: Result<Vec<Value>, String>, out: &mut Scann
             if ours || api_version.contains("portcullis") || !doc.is_object() || looks_like_ours(&doc) {
                 out.problems.push(problem(
                     i,
-                    format!("kind {kind:?} apiVersion {api_version:?} is not a resource this version of Portcullis knows (AuthPolicy or SigningKey, {})", api::API_VERSION),
+                    format!("kind {kind:?} apiVersion {api_version:?} is not a resource this version of Portcullis knows (AuthPolicy, SigningKey or TokenExchangePolicy, {})", api::API_VERSION),
                 ));
             }
             continue;
@@ -228,6 +252,13 @@ fn take_documents(file: &Path, docs: Result<Vec<Value>, String>, out: &mut Scann
                     out.policies.push((PolicyMeta::new(&namespace, &name), s))
                 }
                 Err(e) => out.problems.push(problem(i, format!("AuthPolicy {key}: {e}"))),
+            },
+            "TokenExchangePolicy" => match parse_spec::<api::TokenExchangePolicySpec>(&spec) {
+                Ok(s) => {
+                    out.sources.insert(resource_id(&kind, &key), file.to_path_buf());
+                    out.exchanges.push((PolicyMeta::new(&namespace, &name), s))
+                }
+                Err(e) => out.problems.push(problem(i, format!("TokenExchangePolicy {key}: {e}"))),
             },
             _ => match parse_spec::<SigningKeySpec>(&spec) {
                 Ok(s) if s.pre_publish >= s.rotation_interval => {
@@ -289,6 +320,9 @@ pub struct LocalDir {
     pub gateway: String,
     /// One owner for the whole directory unless gateway settings say otherwise.
     pub tenancy: policy::Tenancy,
+    /// A SigningKey of the directory standing in for the cluster's ServiceAccount issuer, and
+    /// the issuer URL its tokens carry.
+    pub cluster_issuer: Option<(String, KeyRef)>,
 }
 
 /// Keyrings after a schedule run, what changed, and when the schedule next needs a run.
@@ -306,6 +340,8 @@ pub struct Loaded {
     pub specs: BTreeMap<KeyRef, SigningKeySpec>,
     pub key_events: Vec<(KeyRef, Event)>,
     pub next_wakeup: Option<Timestamp>,
+    /// What became of each TokenExchangePolicy.
+    pub exchange_outcomes: Vec<policy::PolicyOutcome>,
 }
 
 impl LocalDir {
@@ -315,6 +351,7 @@ impl LocalDir {
             state_dir: state_dir.map_or_else(|| dir.join(".portcullis"), Path::to_path_buf),
             gateway: gateway.to_owned(),
             tenancy: policy::Tenancy::single_owner(),
+            cluster_issuer: None,
         }
     }
 
@@ -405,8 +442,26 @@ impl LocalDir {
             })
             .collect();
         let tenancy = policy::Tenancy { held: memory.held.clone(), ..self.tenancy.clone() };
-        let compiled = policy::compile(&self.gateway, &inputs, &published, &tenancy);
-        Ok(Loaded { scanned, compiled, rings, specs, key_events, next_wakeup })
+        let mut compiled = policy::compile(&self.gateway, &inputs, &published, &tenancy);
+        let cluster = match &self.cluster_issuer {
+            None => None,
+            Some((url, key)) => {
+                let keys =
+                    published.get(key).ok_or_else(|| format!("--cluster-issuer-key: SigningKey {key} is not in {}", self.dir.display()))?;
+                Some(ClusterIssuer { issuer: url.clone(), keys: keys.keys.clone() })
+            }
+        };
+        let exchanges: Vec<ExchangeInput> = scanned
+            .exchanges
+            .iter()
+            .map(|(meta, spec)| ExchangeInput {
+                meta: meta.clone(),
+                spec: Arc::new(spec.clone()),
+                last_good: memory.accepted_exchanges.get(&meta.key()).cloned(),
+            })
+            .collect();
+        let exchange_outcomes = policy::exchange::complete(&mut compiled.config, cluster, &exchanges, &published, &tenancy);
+        Ok(Loaded { scanned, compiled, rings, specs, key_events, next_wakeup, exchange_outcomes })
     }
 
     /// The fingerprint to compare the next round with, after a load that began at `before`: the
@@ -462,6 +517,19 @@ pub fn report(loaded: &Loaded) -> Vec<String> {
             )),
         }
     }
+    for o in &loaded.exchange_outcomes {
+        match &o.outcome {
+            policy::Outcome::Accepted => lines.push(format!("  accepted  TokenExchangePolicy {}/{}", o.namespace, o.name)),
+            policy::Outcome::Rejected { rejection, serving_previous } => lines.push(format!(
+                "  REJECTED  TokenExchangePolicy {}/{} ({}): {}{}",
+                o.namespace,
+                o.name,
+                rejection.reason.as_str(),
+                rejection.message(),
+                if *serving_previous { " — the previous version keeps serving" } else { "" }
+            )),
+        }
+    }
     for (key, ring) in &loaded.rings {
         let active = ring.active().map_or("none", |k| k.kid.as_str());
         lines.push(format!("  key       SigningKey {key}: {} keys, active kid {active}", ring.keys.len()));
@@ -471,7 +539,8 @@ pub fn report(loaded: &Loaded) -> Vec<String> {
 
 /// How many resources the load refused: broken documents and rejected policies.
 pub fn rejected_count(loaded: &Loaded) -> usize {
-    loaded.scanned.problems.len() + loaded.compiled.outcomes.iter().filter(|o| o.outcome != policy::Outcome::Accepted).count()
+    loaded.scanned.problems.len()
+        + loaded.compiled.outcomes.iter().chain(&loaded.exchange_outcomes).filter(|o| o.outcome != policy::Outcome::Accepted).count()
 }
 
 pub fn now() -> Timestamp {
