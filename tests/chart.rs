@@ -41,8 +41,8 @@ fn one<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 
 fn controller_watch_rules() -> Value {
     json!([
-        {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies", "signingkeys"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies/status", "signingkeys/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies", "signingkeys", "tokenexchangepolicies"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["portcullis.dev"], "resources": ["authpolicies/status", "signingkeys/status", "tokenexchangepolicies/status"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch", "create", "update"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -209,6 +209,20 @@ fn default_values_render_a_least_privilege_secure_install() {
     for optional in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"] {
         assert!(!objects.iter().any(|o| o["kind"] == optional), "{optional} is off by default");
     }
+    service_account_issuer(&objects);
+}
+
+/// The cluster's ServiceAccount issuer: the controller reads its discovery document and JWKS,
+/// and nothing else of the API server's non-resource URLs; the gateway none of it.
+fn service_account_issuer(objects: &[Value]) {
+    let name = "portcullis-controller-service-account-issuer";
+    assert_eq!(
+        one(objects, "ClusterRole", name)["rules"],
+        json!([{"nonResourceURLs": ["/.well-known/openid-configuration", "/openid/v1/jwks"], "verbs": ["get"]}])
+    );
+    let binding = one(objects, "ClusterRoleBinding", name);
+    assert_eq!(binding["subjects"], json!([{"kind": "ServiceAccount", "name": "portcullis-controller", "namespace": "portcullis"}]));
+    assert!(!gateway_bindings(objects).iter().any(|(_, role)| role == name));
 }
 
 #[test]
@@ -235,6 +249,8 @@ fn non_default_values_scope_rbac_to_namespaces_and_add_the_optional_objects() {
     assert_eq!(one(&objects, "Role", "portcullis-gateway")["rules"], gateway_rules("edge"));
     heartbeat_policy(&objects, "edge");
     assert_eq!(gateway_bindings(&objects), [("RoleBinding".to_owned(), "portcullis-gateway".to_owned())]);
+    // Namespaced or not, the issuer's two URLs are cluster-wide by nature.
+    service_account_issuer(&objects);
     let controller = &one(&objects, "Deployment", "portcullis-controller")["spec"]["template"]["spec"]["containers"][0];
     assert!(controller["args"].as_array().unwrap().contains(&json!("--watch-namespaces=shop,billing")));
     // The gateway settings reach the controller as it parses them.

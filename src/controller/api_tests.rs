@@ -72,6 +72,7 @@ fn echo(sent: &Value) -> Value {
     if v.get("spec").is_none() && v["kind"] != "ConfigMap" && v["kind"] != "Secret" && v["kind"] != "Event" {
         v["spec"] = match v["kind"].as_str() {
             Some("SigningKey") => json!({"algorithm": "EdDSA"}),
+            Some("TokenExchangePolicy") => json!({"audience": {"serviceAccount": "x"}, "signingKeyRef": {"name": "x"}, "from": []}),
             _ => json!({"rules": []}),
         };
     }
@@ -97,6 +98,7 @@ fn status_error(code: u16, reason: &str) -> Value {
 struct Writers {
     policies: Writer<AuthPolicy>,
     keys: Writer<SigningKey>,
+    exchanges: Writer<crate::api::TokenExchangePolicy>,
     key_secrets: Writer<Secret>,
     jwks: Writer<ConfigMap>,
     gateway_configmaps: Writer<ConfigMap>,
@@ -134,6 +136,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         (MultiStore(vec![r]), w)
     }
     let (policies, pw) = pair();
+    let (exchanges, xw) = pair();
     let (signing_keys, kw) = pair();
     let (key_secrets, sw) = pair();
     let (jwks, jw) = pair();
@@ -143,6 +146,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
     let opts = options("test");
     let stores = Stores {
         policies,
+        exchanges,
         signing_keys,
         key_secrets,
         jwks,
@@ -152,7 +156,19 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         gateway_api: Default::default(),
     };
     let ctx = Arc::new(Context::new(client, opts, stores, ControllerMetrics::new()));
-    (ctx, Writers { policies: pw, keys: kw, key_secrets: sw, jwks: jw, gateway_configmaps: gcw, gateway_secrets: gsw, heartbeats: hw })
+    (
+        ctx,
+        Writers {
+            policies: pw,
+            exchanges: xw,
+            keys: kw,
+            key_secrets: sw,
+            jwks: jw,
+            gateway_configmaps: gcw,
+            gateway_secrets: gsw,
+            heartbeats: hw,
+        },
+    )
 }
 
 fn put<K>(w: &mut Writer<K>, obj: K)
@@ -413,9 +429,15 @@ async fn serve_pass(api: &mut ApiServer, w: &mut Writers, ctx: &Arc<Context>) ->
     for (method, path, sent) in api.answer_all().await {
         if let Some(rest) = path.strip_suffix("/status") {
             let (ns, name) = (path.split('/').nth(5).unwrap(), rest.rsplit('/').next().unwrap());
-            let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
-            p.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
-            put(&mut w.policies, p);
+            if path.contains("/tokenexchangepolicies/") {
+                let mut x = (*ctx.stores.exchanges.get(ns, name).unwrap()).clone();
+                x.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
+                put(&mut w.exchanges, x);
+            } else {
+                let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
+                p.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
+                put(&mut w.policies, p);
+            }
         } else if path.contains("/configmaps/") {
             put(&mut w.gateway_configmaps, serde_json::from_value(stored(&sent, "2")).unwrap());
         } else if path.contains("/secrets/") {
@@ -1015,9 +1037,15 @@ async fn a_squatter_never_inherits_a_host_when_its_owner_redeploys_even_before_t
     for (_, path, sent) in api.answer_all().await {
         if let Some(rest) = path.strip_suffix("/status") {
             let (ns, name) = (path.split('/').nth(5).unwrap(), rest.rsplit('/').next().unwrap());
-            let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
-            p.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
-            put(&mut w.policies, p);
+            if path.contains("/tokenexchangepolicies/") {
+                let mut x = (*ctx.stores.exchanges.get(ns, name).unwrap()).clone();
+                x.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
+                put(&mut w.exchanges, x);
+            } else {
+                let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
+                p.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
+                put(&mut w.policies, p);
+            }
         } else if path.ends_with("/configmaps/portcullis-gateway-default") {
             put(&mut w.gateway_configmaps, serde_json::from_value(stored(&sent, "8")).unwrap());
         }
@@ -1185,4 +1213,66 @@ async fn a_pass_writes_a_batch_of_statuses_and_the_status_passes_that_follow_wri
     assert_eq!(programmed, 650);
     let (third, _) = status_pass(&mut api, &mut w, &ctx, state).await;
     assert!(third.iter().all(|p| !p.ends_with("/status")), "nothing left: {third:?}");
+}
+
+fn exchange_policy(ns: &str, name: &str, generation: i64, spec: Value) -> crate::api::TokenExchangePolicy {
+    let mut x = crate::api::TokenExchangePolicy::new(name, serde_json::from_value(spec).unwrap());
+    x.metadata.namespace = Some(ns.into());
+    x.metadata.generation = Some(generation);
+    x.metadata.uid = Some(format!("uid-{ns}-{name}"));
+    x
+}
+
+fn exchange_condition(ctx: &Context, ns: &str, name: &str, type_: &str) -> (String, String) {
+    let x = ctx.stores.exchanges.get(ns, name).unwrap();
+    let c = x.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap().clone();
+    (c.status, c.reason)
+}
+
+#[tokio::test]
+async fn a_token_exchange_policy_is_accepted_programmed_and_enforced_and_a_key_not_allowed_is_refused_in_its_status() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let bank_key = signing_key("bank", "internal", json!({"algorithm": "EdDSA"}));
+    put(&mut w.key_secrets, keyed(&bank_key).1);
+    put(&mut w.keys, bank_key);
+    let spec = json!({"audience": {"serviceAccount": "orders"}, "signingKeyRef": {"name": "internal"}, "from": [{"serviceAccount": "shop/checkout"}]});
+    put(&mut w.exchanges, exchange_policy("shop", "orders", 2, spec.clone()));
+    put(&mut w.exchanges, exchange_policy("bank", "orders", 1, spec));
+    let cluster = crate::testkit::TestIssuer::new("https://kubernetes.default.svc.cluster.local", crate::api::SigningAlgorithm::RS256);
+    let discovered = crate::policy::config::ClusterIssuer {
+        issuer: cluster.url.clone(),
+        keys: vec![crate::api::JwkObject(cluster.key.public_jwk().clone())],
+    };
+    ctx.cluster_issuer.lock().unwrap().issuer = Some(discovered.clone());
+
+    let (seen, state) = full_pass(&mut api, &mut w, &ctx, LoopState::default()).await;
+    assert!(
+        seen.contains(&"PATCH /apis/portcullis.dev/v1alpha1/namespaces/shop/tokenexchangepolicies/orders/status".to_owned()),
+        "{seen:?}"
+    );
+    let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
+    let config = desired::config_from_configmap(&cm).unwrap();
+    assert_eq!(config.exchanges.len(), 1);
+    assert_eq!(config.exchanges[0].audience, "system:serviceaccount:shop:orders");
+    assert_eq!(config.cluster_issuer, Some(discovered), "the cluster's issuer goes with the config that needs it");
+    assert_eq!(exchange_condition(&ctx, "shop", "orders", "Accepted"), ("True".into(), "Valid".into()));
+    assert_eq!(exchange_condition(&ctx, "shop", "orders", "Programmed"), ("True".into(), "ConfigPublished".into()));
+    assert_eq!(exchange_condition(&ctx, "shop", "orders", "Enforced"), ("False".into(), "NoReplicas".into()));
+    assert_eq!(exchange_condition(&ctx, "bank", "orders", "Accepted"), ("False".into(), "SigningKeyNotAllowed".into()));
+    assert_eq!(exchange_condition(&ctx, "bank", "orders", "Programmed").0, "False");
+
+    // The replicas serve the config: Enforced, with one write.
+    let version = cm.metadata.annotations.as_ref().unwrap()[desired::ANNOTATION_VERSION].clone();
+    put(&mut w.heartbeats, beat(Some(&version), "gw-0", jiff::Timestamp::now(), Vec::new()));
+    let (seen, state) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(
+        seen.contains(&"PATCH /apis/portcullis.dev/v1alpha1/namespaces/shop/tokenexchangepolicies/orders/status".to_owned()),
+        "{seen:?}"
+    );
+    assert_eq!(exchange_condition(&ctx, "shop", "orders", "Enforced"), ("True".into(), "Enforced".into()));
+    // Nothing changed: nothing written.
+    let (seen, _) = status_pass(&mut api, &mut w, &ctx, state).await;
+    assert!(!seen.iter().any(|s| s.contains("tokenexchangepolicies")), "{seen:?}");
 }

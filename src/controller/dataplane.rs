@@ -54,11 +54,11 @@ impl History {
         let seq = vs.next;
         vs.next += 1;
         let mut present = std::collections::HashSet::with_capacity(config.policies.len());
-        for p in &config.policies {
-            let key = p.key();
+        let exchanges = config.exchanges.iter().map(|x| (super::exchanges::history_key(&x.namespace, &x.name), x.generation));
+        for (key, generation) in config.policies.iter().map(|p| (p.key(), p.generation)).chain(exchanges) {
             let changes = vs.changes.entry(key.clone()).or_default();
-            if changes.last().map(|(_, g)| *g) != Some(Some(p.generation)) {
-                changes.push((seq, Some(p.generation)));
+            if changes.last().map(|(_, g)| *g) != Some(Some(generation)) {
+                changes.push((seq, Some(generation)));
             }
             present.insert(key);
         }

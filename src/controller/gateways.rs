@@ -18,11 +18,11 @@ use super::dataplane::{self, History};
 use super::desired::{self, Programmed};
 use super::signingkeys::publish_event;
 use super::{Context, Error};
-use super::{gateway_api, wiring};
+use super::{exchanges, gateway_api, wiring};
 use crate::api::{AuthPolicy, AuthPolicyStatus};
 use crate::contract::heartbeat::{self, Heartbeat};
 use crate::policy::GatewayConfig;
-use crate::policy::config::KeySource;
+use crate::policy::config::{ExchangeConfig, KeySource};
 use crate::policy::{self, Outcome, PolicyConfig};
 
 /// A full resync even without changes (catches drift, e.g. a ConfigMap edited by hand).
@@ -81,6 +81,8 @@ pub(super) struct LoopState {
     /// Per gateway, the last accepted version of each policy (recovered from the published
     /// ConfigMaps at start, so a restart does not drop a broken policy's last good version).
     pub(super) last_good: HashMap<String, HashMap<String, Arc<PolicyConfig>>>,
+    /// Per gateway, the same for TokenExchangePolicies.
+    last_good_exchanges: HashMap<String, HashMap<String, ExchangeConfig>>,
     /// Per gateway, the validations of the last compilation.
     validations: HashMap<String, policy::ValidationCache>,
     /// Per gateway, what the last pass compiled and whether it was published: statuses are
@@ -130,9 +132,12 @@ impl WrittenStatuses {
 struct Pass {
     config: Arc<GatewayConfig>,
     outcomes: HashMap<(String, String), (Option<i64>, Outcome)>,
+    exchange_outcomes: HashMap<(String, String), (Option<i64>, Outcome)>,
     programmed: Programmed,
     /// Remote JWKS per policy key (for the controller's own reachability probe).
     remote: BTreeMap<String, Vec<String>>,
+    /// Why the cluster's ServiceAccount issuer is missing from a config that needs it.
+    cluster_warning: Option<String>,
 }
 
 impl LoopState {
@@ -155,6 +160,8 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             && let Ok(config) = desired::config_from_configmap(&cm)
         {
             state.history.record(&config);
+            let exchanges = config.exchanges.iter().map(|x| (format!("{}/{}", x.namespace, x.name), x.clone())).collect();
+            state.last_good_exchanges.insert(config.gateway.clone(), exchanges);
         }
     }
     let mut full = true;
@@ -230,12 +237,14 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
     let policies = ctx.stores.policies.state();
     let signing_keys = ctx.stores.signing_keys.state();
     let (published, rings) = desired::published_keys(&signing_keys, |n, name| ctx.stores.key_secrets.get(n, name));
+    let exchange_policies = ctx.stores.exchanges.state();
     let existing = ctx.stores.gateway_configmaps.state();
-    let names = desired::gateway_names(
+    let mut names = desired::gateway_names(
         &policies,
         &ctx.opts.gateways,
         existing.iter().filter_map(|c| c.labels().get(desired::LABEL_GATEWAY).map(String::as_str)),
     );
+    names.extend(exchange_policies.iter().map(|x| x.spec.gateway.clone()));
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut first_error = None;
@@ -257,8 +266,11 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
             tracing::warn!(gateway = %gateway, configmap = %claims_name, "host claims: {p}; the line is skipped (its claim is released)");
         }
         let tenancy = desired::tenancy(&ctx.opts.gateway_settings, ns, &gateway, &signing_keys, held_now.clone());
-        let compiled =
+        let mut compiled =
             policy::compile_cached(&gateway, &inputs, &published, &tenancy, state.validations.entry(gateway.clone()).or_default());
+        let exchange_inputs = exchanges::inputs(&exchange_policies, &gateway, state.last_good_exchanges.get(&gateway));
+        let (needs_cluster, cluster) = exchanges::cluster_issuer_for(ctx, &compiled.config, &exchange_inputs);
+        let exchange_outcomes = policy::exchange::complete(&mut compiled.config, cluster, &exchange_inputs, &published, &tenancy);
         let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings);
         let cm = desired::gateway_configmap(ns, &compiled.config, &keys);
         let claims_cm = (compiled.ledger != held_now).then(|| desired::host_claims_configmap(ns, &gateway, &compiled.ledger));
@@ -304,6 +316,8 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                 let size = cm.binary_data.as_ref().and_then(|d| d.get(desired::CONFIG_KEY)).map_or(0, |b| b.0.len());
                 ctx.metrics.config_bytes.with_label_values(&[&gateway]).set(size as i64);
                 state.last_good.insert(gateway.clone(), compiled.config.policies_by_key());
+                let exchanges = compiled.config.exchanges.iter().map(|x| (format!("{}/{}", x.namespace, x.name), x.clone())).collect();
+                state.last_good_exchanges.insert(gateway.clone(), exchanges);
                 state.history.record(&compiled.config);
                 Programmed::Published { gateway: gateway.clone() }
             }
@@ -321,8 +335,11 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
                 (p.key(), uris.collect())
             })
             .collect();
-        let outcomes = compiled.outcomes.into_iter().map(|o| ((o.namespace, o.name), (o.generation, o.outcome))).collect();
-        state.published.insert(gateway.clone(), Pass { config: Arc::new(compiled.config), outcomes, programmed, remote });
+        let by_key = |o: Vec<policy::PolicyOutcome>| o.into_iter().map(|o| ((o.namespace, o.name), (o.generation, o.outcome))).collect();
+        let (outcomes, exchange_outcomes) = (by_key(compiled.outcomes), by_key(exchange_outcomes));
+        let cluster_warning = needs_cluster.then(|| exchanges::cluster_issuer_warning(ctx)).flatten();
+        let pass = Pass { config: Arc::new(compiled.config), outcomes, exchange_outcomes, programmed, remote, cluster_warning };
+        state.published.insert(gateway.clone(), pass);
         if let Err(e) = written {
             first_error.get_or_insert(e);
         }
@@ -385,8 +402,9 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
                 continue;
             }
             let key = format!("{namespace}/{name}");
-            let warning = pass.remote.get(&key).into_iter().flatten().find_map(|uri| ctx.probes.check(uri, ctx));
             let config = in_config.get(&key).copied();
+            let cluster_warning = config.filter(|c| c.issuers.iter().any(|i| i.is_cluster())).and(pass.cluster_warning.clone());
+            let warning = pass.remote.get(&key).into_iter().flatten().find_map(|uri| ctx.probes.check(uri, ctx)).or(cluster_warning);
             let plane = dataplane::View {
                 enforced: dataplane::enforced(gateway, &key, config.map(|c| c.generation), &live, &state.history),
                 issuers: dataplane::issuers(config, &live),
@@ -457,6 +475,11 @@ pub(super) async fn write_statuses(ctx: &Arc<Context>, state: &mut LoopState, in
                 first_error.get_or_insert(e);
             }
         }
+    }
+    let live = |g: &str| heartbeat::live(leases.iter().map(|l| &**l), g, now);
+    let passes = state.published.iter().map(|(g, p)| (g, &*p.config, &p.exchange_outcomes, &p.programmed));
+    if let Err(e) = exchanges::write_statuses(ctx, passes, live, &state.history, now).await {
+        first_error.get_or_insert(e);
     }
     // Sent beside the next pass, not before it: after a bulk apply they took a pass 20 s longer,
     // with the next policies waiting.

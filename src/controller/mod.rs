@@ -14,8 +14,10 @@
 
 pub mod apply;
 mod claims;
+pub mod cluster_issuer;
 pub mod dataplane;
 pub mod desired;
+pub mod exchanges;
 pub mod gateway_api;
 mod gateways;
 pub mod leader;
@@ -84,7 +86,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
-use crate::api::{AuthPolicy, SigningKey};
+use crate::api::{AuthPolicy, SigningKey, TokenExchangePolicy};
 use metrics::ControllerMetrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +160,7 @@ where
 
 pub struct Stores {
     pub policies: MultiStore<AuthPolicy>,
+    pub exchanges: MultiStore<TokenExchangePolicy>,
     pub signing_keys: MultiStore<SigningKey>,
     /// SigningKey keyring Secrets (label `portcullis.dev/signing-key`).
     pub key_secrets: MultiStore<Secret>,
@@ -216,6 +219,8 @@ pub struct Context {
     pub status_trigger: Notify,
     pub pending: AtomicI64,
     pub ready: AtomicBool,
+    /// The cluster's ServiceAccount token issuer, as last discovered.
+    pub cluster_issuer: std::sync::Mutex<cluster_issuer::Discovered>,
     probes: gateways::IssuerProbes,
     rings_written: signingkeys::WrittenRings,
     /// Tasks started after `run` began (Gateway API found later), stopped with the others.
@@ -234,6 +239,7 @@ impl Context {
             status_trigger: Notify::new(),
             pending: AtomicI64::new(0),
             ready: AtomicBool::new(false),
+            cluster_issuer: Default::default(),
             probes: gateways::IssuerProbes::default(),
             rings_written: signingkeys::WrittenRings::default(),
             background: Default::default(),
@@ -365,7 +371,9 @@ pub async fn run(
     let changed = Context::changed;
     let all = watcher::Config::default();
     let (policies, mut tasks) = watch_kind(slot.clone(), opts.scope.apis(&client), all.clone(), spec_change, changed);
-    let (signing_keys, t) = watch_kind(slot.clone(), opts.scope.apis(&client), all, spec_or_annotation_change, changed);
+    let (signing_keys, t) = watch_kind(slot.clone(), opts.scope.apis(&client), all.clone(), spec_or_annotation_change, changed);
+    tasks.extend(t);
+    let (exchanges, t) = watch_kind(slot.clone(), opts.scope.apis(&client), all, spec_change, changed);
     tasks.extend(t);
     let (key_secrets, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys.clone(), any_change, changed);
     tasks.extend(t);
@@ -389,7 +397,8 @@ pub async fn run(
     } else if opts.wiring.enabled {
         tracing::info!("Gateway API is not installed: policies with targetRefs are not applied (their status says so)");
     }
-    let stores = Stores { policies, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats, gateway_api };
+    let stores =
+        Stores { policies, exchanges, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats, gateway_api };
     let ctx = Arc::new(Context::new(client.clone(), opts, stores, metrics));
     let _ = slot.set(ctx.clone());
     let _ = published.set(ctx.clone());
@@ -398,6 +407,7 @@ pub async fn run(
         tokio::spawn(async move {
             let s = &ctx.stores;
             s.policies.wait_until_ready().await;
+            s.exchanges.wait_until_ready().await;
             s.signing_keys.wait_until_ready().await;
             s.key_secrets.wait_until_ready().await;
             s.jwks.wait_until_ready().await;
@@ -514,9 +524,12 @@ async fn rediscover(ctx: Arc<Context>, slot: Arc<tokio::sync::OnceCell<Arc<Conte
 
 /// The leader's work: SigningKey reconcilers and the gateway loop, until `stop`.
 async fn lead(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+    // Known before the first pass, so that it does not publish configs without it.
+    cluster_issuer::refresh(&ctx).await;
     let keys = signingkeys::run(ctx.clone(), stop.clone());
+    let issuer = cluster_issuer::run(ctx.clone(), stop.clone());
     let gateways = gateways::run(ctx.clone(), stop);
-    tokio::join!(keys, gateways);
+    tokio::join!(keys, issuer, gateways);
 }
 
 /// Admin endpoints of the controller: health, readiness (watch caches synced), metrics.
