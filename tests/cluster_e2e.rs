@@ -851,8 +851,19 @@ async fn the_chart_runs_with_its_own_rbac_its_heartbeat_survives_garbage_collect
                     cluster.created("ClusterRole", name);
                 }
                 "ClusterRoleBinding" if name.ends_with("-controller-gatewayclasses") => cluster.created("ClusterRoleBinding", name),
+                // The cluster's ServiceAccount issuer: its two documents, by nature cluster-wide.
+                "ClusterRole" if name.ends_with("-controller-service-account-issuer") => {
+                    assert_eq!(
+                        o["rules"],
+                        json!([{"nonResourceURLs": ["/.well-known/openid-configuration", "/openid/v1/jwks"], "verbs": ["get"]}])
+                    );
+                    cluster.created("ClusterRole", name);
+                }
+                "ClusterRoleBinding" if name.ends_with("-controller-service-account-issuer") => cluster.created("ClusterRoleBinding", name),
                 "ClusterRole" | "ClusterRoleBinding" => {
-                    panic!("{kind} {name}: with watchNamespaces the chart needs nothing cluster-wide for RBAC but reading GatewayClasses")
+                    panic!(
+                        "{kind} {name}: with watchNamespaces the chart needs nothing cluster-wide but reading GatewayClasses and the ServiceAccount issuer"
+                    )
                 }
                 _ => {}
             }
@@ -871,6 +882,12 @@ async fn the_chart_runs_with_its_own_rbac_its_heartbeat_survives_garbage_collect
     wait_ready(&mut controller, port_of(&controller_deploy, "admin"));
     let log = controller.log_text();
     assert!(log.contains("Gateway API found") && !log.contains("watch failed"), "the chart's RBAC covers every watch: {log}");
+    // Leading, it reads the cluster's ServiceAccount issuer with the chart's grant alone.
+    let controller_log = controller.log.clone();
+    controller.wait_serving(Duration::from_secs(20), || {
+        std::fs::read_to_string(&controller_log).unwrap_or_default().contains("ServiceAccount issuer discovered").then_some(())
+    });
+    assert!(!controller.log_text().contains("issuer cannot be read"), "{}", controller.log_text());
     let (mut gateway, gateway_pod) = run_deployment(&cluster, &gateway_deploy, "gateway").await;
     let (http_port, gateway_admin) = (port_of(&gateway_deploy, "http"), port_of(&gateway_deploy, "admin"));
     wait_ready(&mut gateway, gateway_admin);
@@ -1266,4 +1283,119 @@ fn leadership_is_read_from_the_sample_not_the_help_line() {
     let follower = "# HELP portcullis_controller_leader 1 when this replica leads, else 0.\n# TYPE portcullis_controller_leader gauge\nportcullis_controller_leader 0\n";
     assert!(!leads(follower));
     assert!(leads(&follower.replace("leader 0\n", "leader 1\n")));
+}
+
+/// A real projected ServiceAccount token (TokenRequest API) for `audience`.
+async fn service_account_token(cluster: &Cluster, sa: &str, audience: &str) -> String {
+    let api: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &cluster.ns);
+    if api.get_opt(sa).await.unwrap().is_none() {
+        api.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap()).await.unwrap();
+    }
+    let request = TokenRequest {
+        spec: serde_json::from_value(json!({"audiences": [audience], "expirationSeconds": 600})).unwrap(),
+        ..Default::default()
+    };
+    let token: TokenRequest = api.create_subresource("token", sa, &PostParams::default(), &request).await.unwrap();
+    token.status.unwrap().token
+}
+
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: PORTCULLIS_E2E_KUBECONFIG=... cargo test --test cluster_e2e -- --ignored"]
+async fn workload_tokens_of_the_cluster_and_token_exchange_on_a_real_api_server() {
+    let cluster = Cluster::new(kubeconfig()).await;
+    let (ns, gw) = (cluster.ns.clone(), cluster.gateway_name.clone());
+    let _controller = cluster.controller(free_port(), "controller-sa");
+    let port = free_port();
+    let _gateway = cluster.gateway(port);
+    let gateway_url = format!("http://127.0.0.1:{port}");
+    let user_idp = TestIssuer::new("https://idp.e2e", SigningAlgorithm::ES256);
+    let sk: Api<SigningKey> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &sk,
+        "internal",
+        json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SigningKey", "metadata": {"name": "internal", "namespace": ns},
+        "spec": {"algorithm": "EdDSA"}}),
+    )
+    .await;
+    let checkout = format!("system:serviceaccount:{ns}:checkout");
+    let orders = format!("system:serviceaccount:{ns}:orders");
+    let policies: Api<AuthPolicy> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(&policies, "front", json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "front", "namespace": ns},
+        "spec": {"gateway": gw, "hosts": ["shop.test"],
+                 "issuers": [{"issuer": user_idp.url, "audiences": ["shop"], "algorithms": ["ES256"], "jwks": {"inline": user_idp.jwks()}}],
+                 "rules": [{"name": "checkout", "match": {"paths": [{"prefix": "/checkout"}]}}],
+                 "forward": {"token": "issue", "issue": {"signingKeyRef": {"name": "internal"}, "audience": checkout, "claims": ["email"]}}}})).await;
+    apply(
+        &policies,
+        "internal",
+        json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "internal", "namespace": ns},
+        "spec": {"gateway": gw, "hosts": ["orders.internal"],
+                 "issuers": [{"kubernetes": {}, "audiences": ["orders.internal"]}],
+                 "rules": [{"name": "from-checkout", "match": {"paths": [{"prefix": "/"}]}, "serviceAccounts": [format!("{ns}/checkout")],
+                            "forward": {"claimsToHeaders": {"X-Caller": {"claimPath": ["kubernetes.io", "serviceaccount", "name"]}}}}]}}),
+    )
+    .await;
+    let exchanges: Api<portcullis::api::TokenExchangePolicy> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &exchanges,
+        "orders",
+        json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TokenExchangePolicy", "metadata": {"name": "orders", "namespace": ns},
+        "spec": {"gateway": gw, "audience": {"serviceAccount": "orders"}, "signingKeyRef": {"name": "internal"}, "claims": ["email"],
+                 "from": [{"serviceAccount": format!("{ns}/checkout")}]}}),
+    )
+    .await;
+
+    // The exchange policy reaches Enforced like an AuthPolicy; the kubernetes issuer is known.
+    eventually("TokenExchangePolicy Enforced=True", Duration::from_secs(20), async || {
+        let x = exchanges.get("orders").await.ok()?;
+        x.status?.conditions.iter().any(|c| c.type_ == "Enforced" && c.status == "True").then_some(())
+    })
+    .await;
+    eventually("AuthPolicy internal Enforced=True", Duration::from_secs(20), async || {
+        condition(&policies.get("internal").await.ok()?, "Enforced").filter(|c| c.0 == "True")
+    })
+    .await;
+    let accepted = condition(&policies.get("internal").await.unwrap(), "Accepted").unwrap();
+    assert_eq!((accepted.0.as_str(), accepted.1.as_str()), ("True", "Valid"), "the cluster's issuer was discovered: {accepted:?}");
+
+    // A real projected token of the cluster: accepted for its audience and account only.
+    let ask =
+        |token: &str| http(port, "GET", "orders.internal", "/ext_authz/orders", &[("Authorization", &format!("Bearer {token}"))]).unwrap();
+    let r = ask(&service_account_token(&cluster, "checkout", "orders.internal").await);
+    assert_eq!((r.status, r.header("x-caller")), (200, Some("checkout")));
+    assert_eq!(ask(&service_account_token(&cluster, "checkout", "https://elsewhere.test").await).status, 401, "another audience");
+    assert_eq!(ask(&service_account_token(&cluster, "web", "orders.internal").await).status, 403, "another account");
+
+    // Exchange: the internal token minted for checkout, and checkout's own token for the gateway.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let user = user_idp.token("shop", now, json!({"sub": "alice", "email": "alice@shop.test"}));
+    let minted = http(port, "GET", "shop.test", "/ext_authz/checkout", &[("Authorization", &format!("Bearer {user}"))]).unwrap();
+    assert_eq!(minted.status, 200);
+    let subject = minted.header("authorization").unwrap().trim_start_matches("Bearer ").to_owned();
+    let exchange = |subject: &str, actor: &str, audience: &str| {
+        common::post(port, "/oauth2/token", "application/x-www-form-urlencoded", &common::exchange_form(subject, actor, audience)).json()
+    };
+    let actor = service_account_token(&cluster, "checkout", &gateway_url).await;
+    let answer = exchange(&subject, &actor, &orders);
+    let token = answer["access_token"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    let claims = claims_of(token);
+    assert_eq!(
+        (claims["sub"].as_str(), claims["aud"].as_str(), claims["email"].as_str()),
+        (Some("alice"), Some(orders.as_str()), Some("alice@shop.test"))
+    );
+    assert_eq!(claims["act"], json!({"sub": checkout}));
+    assert!(claims["exp"].as_i64().unwrap() <= claims_of(&subject)["exp"].as_i64().unwrap());
+    // Another workload's token as the actor, or checkout's token for another audience: refused.
+    let web = service_account_token(&cluster, "web", &gateway_url).await;
+    assert_eq!(exchange(&subject, &web, &orders)["error"], "unauthorized_client");
+    let elsewhere = service_account_token(&cluster, "checkout", "https://elsewhere.test").await;
+    assert_eq!(exchange(&subject, &elsewhere, &orders)["error"], "unauthorized_client");
+    // A second ServiceAccount as the audience: only with a policy of its own.
+    assert_eq!(exchange(&subject, &actor, &format!("system:serviceaccount:{ns}:payments"))["error"], "invalid_target");
 }

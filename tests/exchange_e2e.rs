@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -92,37 +90,6 @@ fn token(dir: &Path, args: &[&str]) -> String {
     let (code, out, err) = run_portcullis(&all);
     assert_eq!(code, 0, "portcullis token {args:?}: {err}");
     out.trim().to_owned()
-}
-
-/// A POST with a body, over a fresh connection.
-fn post(port: u16, path: &str, content_type: &str, body: &str) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = head.lines().skip(1).filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
-    Resp { status, headers, body: body.as_bytes().to_vec() }
-}
-
-fn form(subject: &str, actor: &str, audience: &str) -> String {
-    let enc = |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
-    format!(
-        "grant_type={}&subject_token={}&subject_token_type={}&actor_token={}&actor_token_type={}&audience={}",
-        enc("urn:ietf:params:oauth:grant-type:token-exchange"),
-        enc(subject),
-        enc("urn:ietf:params:oauth:token-type:jwt"),
-        enc(actor),
-        enc("urn:ietf:params:oauth:token-type:jwt"),
-        enc(audience)
-    )
 }
 
 fn service(dir: &Path, name: &str, args: &[String]) -> Proc {
@@ -235,18 +202,18 @@ fn a_service_calls_another_on_behalf_of_the_user_through_the_exchange_and_every_
     let web_actor = sa("kube-system/cluster", "shop/web", &gw);
     let urlenc = "application/x-www-form-urlencoded";
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
-        ("expired subject token", form(&expired, &checkout_sa, B), urlenc, 400, "invalid_grant"),
-        ("foreign subject token", form(&foreign, &checkout_sa, B), urlenc, 400, "invalid_grant"),
-        ("subject token minted for another workload", form(&for_web, &checkout_sa, B), urlenc, 400, "invalid_grant"),
-        ("the user's own token as subject", form(&user, &checkout_sa, B), urlenc, 400, "invalid_grant"),
-        ("actor token of another cluster", form(&for_a, &other_cluster, B), urlenc, 400, "unauthorized_client"),
-        ("actor token for another audience", form(&for_a, &wrong_aud_actor, B), urlenc, 400, "unauthorized_client"),
-        ("actor not allowed", form(&for_a, &web_actor, B), urlenc, 400, "unauthorized_client"),
-        ("audience not allowed", form(&for_a, &checkout_sa, "system:serviceaccount:shop:billing"), urlenc, 400, "invalid_target"),
-        ("its own audience", form(&for_a, &checkout_sa, A), urlenc, 400, "invalid_target"),
+        ("expired subject token", exchange_form(&expired, &checkout_sa, B), urlenc, 400, "invalid_grant"),
+        ("foreign subject token", exchange_form(&foreign, &checkout_sa, B), urlenc, 400, "invalid_grant"),
+        ("subject token minted for another workload", exchange_form(&for_web, &checkout_sa, B), urlenc, 400, "invalid_grant"),
+        ("the user's own token as subject", exchange_form(&user, &checkout_sa, B), urlenc, 400, "invalid_grant"),
+        ("actor token of another cluster", exchange_form(&for_a, &other_cluster, B), urlenc, 400, "unauthorized_client"),
+        ("actor token for another audience", exchange_form(&for_a, &wrong_aud_actor, B), urlenc, 400, "unauthorized_client"),
+        ("actor not allowed", exchange_form(&for_a, &web_actor, B), urlenc, 400, "unauthorized_client"),
+        ("audience not allowed", exchange_form(&for_a, &checkout_sa, "system:serviceaccount:shop:billing"), urlenc, 400, "invalid_target"),
+        ("its own audience", exchange_form(&for_a, &checkout_sa, A), urlenc, 400, "invalid_target"),
         ("JSON, not a form", json!({"subject_token": for_a}).to_string(), "application/json", 400, "invalid_request"),
-        ("a parameter twice", format!("{}&audience=x", form(&for_a, &checkout_sa, B)), urlenc, 400, "invalid_request"),
-        ("oversized", format!("{}&pad={}", form(&for_a, &checkout_sa, B), "x".repeat(64 * 1024)), urlenc, 400, "invalid_request"),
+        ("a parameter twice", format!("{}&audience=x", exchange_form(&for_a, &checkout_sa, B)), urlenc, 400, "invalid_request"),
+        ("oversized", format!("{}&pad={}", exchange_form(&for_a, &checkout_sa, B), "x".repeat(64 * 1024)), urlenc, 400, "invalid_request"),
         ("another grant type", "grant_type=client_credentials".into(), urlenc, 400, "unsupported_grant_type"),
     ];
     for (what, body, content_type, status, error) in &cases {
@@ -259,7 +226,7 @@ fn a_service_calls_another_on_behalf_of_the_user_through_the_exchange_and_every_
     assert_eq!((get.status, get.json()["error"].as_str(), get.header("allow")), (405, Some("invalid_request"), Some("POST")));
 
     // A good exchange straight at the endpoint: RFC 8693's answer.
-    let r = post(gw_port, "/oauth2/token", urlenc, &form(&for_a, &checkout_sa, B));
+    let r = post(gw_port, "/oauth2/token", urlenc, &exchange_form(&for_a, &checkout_sa, B));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let body = r.json();
     assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");

@@ -64,7 +64,12 @@ pub async fn refresh(ctx: &Arc<Context>) {
         let mut known = ctx.cluster_issuer.lock().expect("cluster issuer lock");
         let before = known.clone();
         match result {
-            Ok(issuer) => *known = Discovered { issuer: Some(issuer), error: None },
+            Ok(issuer) => {
+                if known.issuer.as_ref() != Some(&issuer) {
+                    tracing::info!(issuer = %issuer.issuer, keys = issuer.keys.len(), "the cluster's ServiceAccount issuer discovered");
+                }
+                *known = Discovered { issuer: Some(issuer), error: None }
+            }
             Err(e) => known.error = Some(e),
         }
         if known.error != before.error

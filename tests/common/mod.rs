@@ -102,6 +102,34 @@ pub fn http(port: u16, method: &str, host: &str, target: &str, headers: &[(&str,
     parse_response(&raw)
 }
 
+/// A POST with a body, over a fresh connection.
+pub fn post(port: u16, path: &str, content_type: &str, body: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw).unwrap()
+}
+
+/// An RFC 8693 token exchange form: both tokens JWTs, one audience.
+pub fn exchange_form(subject: &str, actor: &str, audience: &str) -> String {
+    let enc = |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    format!(
+        "grant_type={}&subject_token={}&subject_token_type={}&actor_token={}&actor_token_type={}&audience={}",
+        enc("urn:ietf:params:oauth:grant-type:token-exchange"),
+        enc(subject),
+        enc("urn:ietf:params:oauth:token-type:jwt"),
+        enc(actor),
+        enc("urn:ietf:params:oauth:token-type:jwt"),
+        enc(audience)
+    )
+}
+
 fn parse_response(raw: &[u8]) -> Result<Resp, String> {
     let split =
         raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(raw)))?;
