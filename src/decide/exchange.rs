@@ -194,7 +194,7 @@ impl Engine {
     /// Decides a token exchange and mints the token. `now` in seconds; nothing here logs a token.
     pub fn exchange(&self, req: &ExchangeRequest, now: i64) -> Result<Exchanged, ExchangeError> {
         let x = self.exchange.exchanges.iter().find(|x| x.config.audience == req.audience).ok_or_else(|| {
-            ExchangeError::InvalidTarget(format!("no TokenExchangePolicy of this gateway allows tokens for {}", req.audience))
+            ExchangeError::InvalidTarget(format!("no TokenExchangePolicy of this gateway allows tokens for {}", shown(&req.audience)))
         })?;
 
         // The actor: a ServiceAccount token of this cluster, issued for this gateway.
@@ -246,7 +246,7 @@ impl Engine {
             )));
         }
         if req.audience == username || chain.contains(&req.audience.as_str()) {
-            return Err(ExchangeError::InvalidTarget(format!("{} is already in this token's chain of callers", req.audience)));
+            return Err(ExchangeError::InvalidTarget(format!("{} is already in this token's chain of callers", shown(&req.audience))));
         }
         let facts = RequestFacts { headers: &http::HeaderMap::new(), params: &[] };
         for r in &x.require {
@@ -265,6 +265,16 @@ impl Engine {
     pub fn exchanges(&self) -> usize {
         self.exchange.exchanges.len()
     }
+}
+
+/// The requested audience as errors (and so logs) may show it: a ServiceAccount username, or
+/// nothing of what the client sent (it could be anything, a token included).
+fn shown(audience: &str) -> &str {
+    let username = audience.len() <= 317
+        && audience
+            .strip_prefix("system:serviceaccount:")
+            .is_some_and(|r| r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b)));
+    if username { audience } else { "the requested audience" }
 }
 
 /// The new token's claims: the subject's `sub` and the claims the policy carries over (only

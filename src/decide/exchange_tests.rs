@@ -224,6 +224,7 @@ fn every_bad_exchange_is_refused_with_its_oauth_error() {
             "invalid_grant",
         ),
         ("actor is not a JWT", ok_subject.clone(), "x".into(), ORDERS, "invalid_request"),
+        ("a token as the audience", ok_subject.clone(), ok_actor.clone(), ok_actor.as_str(), "invalid_target"),
     ];
     for (what, subject, actor, audience, code) in cases {
         let err = w.exchange(&subject, &actor, audience).expect_err(what);
