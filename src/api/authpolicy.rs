@@ -20,11 +20,11 @@ pub const CLAIM_PATTERN: &str = r"^[^.]+(\.[^.]+)*$";
 /// `namespace/serviceaccount` or `namespace/*`.
 pub const SERVICE_ACCOUNT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/([a-z0-9]([-.a-z0-9]*[a-z0-9])?|\*)$";
 
-fn default_gateway() -> String {
+pub(super) fn default_gateway() -> String {
     "default".to_owned()
 }
 
-fn is_default_gateway(g: &str) -> bool {
+pub(super) fn is_default_gateway(g: &str) -> bool {
     g == "default"
 }
 

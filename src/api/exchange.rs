@@ -8,15 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::authpolicy::{default_gateway, is_default_gateway};
 use super::{DNS_LABEL_PATTERN, Duration, GatewayServing, LocalObjectRef, Requirement, SERVICE_ACCOUNT_PATTERN};
-
-fn default_gateway() -> String {
-    "default".to_owned()
-}
-
-fn is_default_gateway(g: &str) -> bool {
-    g == "default"
-}
 
 /// Declared by the team of the receiving workload: the audience is one of its own
 /// ServiceAccounts, so a namespace can only allow tokens addressed to itself.

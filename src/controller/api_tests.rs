@@ -422,22 +422,28 @@ async fn a_gateway_is_published_once_and_then_left_alone() {
     api.expect_nothing().await;
 }
 
+/// A status write, fed back into the watch cache of its kind.
+fn feed_status(ctx: &Context, w: &mut Writers, path: &str, sent: &Value) {
+    let (ns, name) = (path.split('/').nth(5).unwrap(), path.trim_end_matches("/status").rsplit('/').next().unwrap());
+    let status = sent["status"].clone();
+    if path.contains("/tokenexchangepolicies/") {
+        let mut x = (*ctx.stores.exchanges.get(ns, name).unwrap()).clone();
+        x.status = Some(serde_json::from_value(status).unwrap());
+        put(&mut w.exchanges, x);
+    } else {
+        let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
+        p.status = Some(serde_json::from_value(status).unwrap());
+        put(&mut w.policies, p);
+    }
+}
+
 /// Answers every request of a pass (echoed with 200) and feeds each write back into the watch
 /// caches, as the real watches would. Returns `METHOD path` per request.
 async fn serve_pass(api: &mut ApiServer, w: &mut Writers, ctx: &Arc<Context>) -> Vec<String> {
     let mut seen = Vec::new();
     for (method, path, sent) in api.answer_all().await {
-        if let Some(rest) = path.strip_suffix("/status") {
-            let (ns, name) = (path.split('/').nth(5).unwrap(), rest.rsplit('/').next().unwrap());
-            if path.contains("/tokenexchangepolicies/") {
-                let mut x = (*ctx.stores.exchanges.get(ns, name).unwrap()).clone();
-                x.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
-                put(&mut w.exchanges, x);
-            } else {
-                let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
-                p.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
-                put(&mut w.policies, p);
-            }
+        if path.ends_with("/status") {
+            feed_status(ctx, w, &path, &sent);
         } else if path.contains("/configmaps/") {
             put(&mut w.gateway_configmaps, serde_json::from_value(stored(&sent, "2")).unwrap());
         } else if path.contains("/secrets/") {
@@ -1035,17 +1041,8 @@ async fn a_squatter_never_inherits_a_host_when_its_owner_redeploys_even_before_t
     let claims_cm: ConfigMap = serde_json::from_value(stored(&claims, "7")).unwrap();
     // Everything else is fed back, except the claims: the cache lags behind that write.
     for (_, path, sent) in api.answer_all().await {
-        if let Some(rest) = path.strip_suffix("/status") {
-            let (ns, name) = (path.split('/').nth(5).unwrap(), rest.rsplit('/').next().unwrap());
-            if path.contains("/tokenexchangepolicies/") {
-                let mut x = (*ctx.stores.exchanges.get(ns, name).unwrap()).clone();
-                x.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
-                put(&mut w.exchanges, x);
-            } else {
-                let mut p = (*ctx.stores.policies.get(ns, name).unwrap()).clone();
-                p.status = Some(serde_json::from_value(sent["status"].clone()).unwrap());
-                put(&mut w.policies, p);
-            }
+        if path.ends_with("/status") {
+            feed_status(&ctx, &mut w, &path, &sent);
         } else if path.ends_with("/configmaps/portcullis-gateway-default") {
             put(&mut w.gateway_configmaps, serde_json::from_value(stored(&sent, "8")).unwrap());
         }
