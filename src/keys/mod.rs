@@ -3,6 +3,7 @@
 //! jsonwebtoken verifies with.
 
 pub mod schedule;
+pub mod seal;
 pub mod store;
 
 use aws_lc_rs::encoding::AsDer;

@@ -17,6 +17,7 @@ pub mod gateway_api;
 pub mod host;
 pub mod ownership;
 pub mod path;
+pub mod redirect;
 pub mod tenancy;
 pub mod validate;
 pub mod workload;
