@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod keyset;
 pub mod mint;
 pub mod routes;
+pub mod signin;
 pub mod token;
 
 #[cfg(test)]

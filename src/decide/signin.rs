@@ -1,0 +1,399 @@
+//! Browser sign-in, the pure part (issue 21): the sealed session a browser carries, the sealed
+//! login state between the redirect to the provider and the callback, the checks of an ID token,
+//! and what counts as a navigation (redirected to sign in) rather than a script (answered 401).
+//!
+//! ```text
+//!  navigation without session ─▶ begin_login: state, nonce, PKCE verifier, return target
+//!                                  sealed in the login cookie (10 min) ─▶ 302 to the provider
+//!  callback ?code&state ─▶ finish_login: the login cookie opens, state matches, in time
+//!                        ─▶ (gateway: code → tokens) ─▶ check_id_token: iss, aud, azp, exp, nonce
+//!                        ─▶ seal_session: claims + expiry, in at most two cookies
+//!  request with session cookies ─▶ open_session: opens, one value per chunk, not expired
+//! ```
+//! Every sealed value is bound to its purpose, its cookie and its host (`binding`): a login cookie
+//! is no session, and neither moves to another host.
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::keys::KeyError;
+use crate::keys::seal::{Sealer, random_token, same_secret};
+
+/// A sealed value per cookie at most this long: with the cookie's name and attributes it stays
+/// under the 4,096 bytes browsers keep per cookie.
+pub const CHUNK: usize = 3800;
+/// Cookies a session may take: two keep the `Cookie` header under NGINX's default 8 KiB line.
+pub const MAX_CHUNKS: usize = 2;
+/// How long a sign-in may take from the redirect to the callback.
+pub const LOGIN_SECS: i64 = 600;
+/// Claims of an ID token that describe the token, not the person: not kept in a session.
+const TOKEN_CLAIMS: [&str; 8] = ["nonce", "at_hash", "c_hash", "s_hash", "auth_time", "jti", "nbf", "iat"];
+
+/// A signed-in browser's session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// The identity, as the ID token stated it (its bookkeeping claims left out).
+    #[serde(rename = "c")]
+    pub claims: Value,
+    /// When the session ends, whatever happens (seconds).
+    #[serde(rename = "e")]
+    pub exp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("no session")]
+    Missing,
+    #[error("a session cookie appears more than once")]
+    Ambiguous,
+    #[error("the session does not open")]
+    Invalid,
+    #[error("the session has expired")]
+    Expired,
+    #[error("the session is too large for {MAX_CHUNKS} cookies")]
+    TooLarge,
+}
+
+impl Session {
+    /// A session from a verified ID token's claims, ending at `exp`.
+    pub fn from_id_token(claims: &Value, exp: i64) -> Self {
+        let mut kept = claims.as_object().cloned().unwrap_or_default();
+        for c in TOKEN_CLAIMS {
+            kept.remove(c);
+        }
+        Self { claims: Value::Object(kept), exp }
+    }
+}
+
+/// The name of chunk `i` of a cookie.
+pub fn chunk_name(base: &str, i: usize) -> String {
+    format!("{base}-{i}")
+}
+
+/// What binds a sealed value to its place: purpose, cookie and host.
+pub fn binding(purpose: &str, cookie: &str, host: &str) -> Vec<u8> {
+    format!("{purpose}\0{cookie}\0{host}").into_bytes()
+}
+
+/// The session sealed into cookies `base-0`, `base-1`, … (as few as it needs).
+pub fn seal_session(sealer: &Sealer, base: &str, host: &str, session: &Session) -> Result<Vec<(String, String)>, SessionError> {
+    let plain = serde_json::to_vec(session).map_err(|_| SessionError::Invalid)?;
+    let sealed = sealer.seal(&binding("session", base, host), &plain).map_err(|_| SessionError::Invalid)?;
+    if sealed.len() > CHUNK * MAX_CHUNKS {
+        return Err(SessionError::TooLarge);
+    }
+    Ok(sealed.as_bytes().chunks(CHUNK).enumerate().map(|(i, c)| (chunk_name(base, i), String::from_utf8_lossy(c).into_owned())).collect())
+}
+
+/// The session in the request's cookies, open and in time at `now`.
+pub fn open_session(sealer: &Sealer, base: &str, host: &str, headers: &HeaderMap, now: i64) -> Result<Session, SessionError> {
+    let mut chunks: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+    let names: Vec<String> = (0..MAX_CHUNKS).map(|i| chunk_name(base, i)).collect();
+    for header in headers.get_all(http::header::COOKIE) {
+        let Ok(text) = header.to_str() else { continue };
+        for pair in text.split(';') {
+            let Some((name, value)) = pair.trim().split_once('=') else { continue };
+            if let Some(i) = names.iter().position(|n| n == name)
+                && chunks[i].replace(value).is_some()
+            {
+                return Err(SessionError::Ambiguous);
+            }
+        }
+    }
+    // The chunks in order, with no gap: a missing first chunk is no session at all.
+    let present = chunks.iter().take_while(|c| c.is_some()).count();
+    if present == 0 {
+        return Err(if chunks.iter().any(Option::is_some) { SessionError::Invalid } else { SessionError::Missing });
+    }
+    if chunks[present..].iter().any(Option::is_some) {
+        return Err(SessionError::Invalid);
+    }
+    let sealed: String = chunks[..present].iter().flatten().copied().collect();
+    let plain = sealer.unseal(&binding("session", base, host), &sealed).map_err(|_| SessionError::Invalid)?;
+    let session: Session = serde_json::from_slice(&plain).map_err(|_| SessionError::Invalid)?;
+    if now >= session.exp {
+        return Err(SessionError::Expired);
+    }
+    Ok(session)
+}
+
+/// What a login carries from the redirect to the callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginState {
+    #[serde(rename = "s")]
+    pub state: String,
+    #[serde(rename = "n")]
+    pub nonce: String,
+    /// The PKCE code verifier.
+    #[serde(rename = "v")]
+    pub verifier: String,
+    /// Where the browser goes once signed in (checked before it was sealed).
+    #[serde(rename = "r")]
+    pub return_to: String,
+    #[serde(rename = "e")]
+    pub exp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error("no sign-in is in progress in this browser")]
+    NoLogin,
+    #[error("the sign-in state does not match")]
+    StateMismatch,
+    #[error("the sign-in took too long")]
+    Expired,
+}
+
+/// A new login: its state and the sealed value of the login cookie `cookie`.
+pub fn begin_login(sealer: &Sealer, cookie: &str, host: &str, return_to: &str, now: i64) -> Result<(LoginState, String), KeyError> {
+    let login = LoginState {
+        state: random_token(16)?,
+        nonce: random_token(16)?,
+        verifier: random_token(32)?,
+        return_to: return_to.to_owned(),
+        exp: now + LOGIN_SECS,
+    };
+    let sealed = sealer.seal(&binding("login", cookie, host), &serde_json::to_vec(&login).expect("serializes"))?;
+    Ok((login, sealed))
+}
+
+/// The login a callback finishes: the login cookie opens, is in time, and its state is the
+/// callback's `state` (a forged or replayed state from another browser matches nothing).
+pub fn finish_login(
+    sealer: &Sealer,
+    cookie: &str,
+    host: &str,
+    sealed: Option<&str>,
+    state: &str,
+    now: i64,
+) -> Result<LoginState, LoginError> {
+    let sealed = sealed.ok_or(LoginError::NoLogin)?;
+    let plain = sealer.unseal(&binding("login", cookie, host), sealed).map_err(|_| LoginError::NoLogin)?;
+    let login: LoginState = serde_json::from_slice(&plain).map_err(|_| LoginError::NoLogin)?;
+    if now >= login.exp {
+        return Err(LoginError::Expired);
+    }
+    if !same_secret(&login.state, state) {
+        return Err(LoginError::StateMismatch);
+    }
+    Ok(login)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("the ID token is from another issuer")]
+    Issuer,
+    #[error("the ID token is for another client")]
+    Audience,
+    #[error("the ID token has expired")]
+    Expired,
+    #[error("the ID token's nonce does not match this sign-in")]
+    Nonce,
+    #[error("the ID token has no subject")]
+    Subject,
+}
+
+/// The checks of OpenID Connect Core §3.1.3.7 on a signature-verified ID token's claims: `iss`,
+/// `aud` (and `azp` when it names several audiences or is there at all), `exp`, `nonce`, `sub`.
+pub fn check_id_token(claims: &Value, issuer: &str, client_id: &str, nonce: &str, now: i64, skew: i64) -> Result<(), IdTokenError> {
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+        return Err(IdTokenError::Issuer);
+    }
+    let aud: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !aud.contains(&client_id) {
+        return Err(IdTokenError::Audience);
+    }
+    match claims.get("azp").map(Value::as_str) {
+        Some(Some(azp)) if azp != client_id => return Err(IdTokenError::Audience),
+        Some(None) => return Err(IdTokenError::Audience),
+        None if aud.len() > 1 => return Err(IdTokenError::Audience),
+        _ => {}
+    }
+    match claims.get("exp").and_then(Value::as_i64) {
+        Some(exp) if now - skew < exp => {}
+        _ => return Err(IdTokenError::Expired),
+    }
+    if !claims.get("nonce").and_then(Value::as_str).is_some_and(|n| same_secret(n, nonce)) {
+        return Err(IdTokenError::Nonce);
+    }
+    if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(IdTokenError::Subject);
+    }
+    Ok(())
+}
+
+/// Whether a request is a browser navigation (sent to sign in) rather than a script or an API
+/// client (answered 401, so that it does not follow a login page): `GET` or `HEAD`, asking for
+/// HTML, and not marked as an XHR.
+pub fn is_navigation(method: &str, headers: &HeaderMap) -> bool {
+    if method != "GET" && method != "HEAD" {
+        return false;
+    }
+    if headers.contains_key("x-requested-with") {
+        return false;
+    }
+    if headers.get("sec-fetch-mode").is_some_and(|m| m.as_bytes() != b"navigate") {
+        return false;
+    }
+    headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+/// A `Set-Cookie` value: host-only, `Path=/`, `HttpOnly`, `SameSite=Lax`, `Secure` on https;
+/// `max_age` 0 deletes it.
+pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}", max_age.max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SigningKeySpec;
+    use crate::keys::schedule::{Requests, generate, plan};
+    use crate::keys::store::KeyRing;
+    use crate::testkit::header_map;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn ring() -> KeyRing {
+        let spec: SigningKeySpec = serde_json::from_value(json!({"algorithm": "EdDSA"})).unwrap();
+        plan(jiff::Timestamp::from_second(NOW).unwrap(), &spec, Default::default(), &Requests::default(), &mut generate).unwrap().ring
+    }
+
+    static SEALER: std::sync::LazyLock<Sealer> = std::sync::LazyLock::new(|| Sealer::new(&ring(), "session:shop/web").unwrap());
+
+    fn cookies(pairs: &[(String, String)]) -> HeaderMap {
+        let line = pairs.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
+        header_map(&[("cookie", &format!("other=1; {line}"))])
+    }
+
+    #[test]
+    fn a_session_opens_on_its_host_until_it_expires_and_large_ones_take_two_cookies() {
+        let s = Session::from_id_token(&json!({"sub": "alice", "email": "a@x", "nonce": "n", "iat": 1, "at_hash": "h"}), NOW + 60);
+        assert_eq!(s.claims, json!({"sub": "alice", "email": "a@x"}));
+        let sealed = seal_session(&SEALER, "pc-session", "shop.example", &s).unwrap();
+        assert_eq!(sealed.len(), 1);
+        let h = cookies(&sealed);
+        assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &h, NOW).unwrap(), s);
+        assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &h, NOW + 60), Err(SessionError::Expired));
+        assert_eq!(open_session(&SEALER, "pc-session", "evil.example", &h, NOW), Err(SessionError::Invalid), "another host");
+        assert_eq!(open_session(&SEALER, "pc-other", "shop.example", &h, NOW), Err(SessionError::Missing));
+        assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &header_map(&[]), NOW), Err(SessionError::Missing));
+
+        let big = Session {
+            claims: json!({"sub": "alice", "groups": (0..300).map(|i| format!("group-{i}")).collect::<Vec<_>>()}),
+            exp: NOW + 60,
+        };
+        let sealed = seal_session(&SEALER, "pc-session", "shop.example", &big).unwrap();
+        assert_eq!(sealed.len(), 2);
+        assert!(sealed.iter().all(|(n, v)| set_cookie(n, v, 3600, true).len() < 4096));
+        assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &cookies(&sealed), NOW).unwrap(), big);
+        // One chunk lost, the chunks swapped, or one sent twice: no session.
+        assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &cookies(&sealed[1..]), NOW), Err(SessionError::Invalid));
+        assert!(open_session(&SEALER, "pc-session", "shop.example", &cookies(&sealed[..1]), NOW).is_err());
+        let swapped = vec![(sealed[0].0.clone(), sealed[1].1.clone()), (sealed[1].0.clone(), sealed[0].1.clone())];
+        assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &cookies(&swapped), NOW), Err(SessionError::Invalid));
+        let twice = vec![sealed[0].clone(), sealed[0].clone(), sealed[1].clone()];
+        assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &cookies(&twice), NOW), Err(SessionError::Ambiguous));
+
+        let huge = Session { claims: json!({"blob": "x".repeat(CHUNK * MAX_CHUNKS)}), exp: NOW + 60 };
+        assert_eq!(seal_session(&SEALER, "pc-session", "shop.example", &huge), Err(SessionError::TooLarge));
+    }
+
+    #[test]
+    fn a_login_finishes_once_in_its_own_browser_and_in_time() {
+        let login = Sealer::new(&ring(), "login:shop/web").unwrap();
+        let (state, sealed) = begin_login(&login, "pc-login", "shop.example", "/orders?x=1", NOW).unwrap();
+        assert_eq!(state.exp, NOW + LOGIN_SECS);
+        let done = finish_login(&login, "pc-login", "shop.example", Some(&sealed), &state.state, NOW + 5).unwrap();
+        assert_eq!(done, state);
+        let other = begin_login(&login, "pc-login", "shop.example", "/", NOW).unwrap().0;
+        let cases = [
+            (Some(sealed.as_str()), other.state.as_str(), NOW, LoginError::StateMismatch),
+            (Some(sealed.as_str()), "", NOW, LoginError::StateMismatch),
+            (None, state.state.as_str(), NOW, LoginError::NoLogin),
+            (Some("v1.x.y"), state.state.as_str(), NOW, LoginError::NoLogin),
+            (Some(sealed.as_str()), state.state.as_str(), NOW + LOGIN_SECS, LoginError::Expired),
+        ];
+        for (cookie, st, at, want) in cases {
+            assert_eq!(finish_login(&login, "pc-login", "shop.example", cookie, st, at), Err(want));
+        }
+        // A session cookie is no login, a login cookie no session.
+        assert_eq!(finish_login(&SEALER, "pc-login", "shop.example", Some(&sealed), &state.state, NOW), Err(LoginError::NoLogin));
+        assert_eq!(
+            open_session(&login, "pc-login", "shop.example", &header_map(&[("cookie", &format!("pc-login-0={sealed}"))]), NOW),
+            Err(SessionError::Invalid)
+        );
+    }
+
+    #[test]
+    fn an_id_token_must_be_the_providers_for_this_client_this_sign_in_and_in_time() {
+        let good = json!({"iss": "https://id", "aud": "web", "sub": "alice", "exp": NOW + 60, "nonce": "n1"});
+        assert_eq!(check_id_token(&good, "https://id", "web", "n1", NOW, 0), Ok(()));
+        let with = |k: &str, v: Value| {
+            let mut c = good.clone();
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v;
+            }
+            c
+        };
+        for (claims, want) in [
+            (with("iss", json!("https://other")), IdTokenError::Issuer),
+            (with("aud", json!("another-client")), IdTokenError::Audience),
+            (with("aud", json!(["web", "api"])), IdTokenError::Audience),
+            (with("azp", json!("api")), IdTokenError::Audience),
+            (with("exp", json!(NOW)), IdTokenError::Expired),
+            (with("exp", Value::Null), IdTokenError::Expired),
+            (with("nonce", json!("n2")), IdTokenError::Nonce),
+            (with("nonce", Value::Null), IdTokenError::Nonce),
+            (with("sub", json!("")), IdTokenError::Subject),
+        ] {
+            assert_eq!(check_id_token(&claims, "https://id", "web", "n1", NOW, 0), Err(want));
+        }
+        let several = with("aud", json!(["web", "api"]));
+        let mut several = several;
+        several["azp"] = json!("web");
+        assert_eq!(check_id_token(&several, "https://id", "web", "n1", NOW, 0), Ok(()), "several audiences with azp = the client");
+    }
+
+    #[test]
+    fn only_html_navigations_are_sent_to_sign_in() {
+        let html = [("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")];
+        assert!(is_navigation("GET", &header_map(&html)));
+        assert!(is_navigation("GET", &header_map(&[html[0], ("sec-fetch-mode", "navigate")])));
+        assert!(!is_navigation("POST", &header_map(&html)));
+        assert!(!is_navigation("GET", &header_map(&[("accept", "application/json")])));
+        assert!(!is_navigation("GET", &header_map(&[])));
+        assert!(!is_navigation("GET", &header_map(&[html[0], ("x-requested-with", "XMLHttpRequest")])));
+        assert!(!is_navigation("GET", &header_map(&[html[0], ("sec-fetch-mode", "cors")])));
+        assert_eq!(set_cookie("pc-session-0", "v", 60, true), "pc-session-0=v; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure");
+    }
+
+    proptest! {
+        /// An expired session never passes; a live one always does; no edited cookie opens.
+        #[test]
+        fn sessions_open_only_unchanged_and_in_time(exp_in in -100i64..100, at in any::<prop::sample::Index>(), with in "[A-Za-z0-9_-]") {
+            let s = Session { claims: json!({"sub": "alice"}), exp: NOW + exp_in };
+            let sealed = seal_session(&SEALER, "pc", "h", &s).unwrap();
+            let opened = open_session(&SEALER, "pc", "h", &cookies(&sealed), NOW);
+            if exp_in <= 0 { prop_assert_eq!(opened, Err(SessionError::Expired)); } else { prop_assert_eq!(opened, Ok(s)); }
+            let mut edited = sealed.clone();
+            let v = &mut edited[0].1;
+            let i = at.index(v.len());
+            let replaced = format!("{}{}{}", &v[..i], with, &v[i + 1..]);
+            if replaced != *v {
+                *v = replaced;
+                prop_assert!(open_session(&SEALER, "pc", "h", &cookies(&edited), NOW - 1000).is_err());
+            }
+        }
+    }
+}
