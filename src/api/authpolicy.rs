@@ -56,8 +56,8 @@ fn is_false(b: &bool) -> bool {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "self.rules.all(r, has(r.public) && r.public) || (has(self.issuers) && size(self.issuers) > 0)",
-        "message": "rules that are not public need at least one entry in issuers"
+        "rule": "self.rules.all(r, has(r.public) && r.public) || (has(self.issuers) && size(self.issuers) > 0) || has(self.signIn)",
+        "message": "rules that are not public need at least one entry in issuers (or signIn)"
     },
     {
         "rule": "!has(self.targetRefs) || size(self.targetRefs) == 0 || !has(self.hosts) || size(self.hosts) == 0",
@@ -126,6 +126,58 @@ pub struct AuthPolicySpec {
     /// policy safely; rules may override it. Default `Enforce`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+
+    /// Browser sign-in (OpenID Connect, authorization code flow with PKCE): a navigation without
+    /// a token or session is sent to the provider, and the session it comes back with is a
+    /// caller like a token (docs/sign-in.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in: Option<SignIn>,
+}
+
+/// An OpenID provider and how this policy's hosts sign browsers in with it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignIn {
+    /// The provider's issuer; its discovery document is `<issuer>/.well-known/openid-configuration`.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub issuer: String,
+    /// The client registered at the provider, a public client (PKCE, no secret).
+    #[schemars(length(min = 1, max = 256))]
+    pub client_id: String,
+    /// Scopes asked for (default `[openid]`; `openid` is always asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = r"^[!#-\[\]-~]+$"), length(min = 1, max = 128)))]
+    pub scopes: Vec<String>,
+    /// A SigningKey of this namespace whose keys seal the sessions: its rotation keeps sessions
+    /// open, a revocation ends them.
+    pub session_key_ref: LocalObjectRef,
+    /// How long a session lasts at most (default 8h, between 5m and 7d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) >= duration('5m') && duration(self) <= duration('168h')", "message": "sessionLifetime must be between 5m and 7d"}
+    ]))]
+    pub session_lifetime: Option<Duration>,
+    /// The path on each host the provider sends browsers back to (default `/.portcullis/callback`);
+    /// register `<scheme>://<host><callbackPath>` at the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~/-]*$"), length(max = 256))]
+    pub callback_path: Option<String>,
+    /// The scheme browsers reach the hosts with (default `https`; `http` only for development on
+    /// `localhost`, where browsers keep `Secure` cookies too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<SignInScheme>,
+    /// Hosts besides the request's that a sign-in may return to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = HOST_PATTERN), length(max = 253)))]
+    pub allowed_redirect_hosts: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignInScheme {
+    #[default]
+    Https,
+    Http,
 }
 
 /// A Gateway API object in the policy's namespace (GEP-713 `LocalPolicyTargetReferenceWithSectionName`).

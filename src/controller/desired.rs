@@ -244,9 +244,11 @@ pub fn gateway_configmap(namespace: &str, config: &GatewayConfig, keys: &Secret)
 /// The gateway's key Secret: the keyrings of the SigningKeys its rules mint with, and nothing
 /// else. Private keys never go into the ConfigMap.
 pub fn gateway_keys_secret(namespace: &str, config: &GatewayConfig, rings: &BTreeMap<KeyRef, KeyRing>) -> Secret {
-    // Exactly the keys the gateway publishes in its JWKS: the ones it mints with.
+    // Exactly the keys the gateway mints with (those it publishes in its JWKS) and those that
+    // seal its sign-in sessions (never published).
     let data: BTreeMap<String, ByteString> = config
         .minting_keys()
+        .chain(config.sealing_keys())
         .map(|k| k.key_ref())
         .filter_map(|k| rings.get(&k).map(|r| (crate::contract::publish::keyring_file_name(&k), ByteString(r.to_json()))))
         .collect();

@@ -167,6 +167,43 @@ impl Engine {
                     audit: r.audit,
                 });
             }
+            let (sign_in, sign_in_hosts) = match &p.sign_in {
+                None => (None, Vec::new()),
+                Some(c) => {
+                    let sealer = |purpose: &str, warnings: &mut Vec<String>| {
+                        let ring = opts.minting.get(&c.session_key);
+                        match ring.map(|ring| crate::keys::seal::Sealer::new(ring, &format!("{purpose}:{key}"))) {
+                            Some(Ok(s)) => Some(s),
+                            Some(Err(e)) => {
+                                warnings.push(format!("{key}: sign-in cannot seal with SigningKey {}: {e}", c.session_key));
+                                None
+                            }
+                            None => {
+                                warnings
+                                    .push(format!("{key}: sign-in: the keys of SigningKey {} are not on this gateway yet", c.session_key));
+                                None
+                            }
+                        }
+                    };
+                    let allowed = c.allowed_redirect_hosts.iter().filter_map(|h| crate::policy::host::HostPattern::parse(h).ok()).collect();
+                    let hosts = p.hosts.iter().filter_map(|h| crate::policy::host::HostPattern::parse(h).ok()).collect();
+                    // Its cookies never reach the upstream.
+                    let mut cookies: Vec<String> = (0..signin::MAX_CHUNKS).map(|i| signin::chunk_name(c.session_cookie(), i)).collect();
+                    cookies.push(c.login_cookie().to_owned());
+                    let sessions = sealer("session", &mut warnings);
+                    let logins = sealer("login", &mut warnings);
+                    let rt = signin::RtSignIn {
+                        config: c.clone(),
+                        policy: key.clone(),
+                        provider: opts.remote.provider(&c.issuer),
+                        sessions,
+                        logins,
+                        allowed,
+                        cookies,
+                    };
+                    (Some(Arc::new(rt)), hosts)
+                }
+            };
             policies.push(RtPolicy {
                 key,
                 issuers,
@@ -176,6 +213,8 @@ impl Engine {
                 token_queries,
                 rules,
                 cors_preflight: p.cors_preflight,
+                sign_in,
+                sign_in_hosts,
             });
         }
         let mut exchanges = Vec::with_capacity(config.exchanges.len());
@@ -230,6 +269,7 @@ impl Engine {
                     token_sources: Vec::new(),
                     rules: Vec::new(),
                     cors_preflight: p.cors_preflight,
+                    sign_in: None,
                 })
             })
             .collect();

@@ -79,10 +79,15 @@ pub enum DenyReason {
     AmbiguousRoute,
     /// A ServiceAccount token issued for longer than its issuer accepts, or without `iat`.
     LifetimeTooLong,
+    /// A browser navigation without a token or session, to a policy with sign-in: redirected
+    /// to the provider.
+    SignInRequired,
+    /// Sign-in cannot start: the provider's discovery or the session key is not there (yet).
+    SignInUnavailable,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 22] = [
+    pub const ALL: [DenyReason; 24] = [
         Self::NoRoute,
         Self::UnsafePath(PathError::Empty),
         Self::BadHost,
@@ -105,6 +110,8 @@ impl DenyReason {
         Self::RouteMismatch,
         Self::AmbiguousRoute,
         Self::LifetimeTooLong,
+        Self::SignInRequired,
+        Self::SignInUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +138,8 @@ impl DenyReason {
             Self::RouteMismatch => "route_mismatch",
             Self::AmbiguousRoute => "ambiguous_route",
             Self::LifetimeTooLong => "lifetime_too_long",
+            Self::SignInRequired => "sign_in_required",
+            Self::SignInUnavailable => "sign_in_unavailable",
         }
     }
 
@@ -141,7 +150,8 @@ impl DenyReason {
         match self {
             Self::BadHost | Self::BadMethod | Self::BadRequest | Self::AmbiguousToken | Self::AmbiguousRoute => 400,
             Self::NoRoute | Self::UnsafePath(_) | Self::ClaimsNotSatisfied | Self::RouteMismatch => 403,
-            Self::KeysUnavailable | Self::MintUnavailable => 503,
+            Self::KeysUnavailable | Self::MintUnavailable | Self::SignInUnavailable => 503,
+            Self::SignInRequired => 302,
             _ => 401,
         }
     }
@@ -149,7 +159,7 @@ impl DenyReason {
     /// The RFC 6750 error code, if any.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
-            Self::MissingToken => None,
+            Self::MissingToken | Self::SignInRequired => None,
             Self::AmbiguousToken | Self::AmbiguousRoute => Some("invalid_request"),
             Self::ClaimsNotSatisfied => Some("insufficient_scope"),
             s if s.status() == 401 => Some("invalid_token"),
@@ -182,6 +192,8 @@ impl DenyReason {
             Self::RouteMismatch => "routed to another policy",
             Self::AmbiguousRoute => "repeated or encoded header or query parameter a route matches on",
             Self::LifetimeTooLong => "token issued for too long",
+            Self::SignInRequired => "sign in",
+            Self::SignInUnavailable => "sign-in is unavailable: the identity provider cannot be reached",
         }
     }
 }
@@ -248,6 +260,8 @@ pub struct Denied {
     pub scopes: Vec<String>,
     /// The remote key set that did not know the token's kid: worth one (rate-limited) refetch.
     pub refetch: Option<Arc<KeySet>>,
+    /// Where a browser is sent instead (sign-in), with the cookies to set.
+    pub redirect: Option<Box<signin::Redirect>>,
 }
 
 #[derive(Debug)]
@@ -258,7 +272,7 @@ pub enum Decision {
 
 impl Decision {
     fn deny(reason: DenyReason) -> Self {
-        Self::Deny(Denied { reason, route: None, detail: None, scopes: Vec::new(), refetch: None })
+        Self::Deny(Denied { reason, route: None, detail: None, scopes: Vec::new(), refetch: None, redirect: None })
     }
 
     pub fn route(&self) -> Option<RouteRef> {
@@ -293,6 +307,9 @@ struct RtPolicy {
     token_queries: Vec<String>,
     rules: Vec<RtRule>,
     cors_preflight: bool,
+    sign_in: Option<Arc<signin::RtSignIn>>,
+    /// The policy's hosts, for its sign-in callback (empty: every host).
+    sign_in_hosts: Vec<crate::policy::host::HostPattern>,
 }
 
 struct RtRule {
@@ -314,6 +331,11 @@ struct RtRule {
 /// Supplies key sets that live longer than one engine (remote JWKS, fetched by the gateway).
 pub trait RemoteKeys {
     fn key_set(&self, uri: &str, refresh_secs: u64) -> Arc<KeySet>;
+
+    /// The OpenID provider of `issuer`, discovered by whoever can fetch (never, here).
+    fn provider(&self, issuer: &str) -> Arc<signin::Provider> {
+        signin::Provider::new(issuer)
+    }
 }
 
 /// No remote fetching: every remote key set stays unloaded (its tokens get 503).
@@ -484,27 +506,51 @@ impl Engine {
         query: Option<&str>,
         now: i64,
     ) -> (Decision, Option<(Arc<Verified>, bool)>) {
-        let deny =
-            |reason: DenyReason, detail: Option<String>| Denied { reason, route: Some(route), detail, scopes: Vec::new(), refetch: None };
+        let deny = |reason: DenyReason, detail: Option<String>| Denied {
+            reason,
+            route: Some(route),
+            detail,
+            scopes: Vec::new(),
+            refetch: None,
+            redirect: None,
+        };
 
         if rule.public {
             return (Decision::Allow(self.anonymous(route, policy, req.headers)), None);
         }
 
-        let (token, from_authorization) = match token::extract(&policy.token_sources, req.headers, query) {
-            Extracted::Found { token, from_authorization } => (token, from_authorization),
-            // Optional authentication: no token is an anonymous caller; a token that is there
-            // is verified below like any other, and an invalid one is a 401, never anonymous.
-            Extracted::None if rule.optional => return (Decision::Allow(self.anonymous(route, policy, req.headers)), None),
-            Extracted::None => return (Decision::Deny(deny(DenyReason::MissingToken, None)), None),
-            Extracted::Ambiguous => return (Decision::Deny(deny(DenyReason::AmbiguousToken, None)), None),
+        let extracted = token::extract(&policy.token_sources, req.headers, query);
+        // Sign-in: without a token, the browser's session is the caller; a navigation without
+        // either is sent to sign in.
+        let session = match (&extracted, &policy.sign_in) {
+            (Extracted::None, Some(si)) => match self.session(si, req, now) {
+                Ok(verified) => Some(verified),
+                Err(_) if rule.optional => None,
+                Err(_) if signin::is_navigation(req.method, req.headers) => {
+                    return (Decision::Deny(self.sign_in_redirect(si, route, req, now)), None);
+                }
+                Err(_) => None,
+            },
+            _ => None,
         };
-        let verified = match self.authenticate(policy, token, now) {
-            Ok(v) => v,
-            Err((reason, refetch)) => {
-                let detail =
-                    (reason == DenyReason::UntrustedIssuer).then(|| "the token's iss is not among the policy's issuers".to_owned());
-                return (Decision::Deny(Denied { refetch, ..deny(reason, detail) }), None);
+        let (verified, from_authorization) = if let Some(v) = session {
+            (v, false)
+        } else {
+            let (token, from_authorization) = match extracted {
+                Extracted::Found { token, from_authorization } => (token, from_authorization),
+                // Optional authentication: no token is an anonymous caller; a token that is there
+                // is verified below like any other, and an invalid one is a 401, never anonymous.
+                Extracted::None if rule.optional => return (Decision::Allow(self.anonymous(route, policy, req.headers)), None),
+                Extracted::None => return (Decision::Deny(deny(DenyReason::MissingToken, None)), None),
+                Extracted::Ambiguous => return (Decision::Deny(deny(DenyReason::AmbiguousToken, None)), None),
+            };
+            match self.authenticate(policy, token, now) {
+                Ok(v) => (v, from_authorization),
+                Err((reason, refetch)) => {
+                    let detail =
+                        (reason == DenyReason::UntrustedIssuer).then(|| "the token's iss is not among the policy's issuers".to_owned());
+                    return (Decision::Deny(Denied { refetch, ..deny(reason, detail) }), None);
+                }
             }
         };
 
@@ -567,9 +613,8 @@ impl Engine {
             _ => None,
         };
         let mut strip: Vec<HeaderName> = self.identity_headers.iter().filter(|h| !headers.iter().any(|(n, _)| n == *h)).cloned().collect();
-        if rule.token != TokenForwarding::Original {
-            remove_token(policy, request, &mut headers, &mut strip);
-        }
+        // The session cookies of sign-in go nowhere, whatever the rule forwards.
+        remove_token(policy, request, &mut headers, &mut strip, rule.token != TokenForwarding::Original);
         Ok(Allowed { route, headers, authorization, strip, audit: None, caller: Some(verified.clone()), strip_query: Vec::new() })
     }
 
@@ -608,7 +653,7 @@ impl Engine {
     fn anonymous(&self, route: RouteRef, policy: &RtPolicy, request: &HeaderMap) -> Allowed {
         let mut headers = Vec::new();
         let mut strip = self.identity_headers.clone();
-        remove_token(policy, request, &mut headers, &mut strip);
+        remove_token(policy, request, &mut headers, &mut strip, true);
         Allowed { route, headers, authorization: None, strip, audit: None, caller: None, strip_query: Vec::new() }
     }
 
@@ -685,9 +730,19 @@ fn query_tokens(policy: &RtPolicy, query: Option<&str>) -> Vec<String> {
 /// Takes every token source of the policy out of the upstream request: its headers are
 /// stripped, its cookies cut out of `Cookie` (which is then set to the rest, or stripped).
 /// `Authorization` is the caller's `authorization` answer and is handled there.
-fn remove_token(policy: &RtPolicy, request: &HeaderMap, headers: &mut Vec<(HeaderName, HeaderValue)>, strip: &mut Vec<HeaderName>) {
-    strip.extend(policy.token_headers.iter().cloned());
-    if policy.token_cookies.is_empty() || !request.contains_key(http::header::COOKIE) {
+fn remove_token(
+    policy: &RtPolicy,
+    request: &HeaderMap,
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    strip: &mut Vec<HeaderName>,
+    token_sources: bool,
+) {
+    if token_sources {
+        strip.extend(policy.token_headers.iter().cloned());
+    }
+    let sign_in = policy.sign_in.as_ref().map(|si| &si.cookies[..]).unwrap_or_default();
+    let removed_names = |name: &str| (token_sources && policy.token_cookies.iter().any(|c| c == name)) || sign_in.iter().any(|c| c == name);
+    if (policy.token_cookies.is_empty() || !token_sources) && sign_in.is_empty() || !request.contains_key(http::header::COOKIE) {
         return;
     }
     let mut kept: Vec<&str> = Vec::new();
@@ -701,7 +756,7 @@ fn remove_token(policy: &RtPolicy, request: &HeaderMap, headers: &mut Vec<(Heade
         };
         for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-            if policy.token_cookies.iter().any(|c| c == name) {
+            if removed_names(name) {
                 removed = true;
             } else {
                 kept.push(pair);

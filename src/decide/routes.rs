@@ -353,6 +353,7 @@ mod tests {
                 })
                 .collect(),
             cors_preflight: false,
+            sign_in: None,
         })
     }
 

@@ -13,12 +13,58 @@
 //! Every sealed value is bound to its purpose, its cookie and its host (`binding`): a login cookie
 //! is no session, and neither moves to another host.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::keyset::KeySet;
 use crate::keys::KeyError;
 use crate::keys::seal::{Sealer, random_token, same_secret};
+use crate::policy::config::SignInConfig;
+use crate::policy::host::HostPattern;
+
+/// An OpenID provider as the gateway discovered it; `meta` is empty until its discovery
+/// document and keys were fetched (sign-in then answers 503, never a loop).
+#[derive(Debug)]
+pub struct Provider {
+    pub issuer: String,
+    pub meta: ArcSwapOption<ProviderMeta>,
+    /// The provider's signing keys (from its `jwks_uri`).
+    pub keys: Arc<KeySet>,
+}
+
+impl Provider {
+    pub fn new(issuer: &str) -> Arc<Self> {
+        Arc::new(Self { issuer: issuer.to_owned(), meta: ArcSwapOption::empty(), keys: KeySet::new_remote(issuer) })
+    }
+}
+
+/// What a provider's discovery document says that sign-in needs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProviderMeta {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+}
+
+/// A policy's sign-in, ready to decide: its provider and the sealers of its session and login
+/// cookies (`None` until this gateway holds the session SigningKey's keys).
+pub struct RtSignIn {
+    pub config: SignInConfig,
+    pub policy: String,
+    pub provider: Arc<Provider>,
+    pub sessions: Option<Sealer>,
+    pub logins: Option<Sealer>,
+    pub allowed: Vec<HostPattern>,
+    /// Its session chunks and login cookie: removed from every upstream request.
+    pub cookies: Vec<String>,
+}
 
 /// A sealed value per cookie at most this long: with the cookie's name and attributes it stays
 /// under the 4,096 bytes browsers keep per cookie.
@@ -248,6 +294,139 @@ pub fn is_navigation(method: &str, headers: &HeaderMap) -> bool {
 pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!("{name}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}", max_age.max(0))
+}
+
+/// Where a browser is sent, and the cookies set on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub location: String,
+    pub set_cookies: Vec<String>,
+}
+
+/// The one value of cookie `name` in the request; `Err` when it appears more than once.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, SessionError> {
+    let mut found = None;
+    for header in headers.get_all(http::header::COOKIE) {
+        let Ok(text) = header.to_str() else { continue };
+        for pair in text.split(';') {
+            if let Some((n, v)) = pair.trim().split_once('=')
+                && n == name
+                && found.replace(v).is_some()
+            {
+                return Err(SessionError::Ambiguous);
+            }
+        }
+    }
+    Ok(found)
+}
+
+impl RtSignIn {
+    /// Whether this sign-in serves `host` (normalised, without port).
+    pub fn serves(&self, hosts: &[HostPattern], host: &str) -> bool {
+        hosts.is_empty() || hosts.iter().any(|h| h.matches(host))
+    }
+}
+
+impl super::Engine {
+    /// The session of a request to a sign-in policy, as a verified caller.
+    pub(super) fn session(&self, si: &RtSignIn, req: &super::Request<'_>, now: i64) -> Result<Arc<super::Verified>, SessionError> {
+        let sealer = si.sessions.as_ref().ok_or(SessionError::Invalid)?;
+        let host = crate::policy::host::normalize_host(req.host).ok_or(SessionError::Invalid)?;
+        let s = open_session(sealer, si.config.session_cookie(), &host, req.headers, now)?;
+        Ok(Arc::new(super::Verified {
+            keyset: 0,
+            generation: 0,
+            alg: crate::api::JwtAlgorithm::EdDSA,
+            iss: si.provider.issuer.clone(),
+            aud: vec![si.config.client_id.clone()],
+            exp: s.exp,
+            nbf: None,
+            claims: s.claims,
+            minted: Default::default(),
+        }))
+    }
+
+    /// The redirect to the provider that starts a sign-in, or why it cannot start.
+    pub(super) fn sign_in_redirect(&self, si: &RtSignIn, route: super::RouteRef, req: &super::Request<'_>, now: i64) -> super::Denied {
+        let denied = |reason, detail: &str, redirect| super::Denied {
+            reason,
+            route: Some(route),
+            detail: Some(detail.to_owned()),
+            scopes: Vec::new(),
+            refetch: None,
+            redirect,
+        };
+        let unavailable = |detail: &str| denied(super::DenyReason::SignInUnavailable, detail, None);
+        let Some(meta) = si.provider.meta.load_full() else { return unavailable("the provider's discovery document is not loaded") };
+        let Some(logins) = &si.logins else { return unavailable("the session SigningKey's keys are not on this gateway") };
+        let Some(host) = crate::policy::host::normalize_host(req.host) else { return unavailable("invalid host") };
+        let return_to = crate::policy::redirect::return_target(req.target, &host, &si.allowed).unwrap_or_else(|| "/".to_owned());
+        let cookie = si.config.login_cookie();
+        let Ok((login, sealed)) = begin_login(logins, cookie, &host, &return_to, now) else { return unavailable("sealing failed") };
+        let scheme = if si.config.https { "https" } else { "http" };
+        let redirect_uri = format!("{scheme}://{}{}", req.host.to_ascii_lowercase(), si.config.callback_path);
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &si.config.client_id)
+            .append_pair("redirect_uri", &redirect_uri)
+            .append_pair("scope", &si.config.scopes.join(" "))
+            .append_pair("state", &login.state)
+            .append_pair("nonce", &login.nonce)
+            .append_pair("code_challenge", &crate::keys::seal::pkce_challenge(&login.verifier))
+            .append_pair("code_challenge_method", "S256")
+            .finish();
+        let sep = if meta.authorization_endpoint.contains('?') { '&' } else { '?' };
+        let redirect = Redirect {
+            location: format!("{}{sep}{query}", meta.authorization_endpoint),
+            set_cookies: vec![set_cookie(cookie, &sealed, LOGIN_SECS, si.config.https)],
+        };
+        denied(super::DenyReason::SignInRequired, "a browser without a session", Some(Box::new(redirect)))
+    }
+
+    /// The issuers of every sign-in of this engine.
+    pub fn sign_in_issuers(&self) -> Vec<&str> {
+        self.policies.iter().filter_map(|p| p.sign_in.as_ref().map(|si| si.config.issuer.as_str())).collect()
+    }
+
+    /// The sign-in whose callback `path` on `host` (normalised) is: exactly one policy's.
+    pub fn sign_in_callback(&self, host: &str, path: &str) -> Option<&RtSignIn> {
+        let mut found = self
+            .policies
+            .iter()
+            .filter_map(|p| p.sign_in.as_deref().filter(|si| si.config.callback_path == path && si.serves(&p.sign_in_hosts, host)));
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
+    }
+
+    /// The end of a sign-in, once the gateway has the provider's ID token for the login: the
+    /// token verified (signature with the provider's keys, then OIDC Core 3.1.3.7), and the
+    /// session sealed into cookies, with the way back.
+    pub fn complete_sign_in(&self, si: &RtSignIn, host: &str, login: &LoginState, id_token: &str, now: i64) -> Result<Redirect, String> {
+        let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
+        let t = super::token::parse(id_token).map_err(|r| format!("ID token: {}", r.description()))?;
+        if !matches!(
+            t.alg,
+            crate::api::JwtAlgorithm::RS256
+                | crate::api::JwtAlgorithm::ES256
+                | crate::api::JwtAlgorithm::PS256
+                | crate::api::JwtAlgorithm::EdDSA
+        ) {
+            return Err("ID token: algorithm not accepted".into());
+        }
+        super::token::verify_signature(&t, &si.provider.keys).map_err(|r| format!("ID token: {}", r.description()))?;
+        check_id_token(&t.claims, &meta.issuer, &si.config.client_id, &login.nonce, now, 60).map_err(|e| e.to_string())?;
+        let sessions = si.sessions.as_ref().ok_or("the session SigningKey's keys are not on this gateway")?;
+        let session = Session::from_id_token(&t.claims, now + si.config.session_lifetime_secs as i64);
+        let base = si.config.session_cookie();
+        let chunks = seal_session(sessions, base, host, &session).map_err(|e| e.to_string())?;
+        let https = si.config.https;
+        let mut set_cookies: Vec<String> =
+            chunks.iter().map(|(n, v)| set_cookie(n, v, si.config.session_lifetime_secs as i64, https)).collect();
+        // Chunks a larger session left behind go, and so does the login.
+        set_cookies.extend((chunks.len()..MAX_CHUNKS).map(|i| set_cookie(&chunk_name(base, i), "", 0, https)));
+        set_cookies.push(set_cookie(si.config.login_cookie(), "", 0, https));
+        Ok(Redirect { location: login.return_to.clone(), set_cookies })
+    }
 }
 
 #[cfg(test)]

@@ -161,7 +161,12 @@ fn deny(realm: &str, d: &Denied) -> CheckResponse {
         _ => code::PERMISSION_DENIED,
     };
     let challenge = www_authenticate(realm, d);
-    let extra: Vec<(&str, &str)> = challenge.as_deref().map(|c| vec![("www-authenticate", c)]).unwrap_or_default();
+    let mut extra: Vec<(&str, &str)> = challenge.as_deref().map(|c| vec![("www-authenticate", c)]).unwrap_or_default();
+    // Sign-in: Envoy sends the browser on, with the login cookie.
+    if let Some(r) = &d.redirect {
+        extra.push(("location", &r.location));
+        extra.extend(r.set_cookies.iter().map(|c| ("set-cookie", c.as_str())));
+    }
     denied(grpc, status, d.reason.as_str(), &extra, super::deny_body(d))
 }
 

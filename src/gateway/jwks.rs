@@ -41,6 +41,9 @@ pub struct JwksRegistry {
     metrics: Metrics,
     /// Shortest time between two fetches of one URL, whatever asks for them.
     min_interval: Duration,
+    /// OpenID providers of sign-in, and the client for their token endpoints.
+    pub providers: super::signin::Providers,
+    pub post: crate::plumbing::jwks_fetch::PostClient,
 }
 
 impl JwksRegistry {
@@ -52,6 +55,8 @@ impl JwksRegistry {
             client: http_client(extra_roots),
             metrics,
             min_interval,
+            providers: Default::default(),
+            post: crate::plumbing::jwks_fetch::post_client(extra_roots),
         })
     }
 
@@ -112,6 +117,10 @@ impl RemoteKeys for JwksRegistry {
     fn key_set(&self, uri: &str, refresh_secs: u64) -> Arc<KeySet> {
         let mut remotes = self.remotes.lock().expect("registry lock");
         remotes.entry((uri.to_owned(), refresh_secs)).or_insert_with(|| self.spawn(uri, Duration::from_secs(refresh_secs))).set.clone()
+    }
+
+    fn provider(&self, issuer: &str) -> Arc<crate::decide::signin::Provider> {
+        self.providers.get(issuer, &self.client)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod grpc_transport;
 pub mod jwks;
 pub mod metrics;
 pub mod request;
+pub mod signin;
 pub mod source;
 pub mod status;
 
@@ -195,6 +196,7 @@ impl Gateway {
             discovery: Bytes::from(self.discovery(&engine.config).to_string()),
         })));
         self.jwks.retain_only(engine.remote_key_sets());
+        self.jwks.providers.retain_only(&engine.sign_in_issuers());
         if let Some(prev) = previous {
             let current: std::collections::HashSet<(&str, &str)> =
                 engine.config.policies.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
@@ -285,6 +287,13 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
+        // A sign-in callback is answered here: it is no request for the upstream.
+        if let Some(norm) = crate::policy::host::normalize_host(host) {
+            let (path, query) = crate::policy::path::split_target(target);
+            if let Some(si) = slot.engine.sign_in_callback(&norm, path) {
+                return signin::callback(&slot.engine, si, &norm, host, query, headers, &self.jwks.post).await;
+            }
+        }
         let request = Request { method, host, target, headers, path_mode: self.path_mode, routed: None };
         // These proxies forward the target as the client sent it: a query token cannot be taken out.
         let decision = match self.decide(&slot, &request, false).await {
@@ -388,6 +397,12 @@ fn deny_body(d: &Denied) -> serde_json::Value {
 }
 
 fn deny_response(realm: &str, d: &Denied) -> Response<Full<Bytes>> {
+    if let Some(r) = &d.redirect {
+        return signin::redirect(r);
+    }
+    if d.reason == DenyReason::SignInUnavailable {
+        return signin::page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", d.reason.description());
+    }
     let status = StatusCode::from_u16(d.reason.status()).expect("valid status");
     let mut resp = reply(status, "application/json", Bytes::from(deny_body(d).to_string()));
     let h = resp.headers_mut();

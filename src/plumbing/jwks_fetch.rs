@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -16,10 +16,25 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// The same, for requests with a body (an OpenID provider's token endpoint).
+pub type PostClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// An HTTP(S) client that trusts the Mozilla roots plus `extra_roots` (an identity provider
 /// behind a private CA).
 pub fn http_client(extra_roots: &[CertificateDer<'static>]) -> HttpClient {
+    client(extra_roots)
+}
+
+pub fn post_client(extra_roots: &[CertificateDer<'static>]) -> PostClient {
+    client(extra_roots)
+}
+
+fn client<B>(extra_roots: &[CertificateDer<'static>]) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, B>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     let (added, ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
@@ -47,8 +62,9 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
-/// Fetches and parses a JWKS; the error says what went wrong without echoing the body.
-pub async fn fetch_jwks(client: &HttpClient, uri: &str) -> Result<(Vec<crate::keys::VerifyKey>, Vec<String>), String> {
+/// Fetches a JSON document (at most `max` bytes); the error says what went wrong without
+/// echoing the body.
+pub async fn fetch_json(client: &HttpClient, uri: &str, max: usize) -> Result<serde_json::Value, String> {
     let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
     let req = http::Request::get(parsed).header("accept", "application/json").body(Empty::new()).map_err(|e| e.to_string())?;
     let resp =
@@ -56,12 +72,36 @@ pub async fn fetch_jwks(client: &HttpClient, uri: &str) -> Result<(Vec<crate::ke
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status()));
     }
-    let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect())
+    json_body(resp, max).await
+}
+
+/// POSTs a form and reads the JSON answer (at most `max` bytes), whatever its status: an OAuth
+/// error is a JSON body too. The error never echoes the body.
+pub async fn post_form(client: &PostClient, uri: &str, form: String, max: usize) -> Result<(http::StatusCode, serde_json::Value), String> {
+    let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let req = http::Request::post(parsed)
+        .header("accept", "application/json")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form)))
+        .map_err(|e| e.to_string())?;
+    let resp =
+        tokio::time::timeout(FETCH_TIMEOUT, client.request(req)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    Ok((status, json_body(resp, max).await?))
+}
+
+async fn json_body(resp: http::Response<hyper::body::Incoming>, max: usize) -> Result<serde_json::Value, String> {
+    let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(resp.into_body(), max).collect())
         .await
         .map_err(|_| "timed out reading the body".to_owned())?
         .map_err(|e| format!("reading the body: {e}"))?
         .to_bytes();
-    let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// Fetches and parses a JWKS; the error says what went wrong without echoing the body.
+pub async fn fetch_jwks(client: &HttpClient, uri: &str) -> Result<(Vec<crate::keys::VerifyKey>, Vec<String>), String> {
+    let doc = fetch_json(client, uri, MAX_JWKS_BYTES).await?;
     let (keys, skipped) = crate::keys::parse_jwks(&doc)?;
     if keys.is_empty() {
         return Err(format!(

@@ -94,6 +94,36 @@ pub struct PolicyConfig {
     pub rules: Vec<RuleConfig>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cors_preflight: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in: Option<SignInConfig>,
+}
+
+/// Browser sign-in of a policy (`spec.signIn`), defaults applied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignInConfig {
+    pub issuer: String,
+    pub client_id: String,
+    /// Always starts with `openid`.
+    pub scopes: Vec<String>,
+    pub session_key: KeyRef,
+    pub session_lifetime_secs: u64,
+    pub callback_path: String,
+    pub https: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_redirect_hosts: Vec<String>,
+}
+
+impl SignInConfig {
+    /// The session cookie's name (its chunks add `-0`, `-1`): `__Host-` where browsers hold
+    /// such cookies to host-only, `Secure`, `Path=/`.
+    pub fn session_cookie(&self) -> &'static str {
+        if self.https { "__Host-portcullis-session" } else { "portcullis-session" }
+    }
+
+    pub fn login_cookie(&self) -> &'static str {
+        if self.https { "__Host-portcullis-login" } else { "portcullis-login" }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -524,6 +554,14 @@ impl GatewayConfig {
             .chain(self.exchanges.iter().map(|x| x.signing_key.clone()))
             .collect();
         self.signing_keys.iter().filter(move |k| minting.contains(&k.key_ref()))
+    }
+
+    /// The SigningKeys that seal sign-in sessions: delivered to the gateway with the minting keys,
+    /// never published.
+    pub fn sealing_keys(&self) -> impl Iterator<Item = &PublishedKeys> {
+        let sealing: std::collections::BTreeSet<KeyRef> =
+            self.policies.iter().filter_map(|p| p.sign_in.as_ref().map(|s| s.session_key.clone())).collect();
+        self.signing_keys.iter().filter(move |k| sealing.contains(&k.key_ref()))
     }
 
     /// The JWKS of the keys the gateway mints with, each kid once: what services trust.

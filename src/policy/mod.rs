@@ -441,7 +441,8 @@ pub fn referenced_keys(cfg: &PolicyConfig) -> Vec<KeyRef> {
         _ => None,
     });
     let mint = cfg.rules.iter().filter_map(|r| r.forward.issue.as_ref().map(|i| i.signing_key.clone()));
-    verify.chain(mint).collect()
+    let seal = cfg.sign_in.as_ref().map(|s| s.session_key.clone());
+    verify.chain(mint).chain(seal).collect()
 }
 
 #[cfg(test)]

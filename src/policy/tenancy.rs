@@ -242,6 +242,7 @@ mod tests {
             token_sources: Vec::new(),
             rules: Vec::new(),
             cors_preflight: false,
+            sign_in: None,
         }
     }
 

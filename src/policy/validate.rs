@@ -8,7 +8,7 @@ use http::HeaderName;
 use jiff::Timestamp;
 
 use super::claims::{ClaimPath, ClaimRequirement};
-use super::config::{ForwardConfig, IssueConfig, IssuerConfig, KeyRef, KeySource, PolicyConfig, PublishedKeys, RuleConfig};
+use super::config::{ForwardConfig, IssueConfig, IssuerConfig, KeyRef, KeySource, PolicyConfig, PublishedKeys, RuleConfig, SignInConfig};
 use super::host::HostPattern;
 use super::path::PathPattern;
 use crate::api::JwtAlgorithm;
@@ -24,6 +24,8 @@ pub const MIN_REFRESH_SECS: u64 = 10;
 pub const DEFAULT_ISSUE_TTL_SECS: u64 = 300;
 pub const MAX_ISSUE_TTL_SECS: u64 = 3600;
 pub const DEFAULT_SA_TOKEN_LIFETIME_SECS: u64 = 3600;
+pub const DEFAULT_SESSION_SECS: u64 = 8 * 3600;
+pub const DEFAULT_CALLBACK_PATH: &str = "/.portcullis/callback";
 pub const MIN_SA_TOKEN_LIFETIME_SECS: u64 = 600;
 pub const MAX_SA_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
@@ -242,7 +244,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
                 p.add(&format!("{at}.serviceAccounts"), e);
             }
         }
-        if !rule.public && spec.issuers.is_empty() {
+        if !rule.public && spec.issuers.is_empty() && spec.sign_in.is_none() {
             p.add(&at, "the rule needs a token but the policy trusts no issuer");
         }
         for (k, r) in rule.require.iter().enumerate() {
@@ -304,6 +306,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
             audit: rule.mode.or(spec.mode) == Some(crate::api::Mode::Audit),
         });
     }
+    let sign_in = spec.sign_in.as_ref().and_then(|s| validate_sign_in("signIn", meta, s, keys, &mut p));
 
     if !p.invalid.is_empty() {
         let mut problems = p.invalid;
@@ -323,6 +326,7 @@ pub fn validate(meta: &PolicyMeta, spec: &AuthPolicySpec, keys: &BTreeMap<KeyRef
         token_sources,
         rules,
         cors_preflight: spec.cors_preflight,
+        sign_in,
     })
 }
 
@@ -408,6 +412,57 @@ fn validate_issuer(
         KeySource::SigningKey(key)
     };
     Some(IssuerConfig { issuer, audiences: iss.audiences.clone(), algorithms: algorithms(&[]), clock_skew_secs, keys: keys_source })
+}
+
+fn validate_sign_in(
+    at: &str,
+    meta: &PolicyMeta,
+    s: &crate::api::SignIn,
+    keys: &BTreeMap<KeyRef, PublishedKeys>,
+    p: &mut Problems,
+) -> Option<SignInConfig> {
+    match s.issuer.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none() => {}
+        _ => p.add(&format!("{at}.issuer"), format!("{:?} is not an http(s) issuer URL", s.issuer)),
+    }
+    if s.client_id.is_empty() {
+        p.add(&format!("{at}.clientId"), "must not be empty");
+    }
+    let mut scopes = vec!["openid".to_owned()];
+    for sc in &s.scopes {
+        if sc.is_empty() || sc.bytes().any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f) {
+            p.add(&format!("{at}.scopes"), format!("{sc:?} is not a scope"));
+        } else if !scopes.contains(sc) {
+            scopes.push(sc.clone());
+        }
+    }
+    let session_lifetime_secs = s.session_lifetime.map_or(DEFAULT_SESSION_SECS, |d| d.as_secs());
+    if !(300..=7 * 24 * 3600).contains(&session_lifetime_secs) {
+        p.add(&format!("{at}.sessionLifetime"), "must be between 5m and 7d");
+    }
+    let callback_path = s.callback_path.clone().unwrap_or_else(|| DEFAULT_CALLBACK_PATH.to_owned());
+    if crate::policy::path::normalize(&callback_path).ok().as_deref() != Some(callback_path.as_str()) || callback_path == "/" {
+        p.add(&format!("{at}.callbackPath"), format!("{callback_path:?} is not a normalised path of its own"));
+    }
+    for h in &s.allowed_redirect_hosts {
+        if let Err(e) = HostPattern::parse(h) {
+            p.add(&format!("{at}.allowedRedirectHosts"), e);
+        }
+    }
+    let session_key = KeyRef { namespace: meta.namespace.clone(), name: s.session_key_ref.name.clone() };
+    if !keys.contains_key(&session_key) {
+        p.missing_keys.push(format!("{at}.sessionKeyRef: SigningKey {session_key} not found"));
+    }
+    Some(SignInConfig {
+        issuer: s.issuer.clone(),
+        client_id: s.client_id.clone(),
+        scopes,
+        session_key,
+        session_lifetime_secs,
+        callback_path,
+        https: s.scheme.unwrap_or_default() == crate::api::SignInScheme::Https,
+        allowed_redirect_hosts: s.allowed_redirect_hosts.clone(),
+    })
 }
 
 fn validate_forward(at: &str, meta: &PolicyMeta, f: &Forward, keys: &BTreeMap<KeyRef, PublishedKeys>, p: &mut Problems) -> ForwardConfig {

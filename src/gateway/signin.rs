@@ -1,0 +1,204 @@
+//! Browser sign-in, the I/O (thin): OpenID providers discovered and their keys fetched, and the
+//! callback — the authorization code exchanged at the provider's token endpoint. Every decision
+//! (sessions, login state, ID token checks, redirects) is `decide::signin`'s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use tokio::task::JoinHandle;
+
+use super::unix_now;
+use crate::decide::Engine;
+use crate::decide::signin::{LoginError, Provider, ProviderMeta, Redirect, RtSignIn, cookie_value, finish_login};
+use crate::plumbing::http::reply;
+use crate::plumbing::jwks_fetch::{HttpClient, PostClient, fetch_json, fetch_jwks, post_form};
+
+/// Discovery documents and token responses larger than this are refused.
+const MAX_DOC_BYTES: usize = 256 * 1024;
+const REFRESH: Duration = Duration::from_secs(300);
+
+/// One discovery loop per provider issuer, shared by every config that uses it.
+#[derive(Default)]
+pub struct Providers(Mutex<HashMap<String, Discovered>>);
+
+/// A provider and the task that keeps it discovered.
+type Discovered = (Arc<Provider>, JoinHandle<()>);
+
+impl Drop for Providers {
+    fn drop(&mut self) {
+        for (_, (_, task)) in self.0.lock().expect("providers lock").drain() {
+            task.abort();
+        }
+    }
+}
+
+impl Providers {
+    pub fn get(&self, issuer: &str, client: &HttpClient) -> Arc<Provider> {
+        let mut map = self.0.lock().expect("providers lock");
+        let entry = map.entry(issuer.to_owned()).or_insert_with(|| {
+            let provider = Provider::new(issuer);
+            let task = tokio::spawn(discovery_loop(client.clone(), provider.clone()));
+            (provider, task)
+        });
+        entry.0.clone()
+    }
+
+    /// Stops discovering the providers no config uses any more.
+    pub fn retain_only(&self, in_use: &[&str]) {
+        self.0.lock().expect("providers lock").retain(|issuer, (_, task)| {
+            let keep = in_use.contains(&issuer.as_str());
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+    }
+}
+
+/// The provider's discovery document and keys, refreshed every five minutes; a failure keeps
+/// what was there and is retried sooner.
+async fn discovery_loop(client: HttpClient, provider: Arc<Provider>) {
+    let mut failures = 0u32;
+    loop {
+        let next = match discover(&client, &provider.issuer).await {
+            Ok((meta, keys)) => {
+                failures = 0;
+                provider.keys.replace(keys);
+                provider.meta.store(Some(Arc::new(meta)));
+                REFRESH
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(issuer = %provider.issuer, "sign-in provider discovery failed, retrying: {e}");
+                Duration::from_secs(1u64 << failures.min(5))
+            }
+        };
+        tokio::time::sleep(next).await;
+    }
+}
+
+async fn discover(client: &HttpClient, issuer: &str) -> Result<(ProviderMeta, Vec<crate::keys::VerifyKey>), String> {
+    let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let doc = fetch_json(client, &url, MAX_DOC_BYTES).await?;
+    let meta: ProviderMeta = serde_json::from_value(doc).map_err(|e| format!("discovery document: {e}"))?;
+    // OpenID Connect Discovery 4.3: the document is the issuer's own.
+    if meta.issuer != issuer {
+        return Err(format!("the discovery document names issuer {:?}, not {issuer:?}", meta.issuer));
+    }
+    for (what, u) in [("authorization_endpoint", &meta.authorization_endpoint), ("token_endpoint", &meta.token_endpoint)] {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(format!("{what} is not an http(s) URL"));
+        }
+    }
+    let (keys, _) = fetch_jwks(client, &meta.jwks_uri).await?;
+    Ok((meta, keys))
+}
+
+/// Answers a sign-in callback (`?code&state`): the login cookie checked, the code exchanged
+/// (with the PKCE verifier) at the provider, the ID token checked, the session set. Every
+/// failure is a page that says what failed, and never a session (nor a redirect loop).
+pub async fn callback(
+    engine: &Engine,
+    si: &RtSignIn,
+    host: &str,
+    raw_host: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    client: &PostClient,
+) -> Response<Full<Bytes>> {
+    let now = unix_now();
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if params.insert(k.into_owned(), v.into_owned()).is_some() {
+            return page(StatusCode::BAD_REQUEST, "Sign-in failed", "a parameter of the callback is repeated");
+        }
+    }
+    if let Some(error) = params.get("error") {
+        let error: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+        return page(StatusCode::FORBIDDEN, "Sign-in failed", &format!("the identity provider answered {error}"));
+    }
+    let (Some(code), Some(state)) = (params.get("code"), params.get("state")) else {
+        return page(StatusCode::BAD_REQUEST, "Sign-in failed", "the callback has no code or state");
+    };
+    let cookie = si.config.login_cookie();
+    let Ok(sealed) = cookie_value(headers, cookie) else {
+        return page(StatusCode::BAD_REQUEST, "Sign-in failed", "the login cookie appears more than once");
+    };
+    let Some(logins) = &si.logins else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the gateway does not hold the session keys yet");
+    };
+    let login = match finish_login(logins, cookie, host, sealed, state, now) {
+        Ok(l) => l,
+        Err(e @ (LoginError::NoLogin | LoginError::StateMismatch | LoginError::Expired)) => {
+            tracing::info!(policy = %si.policy, "sign-in callback refused: {e}");
+            return page(StatusCode::BAD_REQUEST, "Sign-in failed", &format!("{e}; start again from the page you wanted"));
+        }
+    };
+    let Some(meta) = si.provider.meta.load_full() else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider cannot be reached");
+    };
+    let scheme = if si.config.https { "https" } else { "http" };
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", code)
+        .append_pair("redirect_uri", &format!("{scheme}://{}{}", raw_host.to_ascii_lowercase(), si.config.callback_path))
+        .append_pair("client_id", &si.config.client_id)
+        .append_pair("code_verifier", &login.verifier)
+        .finish();
+    let tokens = match post_form(client, &meta.token_endpoint, form, MAX_DOC_BYTES).await {
+        Ok((status, body)) if status.is_success() => body,
+        Ok((status, body)) => {
+            let error = body.get("error").and_then(|e| e.as_str()).unwrap_or("error");
+            let error: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            tracing::info!(policy = %si.policy, %status, error, "sign-in: the provider refused the code");
+            return page(StatusCode::FORBIDDEN, "Sign-in failed", &format!("the identity provider refused the code ({error})"));
+        }
+        Err(e) => {
+            tracing::warn!(policy = %si.policy, "sign-in: the token endpoint failed: {e}");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider cannot be reached");
+        }
+    };
+    let Some(id_token) = tokens.get("id_token").and_then(|t| t.as_str()) else {
+        return page(StatusCode::BAD_GATEWAY, "Sign-in failed", "the identity provider sent no ID token");
+    };
+    match engine.complete_sign_in(si, host, &login, id_token, now) {
+        Ok(r) => redirect(&r),
+        Err(e) => {
+            tracing::info!(policy = %si.policy, "sign-in refused: {e}");
+            page(StatusCode::FORBIDDEN, "Sign-in failed", &e)
+        }
+    }
+}
+
+/// A 302 with its cookies, never cached.
+pub fn redirect(r: &Redirect) -> Response<Full<Bytes>> {
+    let mut resp = page(StatusCode::FOUND, "Redirecting", "");
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(r.location.as_str()) {
+        h.insert(LOCATION, v);
+    }
+    for c in &r.set_cookies {
+        if let Ok(v) = HeaderValue::try_from(c.as_str()) {
+            h.append(SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+/// A small HTML page (what a person in a browser sees), never cached.
+pub fn page(status: StatusCode, title: &str, text: &str) -> Response<Full<Bytes>> {
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head><body><h1>{t}</h1><p>{x}</p></body></html>\n",
+        t = escape(title),
+        x = escape(text)
+    );
+    let mut resp = reply(status, "text/html; charset=utf-8", Bytes::from(body));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,41 @@
+// Drives Debian's Chromium through a sign-in and prints what it saw, as JSON, for the Rust test:
+// open a protected page, sign in at the provider, come back; reload; sign-in again after the
+// session cookie is gone.
+//
+//   node signin.mjs URL PROVIDER_ORIGIN
+import { chromium } from 'playwright-core';
+
+const [url, providerOrigin] = process.argv.slice(2);
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
+const out = {};
+try {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const providerRequests = () => requests.filter((u) => u.startsWith(providerOrigin)).length;
+  const requests = [];
+  page.on('request', (r) => requests.push(r.url()));
+
+  await page.goto(url);
+  out.loginPage = { url: page.url(), title: await page.title() };
+  await page.fill('input[name=login]', 'alice');
+  await page.fill('input[name=password]', 'anything');
+  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  // The consent screen, then back on the page.
+  await Promise.all([page.waitForURL((u) => u.toString().startsWith(url)), page.click('button[type=submit]')]);
+  out.afterSignIn = { url: page.url(), body: JSON.parse(await page.innerText('body')) };
+  out.cookies = (await context.cookies()).map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, secure: c.secure, domain: c.domain }));
+
+  const before = providerRequests();
+  await page.reload();
+  out.afterReload = { url: page.url(), body: JSON.parse(await page.innerText('body')), providerRequests: providerRequests() - before };
+
+  // Without the session cookie: to the provider again.
+  await context.clearCookies();
+  await page.goto(url);
+  out.afterCookiesCleared = { url: page.url() };
+} catch (e) {
+  out.error = String(e);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out));

@@ -1,0 +1,169 @@
+//! Browser sign-in end to end: a certified OpenID provider (npm `oidc-provider`), Portcullis in
+//! local mode, a real Envoy (HTTP ext_authz), an upstream that echoes what it got, and Debian's
+//! Chromium driven through the provider's login form. Then the attacks of issue 21, item 6, each
+//! through the same Envoy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn require_browser_tools() {
+    let modules = browser_dir().join("node_modules");
+    assert!(
+        modules.join("oidc-provider").exists() && modules.join("playwright-core").exists(),
+        "the sign-in tests need `npm ci` in tests/browser (CI runs it in .ci/run)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "the sign-in tests need Chromium: apt-get install chromium (CI installs it in .ci/run)");
+}
+
+fn policies(provider_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: SigningKey
+metadata: {{ name: sessions, namespace: shop }}
+spec: {{ algorithm: EdDSA }}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{ name: web, namespace: shop }}
+spec:
+  hosts: [shop.localhost]
+  signIn:
+    issuer: http://127.0.0.1:{provider_port}
+    clientId: web
+    scopes: [email]
+    sessionKeyRef: {{ name: sessions }}
+    scheme: http
+  rules:
+    - name: app
+      match: {{ paths: [{{ prefix: / }}] }}
+      forward: {{ claimsToHeaders: {{ X-User-Id: sub }} }}
+"#
+    )
+}
+
+/// The login cookie and the provider's `state` of a fresh redirect to sign in.
+fn start_sign_in(envoy: u16, host: &str) -> (String, String) {
+    let r = http(envoy, "GET", host, "/orders", &[("Accept", "text/html")]).unwrap();
+    assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.header("location").unwrap().to_owned();
+    let state = location.split(['?', '&']).find_map(|p| p.strip_prefix("state=")).unwrap().to_owned();
+    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    (cookie, state)
+}
+
+#[test]
+fn a_browser_signs_in_through_envoy_and_every_attack_on_the_flow_is_refused() {
+    require_browser_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (provider_port, authz_port) = (free_port(), free_port());
+    let upstream = start_echo();
+    let (_envoy, envoy_port) = start_envoy(&tmp.path().join("envoy"), authz_port, upstream);
+    let host = format!("shop.localhost:{envoy_port}");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(browser_dir()).args([
+        "provider.mjs",
+        &provider_port.to_string(),
+        "web",
+        &format!("http://{host}/.portcullis/callback"),
+    ]);
+    let mut provider = Proc::spawn("provider", &mut cmd, tmp.path().join("provider.log"));
+    provider.wait_serving(Duration::from_secs(20), || {
+        http(provider_port, "GET", "127.0.0.1", "/.well-known/openid-configuration", &[]).ok().filter(|r| r.status == 200)
+    });
+    std::fs::write(dir.join("web.yaml"), policies(provider_port)).unwrap();
+    let portcullis = start_local(&dir, authz_port, tmp.path().join("portcullis.log"));
+    // The provider is discovered in the background: until then a navigation gets a 503 page.
+    wait_until("the provider discovered", Duration::from_secs(20), || {
+        (http(envoy_port, "GET", &host, "/", &[("Accept", "text/html")]).ok()?.status == 302).then_some(())
+    });
+
+    // A real browser: protected page → provider's login form → back, served with the identity.
+    let url = format!("http://{host}/orders?page=2");
+    let out = Command::new("node")
+        .current_dir(browser_dir())
+        .args(["signin.mjs", &url, &format!("http://127.0.0.1:{provider_port}")])
+        .output()
+        .expect("node runs");
+    let seen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    assert!(seen.get("error").is_none(), "{seen:#}\n{}", portcullis.log_text());
+    assert!(seen["loginPage"]["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{provider_port}/")), "{seen:#}");
+    assert_eq!(seen["afterSignIn"]["url"], url.as_str(), "back on the page asked for");
+    let body = &seen["afterSignIn"]["body"];
+    assert_eq!(body["target"], "/orders?page=2");
+    assert_eq!(body["headers"]["x-user-id"][0], "alice", "served with the identity header: {body:#}");
+    let cookies_upstream = body["headers"]["cookie"].to_string();
+    assert!(!cookies_upstream.contains("portcullis-"), "the session never reaches the upstream: {cookies_upstream}");
+    let session = seen["cookies"].as_array().unwrap().iter().find(|c| c["name"] == "portcullis-session-0").expect("a session cookie");
+    assert_eq!(
+        (session["httpOnly"].as_bool(), session["sameSite"].as_str(), session["domain"].as_str()),
+        (Some(true), Some("Lax"), Some("shop.localhost"))
+    );
+    // Reloading works without the provider; without the cookie, it is the provider again.
+    assert_eq!(seen["afterReload"]["body"]["headers"]["x-user-id"][0], "alice");
+    assert_eq!(seen["afterReload"]["providerRequests"], 0);
+    assert!(seen["afterCookiesCleared"]["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{provider_port}/")));
+
+    // Scripts are not sent to a login page: 401.
+    assert_eq!(http(envoy_port, "GET", &host, "/orders", &[("Accept", "application/json")]).unwrap().status, 401);
+    let xhr = http(envoy_port, "GET", &host, "/orders", &[("Accept", "text/html"), ("X-Requested-With", "XMLHttpRequest")]).unwrap();
+    assert_eq!(xhr.status, 401);
+    // A tampered or foreign session cookie is no session.
+    for cookie in ["portcullis-session-0=v1.x.y", "portcullis-session-0=garbage"] {
+        let r = http(envoy_port, "GET", &host, "/orders", &[("Accept", "application/json"), ("Cookie", cookie)]).unwrap();
+        assert_eq!(r.status, 401, "{cookie}");
+        let r = http(envoy_port, "GET", &host, "/orders", &[("Accept", "text/html"), ("Cookie", cookie)]).unwrap();
+        assert_eq!(r.status, 302, "{cookie}: sent to sign in, not served");
+    }
+    // The callback: a forged state, no login cookie, a login cookie of another sign-in, an
+    // error from the provider — a page that says so, never a session.
+    let callback = |query: &str, cookie: Option<&str>| {
+        let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("Cookie", c)]).unwrap_or_default();
+        http(envoy_port, "GET", &host, &format!("/.portcullis/callback?{query}"), &headers).unwrap()
+    };
+    let (login, state) = start_sign_in(envoy_port, &host);
+    let (other_login, _) = start_sign_in(envoy_port, &host);
+    for (what, query, cookie, status) in [
+        ("forged state", "code=c&state=forged".to_owned(), Some(login.as_str()), 400),
+        ("no login cookie", format!("code=c&state={state}"), None, 400),
+        ("another sign-in's login cookie", format!("code=c&state={state}"), Some(other_login.as_str()), 400),
+        ("a state given twice", format!("code=c&state={state}&state={state}"), Some(login.as_str()), 400),
+        ("a code the provider never issued", format!("code=forged&state={state}"), Some(login.as_str()), 403),
+        ("the provider's error", "error=access_denied&state=x".to_owned(), Some(login.as_str()), 403),
+    ] {
+        let r = callback(&query, cookie);
+        assert_eq!(r.status, status, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("set-cookie").is_none_or(|c| !c.starts_with("portcullis-session")), "{what}: a session was set");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"), "{what}");
+    }
+    // The provider goes down in the middle of a sign-in: a 503 page, not a loop. Envoy's HTTP
+    // ext_authz takes any 5xx of the authorizer as its failure and answers `status_on_error`
+    // (403) itself; the authorizer's own answer is the page (gRPC ext_authz relays it as is).
+    drop(provider);
+    let r = callback(&format!("code=c&state={state}"), Some(&login));
+    assert_eq!(r.status, 403, "through Envoy: {}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("location").is_none() && r.header("set-cookie").is_none());
+    let direct =
+        http(authz_port, "GET", &host, &format!("/ext_authz/.portcullis/callback?code=c&state={state}"), &[("Cookie", &login)]).unwrap();
+    assert_eq!(direct.status, 503, "{}", String::from_utf8_lossy(&direct.body));
+    assert!(String::from_utf8_lossy(&direct.body).contains("cannot be reached"));
+    // No token, code or cookie value in any log line.
+    let log = portcullis.log_text();
+    for secret in [login.split_once('=').unwrap().1, state.as_str()] {
+        assert!(!log.contains(secret), "a secret in the gateway's log");
+    }
+}
