@@ -64,14 +64,27 @@ fn start_sign_in(envoy: u16, host: &str) -> (String, String) {
 }
 
 #[test]
-fn a_browser_signs_in_through_envoy_and_every_attack_on_the_flow_is_refused() {
+fn a_browser_signs_in_through_envoy_http_ext_authz_and_every_attack_on_the_flow_is_refused() {
+    signs_in(false);
+}
+
+#[test]
+fn a_browser_signs_in_through_envoy_grpc_ext_authz_and_every_attack_on_the_flow_is_refused() {
+    signs_in(true);
+}
+
+fn signs_in(grpc: bool) {
     require_browser_tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("policies");
     std::fs::create_dir_all(&dir).unwrap();
-    let (provider_port, authz_port) = (free_port(), free_port());
+    let (provider_port, authz_port, grpc_port) = (free_port(), free_port(), free_port());
     let upstream = start_echo();
-    let (_envoy, envoy_port) = start_envoy(&tmp.path().join("envoy"), authz_port, upstream);
+    let (_envoy, envoy_port) = if grpc {
+        start_envoy_grpc(&tmp.path().join("envoy"), grpc_port, upstream)
+    } else {
+        start_envoy(&tmp.path().join("envoy"), authz_port, upstream)
+    };
     let host = format!("shop.localhost:{envoy_port}");
     let mut cmd = Command::new("node");
     cmd.current_dir(browser_dir()).args([
@@ -85,7 +98,8 @@ fn a_browser_signs_in_through_envoy_and_every_attack_on_the_flow_is_refused() {
         http(provider_port, "GET", "127.0.0.1", "/.well-known/openid-configuration", &[]).ok().filter(|r| r.status == 200)
     });
     std::fs::write(dir.join("web.yaml"), policies(provider_port)).unwrap();
-    let portcullis = start_local(&dir, authz_port, tmp.path().join("portcullis.log"));
+    let grpc_listen = format!("127.0.0.1:{grpc_port}");
+    let portcullis = start_local_with(&dir, authz_port, tmp.path().join("portcullis.log"), &["--grpc-listen", &grpc_listen]);
     // The provider is discovered in the background: until then a navigation gets a 503 page.
     wait_until("the provider discovered", Duration::from_secs(20), || {
         (http(envoy_port, "GET", &host, "/", &[("Accept", "text/html")]).ok()?.status == 302).then_some(())
@@ -150,17 +164,23 @@ fn a_browser_signs_in_through_envoy_and_every_attack_on_the_flow_is_refused() {
         assert!(r.header("set-cookie").is_none_or(|c| !c.starts_with("portcullis-session")), "{what}: a session was set");
         assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"), "{what}");
     }
-    // The provider goes down in the middle of a sign-in: a 503 page, not a loop. Envoy's HTTP
-    // ext_authz takes any 5xx of the authorizer as its failure and answers `status_on_error`
-    // (403) itself; the authorizer's own answer is the page (gRPC ext_authz relays it as is).
+    // The provider goes down in the middle of a sign-in: a 503 page, not a loop. gRPC ext_authz
+    // relays the authorizer's page; Envoy's HTTP ext_authz takes any 5xx of the authorizer as
+    // its own failure and answers `status_on_error` (403) itself.
     drop(provider);
     let r = callback(&format!("code=c&state={state}"), Some(&login));
-    assert_eq!(r.status, 403, "through Envoy: {}", String::from_utf8_lossy(&r.body));
     assert!(r.header("location").is_none() && r.header("set-cookie").is_none());
-    let direct =
-        http(authz_port, "GET", &host, &format!("/ext_authz/.portcullis/callback?code=c&state={state}"), &[("Cookie", &login)]).unwrap();
-    assert_eq!(direct.status, 503, "{}", String::from_utf8_lossy(&direct.body));
-    assert!(String::from_utf8_lossy(&direct.body).contains("cannot be reached"));
+    if grpc {
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).contains("cannot be reached"));
+    } else {
+        assert_eq!(r.status, 403, "through Envoy: {}", String::from_utf8_lossy(&r.body));
+        let direct =
+            http(authz_port, "GET", &host, &format!("/ext_authz/.portcullis/callback?code=c&state={state}"), &[("Cookie", &login)])
+                .unwrap();
+        assert_eq!(direct.status, 503, "{}", String::from_utf8_lossy(&direct.body));
+        assert!(String::from_utf8_lossy(&direct.body).contains("cannot be reached"));
+    }
     // No token, code or cookie value in any log line.
     let log = portcullis.log_text();
     for secret in [login.split_once('=').unwrap().1, state.as_str()] {

@@ -63,6 +63,14 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
+        // A sign-in callback is answered here, as over HTTP.
+        if let Some(norm) = crate::policy::host::normalize_host(&http.host) {
+            let (path, query) = crate::policy::path::split_target(&http.path);
+            if let Some(si) = slot.engine.sign_in_callback(&norm, path) {
+                let resp = super::signin::callback(&slot.engine, si, &norm, &http.host, query, &headers, &self.jwks.post).await;
+                return from_response(resp).await;
+            }
+        }
         let req = Request {
             method: &http.method,
             host: &http.host,
@@ -172,6 +180,28 @@ fn deny(realm: &str, d: &Denied) -> CheckResponse {
 
 fn bad_request(why: &str) -> CheckResponse {
     denied(code::INVALID_ARGUMENT, 400, why, &[], super::bad_request_body(why))
+}
+
+/// An HTTP answer of the authorizer (a sign-in callback's redirect or page) as Envoy's denied
+/// response: the browser gets its status, headers and body.
+async fn from_response(resp: http::Response<http_body_util::Full<bytes::Bytes>>) -> CheckResponse {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut denied = DeniedHttpResponse {
+        status: Some(HttpStatus { code: HttpCode::try_from(i32::from(parts.status.as_u16())).unwrap_or(HttpCode::Forbidden) as i32 }),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        ..Default::default()
+    };
+    for (k, v) in &parts.headers {
+        denied.headers.push(header(k.as_str(), v.as_bytes()));
+    }
+    let grpc = if parts.status.is_server_error() { code::UNAVAILABLE } else { code::PERMISSION_DENIED };
+    CheckResponse {
+        status: Some(RpcStatus { code: grpc, message: "sign-in callback".to_owned(), ..Default::default() }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+    }
 }
 
 /// A denial: Envoy answers the client `http` with these headers and body.
