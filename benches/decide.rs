@@ -77,6 +77,7 @@ fn bench_decide(c: &mut Criterion) {
     }
 
     bench_minting(&mut g);
+    bench_session(&mut g);
 
     let issuer = TestIssuer::new(ISS, SigningAlgorithm::RS256);
     let engine = engine_for(&issuer, "RS256", 64 << 20);
@@ -110,6 +111,56 @@ fn bench_decide(c: &mut Criterion) {
         Request { method: "GET", host: "api.example.com", target: "/orders/42", headers: &hf, path_mode: Default::default(), routed: None };
     g.bench_function("deny/bad-signature-RS256", |b| b.iter(|| black_box(engine.decide(black_box(&bad), NOW))));
     g.finish();
+}
+
+/// Allow for a signed-in browser: the sealed session cookie opened (AES-256-GCM) and its claims
+/// parsed on every request — to compare with `allow/*/cached` (a bearer token from the cache).
+fn bench_session(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use portcullis::keys::schedule::{Requests, generate, plan, publish};
+    let spec: portcullis::api::SigningKeySpec = serde_json::from_value(json!({"algorithm": "EdDSA"})).unwrap();
+    let key = portcullis::policy::KeyRef { namespace: "default".into(), name: "sessions".into() };
+    let ring =
+        plan(jiff::Timestamp::from_second(NOW).unwrap(), &spec, Default::default(), &Requests::default(), &mut generate).unwrap().ring;
+    let keys = BTreeMap::from([(key.clone(), publish(&key, &spec, &ring).unwrap())]);
+    let yaml = r#"
+name: web
+spec:
+  hosts: [api.example.com]
+  signIn: { issuer: "https://id.example.com", clientId: web, sessionKeyRef: { name: sessions } }
+  rules:
+    - name: read
+      match: { paths: [{ prefix: /orders }], methods: [GET] }
+      require:
+        - { claim: scope, containsAll: ["orders:read"] }
+        - { claim: realm_access.roles, containsAny: [clerk, admin] }
+  forward: { claimsToHeaders: { X-User-Id: sub, X-User-Roles: realm_access.roles } }
+"#;
+    let compiled = compile_yaml("default", yaml, &keys);
+    let minting = BTreeMap::from([(key, ring.clone())]);
+    let engine = Engine::build(
+        compiled.config,
+        &BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &NoRemoteKeys, cache_bytes: 64 << 20 },
+    )
+    .unwrap();
+    let sealer = portcullis::keys::seal::Sealer::new(&ring, "session:default/web").unwrap();
+    let session = portcullis::decide::signin::Session {
+        claims: json!({"iss": "https://id.example.com", "sub": "alice", "email": "alice@shop.example", "scope": "orders:read", "realm_access": {"roles": ["clerk"]}}),
+        exp: NOW + 3600,
+    };
+    let cookies = portcullis::decide::signin::seal_session(&sealer, "__Host-portcullis-session", "api.example.com", &session).unwrap();
+    let line = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
+    let mut h = HeaderMap::new();
+    h.insert("cookie", line.parse().unwrap());
+    let req = Request {
+        method: "GET",
+        host: "api.example.com",
+        target: "/orders/42?expand=items",
+        headers: &h,
+        path_mode: Default::default(),
+        routed: None,
+    };
+    assert!(engine.decide(&req, NOW).is_allow());
+    g.bench_function("allow/session-cookie", |b| b.iter(|| black_box(engine.decide(black_box(&req), NOW))));
 }
 
 /// Allow with `forward.token: issue` (EdDSA internal key): reusing the minted token, and minting.

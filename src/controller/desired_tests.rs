@@ -392,3 +392,24 @@ fn a_status_equals_its_stored_copy_so_an_unchanged_one_is_never_written_again() 
     let back: crate::api::AuthPolicyStatus = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
     assert_eq!(back, status);
 }
+
+#[test]
+fn a_session_key_reaches_the_gateway_with_the_minting_keys_and_is_never_published() {
+    let mut world = World::shop();
+    let sessions = signing_key("shop", "sessions", json!({"algorithm": "EdDSA"}));
+    world.secrets.insert(("shop".into(), "sessions".into()), Arc::new(keyed(&sessions).1));
+    world.keys.push(Arc::new(sessions));
+    let mut spec = orders_spec();
+    spec["signIn"] = json!({"issuer": "https://id.shop.example", "clientId": "web", "sessionKeyRef": {"name": "sessions"}});
+    world.policies = vec![Arc::new(policy("shop", "orders", 0, spec))];
+    let (compiled, rings) = world.compile("default", &HashMap::new());
+    assert_eq!(compiled.outcomes[0].outcome, Outcome::Accepted, "{:?}", compiled.outcomes);
+    let secret = gateway_keys_secret(NS, &compiled.config, &rings);
+    let entries: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+    assert_eq!(entries, ["shop.internal.json", "shop.sessions.json"]);
+    // What services trust is only what the gateway mints with.
+    let jwks = compiled.config.minting_jwks();
+    let session_kids: Vec<String> = rings[&"shop/sessions".parse::<KeyRef>().unwrap()].keys.iter().map(|k| k.kid.clone()).collect();
+    let published: Vec<&str> = jwks["keys"].as_array().unwrap().iter().filter_map(|k| k["kid"].as_str()).collect();
+    assert!(!published.is_empty() && published.iter().all(|k| !session_kids.iter().any(|s| s == k)), "{published:?}");
+}
