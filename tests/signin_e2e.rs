@@ -92,6 +92,7 @@ fn signs_in(grpc: bool) {
         &provider_port.to_string(),
         "web",
         &format!("http://{host}/.portcullis/callback"),
+        &format!("http://{host}/"),
     ]);
     let mut provider = Proc::spawn("provider", &mut cmd, tmp.path().join("provider.log"));
     provider.wait_serving(Duration::from_secs(20), || {
@@ -114,7 +115,7 @@ fn signs_in(grpc: bool) {
         .expect("node runs");
     let seen: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
-    assert!(seen.get("error").is_none(), "{seen:#}\n{}", portcullis.log_text());
+    assert!(seen.get("error").is_none(), "{seen:#}\n{}\n{}", portcullis.log_text(), provider.log_text());
     assert!(seen["loginPage"]["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{provider_port}/")), "{seen:#}");
     assert_eq!(seen["afterSignIn"]["url"], url.as_str(), "back on the page asked for");
     let body = &seen["afterSignIn"]["body"];
@@ -130,7 +131,22 @@ fn signs_in(grpc: bool) {
     // Reloading works without the provider; without the cookie, it is the provider again.
     assert_eq!(seen["afterReload"]["body"]["headers"]["x-user-id"][0], "alice");
     assert_eq!(seen["afterReload"]["providerRequests"], 0);
+    // Signed out: the provider confirms, the session is gone, and the page asks to sign in again.
+    assert!(seen["signOutPage"]["url"].as_str().unwrap().contains("/session/end"), "{seen:#}");
+    assert_eq!(seen["afterSignOut"]["title"], "Sign-in", "{seen:#}");
+    assert_eq!(seen["afterSignOut"]["sessionCookies"], 0);
     assert!(seen["afterCookiesCleared"]["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{provider_port}/")));
+
+    // Sign-out is a POST from the host's own pages: a cross-site form or a GET is refused.
+    let cross =
+        http(envoy_port, "POST", &host, "/.portcullis/logout", &[("Origin", "http://evil.localhost"), ("Content-Length", "0")]).unwrap();
+    assert_eq!(cross.status, 403);
+    assert!(cross.header("set-cookie").is_none());
+    assert_eq!(http(envoy_port, "GET", &host, "/.portcullis/logout", &[]).unwrap().status, 405);
+    let own =
+        http(envoy_port, "POST", &host, "/.portcullis/logout", &[("Origin", &format!("http://{host}")), ("Content-Length", "0")]).unwrap();
+    assert_eq!(own.status, 302);
+    assert!(own.header("set-cookie").unwrap().starts_with("portcullis-session-0=;"));
 
     // Scripts are not sent to a login page: 401.
     assert_eq!(http(envoy_port, "GET", &host, "/orders", &[("Accept", "application/json")]).unwrap().status, 401);

@@ -166,6 +166,18 @@ pub struct SignIn {
     /// `localhost`, where browsers keep `Secure` cookies too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<SignInScheme>,
+    /// The path on each host that signs out (default `/.portcullis/logout`): a `POST` from a
+    /// page of the same host (its `Origin`) clears the session and, where the provider has an
+    /// `end_session_endpoint`, signs out there too (RP-initiated logout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~/-]*$"), length(max = 256))]
+    pub logout_path: Option<String>,
+    /// Where the browser goes after signing out: a path of the host (default `/`) or an https
+    /// URL of an allowed host. Register `<scheme>://<host><path>` at the provider as a post-logout
+    /// redirect URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub post_logout_redirect: Option<String>,
     /// Hosts besides the request's that a sign-in may return to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(regex(pattern = HOST_PATTERN), length(max = 253)))]

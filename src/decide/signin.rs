@@ -296,6 +296,13 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String
     format!("{name}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}", max_age.max(0))
 }
 
+/// The endpoints of sign-in that the authorizer answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Callback,
+    Logout,
+}
+
 /// Where a browser is sent, and the cookies set on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
@@ -388,14 +395,54 @@ impl super::Engine {
         self.policies.iter().filter_map(|p| p.sign_in.as_ref().map(|si| si.config.issuer.as_str())).collect()
     }
 
-    /// The sign-in whose callback `path` on `host` (normalised) is: exactly one policy's.
-    pub fn sign_in_callback(&self, host: &str, path: &str) -> Option<&RtSignIn> {
-        let mut found = self
-            .policies
-            .iter()
-            .filter_map(|p| p.sign_in.as_deref().filter(|si| si.config.callback_path == path && si.serves(&p.sign_in_hosts, host)));
+    /// The sign-in endpoint `path` on `host` (normalised) is, of exactly one policy.
+    pub fn sign_in_endpoint(&self, host: &str, path: &str) -> Option<(&RtSignIn, Endpoint)> {
+        let mut found = self.policies.iter().filter_map(|p| {
+            let si = p.sign_in.as_deref().filter(|si| si.serves(&p.sign_in_hosts, host))?;
+            let endpoint = if si.config.callback_path == path {
+                Endpoint::Callback
+            } else if si.config.logout_path == path {
+                Endpoint::Logout
+            } else {
+                return None;
+            };
+            Some((si, endpoint))
+        });
         let first = found.next()?;
         found.next().is_none().then_some(first)
+    }
+
+    /// Signing out: a `POST` from a page of the same host (`Origin`; a cross-site form is
+    /// refused), the session cookies cleared, and on to the provider's sign-out where it has
+    /// one. `Err` is the status and a message for the page.
+    pub fn sign_out(&self, si: &RtSignIn, raw_host: &str, method: &str, headers: &HeaderMap) -> Result<Redirect, (u16, &'static str)> {
+        if method != "POST" {
+            return Err((405, "sign out with a POST (a form button on your page)"));
+        }
+        let scheme = if si.config.https { "https" } else { "http" };
+        let origin = format!("{scheme}://{}", raw_host.to_ascii_lowercase());
+        let mut origins = headers.get_all(http::header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (Some(o), None) if o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()) => {}
+            _ => return Err((403, "a sign-out from another site is refused")),
+        }
+        let target = &si.config.post_logout_redirect;
+        let absolute = if target.starts_with('/') { format!("{origin}{target}") } else { target.clone() };
+        let location = match si.provider.meta.load().as_ref().and_then(|m| m.end_session_endpoint.clone()) {
+            Some(end) => {
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("client_id", &si.config.client_id)
+                    .append_pair("post_logout_redirect_uri", &absolute)
+                    .finish();
+                format!("{end}{}{query}", if end.contains('?') { '&' } else { '?' })
+            }
+            None => target.clone(),
+        };
+        let https = si.config.https;
+        let mut set_cookies: Vec<String> =
+            (0..MAX_CHUNKS).map(|i| set_cookie(&chunk_name(si.config.session_cookie(), i), "", 0, https)).collect();
+        set_cookies.push(set_cookie(si.config.login_cookie(), "", 0, https));
+        Ok(Redirect { location, set_cookies })
     }
 
     /// The end of a sign-in, once the gateway has the provider's ID token for the login: the

@@ -63,13 +63,9 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
-        // A sign-in callback is answered here, as over HTTP.
-        if let Some(norm) = crate::policy::host::normalize_host(&http.host) {
-            let (path, query) = crate::policy::path::split_target(&http.path);
-            if let Some(si) = slot.engine.sign_in_callback(&norm, path) {
-                let resp = super::signin::callback(&slot.engine, si, &norm, &http.host, query, &headers, &self.jwks.post).await;
-                return from_response(resp).await;
-            }
+        // Sign-in's callback and sign-out are answered here, as over HTTP.
+        if let Some(resp) = super::signin::endpoint(&slot.engine, &http.method, &http.host, &http.path, &headers, &self.jwks.post).await {
+            return from_response(resp).await;
         }
         let req = Request {
             method: &http.method,

@@ -287,12 +287,9 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
-        // A sign-in callback is answered here: it is no request for the upstream.
-        if let Some(norm) = crate::policy::host::normalize_host(host) {
-            let (path, query) = crate::policy::path::split_target(target);
-            if let Some(si) = slot.engine.sign_in_callback(&norm, path) {
-                return signin::callback(&slot.engine, si, &norm, host, query, headers, &self.jwks.post).await;
-            }
+        // Sign-in's callback and sign-out are answered here: they are no requests for the upstream.
+        if let Some(resp) = signin::endpoint(&slot.engine, method, host, target, headers, &self.jwks.post).await {
+            return resp;
         }
         let request = Request { method, host, target, headers, path_mode: self.path_mode, routed: None };
         // These proxies forward the target as the client sent it: a query token cannot be taken out.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::unix_now;
 use crate::decide::Engine;
-use crate::decide::signin::{LoginError, Provider, ProviderMeta, Redirect, RtSignIn, cookie_value, finish_login};
+use crate::decide::signin::{Endpoint, LoginError, Provider, ProviderMeta, Redirect, RtSignIn, cookie_value, finish_login};
 use crate::plumbing::http::reply;
 use crate::plumbing::jwks_fetch::{HttpClient, PostClient, fetch_json, fetch_jwks, post_form};
 
@@ -97,6 +97,30 @@ async fn discover(client: &HttpClient, issuer: &str) -> Result<(ProviderMeta, Ve
     }
     let (keys, _) = fetch_jwks(client, &meta.jwks_uri).await?;
     Ok((meta, keys))
+}
+
+/// The answer of a sign-in endpoint (callback or sign-out) when `target` on `host` is one.
+pub async fn endpoint(
+    engine: &Engine,
+    method: &str,
+    raw_host: &str,
+    target: &str,
+    headers: &HeaderMap,
+    client: &PostClient,
+) -> Option<Response<Full<Bytes>>> {
+    let host = crate::policy::host::normalize_host(raw_host)?;
+    let (path, query) = crate::policy::path::split_target(target);
+    let (si, which) = engine.sign_in_endpoint(&host, path)?;
+    Some(match which {
+        Endpoint::Callback => callback(engine, si, &host, raw_host, query, headers, client).await,
+        Endpoint::Logout => match engine.sign_out(si, raw_host, method, headers) {
+            Ok(r) => {
+                tracing::info!(policy = %si.policy, "signed out");
+                redirect(&r)
+            }
+            Err((status, why)) => page(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "Sign-out refused", why),
+        },
+    })
 }
 
 /// Answers a sign-in callback (`?code&state`): the login cookie checked, the code exchanged

@@ -109,6 +109,8 @@ pub struct SignInConfig {
     pub session_key: KeyRef,
     pub session_lifetime_secs: u64,
     pub callback_path: String,
+    pub logout_path: String,
+    pub post_logout_redirect: String,
     pub https: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_redirect_hosts: Vec<String>,

@@ -26,6 +26,7 @@ pub const MAX_ISSUE_TTL_SECS: u64 = 3600;
 pub const DEFAULT_SA_TOKEN_LIFETIME_SECS: u64 = 3600;
 pub const DEFAULT_SESSION_SECS: u64 = 8 * 3600;
 pub const DEFAULT_CALLBACK_PATH: &str = "/.portcullis/callback";
+pub const DEFAULT_LOGOUT_PATH: &str = "/.portcullis/logout";
 pub const MIN_SA_TOKEN_LIFETIME_SECS: u64 = 600;
 pub const MAX_SA_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
@@ -444,6 +445,18 @@ fn validate_sign_in(
     if crate::policy::path::normalize(&callback_path).ok().as_deref() != Some(callback_path.as_str()) || callback_path == "/" {
         p.add(&format!("{at}.callbackPath"), format!("{callback_path:?} is not a normalised path of its own"));
     }
+    let logout_path = s.logout_path.clone().unwrap_or_else(|| DEFAULT_LOGOUT_PATH.to_owned());
+    if crate::policy::path::normalize(&logout_path).ok().as_deref() != Some(logout_path.as_str())
+        || logout_path == "/"
+        || logout_path == callback_path
+    {
+        p.add(&format!("{at}.logoutPath"), format!("{logout_path:?} is not a normalised path of its own"));
+    }
+    let post_logout_redirect = s.post_logout_redirect.clone().unwrap_or_else(|| "/".to_owned());
+    let allowed: Vec<HostPattern> = s.allowed_redirect_hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
+    if crate::policy::redirect::return_target(&post_logout_redirect, "", &allowed).is_none() {
+        p.add(&format!("{at}.postLogoutRedirect"), "must be a path, or an https URL of an allowed redirect host");
+    }
     for h in &s.allowed_redirect_hosts {
         if let Err(e) = HostPattern::parse(h) {
             p.add(&format!("{at}.allowedRedirectHosts"), e);
@@ -460,6 +473,8 @@ fn validate_sign_in(
         session_key,
         session_lifetime_secs,
         callback_path,
+        logout_path,
+        post_logout_redirect,
         https: s.scheme.unwrap_or_default() == crate::api::SignInScheme::Https,
         allowed_redirect_hosts: s.allowed_redirect_hosts.clone(),
     })

@@ -17,6 +17,7 @@ try {
 
   await page.goto(url);
   out.loginPage = { url: page.url(), title: await page.title() };
+  if (out.loginPage.title !== 'Sign-in') out.loginPage.body = await page.innerText('body');
   await page.fill('input[name=login]', 'alice');
   await page.fill('input[name=password]', 'anything');
   await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
@@ -28,6 +29,21 @@ try {
   const before = providerRequests();
   await page.reload();
   out.afterReload = { url: page.url(), body: JSON.parse(await page.innerText('body')), providerRequests: providerRequests() - before };
+
+  // Sign out: a form button of the page (same origin), the provider's confirmation, and back
+  // to a protected page: to the provider's login form again.
+  await page.evaluate(() => {
+    const f = document.createElement('form');
+    f.method = 'POST';
+    f.action = '/.portcullis/logout';
+    document.body.appendChild(f);
+    f.submit();
+  });
+  await page.waitForURL((u) => u.toString().startsWith(providerOrigin));
+  out.signOutPage = { url: page.url(), title: await page.title() };
+  await Promise.all([page.waitForNavigation(), page.click('button[name=logout][value=yes]')]);
+  await page.waitForURL((u) => u.toString().startsWith(providerOrigin) && u.toString().includes('/interaction/'));
+  out.afterSignOut = { url: page.url(), title: await page.title(), sessionCookies: (await context.cookies()).filter((c) => c.name.startsWith('portcullis-session')).length };
 
   // Without the session cookie: to the provider again.
   await context.clearCookies();
