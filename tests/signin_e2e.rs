@@ -63,27 +63,70 @@ fn start_sign_in(envoy: u16, host: &str) -> (String, String) {
     (cookie, state)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Through {
+    EnvoyHttp,
+    EnvoyGrpc,
+    Nginx,
+}
+
 #[test]
 fn a_browser_signs_in_through_envoy_http_ext_authz_and_every_attack_on_the_flow_is_refused() {
-    signs_in(false);
+    signs_in(Through::EnvoyHttp);
 }
 
 #[test]
 fn a_browser_signs_in_through_envoy_grpc_ext_authz_and_every_attack_on_the_flow_is_refused() {
-    signs_in(true);
+    signs_in(Through::EnvoyGrpc);
 }
 
-fn signs_in(grpc: bool) {
+#[test]
+fn a_browser_signs_in_through_nginx_auth_request_and_every_attack_on_the_flow_is_refused() {
+    signs_in(Through::Nginx);
+}
+
+/// The NGINX site of docs/gateways/nginx.md with the additions of docs/sign-in.md: the
+/// `auth_request` asks `/authz/auth-request`, and `error_page 401` fetches the answer a browser
+/// needs (a redirect, the callback, sign-out) from `/authz`.
+fn nginx_sign_in_site(port: u16, authz: u16, upstream: u16) -> String {
+    let site = nginx_site(port, authz, upstream);
+    let site =
+        site.replacen("    auth_request /_portcullis;\n", "    auth_request /_portcullis;\n    error_page 401 = @portcullis_sign_in;\n", 1);
+    let site = site.replacen("proxy_pass http://portcullis/authz;", "proxy_pass http://portcullis/authz/auth-request;", 1);
+    let named = r#"
+  location @portcullis_sign_in {
+    # A named location's proxy_pass takes no URI: the rewrite names the endpoint.
+    rewrite ^ /authz break;
+    proxy_pass http://portcullis;
+    proxy_pass_request_body off;
+    proxy_set_header Content-Length "";
+    proxy_set_header X-Forwarded-Method $request_method;
+    proxy_set_header X-Forwarded-Uri $request_uri;
+    # The host as the browser wrote it, port included: it is in the redirect URI.
+    proxy_set_header X-Forwarded-Host $http_host;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+  }
+"#;
+    let end = site.rfind('}').unwrap();
+    assert!(
+        site.contains("error_page 401 = @portcullis_sign_in") && site.contains("/authz/auth-request"),
+        "the docs' site changed: {site}"
+    );
+    format!("{}{named}{}", &site[..end], &site[end..])
+}
+
+fn signs_in(through: Through) {
     require_browser_tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("policies");
     std::fs::create_dir_all(&dir).unwrap();
     let (provider_port, authz_port, grpc_port) = (free_port(), free_port(), free_port());
     let upstream = start_echo();
-    let (_envoy, envoy_port) = if grpc {
-        start_envoy_grpc(&tmp.path().join("envoy"), grpc_port, upstream)
-    } else {
-        start_envoy(&tmp.path().join("envoy"), authz_port, upstream)
+    let (_proxy, envoy_port) = match through {
+        Through::EnvoyGrpc => start_envoy_grpc(&tmp.path().join("envoy"), grpc_port, upstream),
+        Through::EnvoyHttp => start_envoy(&tmp.path().join("envoy"), authz_port, upstream),
+        Through::Nginx => start_nginx_site(&tmp.path().join("nginx"), |port| nginx_sign_in_site(port, authz_port, upstream)),
     };
     let host = format!("shop.localhost:{envoy_port}");
     let mut cmd = Command::new("node");
@@ -180,13 +223,13 @@ fn signs_in(grpc: bool) {
         assert!(r.header("set-cookie").is_none_or(|c| !c.starts_with("portcullis-session")), "{what}: a session was set");
         assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"), "{what}");
     }
-    // The provider goes down in the middle of a sign-in: a 503 page, not a loop. gRPC ext_authz
-    // relays the authorizer's page; Envoy's HTTP ext_authz takes any 5xx of the authorizer as
+    // The provider goes down in the middle of a sign-in: a 503 page, not a loop. NGINX and gRPC
+    // ext_authz relay the authorizer's page; Envoy's HTTP ext_authz takes any 5xx of the authorizer as
     // its own failure and answers `status_on_error` (403) itself.
     drop(provider);
     let r = callback(&format!("code=c&state={state}"), Some(&login));
     assert!(r.header("location").is_none() && r.header("set-cookie").is_none());
-    if grpc {
+    if through != Through::EnvoyHttp {
         assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
         assert!(String::from_utf8_lossy(&r.body).contains("cannot be reached"));
     } else {

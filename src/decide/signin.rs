@@ -412,6 +412,12 @@ impl super::Engine {
         found.next().is_none().then_some(first)
     }
 
+    /// Whether `target` on `raw_host` is a sign-in endpoint (callback or sign-out).
+    pub fn is_sign_in_endpoint(&self, raw_host: &str, target: &str) -> bool {
+        let Some(host) = crate::policy::host::normalize_host(raw_host) else { return false };
+        self.sign_in_endpoint(&host, crate::policy::path::split_target(target).0).is_some()
+    }
+
     /// Signing out: a `POST` from a page of the same host (`Origin`; a cross-site form is
     /// refused), the session cookies cleared, and on to the provider's sign-out where it has
     /// one. `Err` is the status and a message for the page.

@@ -287,8 +287,15 @@ impl Gateway {
                 return bad_request(&e);
             }
         };
+        // NGINX's auth_request passes on nothing but 2xx, 401 and 403: a sign-in (its redirect, its
+        // callback, sign-out) is a 401 there, which `error_page 401` takes to `/authz`.
+        let deferred = req.uri().path() == request::AUTH_REQUEST_PATH;
         // Sign-in's callback and sign-out are answered here: they are no requests for the upstream.
-        if let Some(resp) = signin::endpoint(&slot.engine, method, host, target, headers, &self.jwks.post).await {
+        if deferred {
+            if slot.engine.is_sign_in_endpoint(host, target) {
+                return sign_in_deferred();
+            }
+        } else if let Some(resp) = signin::endpoint(&slot.engine, method, host, target, headers, &self.jwks.post).await {
             return resp;
         }
         let request = Request { method, host, target, headers, path_mode: self.path_mode, routed: None };
@@ -299,6 +306,7 @@ impl Gateway {
         };
         match decision {
             Decision::Allow(a) => answer::allowed(profile, a, headers, slot.engine.token_carriers()),
+            Decision::Deny(d) if deferred && d.reason == DenyReason::SignInRequired => sign_in_deferred(),
             Decision::Deny(d) => deny_response(slot.engine.realm(), &d),
         }
     }
@@ -359,6 +367,13 @@ impl Gateway {
 
 fn bad_request(e: &request::BadRequest) -> Response<Full<Bytes>> {
     let mut resp = reply(StatusCode::BAD_REQUEST, "application/json", Bytes::from(bad_request_body(&e.to_string()).to_string()));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A sign-in asked of NGINX's `auth_request`: 401, for `error_page` to fetch it from `/authz`.
+fn sign_in_deferred() -> Response<Full<Bytes>> {
+    let mut resp = reply(StatusCode::UNAUTHORIZED, "application/json", Bytes::from_static(br#"{"error":"sign_in_required"}"#));
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

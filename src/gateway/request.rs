@@ -20,6 +20,10 @@ pub const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url")
 pub const EXT_AUTHZ_PREFIX: &str = "/ext_authz";
 pub const INGRESS_NGINX_PATH: &str = "/authz/ingress-nginx";
 
+/// NGINX `auth_request` with browser sign-in: as `/authz`, but a sign-in is answered 401 (an
+/// `auth_request` cannot pass a redirect on), for `error_page 401` to ask `/authz` for the redirect.
+pub const AUTH_REQUEST_PATH: &str = "/authz/auth-request";
+
 /// How an integration tells the authorizer about the request it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -36,7 +40,7 @@ impl Profile {
     /// The profile an authorizer endpoint serves, if the path is one.
     pub fn for_path(path: &str) -> Option<Self> {
         match path {
-            "/authz" => Some(Self::Forwarded),
+            "/authz" | AUTH_REQUEST_PATH => Some(Self::Forwarded),
             INGRESS_NGINX_PATH => Some(Self::IngressNginx),
             p if p.starts_with(EXT_AUTHZ_PREFIX) && matches!(p.as_bytes().get(EXT_AUTHZ_PREFIX.len()), None | Some(b'/')) => {
                 Some(Self::EnvoyPrefix)
