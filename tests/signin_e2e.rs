@@ -68,6 +68,8 @@ enum Through {
     EnvoyHttp,
     EnvoyGrpc,
     Nginx,
+    Traefik,
+    Caddy,
 }
 
 #[test]
@@ -83,6 +85,16 @@ fn a_browser_signs_in_through_envoy_grpc_ext_authz_and_every_attack_on_the_flow_
 #[test]
 fn a_browser_signs_in_through_nginx_auth_request_and_every_attack_on_the_flow_is_refused() {
     signs_in(Through::Nginx);
+}
+
+#[test]
+fn a_browser_signs_in_through_traefik_forward_auth_and_every_attack_on_the_flow_is_refused() {
+    signs_in(Through::Traefik);
+}
+
+#[test]
+fn a_browser_signs_in_through_caddy_forward_auth_and_every_attack_on_the_flow_is_refused() {
+    signs_in(Through::Caddy);
 }
 
 /// The NGINX site of docs/gateways/nginx.md with the additions of docs/sign-in.md: the
@@ -127,6 +139,9 @@ fn signs_in(through: Through) {
         Through::EnvoyGrpc => start_envoy_grpc(&tmp.path().join("envoy"), grpc_port, upstream),
         Through::EnvoyHttp => start_envoy(&tmp.path().join("envoy"), authz_port, upstream),
         Through::Nginx => start_nginx_site(&tmp.path().join("nginx"), |port| nginx_sign_in_site(port, authz_port, upstream)),
+        // Their forward auth passes the authorizer's redirects and pages on as they are.
+        Through::Traefik => start_traefik(&tmp.path().join("traefik"), authz_port, upstream),
+        Through::Caddy => start_caddy(&tmp.path().join("caddy"), authz_port, upstream),
     };
     let host = format!("shop.localhost:{envoy_port}");
     let mut cmd = Command::new("node");

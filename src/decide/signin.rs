@@ -442,7 +442,7 @@ impl super::Engine {
                     .finish();
                 format!("{end}{}{query}", if end.contains('?') { '&' } else { '?' })
             }
-            None => target.clone(),
+            None => absolute,
         };
         let https = si.config.https;
         let mut set_cookies: Vec<String> =
@@ -454,7 +454,16 @@ impl super::Engine {
     /// The end of a sign-in, once the gateway has the provider's ID token for the login: the
     /// token verified (signature with the provider's keys, then OIDC Core 3.1.3.7), and the
     /// session sealed into cookies, with the way back.
-    pub fn complete_sign_in(&self, si: &RtSignIn, host: &str, login: &LoginState, id_token: &str, now: i64) -> Result<Redirect, String> {
+    pub fn complete_sign_in(
+        &self,
+        si: &RtSignIn,
+        raw_host: &str,
+        login: &LoginState,
+        id_token: &str,
+        now: i64,
+    ) -> Result<Redirect, String> {
+        let normalized = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
+        let host: &str = &normalized;
         let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
         let t = super::token::parse(id_token).map_err(|r| format!("ID token: {}", r.description()))?;
         if !matches!(
@@ -478,7 +487,15 @@ impl super::Engine {
         // Chunks a larger session left behind go, and so does the login.
         set_cookies.extend((chunks.len()..MAX_CHUNKS).map(|i| set_cookie(&chunk_name(base, i), "", 0, https)));
         set_cookies.push(set_cookie(si.config.login_cookie(), "", 0, https));
-        Ok(Redirect { location: login.return_to.clone(), set_cookies })
+        // Absolute: some proxies (Traefik's forward auth) resolve a relative Location against
+        // the authorizer's own URL.
+        let scheme = if https { "https" } else { "http" };
+        let location = if login.return_to.starts_with('/') {
+            format!("{scheme}://{}{}", raw_host.to_ascii_lowercase(), login.return_to)
+        } else {
+            login.return_to.clone()
+        };
+        Ok(Redirect { location, set_cookies })
     }
 }
 

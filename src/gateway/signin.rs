@@ -190,7 +190,7 @@ pub async fn callback(
     let Some(id_token) = tokens.get("id_token").and_then(|t| t.as_str()) else {
         return page(StatusCode::BAD_GATEWAY, "Sign-in failed", "the identity provider sent no ID token");
     };
-    match engine.complete_sign_in(si, host, &login, id_token, now) {
+    match engine.complete_sign_in(si, raw_host, &login, id_token, now) {
         Ok(r) => redirect(&r),
         Err(e) => {
             tracing::info!(policy = %si.policy, "sign-in refused: {e}");
