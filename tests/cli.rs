@@ -463,3 +463,63 @@ fn check_teaches_near_misses_and_takes_a_bearer_token_as_pasted() {
         run(&["check", "--dir", dir, "--url", "https://api.shop.example/orders/7", "--token", &format!("bearer  {reader}")]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn check_takes_a_sign_in_session_cookie() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("web.yaml"),
+        r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: SigningKey
+metadata: { name: sessions, namespace: shop }
+spec: { algorithm: EdDSA }
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [app.shop.test]
+  signIn: { issuer: "http://127.0.0.1:9", clientId: web, sessionKeyRef: { name: sessions } }
+  rules:
+    - name: app
+      match: { paths: [{ prefix: / }] }
+      require: [{ claim: groups, containsAny: [staff] }]
+      forward: { claimsToHeaders: { X-User-Id: sub } }
+"#,
+    )
+    .unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    assert_eq!(run(&["keys", "list", "--dir", dir]).0, 0);
+    let key: portcullis::policy::KeyRef = "shop/sessions".parse().unwrap();
+    let ring_path = tmp.path().join(".portcullis/keys").join(portcullis::contract::publish::keyring_file_name(&key));
+    let ring = portcullis::keys::store::read_keyring(&ring_path).unwrap().unwrap();
+    let sealer = portcullis::keys::seal::Sealer::new(&ring, "session:shop/web").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let cookie = |groups: serde_json::Value| {
+        let session = portcullis::decide::signin::Session { claims: serde_json::json!({"sub": "alice", "groups": groups}), exp: now + 600 };
+        let sealed = portcullis::decide::signin::seal_session(&sealer, "__Host-portcullis-session", "app.shop.test", &session).unwrap();
+        format!("{}={}", sealed[0].0, sealed[0].1)
+    };
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--dir", dir, "--url", "https://app.shop.test/reports"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let staff = cookie(serde_json::json!(["staff"]));
+    let (code, out, _) = check(&["--cookie", &staff]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ALLOW 200") && out.contains("x-user-id: alice"), "{out}");
+    assert!(!out.contains(staff.split_once('=').unwrap().1), "check never prints the cookie");
+    let (code, out, _) = check(&["--cookie", &cookie(serde_json::json!(["guests"]))]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DENY 403 claims_not_satisfied"), "{out}");
+    // A page asked for without a session: sign-in, which needs the provider (down here).
+    let (code, out, _) = check(&["-H", "Accept: text/html"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DENY 503 sign_in_unavailable"), "{out}");
+    let (code, out, _) = check(&["--cookie", "__Host-portcullis-session-0=v1.tampered.x"]);
+    assert!(code == 1 && out.contains("DENY 401 missing_token"), "{out}");
+    let (code, _, err) = check(&["--cookie", "no-equals-sign"]);
+    assert!(code != 0 && err.contains("NAME=VALUE"), "{err}");
+}

@@ -48,6 +48,14 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} must be Name: value"))?;
         headers.append(http::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?);
     }
+    if !args.cookie.is_empty() {
+        for c in &args.cookie {
+            if c.split_once('=').is_none_or(|(name, _)| name.trim().is_empty()) {
+                bail!("cookie {c:?} must be NAME=VALUE");
+            }
+        }
+        headers.append(http::header::COOKIE, args.cookie.join("; ").parse().context("a cookie is not a valid header value")?);
+    }
     let decision = engine.decide(
         &Request { method: &args.method, host: &host, target, headers: &headers, path_mode: Default::default(), routed: None },
         unix_now(),
@@ -90,6 +98,10 @@ pub(super) async fn run_check(args: CheckArgs) -> Result<u8> {
                 for near in engine.near_misses(&host, target, &args.method) {
                     outln!("  near:    {near}");
                 }
+            }
+            if let Some(r) = &d.redirect {
+                let to = r.location.split('?').next().unwrap_or_default();
+                outln!("  sign in: the browser is sent to {to}");
             }
             if let Some(w) = crate::gateway::www_authenticate(engine.realm(), &d) {
                 outln!("  WWW-Authenticate: {w}");

@@ -250,6 +250,9 @@ struct CheckArgs {
     /// More request headers, `Name: value`.
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// A cookie, `NAME=VALUE` (e.g. a sign-in session, `portcullis-session-0=v1....`).
+    #[arg(long)]
+    cookie: Vec<String>,
     /// PEM file of CA certificates to trust for JWKS URLs, as the gateway's.
     #[arg(long, env = "PORTCULLIS_JWKS_CA_FILE")]
     jwks_ca_file: Option<PathBuf>,
