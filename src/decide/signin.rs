@@ -301,7 +301,13 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String
 pub enum Endpoint {
     Callback,
     Logout,
+    /// `START_PATH?rd=URL`: a sign-in started by a proxy that redirects on its own (ingress-nginx's
+    /// `auth-signin`), back to `rd` once signed in.
+    Start,
 }
+
+/// Where a proxy that cannot ask for the redirect itself sends browsers to sign in.
+pub const START_PATH: &str = "/.portcullis/sign-in";
 
 /// Where a browser is sent, and the cookies set on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,6 +409,8 @@ impl super::Engine {
                 Endpoint::Callback
             } else if si.config.logout_path == path {
                 Endpoint::Logout
+            } else if path == START_PATH {
+                Endpoint::Start
             } else {
                 return None;
             };
@@ -410,6 +418,38 @@ impl super::Engine {
         });
         let first = found.next()?;
         found.next().is_none().then_some(first)
+    }
+
+    /// A sign-in started at [`START_PATH`]: to the provider, back to `rd` (a path of the host, or
+    /// an https URL of an allowed host; anything else returns to `/`).
+    pub fn sign_in_start(&self, si: &RtSignIn, raw_host: &str, query: Option<&str>, now: i64) -> Result<Redirect, &'static str> {
+        let mut rd = None;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            if k == "rd" && rd.replace(v.into_owned()).is_some() {
+                return Err("rd is given more than once");
+            }
+        }
+        let host = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
+        // A full URL of this host comes back as its path: what ingress-nginx sends.
+        let scheme = if si.config.https { "https" } else { "http" };
+        let own = format!("{scheme}://{}", raw_host.to_ascii_lowercase());
+        let rd = rd.map(|r| match r.strip_prefix(&own) {
+            Some(rest) if rest.starts_with('/') => rest.to_owned(),
+            Some("") => "/".to_owned(),
+            _ => r,
+        });
+        let return_to = rd.and_then(|r| crate::policy::redirect::return_target(&r, &host, &si.allowed)).unwrap_or_else(|| "/".to_owned());
+        let route = super::RouteRef { policy: 0, rule: 0 };
+        let req = super::Request {
+            method: "GET",
+            host: raw_host,
+            target: &return_to,
+            headers: &HeaderMap::new(),
+            path_mode: Default::default(),
+            routed: None,
+        };
+        let denied = self.sign_in_redirect(si, route, &req, now);
+        denied.redirect.map(|r| *r).ok_or("the identity provider cannot be reached")
     }
 
     /// Whether `target` on `raw_host` is a sign-in endpoint (callback or sign-out).

@@ -264,6 +264,9 @@ impl Gateway {
                 }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(self.metrics.render()))
             }
+            // Sign-in's endpoints asked directly, on the protected host's own path (a proxy that
+            // sends `/.portcullis/` of each host here, as for ingress-nginx).
+            p if decisions && p.starts_with("/.") => self.sign_in_direct(req).await,
             _ => reply(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
         }
     }
@@ -289,7 +292,7 @@ impl Gateway {
         };
         // NGINX's auth_request passes on nothing but 2xx, 401 and 403: a sign-in (its redirect, its
         // callback, sign-out) is a 401 there, which `error_page 401` takes to `/authz`.
-        let deferred = req.uri().path() == request::AUTH_REQUEST_PATH;
+        let deferred = req.uri().path() == request::AUTH_REQUEST_PATH || profile == Profile::IngressNginx;
         // Sign-in's callback and sign-out are answered here: they are no requests for the upstream.
         if deferred {
             if slot.engine.is_sign_in_endpoint(host, target) {
@@ -309,6 +312,15 @@ impl Gateway {
             Decision::Deny(d) if deferred && d.reason == DenyReason::SignInRequired => sign_in_deferred(),
             Decision::Deny(d) => deny_response(slot.engine.realm(), &d),
         }
+    }
+
+    async fn sign_in_direct(&self, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> {
+        let not_found = || reply(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n"));
+        let Some(slot) = self.slot.load_full() else { return not_ready() };
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        let (Some(host), None) = (hosts.next().and_then(|h| h.to_str().ok()), hosts.next()) else { return not_found() };
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        signin::endpoint(&slot.engine, req.method().as_str(), host, target, req.headers(), &self.jwks.post).await.unwrap_or_else(not_found)
     }
 
     /// An authorization request too malformed to decide on (400): a denial of no policy, over

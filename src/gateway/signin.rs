@@ -113,6 +113,10 @@ pub async fn endpoint(
     let (si, which) = engine.sign_in_endpoint(&host, path)?;
     Some(match which {
         Endpoint::Callback => callback(engine, si, &host, raw_host, query, headers, client).await,
+        Endpoint::Start => match engine.sign_in_start(si, raw_host, query, unix_now()) {
+            Ok(r) => redirect(&r),
+            Err(why) => page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", why),
+        },
         Endpoint::Logout => match engine.sign_out(si, raw_host, method, headers) {
             Ok(r) => {
                 tracing::info!(policy = %si.policy, "signed out");
