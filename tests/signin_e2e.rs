@@ -203,6 +203,12 @@ fn signs_in(through: Through) {
         (http(envoy_port, "GET", &host, "/", &[("Accept", "text/html")]).ok()?.status == 302).then_some(())
     });
 
+    // The replica reports the provider's discovery like a remote JWKS (status.issuers).
+    let status = http(authz_port, "GET", "localhost", "/status", &[]).unwrap().json();
+    let discovery = format!("http://127.0.0.1:{provider_port}/.well-known/openid-configuration");
+    let reported = status["jwks"].as_array().unwrap().iter().find(|j| j["uri"] == discovery.as_str()).cloned();
+    assert_eq!(reported.map(|j| j["ready"].clone()), Some(Value::Bool(true)), "{status:#}");
+
     // A real browser: protected page → provider's login form → back, served with the identity.
     let url = format!("http://{host}/orders?page=2");
     let out = Command::new("node")

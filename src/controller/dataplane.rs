@@ -156,8 +156,14 @@ pub fn enforced(
 /// `IssuersReady`. Issuers with inline keys or a SigningKey have nothing to fetch.
 pub fn issuers(config: Option<&crate::policy::PolicyConfig>, live: &[Heartbeat]) -> (Verdict, Vec<IssuerHealth>) {
     let mut out = Vec::new();
-    for i in config.map(|c| c.issuers.as_slice()).unwrap_or_default() {
-        let KeySource::Remote { uri, .. } = &i.keys else { continue };
+    // Remote JWKS of the issuers, and the discovery document of sign-in's provider.
+    let remote = config.map(|c| c.issuers.as_slice()).unwrap_or_default().iter().filter_map(|i| match &i.keys {
+        KeySource::Remote { uri, .. } => Some((i.issuer.clone(), uri.clone())),
+        _ => None,
+    });
+    let provider = config.and_then(|c| c.sign_in.as_ref()).map(|s| (s.issuer.clone(), crate::policy::config::discovery_url(&s.issuer)));
+    for (issuer, uri) in remote.chain(provider) {
+        let uri = &uri;
         let reports: Vec<&crate::contract::heartbeat::JwksHealth> =
             live.iter().flat_map(|hb| hb.jwks.iter().filter(|j| j.uri == *uri)).collect();
         let keys = reports.iter().map(|r| r.keys).min().unwrap_or(0);
@@ -167,14 +173,8 @@ pub fn issuers(config: Option<&crate::policy::PolicyConfig>, live: &[Heartbeat])
             (false, Some(worst)) => ("Failing", worst.last_error.clone(), Some(worst.since)),
             (false, None) => ("Ready", None, reports.iter().map(|r| r.since).max()),
         };
-        let health = IssuerHealth {
-            issuer: i.issuer.clone(),
-            uri: uri.clone(),
-            jwks: jwks.into(),
-            keys,
-            last_error,
-            since: since.map(super::desired::k8s_time),
-        };
+        let health =
+            IssuerHealth { issuer, uri: uri.clone(), jwks: jwks.into(), keys, last_error, since: since.map(super::desired::k8s_time) };
         out.push(health);
     }
     let failing: Vec<String> = out

@@ -262,3 +262,30 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_sign_in_provider_is_an_issuer_whose_discovery_the_replicas_report() {
+    let c = config(1);
+    let mut web = (*c.policies.iter().find(|p| p.name == "billing").unwrap().clone()).clone();
+    web.sign_in = Some(crate::policy::config::SignInConfig {
+        issuer: "https://id.example".into(),
+        client_id: "web".into(),
+        scopes: vec!["openid".into()],
+        session_key: "shop/sessions".parse().unwrap(),
+        session_lifetime_secs: 3600,
+        callback_path: "/.portcullis/callback".into(),
+        logout_path: "/.portcullis/logout".into(),
+        post_logout_redirect: "/".into(),
+        https: true,
+        allowed_redirect_hosts: Vec::new(),
+    });
+    let discovery = "https://id.example/.well-known/openid-configuration";
+    let mut a = replica("a", Some("v1"));
+    a.jwks = vec![jwks(discovery, false, 0, -30)];
+    let (v, health) = issuers(Some(&web), &[a.clone()]);
+    assert_eq!((v.status, v.reason), ("False", reasons::JWKS_FAILING));
+    assert_eq!((health[0].issuer.as_str(), health[0].uri.as_str(), health[0].jwks.as_str()), ("https://id.example", discovery, "Failing"));
+    a.jwks = vec![jwks(discovery, true, 2, -5)];
+    let (v, health) = issuers(Some(&web), &[a]);
+    assert_eq!((v.status, health[0].keys), ("True", 2));
+}

@@ -83,7 +83,8 @@ impl JwksRegistry {
     pub fn retain_only(&self, in_use: &[Arc<KeySet>]) {
         let mut remotes = self.remotes.lock().expect("registry lock");
         remotes.retain(|_, r| in_use.iter().any(|s| Arc::ptr_eq(s, &r.set)));
-        self.health.lock().expect("health lock").retain(|uri, _| remotes.keys().any(|(u, _)| u == uri));
+        let providers = self.providers.discovery_urls();
+        self.health.lock().expect("health lock").retain(|uri, _| remotes.keys().any(|(u, _)| u == uri) || providers.contains(uri));
     }
 
     /// The health of `uris` that have been fetched at least once, in order.
@@ -120,7 +121,7 @@ impl RemoteKeys for JwksRegistry {
     }
 
     fn provider(&self, issuer: &str) -> Arc<crate::decide::signin::Provider> {
-        self.providers.get(issuer, &self.client)
+        self.providers.get(issuer, &self.client, (self.health.clone(), self.health_changed.clone()))
     }
 }
 
@@ -184,7 +185,7 @@ async fn fetch_loop(
 
 /// Records one fetch of `uri` (`held`: keys in use after it); true when it started or stopped
 /// failing (or is the first result).
-fn record_health(
+pub(super) fn record_health(
     health: &mut HashMap<String, JwksHealth>,
     uri: &str,
     result: &Result<(Vec<crate::keys::VerifyKey>, Vec<String>), String>,

@@ -37,15 +37,24 @@ impl Drop for Providers {
     }
 }
 
+pub use crate::policy::config::discovery_url;
+
+type Health = (Arc<Mutex<HashMap<String, crate::contract::heartbeat::JwksHealth>>>, Arc<tokio::sync::Notify>);
+
 impl Providers {
-    pub fn get(&self, issuer: &str, client: &HttpClient) -> Arc<Provider> {
+    pub fn get(&self, issuer: &str, client: &HttpClient, health: Health) -> Arc<Provider> {
         let mut map = self.0.lock().expect("providers lock");
         let entry = map.entry(issuer.to_owned()).or_insert_with(|| {
             let provider = Provider::new(issuer);
-            let task = tokio::spawn(discovery_loop(client.clone(), provider.clone()));
+            let task = tokio::spawn(discovery_loop(client.clone(), provider.clone(), health));
             (provider, task)
         });
         entry.0.clone()
+    }
+
+    /// The discovery URLs of the providers in use.
+    pub fn discovery_urls(&self) -> Vec<String> {
+        self.0.lock().expect("providers lock").keys().map(|i| discovery_url(i)).collect()
     }
 
     /// Stops discovering the providers no config uses any more.
@@ -62,10 +71,17 @@ impl Providers {
 
 /// The provider's discovery document and keys, refreshed every five minutes; a failure keeps
 /// what was there and is retried sooner.
-async fn discovery_loop(client: HttpClient, provider: Arc<Provider>) {
+async fn discovery_loop(client: HttpClient, provider: Arc<Provider>, (health, changed): Health) {
     let mut failures = 0u32;
+    let url = discovery_url(&provider.issuer);
     loop {
-        let next = match discover(&client, &provider.issuer).await {
+        let result = discover(&client, &provider.issuer).await;
+        let report = result.as_ref().map(|(_, keys)| (keys.clone(), Vec::new())).map_err(Clone::clone);
+        let held = provider.keys.state().keys.len();
+        if super::jwks::record_health(&mut health.lock().expect("health lock"), &url, &report, held, jiff::Timestamp::now()) {
+            changed.notify_waiters();
+        }
+        let next = match result {
             Ok((meta, keys)) => {
                 failures = 0;
                 provider.keys.replace(keys);
@@ -83,8 +99,7 @@ async fn discovery_loop(client: HttpClient, provider: Arc<Provider>) {
 }
 
 async fn discover(client: &HttpClient, issuer: &str) -> Result<(ProviderMeta, Vec<crate::keys::VerifyKey>), String> {
-    let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-    let doc = fetch_json(client, &url, MAX_DOC_BYTES).await?;
+    let doc = fetch_json(client, &discovery_url(issuer), MAX_DOC_BYTES).await?;
     let meta: ProviderMeta = serde_json::from_value(doc).map_err(|e| format!("discovery document: {e}"))?;
     // OpenID Connect Discovery 4.3: the document is the issuer's own.
     if meta.issuer != issuer {

@@ -22,8 +22,16 @@ impl Gateway {
         let Some(slot) = self.slot.load_full() else {
             return Heartbeat { gateway: gateway.to_owned(), replica: replica.to_owned(), ..Default::default() };
         };
-        let uris: Vec<&str> =
-            slot.engine.remote_key_sets().iter().filter(|s| s.kind == KeySetKind::Remote).map(|s| s.label.as_str()).collect();
+        // Remote JWKS, and the discovery documents of sign-in's providers.
+        let providers: Vec<String> = slot.engine.sign_in_issuers().into_iter().map(super::signin::discovery_url).collect();
+        let uris: Vec<&str> = slot
+            .engine
+            .remote_key_sets()
+            .iter()
+            .filter(|s| s.kind == KeySetKind::Remote)
+            .map(|s| s.label.as_str())
+            .chain(providers.iter().map(String::as_str))
+            .collect();
         Heartbeat {
             gateway: slot.engine.realm().to_owned(),
             replica: replica.to_owned(),

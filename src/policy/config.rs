@@ -116,6 +116,11 @@ pub struct SignInConfig {
     pub allowed_redirect_hosts: Vec<String>,
 }
 
+/// Where an OpenID provider's discovery document is; also the name its health is reported under.
+pub fn discovery_url(issuer: &str) -> String {
+    format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
+}
+
 impl SignInConfig {
     /// The session cookie's name (its chunks add `-0`, `-1`): `__Host-` where browsers hold
     /// such cookies to host-only, `Secure`, `Path=/`.
