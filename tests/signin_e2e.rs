@@ -35,6 +35,11 @@ metadata: {{ name: sessions, namespace: shop }}
 spec: {{ algorithm: EdDSA }}
 ---
 apiVersion: portcullis.dev/v1alpha1
+kind: SigningKey
+metadata: {{ name: internal, namespace: shop }}
+spec: {{ algorithm: EdDSA }}
+---
+apiVersion: portcullis.dev/v1alpha1
 kind: AuthPolicy
 metadata: {{ name: web, namespace: shop }}
 spec:
@@ -48,7 +53,11 @@ spec:
   rules:
     - name: app
       match: {{ paths: [{{ prefix: / }}] }}
-      forward: {{ claimsToHeaders: {{ X-User-Id: sub }} }}
+      forward:
+        claimsToHeaders: {{ X-User-Id: sub }}
+        # The signed-in user reaches the upstream as a minted internal token, as a bearer would.
+        token: issue
+        issue: {{ signingKeyRef: {{ name: internal }}, audience: shop-app }}
 "#
     )
 }
@@ -224,6 +233,18 @@ fn signs_in(through: Through) {
     let body = &seen["afterSignIn"]["body"];
     assert_eq!(body["target"], "/orders?page=2");
     assert_eq!(body["headers"]["x-user-id"][0], "alice", "served with the identity header: {body:#}");
+    let minted = body["headers"]["authorization"][0].as_str().and_then(|a| a.strip_prefix("Bearer ")).expect("a minted token upstream");
+    let claims: Value = {
+        use base64::Engine;
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(minted.split('.').nth(1).unwrap()).unwrap())
+            .unwrap()
+    };
+    let gateway_url = format!("http://127.0.0.1:{authz_port}");
+    assert_eq!(
+        (claims["sub"].as_str(), claims["aud"].as_str(), claims["iss"].as_str()),
+        (Some("alice"), Some("shop-app"), Some(gateway_url.as_str()))
+    );
+    assert!(claims["exp"].as_i64().unwrap() <= claims["iat"].as_i64().unwrap() + 300);
     let cookies_upstream = body["headers"]["cookie"].to_string();
     assert!(!cookies_upstream.contains("portcullis-"), "the session never reaches the upstream: {cookies_upstream}");
     let session = seen["cookies"].as_array().unwrap().iter().find(|c| c["name"] == "portcullis-session-0").expect("a session cookie");
