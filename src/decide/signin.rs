@@ -361,23 +361,23 @@ impl super::Engine {
 
     /// The redirect to the provider that starts a sign-in, or why it cannot start.
     pub(super) fn sign_in_redirect(&self, si: &RtSignIn, route: super::RouteRef, req: &super::Request<'_>, now: i64) -> super::Denied {
-        let denied = |reason, detail: &str, redirect| super::Denied {
-            reason,
-            route: Some(route),
-            detail: Some(detail.to_owned()),
-            scopes: Vec::new(),
-            refetch: None,
-            redirect,
+        let (reason, detail, redirect) = match self.login_redirect(si, req.host, req.target, now) {
+            Ok(r) => (super::DenyReason::SignInRequired, "a browser without a session", Some(Box::new(r))),
+            Err(why) => (super::DenyReason::SignInUnavailable, why, None),
         };
-        let unavailable = |detail: &str| denied(super::DenyReason::SignInUnavailable, detail, None);
-        let Some(meta) = si.provider.meta.load_full() else { return unavailable("the provider's discovery document is not loaded") };
-        let Some(logins) = &si.logins else { return unavailable("the session SigningKey's keys are not on this gateway") };
-        let Some(host) = crate::policy::host::normalize_host(req.host) else { return unavailable("invalid host") };
-        let return_to = crate::policy::redirect::return_target(req.target, &host, &si.allowed).unwrap_or_else(|| "/".to_owned());
+        super::Denied { reason, route: Some(route), detail: Some(detail.to_owned()), scopes: Vec::new(), refetch: None, redirect }
+    }
+
+    /// A new login for `raw_host`, coming back to `target` (when it is allowed, else `/`): the
+    /// provider's authorization URL and the login cookie.
+    fn login_redirect(&self, si: &RtSignIn, raw_host: &str, target: &str, now: i64) -> Result<Redirect, &'static str> {
+        let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
+        let logins = si.logins.as_ref().ok_or("the session SigningKey's keys are not on this gateway")?;
+        let host = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
+        let return_to = crate::policy::redirect::return_target(target, &host, &si.allowed).unwrap_or_else(|| "/".to_owned());
         let cookie = si.config.login_cookie();
-        let Ok((login, sealed)) = begin_login(logins, cookie, &host, &return_to, now) else { return unavailable("sealing failed") };
-        let scheme = if si.config.https { "https" } else { "http" };
-        let redirect_uri = format!("{scheme}://{}{}", req.host.to_ascii_lowercase(), si.config.callback_path);
+        let (login, sealed) = begin_login(logins, cookie, &host, &return_to, now).map_err(|_| "sealing failed")?;
+        let redirect_uri = format!("{}{}", si.config.origin(raw_host), si.config.callback_path);
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("response_type", "code")
             .append_pair("client_id", &si.config.client_id)
@@ -389,11 +389,10 @@ impl super::Engine {
             .append_pair("code_challenge_method", "S256")
             .finish();
         let sep = if meta.authorization_endpoint.contains('?') { '&' } else { '?' };
-        let redirect = Redirect {
+        Ok(Redirect {
             location: format!("{}{sep}{query}", meta.authorization_endpoint),
             set_cookies: vec![set_cookie(cookie, &sealed, LOGIN_SECS, si.config.https)],
-        };
-        denied(super::DenyReason::SignInRequired, "a browser without a session", Some(Box::new(redirect)))
+        })
     }
 
     /// The issuers of every sign-in of this engine.
@@ -429,27 +428,17 @@ impl super::Engine {
                 return Err("rd is given more than once");
             }
         }
-        let host = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
+        let own = si.config.origin(raw_host);
         // A full URL of this host comes back as its path: what ingress-nginx sends.
-        let scheme = if si.config.https { "https" } else { "http" };
-        let own = format!("{scheme}://{}", raw_host.to_ascii_lowercase());
-        let rd = rd.map(|r| match r.strip_prefix(&own) {
-            Some(rest) if rest.starts_with('/') => rest.to_owned(),
-            Some("") => "/".to_owned(),
-            _ => r,
-        });
-        let return_to = rd.and_then(|r| crate::policy::redirect::return_target(&r, &host, &si.allowed)).unwrap_or_else(|| "/".to_owned());
-        let route = super::RouteRef { policy: 0, rule: 0 };
-        let req = super::Request {
-            method: "GET",
-            host: raw_host,
-            target: &return_to,
-            headers: &HeaderMap::new(),
-            path_mode: Default::default(),
-            routed: None,
+        let return_to = match rd {
+            Some(r) => match r.strip_prefix(&own) {
+                Some(rest) if rest.starts_with('/') => rest.to_owned(),
+                Some("") => "/".to_owned(),
+                _ => r,
+            },
+            None => "/".to_owned(),
         };
-        let denied = self.sign_in_redirect(si, route, &req, now);
-        denied.redirect.map(|r| *r).ok_or("the identity provider cannot be reached")
+        self.login_redirect(si, raw_host, &return_to, now).map_err(|_| "the identity provider cannot be reached")
     }
 
     /// Whether `target` on `raw_host` is a sign-in endpoint (callback or sign-out).
@@ -465,8 +454,7 @@ impl super::Engine {
         if method != "POST" {
             return Err((405, "sign out with a POST (a form button on your page)"));
         }
-        let scheme = if si.config.https { "https" } else { "http" };
-        let origin = format!("{scheme}://{}", raw_host.to_ascii_lowercase());
+        let origin = si.config.origin(raw_host);
         let mut origins = headers.get_all(http::header::ORIGIN).iter();
         match (origins.next(), origins.next()) {
             (Some(o), None) if o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()) => {}
@@ -529,9 +517,8 @@ impl super::Engine {
         set_cookies.push(set_cookie(si.config.login_cookie(), "", 0, https));
         // Absolute: some proxies (Traefik's forward auth) resolve a relative Location against
         // the authorizer's own URL.
-        let scheme = if https { "https" } else { "http" };
         let location = if login.return_to.starts_with('/') {
-            format!("{scheme}://{}{}", raw_host.to_ascii_lowercase(), login.return_to)
+            format!("{}{}", si.config.origin(raw_host), login.return_to)
         } else {
             login.return_to.clone()
         };

@@ -185,11 +185,10 @@ pub async fn callback(
     let Some(meta) = si.provider.meta.load_full() else {
         return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider cannot be reached");
     };
-    let scheme = if si.config.https { "https" } else { "http" };
     let form = form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "authorization_code")
         .append_pair("code", code)
-        .append_pair("redirect_uri", &format!("{scheme}://{}{}", raw_host.to_ascii_lowercase(), si.config.callback_path))
+        .append_pair("redirect_uri", &format!("{}{}", si.config.origin(raw_host), si.config.callback_path))
         .append_pair("client_id", &si.config.client_id)
         .append_pair("code_verifier", &login.verifier)
         .finish();

@@ -122,6 +122,11 @@ pub fn discovery_url(issuer: &str) -> String {
 }
 
 impl SignInConfig {
+    /// `scheme://host` as browsers reach `raw_host` (the proxy's Host, port included).
+    pub fn origin(&self, raw_host: &str) -> String {
+        format!("{}://{}", if self.https { "https" } else { "http" }, raw_host.to_ascii_lowercase())
+    }
+
     /// The session cookie's name (its chunks add `-0`, `-1`): `__Host-` where browsers hold
     /// such cookies to host-only, `Secure`, `Path=/`.
     pub fn session_cookie(&self) -> &'static str {
