@@ -57,13 +57,14 @@ fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     l
 }
 
-/// The identity of a policy for compilation: creation time and generation from its metadata.
-pub fn policy_meta(p: &AuthPolicy) -> PolicyMeta {
+/// The identity of a policy (of any kind) for compilation: creation time and generation from
+/// its metadata.
+pub fn policy_meta(p: &impl kube::Resource) -> PolicyMeta {
     PolicyMeta {
         namespace: p.namespace().unwrap_or_default(),
         name: p.name_any(),
-        generation: p.metadata.generation,
-        created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        generation: p.meta().generation,
+        created: p.meta().creation_timestamp.as_ref().map(|t| t.0),
     }
 }
 
@@ -213,7 +214,7 @@ pub fn policy_inputs(policies: &[Arc<AuthPolicy>], gateway: &str, last_good: &Ha
         .iter()
         .filter(|p| p.spec.gateway == gateway)
         .map(|p| {
-            let meta = policy_meta(p);
+            let meta = policy_meta(&**p);
             let key = meta.key();
             PolicyInput { spec: crate::policy::Spec::Object(p.clone()), last_good: last_good.get(&key).cloned(), meta, attachment: None }
         })

@@ -14,9 +14,9 @@ use super::desired::{self, Programmed};
 use super::{Context, Error};
 use crate::api::{TokenExchangePolicy, TokenExchangePolicyStatus};
 use crate::contract::heartbeat::Heartbeat;
+use crate::policy::Outcome;
 use crate::policy::config::{ClusterIssuer, ExchangeConfig, GatewayConfig};
 use crate::policy::exchange::ExchangeInput;
-use crate::policy::{Outcome, PolicyMeta};
 
 /// How a TokenExchangePolicy is named in the config history (apart from AuthPolicies').
 pub fn history_key(namespace: &str, name: &str) -> String {
@@ -33,12 +33,7 @@ pub(super) fn inputs(
         .iter()
         .filter(|p| p.spec.gateway == gateway)
         .map(|p| {
-            let meta = PolicyMeta {
-                namespace: p.namespace().unwrap_or_default(),
-                name: p.name_any(),
-                generation: p.metadata.generation,
-                created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            };
+            let meta = desired::policy_meta(&**p);
             let last_good = last_good.and_then(|l| l.get(&meta.key())).cloned();
             ExchangeInput { meta, spec: Arc::new(p.spec.clone()), last_good }
         })
