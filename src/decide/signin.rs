@@ -441,6 +441,22 @@ impl super::Engine {
         self.login_redirect(si, raw_host, &return_to, now).map_err(|_| "the identity provider cannot be reached")
     }
 
+    /// The `Cookie` pairs of a session with `claims` on `raw_host`, sealed as the sign-in of that
+    /// host would seal it: what `portcullis test` sends for a signed-in case.
+    pub fn test_session_cookie(&self, raw_host: &str, claims: &Value, now: i64) -> Result<String, String> {
+        let host = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
+        let mut serving = self.policies.iter().filter_map(|p| p.sign_in.as_deref().filter(|si| si.serves(&p.sign_in_hosts, &host)));
+        let si = match (serving.next(), serving.next()) {
+            (Some(si), None) => si,
+            (None, _) => return Err(format!("no policy with signIn serves {host}")),
+            (Some(_), Some(_)) => return Err(format!("more than one policy with signIn serves {host}")),
+        };
+        let sealer = si.sessions.as_ref().ok_or("the session SigningKey's keys are not available")?;
+        let session = Session::from_id_token(claims, now + si.config.session_lifetime_secs as i64);
+        let chunks = seal_session(sealer, si.config.session_cookie(), &host, &session).map_err(|e| e.to_string())?;
+        Ok(chunks.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; "))
+    }
+
     /// Whether `target` on `raw_host` is a sign-in endpoint (callback or sign-out).
     pub fn is_sign_in_endpoint(&self, raw_host: &str, target: &str) -> bool {
         let Some(host) = crate::policy::host::normalize_host(raw_host) else { return false };

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::{JwtAlgorithm, SigningAlgorithm};
-use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Decision, Engine, NoRemoteKeys, Request, Verdict};
+use crate::decide::signin::{Provider, ProviderMeta};
+use crate::decide::{BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Decision, Engine, NoRemoteKeys, RemoteKeys, Request, Verdict};
 use crate::keys::store::KeyRing;
 use crate::keys::{SigningKeyPair, b64url_decode};
 use crate::policy::config::KeySource;
@@ -55,6 +56,10 @@ pub struct Case {
     /// A token sent exactly as given (forged, expired, from elsewhere).
     #[serde(default)]
     pub raw_token: Option<String>,
+    /// A browser signed in with these claims: the runner seals the session cookie of the
+    /// request host's sign-in.
+    #[serde(default)]
+    pub session: Option<Map<String, Value>>,
     pub expect: Expect,
 }
 
@@ -119,6 +124,9 @@ pub struct Expect {
     /// Claims the minted internal token must carry.
     #[serde(default)]
     pub minted: Option<Map<String, Value>>,
+    /// The host a browser is sent to sign in at (the provider's): a redirect is expected.
+    #[serde(default)]
+    pub redirect_host: Option<String>,
 }
 
 /// A test file that cannot be used: exit 2, with where.
@@ -135,8 +143,8 @@ pub fn read_file(path: &Path) -> Result<TestFile, Broken> {
         return Err(Broken(format!("{}: expected kind {KIND}, apiVersion {}", path.display(), crate::api::API_VERSION)));
     }
     for (i, c) in file.spec.cases.iter().enumerate() {
-        if c.token.is_some() && c.raw_token.is_some() {
-            return Err(Broken(format!("{}: spec.cases[{i}] ({}): token and rawToken are exclusive", path.display(), c.name)));
+        if [c.token.is_some(), c.raw_token.is_some(), c.session.is_some()].iter().filter(|x| **x).count() > 1 {
+            return Err(Broken(format!("{}: spec.cases[{i}] ({}): token, rawToken and session are exclusive", path.display(), c.name)));
         }
     }
     Ok(file)
@@ -224,8 +232,31 @@ pub struct CaseResult {
 pub fn engine(mut config: GatewayConfig, minting: &BTreeMap<KeyRef, KeyRing>) -> Result<(Engine, Signers), String> {
     let signers = substitute_issuers(&mut config)?;
     let opts =
-        BuildOptions { issuer_url: "https://portcullis.test", minting, remote: &NoRemoteKeys, cache_bytes: DEFAULT_TOKEN_CACHE_BYTES };
+        BuildOptions { issuer_url: "https://portcullis.test", minting, remote: &StandInProviders, cache_bytes: DEFAULT_TOKEN_CACHE_BYTES };
     Ok((Engine::build(config, &opts)?, signers))
+}
+
+/// Sign-in providers as if discovered, offline: their endpoints are stand-ins under the issuer
+/// URL, so a case sees a redirect to the provider's host. Remote JWKS stay unloaded.
+struct StandInProviders;
+
+impl RemoteKeys for StandInProviders {
+    fn key_set(&self, uri: &str, refresh_secs: u64) -> std::sync::Arc<crate::decide::keyset::KeySet> {
+        NoRemoteKeys.key_set(uri, refresh_secs)
+    }
+
+    fn provider(&self, issuer: &str) -> std::sync::Arc<Provider> {
+        let provider = Provider::new(issuer);
+        let base = issuer.trim_end_matches('/');
+        provider.meta.store(Some(std::sync::Arc::new(ProviderMeta {
+            issuer: issuer.to_owned(),
+            authorization_endpoint: format!("{base}/authorize"),
+            token_endpoint: format!("{base}/token"),
+            jwks_uri: format!("{base}/jwks"),
+            end_session_endpoint: None,
+        })));
+        provider
+    }
 }
 
 fn first_algorithm(engine: &Engine, issuer: &str) -> Option<JwtAlgorithm> {
@@ -272,6 +303,15 @@ pub fn run_case(engine: &Engine, signers: &Signers, file: &str, c: &Case, now: i
         (None, Some(raw)) => Some((raw.clone(), None)),
         (None, None) => None,
     };
+    if let Some(claims) = &c.session {
+        match engine.test_session_cookie(&host, &Value::Object(claims.clone()), now) {
+            Ok(cookie) => cookies.push(cookie),
+            Err(e) => {
+                fail(&mut result, format!("session: {e}"));
+                return result;
+            }
+        }
+    }
     if let Some((tok, send_as)) = &token {
         match send_as.as_deref().unwrap_or("header") {
             "header" => {
@@ -309,6 +349,10 @@ pub fn run_case(engine: &Engine, signers: &Signers, file: &str, c: &Case, now: i
     };
     let route = decision.route().map(|r| (engine.policy_key(r).to_owned(), engine.rule_name(r).to_owned()));
     let audit_note = if audited { " (rule in Audit mode: allowed until enforced)" } else { "" };
+    let redirect = match &decision {
+        Decision::Deny(d) => d.redirect.as_ref().map(|r| r.location.clone()),
+        Decision::Allow(_) => None,
+    };
     result.explanation = if allowed {
         format!("ALLOW 200 by {}{audit_note}", route.as_ref().map_or("-".into(), |(p, r)| format!("AuthPolicy {p}, rule {r}")))
     } else {
@@ -316,7 +360,7 @@ pub fn run_case(engine: &Engine, signers: &Signers, file: &str, c: &Case, now: i
             "DENY {status} {reason}{}{}{audit_note}",
             route.as_ref().map_or(String::new(), |(p, r)| format!(" at AuthPolicy {p}, rule {r}")),
             detail.as_ref().map_or(String::new(), |x| format!(": {x}"))
-        )
+        ) + &redirect.as_ref().map_or(String::new(), |l| format!(" -> {}", l.split('?').next().unwrap_or_default()))
     };
     let e = &c.expect;
     if let Some(want) = e.allow
@@ -333,6 +377,12 @@ pub fn run_case(engine: &Engine, signers: &Signers, file: &str, c: &Case, now: i
         && *want != reason
     {
         fail(&mut result, format!("expected reason {want}, got {reason}"));
+    }
+    if let Some(want) = &e.redirect_host {
+        let got = redirect.as_deref().and_then(|l| l.parse::<http::Uri>().ok()).and_then(|u| u.host().map(str::to_owned));
+        if got.as_deref() != Some(want.as_str()) {
+            fail(&mut result, format!("expected a redirect to {want}, got {}", got.unwrap_or_else(|| "none".into())));
+        }
     }
     if let Some(want) = &e.policy
         && route.as_ref().map(|r| &r.0) != Some(want)
@@ -463,6 +513,7 @@ mod tests {
                 send_as: None,
             }),
             raw_token: None,
+            session: None,
             expect,
         }
     }
@@ -553,6 +604,7 @@ mod tests {
                 request: TestRequest { method: method.into(), url: format!("https://h.example{path}"), headers: BTreeMap::new(), cookies: BTreeMap::new() },
                 token: scope.map(|s| TokenSpec { issuer: "https://idp".into(), audience: json!("api"), claims: json!({"scope": s}).as_object().unwrap().clone(), algorithm: None, lifetime: None, kid: None, send_as: None }),
                 raw_token: None,
+                session: None,
                 expect,
             };
             let probe = run_case(&engine, &signers, "f", &mk(Expect::default()), NOW);
@@ -588,6 +640,85 @@ mod tests {
             NOW,
         );
         assert!(r.failures.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_case_can_expect_a_redirect_to_sign_in_and_send_a_signed_in_session() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: SigningKey
+metadata: { name: sessions, namespace: shop }
+spec: { algorithm: EdDSA }
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [app.shop.example]
+  signIn: { issuer: "https://login.example.org/realms/shop", clientId: web, sessionKeyRef: { name: sessions } }
+  rules:
+    - name: admin
+      match: { paths: [{ prefix: /admin }] }
+      require: [{ claim: groups, containsAny: [admins] }]
+      forward: { claimsToHeaders: { X-User: sub } }
+"#,
+        )
+        .unwrap();
+        let tests = dir.path().join("web.test.yaml");
+        std::fs::write(
+            &tests,
+            r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicyTest
+spec:
+  cases:
+    - name: a page without a session goes to the provider
+      request: { url: "https://app.shop.example/admin", headers: { Accept: text/html } }
+      expect: { status: 302, reason: sign_in_required, redirectHost: login.example.org }
+    - name: a script gets 401
+      request: { url: "https://app.shop.example/admin", headers: { Accept: application/json } }
+      expect: { status: 401 }
+    - name: an admin's session is served
+      request: { url: "https://app.shop.example/admin", headers: { Accept: text/html } }
+      session: { sub: alice, groups: [admins] }
+      expect: { allow: true, headers: { X-User: alice } }
+    - name: another user's session is forbidden
+      request: { url: "https://app.shop.example/admin" }
+      session: { sub: bob, groups: [staff] }
+      expect: { status: 403 }
+"#,
+        )
+        .unwrap();
+        let loaded =
+            LocalDir::new(dir.path(), None, "default").load(jiff::Timestamp::now(), &Default::default(), &Default::default()).unwrap();
+        assert!(loaded.compiled.outcomes.iter().all(|o| o.outcome == crate::policy::Outcome::Accepted), "{:?}", loaded.compiled.outcomes);
+        let (engine, signers) = engine(loaded.compiled.config.clone(), &loaded.rings).unwrap();
+        let file = read_file(&tests).unwrap();
+        for c in &file.spec.cases {
+            let r = run_case(&engine, &signers, "web", c, NOW);
+            assert!(r.failures.is_empty(), "{r:?}");
+        }
+        assert!(
+            run_case(&engine, &signers, "web", &file.spec.cases[0], NOW)
+                .explanation
+                .ends_with("-> https://login.example.org/realms/shop/authorize")
+        );
+        // Each expectation can fail: another provider host, a session where none serves.
+        let mut wrong = file.spec.cases[0].clone();
+        wrong.expect.redirect_host = Some("evil.example".into());
+        assert_eq!(
+            run_case(&engine, &signers, "web", &wrong, NOW).failures,
+            ["expected a redirect to evil.example, got login.example.org"]
+        );
+        let mut served = file.spec.cases[2].clone();
+        served.expect = Expect { redirect_host: Some("login.example.org".into()), ..Expect::default() };
+        assert_eq!(run_case(&engine, &signers, "web", &served, NOW).failures, ["expected a redirect to login.example.org, got none"]);
+        let mut elsewhere = file.spec.cases[2].clone();
+        elsewhere.request.url = "https://other.example/admin".into();
+        assert_eq!(run_case(&engine, &signers, "web", &elsewhere, NOW).failures, ["session: no policy with signIn serves other.example"]);
     }
 
     #[test]
