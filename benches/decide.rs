@@ -143,10 +143,12 @@ spec:
     )
     .unwrap();
     let sealer = portcullis::keys::seal::Sealer::new(&ring, "session:default/web").unwrap();
-    let session = portcullis::decide::signin::Session {
-        claims: json!({"iss": "https://id.example.com", "sub": "alice", "email": "alice@shop.example", "scope": "orders:read", "realm_access": {"roles": ["clerk"]}}),
-        exp: NOW + 3600,
-    };
+    // With a refresh token, as a provider that grants offline access gives one.
+    let session = portcullis::decide::signin::Session::from_id_token(
+        &json!({"iss": "https://id.example.com", "sub": "alice", "email": "alice@shop.example", "scope": "orders:read", "realm_access": {"roles": ["clerk"]}}),
+        NOW + 3600,
+    )
+    .with_refresh(Some("r".repeat(43)), NOW + 3600, NOW);
     let cookies = portcullis::decide::signin::seal_session(&sealer, "__Host-portcullis-session", "api.example.com", &session).unwrap();
     let line = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
     let mut h = HeaderMap::new();

@@ -497,7 +497,7 @@ spec:
     let sealer = portcullis::keys::seal::Sealer::new(&ring, "session:shop/web").unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let cookie = |groups: serde_json::Value| {
-        let session = portcullis::decide::signin::Session { claims: serde_json::json!({"sub": "alice", "groups": groups}), exp: now + 600 };
+        let session = portcullis::decide::signin::Session::from_id_token(&serde_json::json!({"sub": "alice", "groups": groups}), now + 600);
         let sealed = portcullis::decide::signin::seal_session(&sealer, "__Host-portcullis-session", "app.shop.test", &session).unwrap();
         format!("{}={}", sealed[0].0, sealed[0].1)
     };

@@ -47,7 +47,9 @@ spec:
   signIn:
     issuer: http://127.0.0.1:{provider_port}
     clientId: web
-    scopes: [email]
+    # offline_access: a refresh token, so that the session's claims are refreshed (ID tokens
+    # live 5 s here) and end when the provider revokes the grant.
+    scopes: [email, offline_access]
     sessionKeyRef: {{ name: sessions }}
     scheme: http
   rules:
@@ -200,6 +202,7 @@ fn signs_in(through: Through) {
         &format!("http://{host}/.portcullis/callback"),
         &format!("http://{host}/"),
     ]);
+    cmd.env("ID_TOKEN_TTL", "5");
     let mut provider = Proc::spawn("provider", &mut cmd, tmp.path().join("provider.log"));
     provider.wait_serving(Duration::from_secs(20), || {
         http(provider_port, "GET", "127.0.0.1", "/.well-known/openid-configuration", &[]).ok().filter(|r| r.status == 200)
@@ -223,6 +226,7 @@ fn signs_in(through: Through) {
     let out = Command::new("node")
         .current_dir(browser_dir())
         .args(["signin.mjs", &url, &format!("http://127.0.0.1:{provider_port}")])
+        .env("REFRESH_WAIT", "6")
         .output()
         .expect("node runs");
     let seen: Value = serde_json::from_slice(&out.stdout)
@@ -255,6 +259,23 @@ fn signs_in(through: Through) {
     // Reloading works without the provider; without the cookie, it is the provider again.
     assert_eq!(seen["afterReload"]["body"]["headers"]["x-user-id"][0], "alice");
     assert_eq!(seen["afterReload"]["providerRequests"], 0);
+    // The claims went stale: a page load is refreshed behind the scenes (the browser never sees
+    // the provider) and sent to itself with the new session; a script is allowed at once, and
+    // gets the new cookies where the proxy passes an allowed answer's `Set-Cookie` on.
+    let stale = &seen["afterStaleReload"];
+    assert_eq!((stale["url"].as_str(), stale["providerRequests"].as_i64()), (Some(url.as_str()), Some(0)), "{seen:#}");
+    assert_eq!(stale["body"]["headers"]["x-user-id"][0], "alice");
+    assert_eq!(stale["cookieChanged"], true, "the page load got the refreshed session");
+    let script = &seen["scriptWhenStale"];
+    assert_eq!(script["status"], 200, "{seen:#}");
+    assert!(script["body"].as_str().unwrap().contains("\"alice\""), "{seen:#}");
+    let passes_cookies = matches!(through, Through::EnvoyHttp | Through::EnvoyGrpc | Through::Traefik);
+    assert_eq!(script["cookieChanged"], passes_cookies, "{seen:#}");
+    let refreshes = http(provider_port, "GET", "127.0.0.1", "/test/refreshes", &[]).unwrap().json();
+    assert!(refreshes["count"].as_i64().unwrap() >= 2, "{refreshes}");
+    // The provider revoked the grant: the refresh is refused and the page goes to sign in.
+    assert!(seen["afterRevoke"]["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{provider_port}/")), "{seen:#}");
+    assert_eq!(seen["afterSecondSignIn"]["url"], url.as_str());
     // Signed out: the provider confirms, the session is gone, and the page asks to sign in again.
     assert!(seen["signOutPage"]["url"].as_str().unwrap().contains("/session/end"), "{seen:#}");
     assert_eq!(seen["afterSignOut"]["title"], "Sign-in", "{seen:#}");

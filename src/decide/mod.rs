@@ -84,10 +84,13 @@ pub enum DenyReason {
     SignInRequired,
     /// Sign-in cannot start: the provider's discovery or the session key is not there (yet).
     SignInUnavailable,
+    /// A page load whose session was just refreshed: sent to itself again with the new session
+    /// cookies (what every proxy passes on).
+    SessionRefreshed,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 24] = [
+    pub const ALL: [DenyReason; 25] = [
         Self::NoRoute,
         Self::UnsafePath(PathError::Empty),
         Self::BadHost,
@@ -112,6 +115,7 @@ impl DenyReason {
         Self::LifetimeTooLong,
         Self::SignInRequired,
         Self::SignInUnavailable,
+        Self::SessionRefreshed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +144,7 @@ impl DenyReason {
             Self::LifetimeTooLong => "lifetime_too_long",
             Self::SignInRequired => "sign_in_required",
             Self::SignInUnavailable => "sign_in_unavailable",
+            Self::SessionRefreshed => "session_refreshed",
         }
     }
 
@@ -151,7 +156,7 @@ impl DenyReason {
             Self::BadHost | Self::BadMethod | Self::BadRequest | Self::AmbiguousToken | Self::AmbiguousRoute => 400,
             Self::NoRoute | Self::UnsafePath(_) | Self::ClaimsNotSatisfied | Self::RouteMismatch => 403,
             Self::KeysUnavailable | Self::MintUnavailable | Self::SignInUnavailable => 503,
-            Self::SignInRequired => 302,
+            Self::SignInRequired | Self::SessionRefreshed => 302,
             _ => 401,
         }
     }
@@ -159,7 +164,7 @@ impl DenyReason {
     /// The RFC 6750 error code, if any.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
-            Self::MissingToken | Self::SignInRequired => None,
+            Self::MissingToken | Self::SignInRequired | Self::SessionRefreshed => None,
             Self::AmbiguousToken | Self::AmbiguousRoute => Some("invalid_request"),
             Self::ClaimsNotSatisfied => Some("insufficient_scope"),
             s if s.status() == 401 => Some("invalid_token"),
@@ -194,6 +199,7 @@ impl DenyReason {
             Self::LifetimeTooLong => "token issued for too long",
             Self::SignInRequired => "sign in",
             Self::SignInUnavailable => "sign-in is unavailable: the identity provider cannot be reached",
+            Self::SessionRefreshed => "session refreshed",
         }
     }
 }
@@ -241,6 +247,10 @@ pub struct Allowed {
     /// Query parameters carrying a token that the upstream must not receive. Only an
     /// integration that can rewrite the query (Envoy gRPC ext_authz) can allow such a request.
     pub strip_query: Vec<String>,
+    /// A sign-in session to refresh on the way (the gateway does the I/O).
+    pub refresh: Option<Box<signin::RefreshDue>>,
+    /// `Set-Cookie` values for the browser (a refreshed session), where the proxy passes them on.
+    pub set_cookies: Vec<String>,
 }
 
 /// What an audited rule would have decided, had it been enforced.
@@ -262,6 +272,8 @@ pub struct Denied {
     pub refetch: Option<Arc<KeySet>>,
     /// Where a browser is sent instead (sign-in), with the cookies to set.
     pub redirect: Option<Box<signin::Redirect>>,
+    /// A stale sign-in session: refreshed, it may decide otherwise.
+    pub refresh: Option<Box<signin::RefreshDue>>,
 }
 
 #[derive(Debug)]
@@ -272,7 +284,7 @@ pub enum Decision {
 
 impl Decision {
     fn deny(reason: DenyReason) -> Self {
-        Self::Deny(Denied { reason, route: None, detail: None, scopes: Vec::new(), refetch: None, redirect: None })
+        Self::Deny(Denied { reason, route: None, detail: None, scopes: Vec::new(), refetch: None, redirect: None, refresh: None })
     }
 
     pub fn route(&self) -> Option<RouteRef> {
@@ -453,8 +465,13 @@ impl Engine {
             return Decision::deny(DenyReason::RouteMismatch);
         }
         let rule = &policy.rules[entry.rule as usize];
-        let (decision, caller) = self.decide_rule(route, policy, rule, req, &path, query, now);
+        let mut refresh = None;
+        let (decision, caller) = self.decide_rule(route, policy, rule, req, &path, query, now, &mut refresh);
         let mut decision = if rule.audit { self.audited(decision, caller, route, policy, rule, req.headers, now) } else { decision };
+        match &mut decision {
+            Decision::Allow(a) => a.refresh = refresh.map(Box::new),
+            Decision::Deny(d) => d.refresh = refresh.map(Box::new),
+        }
         // A token read from the query goes on only where the rule forwards the caller's own.
         if let Decision::Allow(a) = &mut decision
             && !(rule.token == TokenForwarding::Original && a.caller.is_some())
@@ -505,6 +522,7 @@ impl Engine {
         path: &str,
         query: Option<&str>,
         now: i64,
+        refresh: &mut Option<signin::RefreshDue>,
     ) -> (Decision, Option<(Arc<Verified>, bool)>) {
         let deny = |reason: DenyReason, detail: Option<String>| Denied {
             reason,
@@ -513,6 +531,7 @@ impl Engine {
             scopes: Vec::new(),
             refetch: None,
             redirect: None,
+            refresh: None,
         };
 
         if rule.public {
@@ -521,10 +540,25 @@ impl Engine {
 
         let extracted = token::extract(&policy.token_sources, req.headers, query);
         // Sign-in: without a token, the browser's session is the caller; a navigation without
-        // either is sent to sign in.
+        // either is sent to sign in. A session due for refresh goes out with the answer; a stale
+        // one counts as none until refreshed.
         let session = match (&extracted, &policy.sign_in) {
             (Extracted::None, Some(si)) => match self.session(si, req, now) {
-                Ok(verified) => Some(verified),
+                Ok((verified, session)) => {
+                    let staleness = session.refresh_due(now);
+                    if let Some(staleness) = staleness {
+                        let navigation = signin::is_navigation(req.method, req.headers);
+                        *refresh = Some(signin::RefreshDue { policy: route.policy, session, staleness, navigation });
+                    }
+                    match staleness {
+                        Some(signin::Staleness::Stale) if rule.optional => None,
+                        Some(signin::Staleness::Stale) if signin::is_navigation(req.method, req.headers) => {
+                            return (Decision::Deny(self.sign_in_redirect(si, route, req, now)), None);
+                        }
+                        Some(signin::Staleness::Stale) => None,
+                        _ => Some(verified),
+                    }
+                }
                 Err(_) if rule.optional => None,
                 Err(_) if signin::is_navigation(req.method, req.headers) => {
                     return (Decision::Deny(self.sign_in_redirect(si, route, req, now)), None);
@@ -615,7 +649,17 @@ impl Engine {
         let mut strip: Vec<HeaderName> = self.identity_headers.iter().filter(|h| !headers.iter().any(|(n, _)| n == *h)).cloned().collect();
         // The session cookies of sign-in go nowhere, whatever the rule forwards.
         remove_token(policy, request, &mut headers, &mut strip, rule.token != TokenForwarding::Original);
-        Ok(Allowed { route, headers, authorization, strip, audit: None, caller: Some(verified.clone()), strip_query: Vec::new() })
+        Ok(Allowed {
+            route,
+            headers,
+            authorization,
+            strip,
+            audit: None,
+            caller: Some(verified.clone()),
+            strip_query: Vec::new(),
+            refresh: None,
+            set_cookies: Vec::new(),
+        })
     }
 
     /// Rules whose host and path match a request but whose methods do not: what `check` shows
@@ -654,7 +698,17 @@ impl Engine {
         let mut headers = Vec::new();
         let mut strip = self.identity_headers.clone();
         remove_token(policy, request, &mut headers, &mut strip, true);
-        Allowed { route, headers, authorization: None, strip, audit: None, caller: None, strip_query: Vec::new() }
+        Allowed {
+            route,
+            headers,
+            authorization: None,
+            strip,
+            audit: None,
+            caller: None,
+            strip_query: Vec::new(),
+            refresh: None,
+            set_cookies: Vec::new(),
+        }
     }
 
     /// A CORS preflight (`OPTIONS` with one `Origin` and one `Access-Control-Request-Method`)

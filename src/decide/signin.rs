@@ -82,10 +82,24 @@ pub struct Session {
     /// The identity, as the ID token stated it (its bookkeeping claims left out).
     #[serde(rename = "c")]
     pub claims: Value,
-    /// When the session ends, whatever happens (seconds).
+    /// When the session ends, whatever happens (seconds): refreshing never moves it.
     #[serde(rename = "e")]
     pub exp: i64,
+    /// The provider's refresh token, when it gave one: the claims are then refreshed with it
+    /// before `fresh_until`, and the session ends when the provider refuses.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Until when the provider vouches for the claims (the ID token's `exp`, capped at `exp`).
+    #[serde(rename = "f", default)]
+    pub fresh_until: i64,
+    /// When the claims were obtained (sign-in or the last refresh).
+    #[serde(rename = "i", default)]
+    pub issued: i64,
 }
+
+/// How long before `fresh_until` a session is refreshed: a quarter of its freshness, at most a
+/// minute, so that a request in flight never meets stale claims.
+const REFRESH_EARLY: i64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -102,14 +116,57 @@ pub enum SessionError {
 }
 
 impl Session {
-    /// A session from a verified ID token's claims, ending at `exp`.
+    /// A session from a verified ID token's claims, ending at `exp`, without refresh.
     pub fn from_id_token(claims: &Value, exp: i64) -> Self {
         let mut kept = claims.as_object().cloned().unwrap_or_default();
         for c in TOKEN_CLAIMS {
             kept.remove(c);
         }
-        Self { claims: Value::Object(kept), exp }
+        Self { claims: Value::Object(kept), exp, refresh_token: None, fresh_until: exp, issued: 0 }
     }
+
+    /// With the provider's refresh token: the claims are fresh until `fresh_until` (never past
+    /// the session's end), as of `now`.
+    pub fn with_refresh(mut self, refresh_token: Option<String>, fresh_until: i64, now: i64) -> Self {
+        self.refresh_token = refresh_token.filter(|t| !t.is_empty());
+        self.fresh_until = fresh_until.min(self.exp);
+        self.issued = now;
+        self
+    }
+
+    /// Whether the session is to be refreshed at `now`, and whether its claims are already
+    /// stale (past `fresh_until`: not to be used without a refresh).
+    pub fn refresh_due(&self, now: i64) -> Option<Staleness> {
+        self.refresh_token.as_ref()?;
+        let early = REFRESH_EARLY.min((self.fresh_until - self.issued).max(0) / 4);
+        if now >= self.fresh_until {
+            Some(Staleness::Stale)
+        } else if now >= self.fresh_until - early {
+            Some(Staleness::Due)
+        } else {
+            None
+        }
+    }
+}
+
+/// A session with a refresh token near or past the end of its claims' freshness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staleness {
+    /// Still fresh: used as it is, refreshed on the way.
+    Due,
+    /// Stale: used only once refreshed.
+    Stale,
+}
+
+/// A session the gateway is to refresh at the provider (the decision knows no I/O).
+#[derive(Debug, Clone)]
+pub struct RefreshDue {
+    pub policy: u32,
+    pub session: Session,
+    pub staleness: Staleness,
+    /// Whether the request is a page load (answered with a redirect to itself and the new
+    /// cookies, which every proxy passes on) or a script (allowed with `Set-Cookie`).
+    pub navigation: bool,
 }
 
 /// The name of chunk `i` of a cookie.
@@ -236,13 +293,31 @@ pub enum IdTokenError {
     Expired,
     #[error("the ID token's nonce does not match this sign-in")]
     Nonce,
-    #[error("the ID token has no subject")]
+    #[error("the ID token has no subject, or another one than the session's")]
     Subject,
 }
 
 /// The checks of OpenID Connect Core §3.1.3.7 on a signature-verified ID token's claims: `iss`,
 /// `aud` (and `azp` when it names several audiences or is there at all), `exp`, `nonce`, `sub`.
 pub fn check_id_token(claims: &Value, issuer: &str, client_id: &str, nonce: &str, now: i64, skew: i64) -> Result<(), IdTokenError> {
+    check_id_token_for(claims, issuer, client_id, now, skew)?;
+    if !claims.get("nonce").and_then(Value::as_str).is_some_and(|n| same_secret(n, nonce)) {
+        return Err(IdTokenError::Nonce);
+    }
+    Ok(())
+}
+
+/// The checks of a refreshed ID token (OpenID Connect Core §12.2): those of sign-in but the
+/// nonce, and the same subject as the session's.
+pub fn check_refreshed_id_token(claims: &Value, issuer: &str, client_id: &str, sub: &str, now: i64, skew: i64) -> Result<(), IdTokenError> {
+    check_id_token_for(claims, issuer, client_id, now, skew)?;
+    if claims.get("sub").and_then(Value::as_str) != Some(sub) {
+        return Err(IdTokenError::Subject);
+    }
+    Ok(())
+}
+
+fn check_id_token_for(claims: &Value, issuer: &str, client_id: &str, now: i64, skew: i64) -> Result<(), IdTokenError> {
     if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
         return Err(IdTokenError::Issuer);
     }
@@ -263,9 +338,6 @@ pub fn check_id_token(claims: &Value, issuer: &str, client_id: &str, nonce: &str
     match claims.get("exp").and_then(Value::as_i64) {
         Some(exp) if now - skew < exp => {}
         _ => return Err(IdTokenError::Expired),
-    }
-    if !claims.get("nonce").and_then(Value::as_str).is_some_and(|n| same_secret(n, nonce)) {
-        return Err(IdTokenError::Nonce);
     }
     if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(IdTokenError::Subject);
@@ -309,6 +381,26 @@ pub enum Endpoint {
 /// Where a proxy that cannot ask for the redirect itself sends browsers to sign in.
 pub const START_PATH: &str = "/.portcullis/sign-in";
 
+/// Where a [`START_PATH`] request returns: `rd` as a path when it is a URL of this host.
+fn start_target(si: &RtSignIn, raw_host: &str, query: Option<&str>) -> Result<String, &'static str> {
+    let mut rd = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if k == "rd" && rd.replace(v.into_owned()).is_some() {
+            return Err("rd is given more than once");
+        }
+    }
+    let own = si.config.origin(raw_host);
+    // A full URL of this host comes back as its path: what ingress-nginx sends.
+    Ok(match rd {
+        Some(r) => match r.strip_prefix(&own) {
+            Some(rest) if rest.starts_with('/') => rest.to_owned(),
+            Some("") => "/".to_owned(),
+            _ => r,
+        },
+        None => "/".to_owned(),
+    })
+}
+
 /// Where a browser is sent, and the cookies set on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
@@ -342,11 +434,16 @@ impl RtSignIn {
 
 impl super::Engine {
     /// The session of a request to a sign-in policy, as a verified caller.
-    pub(super) fn session(&self, si: &RtSignIn, req: &super::Request<'_>, now: i64) -> Result<Arc<super::Verified>, SessionError> {
+    pub(super) fn session(
+        &self,
+        si: &RtSignIn,
+        req: &super::Request<'_>,
+        now: i64,
+    ) -> Result<(Arc<super::Verified>, Session), SessionError> {
         let sealer = si.sessions.as_ref().ok_or(SessionError::Invalid)?;
         let host = crate::policy::host::normalize_host(req.host).ok_or(SessionError::Invalid)?;
         let s = open_session(sealer, si.config.session_cookie(), &host, req.headers, now)?;
-        Ok(Arc::new(super::Verified {
+        let verified = Arc::new(super::Verified {
             keyset: 0,
             generation: 0,
             alg: crate::api::JwtAlgorithm::EdDSA,
@@ -354,9 +451,10 @@ impl super::Engine {
             aud: vec![si.config.client_id.clone()],
             exp: s.exp,
             nbf: None,
-            claims: s.claims,
+            claims: s.claims.clone(),
             minted: Default::default(),
-        }))
+        });
+        Ok((verified, s))
     }
 
     /// The redirect to the provider that starts a sign-in, or why it cannot start.
@@ -365,7 +463,15 @@ impl super::Engine {
             Ok(r) => (super::DenyReason::SignInRequired, "a browser without a session", Some(Box::new(r))),
             Err(why) => (super::DenyReason::SignInUnavailable, why, None),
         };
-        super::Denied { reason, route: Some(route), detail: Some(detail.to_owned()), scopes: Vec::new(), refetch: None, redirect }
+        super::Denied {
+            reason,
+            route: Some(route),
+            detail: Some(detail.to_owned()),
+            scopes: Vec::new(),
+            refetch: None,
+            redirect,
+            refresh: None,
+        }
     }
 
     /// A new login for `raw_host`, coming back to `target` (when it is allowed, else `/`): the
@@ -378,6 +484,8 @@ impl super::Engine {
         let cookie = si.config.login_cookie();
         let (login, sealed) = begin_login(logins, cookie, &host, &return_to, now).map_err(|_| "sealing failed")?;
         let redirect_uri = format!("{}{}", si.config.origin(raw_host), si.config.callback_path);
+        // OpenID Connect Core §11: a refresh token for offline access is asked for with consent.
+        let offline = si.config.scopes.iter().any(|s| s == "offline_access");
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("response_type", "code")
             .append_pair("client_id", &si.config.client_id)
@@ -387,6 +495,7 @@ impl super::Engine {
             .append_pair("nonce", &login.nonce)
             .append_pair("code_challenge", &crate::keys::seal::pkce_challenge(&login.verifier))
             .append_pair("code_challenge_method", "S256")
+            .extend_pairs(offline.then_some(("prompt", "consent")))
             .finish();
         let sep = if meta.authorization_endpoint.contains('?') { '&' } else { '?' };
         Ok(Redirect {
@@ -422,23 +531,31 @@ impl super::Engine {
     /// A sign-in started at [`START_PATH`]: to the provider, back to `rd` (a path of the host, or
     /// an https URL of an allowed host; anything else returns to `/`).
     pub fn sign_in_start(&self, si: &RtSignIn, raw_host: &str, query: Option<&str>, now: i64) -> Result<Redirect, &'static str> {
-        let mut rd = None;
-        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-            if k == "rd" && rd.replace(v.into_owned()).is_some() {
-                return Err("rd is given more than once");
-            }
-        }
-        let own = si.config.origin(raw_host);
-        // A full URL of this host comes back as its path: what ingress-nginx sends.
-        let return_to = match rd {
-            Some(r) => match r.strip_prefix(&own) {
-                Some(rest) if rest.starts_with('/') => rest.to_owned(),
-                Some("") => "/".to_owned(),
-                _ => r,
-            },
-            None => "/".to_owned(),
-        };
+        let return_to = start_target(si, raw_host, query)?;
         self.login_redirect(si, raw_host, &return_to, now).map_err(|_| "the identity provider cannot be reached")
+    }
+
+    /// The session a browser brings to [`START_PATH`] when refreshing it is all it needs (its
+    /// claims went stale; a proxy that redirects on its own sent it here).
+    pub fn refreshable_session(&self, si: &RtSignIn, raw_host: &str, headers: &HeaderMap, now: i64) -> Option<Session> {
+        let host = crate::policy::host::normalize_host(raw_host)?;
+        let session = open_session(si.sessions.as_ref()?, si.config.session_cookie(), &host, headers, now).ok()?;
+        session.refresh_due(now).is_some().then_some(session)
+    }
+
+    /// Back to where a [`START_PATH`] request asked (`rd`, checked), with `set_cookies`.
+    pub fn back_from_start(
+        &self,
+        si: &RtSignIn,
+        raw_host: &str,
+        query: Option<&str>,
+        set_cookies: Vec<String>,
+    ) -> Result<Redirect, &'static str> {
+        let target = start_target(si, raw_host, query)?;
+        let host = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
+        let target = crate::policy::redirect::return_target(&target, &host, &si.allowed).unwrap_or_else(|| "/".to_owned());
+        let location = if target.starts_with('/') { format!("{}{target}", si.config.origin(raw_host)) } else { target };
+        Ok(Redirect { location, set_cookies })
     }
 
     /// The `Cookie` pairs of a session with `claims` on `raw_host`, sealed as the sign-in of that
@@ -495,42 +612,28 @@ impl super::Engine {
         Ok(Redirect { location, set_cookies })
     }
 
-    /// The end of a sign-in, once the gateway has the provider's ID token for the login: the
-    /// token verified (signature with the provider's keys, then OIDC Core 3.1.3.7), and the
-    /// session sealed into cookies, with the way back.
+    /// The end of a sign-in, once the gateway has the provider's token response for the login:
+    /// the ID token verified (signature with the provider's keys, then OIDC Core 3.1.3.7), and
+    /// the session, with the refresh token when there is one, sealed into cookies, with the way
+    /// back.
     pub fn complete_sign_in(
         &self,
         si: &RtSignIn,
         raw_host: &str,
         login: &LoginState,
-        id_token: &str,
+        tokens: &Value,
         now: i64,
     ) -> Result<Redirect, String> {
         let normalized = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
-        let host: &str = &normalized;
         let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
-        let t = super::token::parse(id_token).map_err(|r| format!("ID token: {}", r.description()))?;
-        if !matches!(
-            t.alg,
-            crate::api::JwtAlgorithm::RS256
-                | crate::api::JwtAlgorithm::ES256
-                | crate::api::JwtAlgorithm::PS256
-                | crate::api::JwtAlgorithm::EdDSA
-        ) {
-            return Err("ID token: algorithm not accepted".into());
-        }
-        super::token::verify_signature(&t, &si.provider.keys).map_err(|r| format!("ID token: {}", r.description()))?;
-        check_id_token(&t.claims, &meta.issuer, &si.config.client_id, &login.nonce, now, 60).map_err(|e| e.to_string())?;
-        let sessions = si.sessions.as_ref().ok_or("the session SigningKey's keys are not on this gateway")?;
-        let session = Session::from_id_token(&t.claims, now + si.config.session_lifetime_secs as i64);
-        let base = si.config.session_cookie();
-        let chunks = seal_session(sessions, base, host, &session).map_err(|e| e.to_string())?;
-        let https = si.config.https;
-        let mut set_cookies: Vec<String> =
-            chunks.iter().map(|(n, v)| set_cookie(n, v, si.config.session_lifetime_secs as i64, https)).collect();
-        // Chunks a larger session left behind go, and so does the login.
-        set_cookies.extend((chunks.len()..MAX_CHUNKS).map(|i| set_cookie(&chunk_name(base, i), "", 0, https)));
-        set_cookies.push(set_cookie(si.config.login_cookie(), "", 0, https));
+        let claims = verify_id_token(si, tokens)?;
+        check_id_token(&claims, &meta.issuer, &si.config.client_id, &login.nonce, now, 60).map_err(|e| e.to_string())?;
+        let fresh_until = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        let refresh_token = tokens.get("refresh_token").and_then(Value::as_str).map(str::to_owned);
+        let session =
+            Session::from_id_token(&claims, now + si.config.session_lifetime_secs as i64).with_refresh(refresh_token, fresh_until, now);
+        let mut set_cookies = self.session_cookies(si, &normalized, &session, now)?;
+        set_cookies.push(set_cookie(si.config.login_cookie(), "", 0, si.config.https));
         // Absolute: some proxies (Traefik's forward auth) resolve a relative Location against
         // the authorizer's own URL.
         let location = if login.return_to.starts_with('/') {
@@ -540,6 +643,94 @@ impl super::Engine {
         };
         Ok(Redirect { location, set_cookies })
     }
+
+    /// The session after the provider answered its refresh: the new ID token verified like at
+    /// sign-in (but the nonce) and of the same subject, or the claims kept when the provider
+    /// sent none; the refresh token rotated when it sent a new one. The session's end stays.
+    pub fn refreshed_session(&self, si: &RtSignIn, old: &Session, tokens: &Value, now: i64) -> Result<Session, String> {
+        let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
+        let refresh_token = tokens.get("refresh_token").and_then(Value::as_str).map(str::to_owned).or_else(|| old.refresh_token.clone());
+        let (claims, fresh_until) = match tokens.get("id_token") {
+            Some(_) => {
+                let claims = verify_id_token(si, tokens)?;
+                let sub = old.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+                check_refreshed_id_token(&claims, &meta.issuer, &si.config.client_id, sub, now, 60).map_err(|e| e.to_string())?;
+                let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+                (Session::from_id_token(&claims, old.exp).claims, exp)
+            }
+            // No new ID token: the claims stand for as long as the last ones did.
+            None => (old.claims.clone(), now + (old.fresh_until - old.issued).max(0)),
+        };
+        let session = Session { claims, ..old.clone() }.with_refresh(refresh_token, fresh_until, now);
+        if session.fresh_until <= now {
+            return Err("the provider's refreshed claims are already expired".into());
+        }
+        Ok(session)
+    }
+
+    /// `Set-Cookie` values that hold `session` on `host` (normalised), and delete the chunks it
+    /// no longer needs.
+    pub fn session_cookies(&self, si: &RtSignIn, host: &str, session: &Session, now: i64) -> Result<Vec<String>, String> {
+        let sessions = si.sessions.as_ref().ok_or("the session SigningKey's keys are not on this gateway")?;
+        let base = si.config.session_cookie();
+        let chunks = seal_session(sessions, base, host, session).map_err(|e| e.to_string())?;
+        let https = si.config.https;
+        let mut set_cookies: Vec<String> = chunks.iter().map(|(n, v)| set_cookie(n, v, session.exp - now, https)).collect();
+        set_cookies.extend((chunks.len()..MAX_CHUNKS).map(|i| set_cookie(&chunk_name(base, i), "", 0, https)));
+        Ok(set_cookies)
+    }
+
+    /// The sign-in of policy `policy` (an index of a decision's route).
+    pub fn sign_in_of(&self, policy: u32) -> Option<&RtSignIn> {
+        self.policies.get(policy as usize)?.sign_in.as_deref()
+    }
+}
+
+/// The claims of the ID token in a token response, its signature verified with the provider's
+/// keys and an algorithm sign-in accepts.
+fn verify_id_token(si: &RtSignIn, tokens: &Value) -> Result<Value, String> {
+    let id_token = tokens.get("id_token").and_then(Value::as_str).ok_or("the identity provider sent no ID token")?;
+    let t = super::token::parse(id_token).map_err(|r| format!("ID token: {}", r.description()))?;
+    if !matches!(
+        t.alg,
+        crate::api::JwtAlgorithm::RS256
+            | crate::api::JwtAlgorithm::ES256
+            | crate::api::JwtAlgorithm::PS256
+            | crate::api::JwtAlgorithm::EdDSA
+    ) {
+        return Err("ID token: algorithm not accepted".into());
+    }
+    super::token::verify_signature(&t, &si.provider.keys).map_err(|r| format!("ID token: {}", r.description()))?;
+    Ok(t.claims)
+}
+
+/// The request's headers with its session cookies replaced by `set_cookies`' values: the
+/// request as it is once the browser holds the refreshed session.
+pub fn with_session_cookies(headers: &HeaderMap, base: &str, set_cookies: &[String]) -> HeaderMap {
+    let mut out = headers.clone();
+    let mut pairs: Vec<String> = Vec::new();
+    for header in headers.get_all(http::header::COOKIE) {
+        let Ok(text) = header.to_str() else { continue };
+        pairs.extend(
+            text.split(';')
+                .map(str::trim)
+                .filter(|p| {
+                    !p.is_empty() && !p.split_once('=').is_some_and(|(n, _)| n.strip_prefix(base).is_some_and(|r| r.starts_with('-')))
+                })
+                .map(str::to_owned),
+        );
+    }
+    for c in set_cookies {
+        let pair = c.split(';').next().unwrap_or_default();
+        if pair.split_once('=').is_some_and(|(_, v)| !v.is_empty()) {
+            pairs.push(pair.to_owned());
+        }
+    }
+    out.remove(http::header::COOKIE);
+    if let Ok(v) = http::HeaderValue::try_from(pairs.join("; ")) {
+        out.insert(http::header::COOKIE, v);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -551,6 +742,7 @@ mod tests {
     use crate::testkit::header_map;
     use proptest::prelude::*;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -579,10 +771,10 @@ mod tests {
         assert_eq!(open_session(&SEALER, "pc-other", "shop.example", &h, NOW), Err(SessionError::Missing));
         assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &header_map(&[]), NOW), Err(SessionError::Missing));
 
-        let big = Session {
-            claims: json!({"sub": "alice", "groups": (0..300).map(|i| format!("group-{i}")).collect::<Vec<_>>()}),
-            exp: NOW + 60,
-        };
+        let big = Session::from_id_token(
+            &json!({"sub": "alice", "groups": (0..300).map(|i| format!("group-{i}")).collect::<Vec<_>>()}),
+            NOW + 60,
+        );
         let sealed = seal_session(&SEALER, "pc-session", "shop.example", &big).unwrap();
         assert_eq!(sealed.len(), 2);
         assert!(sealed.iter().all(|(n, v)| set_cookie(n, v, 3600, true).len() < 4096));
@@ -595,7 +787,7 @@ mod tests {
         let twice = vec![sealed[0].clone(), sealed[0].clone(), sealed[1].clone()];
         assert_eq!(open_session(&SEALER, "pc-session", "shop.example", &cookies(&twice), NOW), Err(SessionError::Ambiguous));
 
-        let huge = Session { claims: json!({"blob": "x".repeat(CHUNK * MAX_CHUNKS)}), exp: NOW + 60 };
+        let huge = Session::from_id_token(&json!({"blob": "x".repeat(CHUNK * MAX_CHUNKS)}), NOW + 60);
         assert_eq!(seal_session(&SEALER, "pc-session", "shop.example", &huge), Err(SessionError::TooLarge));
     }
 
@@ -670,11 +862,143 @@ mod tests {
         assert_eq!(set_cookie("pc-session-0", "v", 60, true), "pc-session-0=v; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure");
     }
 
+    /// A provider whose ID tokens the test signs.
+    struct TestProvider(Arc<Provider>);
+
+    impl crate::decide::RemoteKeys for TestProvider {
+        fn key_set(&self, uri: &str, _: u64) -> Arc<KeySet> {
+            KeySet::new_remote(uri)
+        }
+        fn provider(&self, _: &str) -> Arc<Provider> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn a_session_is_refreshed_before_its_claims_go_stale_and_the_providers_answer_decides() {
+        const ISSUER: &str = "https://id.example";
+        let spec: SigningKeySpec = serde_json::from_value(json!({"algorithm": "EdDSA"})).unwrap();
+        let key = crate::policy::KeyRef { namespace: "shop".into(), name: "sessions".into() };
+        let published = BTreeMap::from([(key.clone(), crate::keys::schedule::publish(&key, &spec, &ring()).unwrap())]);
+        let compiled = crate::testkit::compile_yaml(
+            "default",
+            r#"
+name: web
+namespace: shop
+spec:
+  hosts: [app.example]
+  signIn: { issuer: "https://id.example", clientId: web, sessionKeyRef: { name: sessions } }
+  rules:
+    - name: admin
+      match: { paths: [{ prefix: / }] }
+      require: [{ claim: groups, containsAny: [admins] }]
+"#,
+            &published,
+        );
+        let idp = crate::keys::SigningKeyPair::generate(crate::api::SigningAlgorithm::EdDSA, None).unwrap();
+        let provider = Provider::new(ISSUER);
+        let meta = ProviderMeta {
+            issuer: ISSUER.into(),
+            authorization_endpoint: format!("{ISSUER}/auth"),
+            token_endpoint: format!("{ISSUER}/token"),
+            jwks_uri: format!("{ISSUER}/jwks"),
+            end_session_endpoint: None,
+        };
+        provider.meta.store(Some(Arc::new(meta)));
+        provider.keys.replace(crate::keys::parse_jwks(&json!({"keys": [idp.public_jwk()]})).unwrap().0);
+        let minting = BTreeMap::from([(key, ring())]);
+        let opts = crate::decide::BuildOptions {
+            issuer_url: "https://gw",
+            minting: &minting,
+            remote: &TestProvider(provider),
+            cache_bytes: 1 << 20,
+        };
+        let engine = crate::decide::Engine::build(compiled.config, &opts).unwrap();
+        let si = engine.sign_in_of(0).unwrap();
+        let id_token = |claims: Value| {
+            let b64 = |v: &Value| crate::keys::b64url(v.to_string().as_bytes());
+            let input = format!("{}.{}", b64(&json!({"alg": "EdDSA", "kid": idp.kid()})), b64(&claims));
+            format!("{input}.{}", crate::keys::b64url(&idp.sign(input.as_bytes()).unwrap()))
+        };
+
+        // Signed in at NOW: claims fresh for 5 minutes, the session for an hour.
+        let session = Session::from_id_token(&json!({"sub": "alice", "groups": ["admins"]}), NOW + 3600).with_refresh(
+            Some("rt1".into()),
+            NOW + 300,
+            NOW,
+        );
+        let set = engine.session_cookies(si, "app.example", &session, NOW).unwrap();
+        let headers = with_session_cookies(&header_map(&[("cookie", "theme=dark")]), si.config.session_cookie(), &set);
+        assert!(headers.get("cookie").unwrap().to_str().unwrap().starts_with("theme=dark; __Host-portcullis-session-0="));
+        let decide = |headers: &HeaderMap, accept: &str, at: i64| {
+            let mut h = headers.clone();
+            h.insert("accept", accept.parse().unwrap());
+            let req = crate::decide::Request {
+                method: "GET",
+                host: "app.example",
+                target: "/x",
+                headers: &h,
+                path_mode: Default::default(),
+                routed: None,
+            };
+            engine.decide(&req, at)
+        };
+        let due = |d: &crate::decide::Decision| match d {
+            crate::decide::Decision::Allow(a) => a.refresh.as_ref().map(|r| r.staleness),
+            crate::decide::Decision::Deny(d) => d.refresh.as_ref().map(|r| r.staleness),
+        };
+        // Fresh: no refresh. The last minute: allowed, refreshed on the way. Past it: not used
+        // until refreshed (a page is sent to sign in, a script gets 401, either way refreshed).
+        let d = decide(&headers, "text/html", NOW + 10);
+        assert!(d.is_allow() && due(&d).is_none(), "{d:?}");
+        let d = decide(&headers, "text/html", NOW + 240);
+        assert!(d.is_allow() && due(&d) == Some(Staleness::Due), "{d:?}");
+        let d = decide(&headers, "text/html", NOW + 300);
+        assert!(matches!(&d, crate::decide::Decision::Deny(x) if x.reason == crate::decide::DenyReason::SignInRequired), "{d:?}");
+        assert_eq!(due(&d), Some(Staleness::Stale));
+        let d = decide(&headers, "application/json", NOW + 300);
+        assert!(matches!(&d, crate::decide::Decision::Deny(x) if x.reason == crate::decide::DenyReason::MissingToken), "{d:?}");
+        assert_eq!(due(&d), Some(Staleness::Stale));
+
+        // The provider's answer: new claims (no longer an admin), a rotated refresh token.
+        let at = NOW + 300;
+        let good = json!({"iss": ISSUER, "aud": "web", "sub": "alice", "groups": ["staff"], "exp": at + 300, "iat": at});
+        let tokens = json!({"id_token": id_token(good.clone()), "refresh_token": "rt2"});
+        let new = engine.refreshed_session(si, &session, &tokens, at).unwrap();
+        assert_eq!(
+            (new.claims["groups"].clone(), new.refresh_token.as_deref(), new.fresh_until, new.exp),
+            (json!(["staff"]), Some("rt2"), at + 300, NOW + 3600)
+        );
+        let set = engine.session_cookies(si, "app.example", &new, at).unwrap();
+        let d = decide(&with_session_cookies(&headers, si.config.session_cookie(), &set), "text/html", at);
+        assert!(
+            matches!(&d, crate::decide::Decision::Deny(x) if x.reason == crate::decide::DenyReason::ClaimsNotSatisfied),
+            "the refreshed claims decide: {d:?}"
+        );
+        // Never past the session's end; without an ID token, the claims stand as long again.
+        let mut late = good.clone();
+        late["exp"] = json!(NOW + 9999);
+        assert_eq!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(late)}), at).unwrap().fresh_until, NOW + 3600);
+        let kept = engine.refreshed_session(si, &session, &json!({"access_token": "a"}), at).unwrap();
+        assert_eq!((kept.claims.clone(), kept.refresh_token.as_deref(), kept.fresh_until), (session.claims.clone(), Some("rt1"), at + 300));
+        // Another subject, issuer or client, an expired or unsigned ID token: refused.
+        for (k, v) in [("sub", json!("mallory")), ("iss", json!("https://evil")), ("aud", json!("other")), ("exp", json!(at - 120))] {
+            let mut c = good.clone();
+            c[k] = v;
+            assert!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(c)}), at).is_err(), "{k}");
+        }
+        let forged = format!("{}x", id_token(good));
+        assert!(engine.refreshed_session(si, &session, &json!({"id_token": forged}), at).is_err());
+        // Removing the session cookies leaves the others.
+        let none = with_session_cookies(&headers, si.config.session_cookie(), &[]);
+        assert_eq!(none.get("cookie").unwrap(), "theme=dark");
+    }
+
     proptest! {
         /// An expired session never passes; a live one always does; no edited cookie opens.
         #[test]
         fn sessions_open_only_unchanged_and_in_time(exp_in in -100i64..100, at in any::<prop::sample::Index>(), with in "[A-Za-z0-9_-]") {
-            let s = Session { claims: json!({"sub": "alice"}), exp: NOW + exp_in };
+            let s = Session::from_id_token(&json!({"sub": "alice"}), NOW + exp_in);
             let sealed = seal_session(&SEALER, "pc", "h", &s).unwrap();
             let opened = open_session(&SEALER, "pc", "h", &cookies(&sealed), NOW);
             if exp_in <= 0 { prop_assert_eq!(opened, Err(SessionError::Expired)); } else { prop_assert_eq!(opened, Ok(s)); }

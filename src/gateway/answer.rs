@@ -52,6 +52,12 @@ pub fn allowed(profile: Profile, a: Allowed, request: &HeaderMap, carriers: &[He
             h.insert(ENVOY_REMOVE, HeaderValue::try_from(remove.join(",")).expect("header names are valid values"));
         }
     }
+    // A refreshed session, for the proxies that pass an allowed answer's cookies to the browser.
+    for c in &a.set_cookies {
+        if let Ok(v) = HeaderValue::try_from(c.as_str()) {
+            h.append(http::header::SET_COOKIE, v);
+        }
+    }
     resp
 }
 
@@ -91,6 +97,8 @@ mod tests {
             audit: None,
             caller: None,
             strip_query: Vec::new(),
+            refresh: None,
+            set_cookies: Vec::new(),
         }
     }
 

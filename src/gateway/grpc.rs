@@ -64,7 +64,9 @@ impl Gateway {
             }
         };
         // Sign-in's callback and sign-out are answered here, as over HTTP.
-        if let Some(resp) = super::signin::endpoint(&slot.engine, &http.method, &http.host, &http.path, &headers, &self.jwks.post).await {
+        if let Some(resp) =
+            super::signin::endpoint(&slot.engine, &http.method, &http.host, &http.path, &headers, &self.jwks.post, &self.refreshes).await
+        {
             return from_response(resp).await;
         }
         let req = Request {
@@ -132,6 +134,12 @@ fn allowed(slot: &Slot, a: crate::decide::Allowed) -> CheckResponse {
     }
     ok.headers_to_remove.extend(a.strip.iter().map(|h| h.as_str().to_owned()));
     ok.query_parameters_to_remove = a.strip_query.clone();
+    // A refreshed session: Envoy adds these to the response the browser gets.
+    for c in &a.set_cookies {
+        let mut cookie = header("set-cookie", c.as_bytes());
+        cookie.append_action = HeaderAppendAction::AppendIfExistsOrAdd as i32;
+        ok.response_headers_to_add.push(cookie);
+    }
     // For Envoy's RBAC filter and access logs (namespace envoy.filters.http.ext_authz), built
     // straight from the claims (a copy of them first cost a map per request).
     let text = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_owned())) };

@@ -37,6 +37,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::decide::signin as signin_rules;
 use crate::decide::{self, BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Decision, Denied, DenyReason, Engine, Request};
 use crate::keys::store::KeyRing;
 use crate::plumbing::http::reply;
@@ -93,6 +94,7 @@ pub struct Gateway {
     /// Byte budget of each engine's verified-token cache.
     token_cache_bytes: AtomicUsize,
     policy_details: AtomicBool,
+    pub(crate) refreshes: signin::Refreshes,
 }
 
 impl Gateway {
@@ -124,6 +126,7 @@ impl Gateway {
             issuer_url: issuer_url.trim_end_matches('/').to_owned(),
             path_mode,
             apply_lock: std::sync::Mutex::new(()),
+            refreshes: Default::default(),
         })
     }
 
@@ -298,7 +301,7 @@ impl Gateway {
             if slot.engine.is_sign_in_endpoint(host, target) {
                 return sign_in_deferred();
             }
-        } else if let Some(resp) = signin::endpoint(&slot.engine, method, host, target, headers, &self.jwks.post).await {
+        } else if let Some(resp) = signin::endpoint(&slot.engine, method, host, target, headers, &self.jwks.post, &self.refreshes).await {
             return resp;
         }
         let request = Request { method, host, target, headers, path_mode: self.path_mode, routed: None };
@@ -309,7 +312,9 @@ impl Gateway {
         };
         match decision {
             Decision::Allow(a) => answer::allowed(profile, a, headers, slot.engine.token_carriers()),
-            Decision::Deny(d) if deferred && d.reason == DenyReason::SignInRequired => sign_in_deferred(),
+            Decision::Deny(d) if deferred && matches!(d.reason, DenyReason::SignInRequired | DenyReason::SessionRefreshed) => {
+                sign_in_deferred()
+            }
             Decision::Deny(d) => deny_response(slot.engine.realm(), &d),
         }
     }
@@ -320,7 +325,9 @@ impl Gateway {
         let mut hosts = req.headers().get_all(http::header::HOST).iter();
         let (Some(host), None) = (hosts.next().and_then(|h| h.to_str().ok()), hosts.next()) else { return not_found() };
         let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        signin::endpoint(&slot.engine, req.method().as_str(), host, target, req.headers(), &self.jwks.post).await.unwrap_or_else(not_found)
+        signin::endpoint(&slot.engine, req.method().as_str(), host, target, req.headers(), &self.jwks.post, &self.refreshes)
+            .await
+            .unwrap_or_else(not_found)
     }
 
     /// An authorization request too malformed to decide on (400): a denial of no policy, over
@@ -340,6 +347,13 @@ impl Gateway {
             && self.jwks.refetch(set, REFETCH_WAIT).await
         {
             decision = slot.engine.decide(request, unix_now());
+        }
+        let due = match &mut decision {
+            Decision::Allow(a) => a.refresh.take(),
+            Decision::Deny(d) => d.refresh.take(),
+        };
+        if let Some(due) = due {
+            decision = self.after_refresh(slot, request, *due, decision).await;
         }
         self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
         let counters = decision.route().map_or(&self.no_route, |r| &slot.counters[r.policy as usize]);
@@ -374,6 +388,68 @@ impl Gateway {
             }
         }
         Ok(decision)
+    }
+}
+
+impl Gateway {
+    /// A decision whose session was due for refresh, once refreshed at the provider: a page load
+    /// is sent to itself with the new cookies; anything else is decided again with them, and
+    /// the answer sets them. A provider that refuses ends the session (decided as without one);
+    /// one that cannot be asked leaves a fresh session as it is and a stale one unusable (503).
+    async fn after_refresh(&self, slot: &Slot, request: &Request<'_>, due: signin_rules::RefreshDue, decision: Decision) -> Decision {
+        let engine = &slot.engine;
+        let (Some(si), Some(host)) = (engine.sign_in_of(due.policy), crate::policy::host::normalize_host(request.host)) else {
+            return decision;
+        };
+        let base = si.config.session_cookie();
+        let unavailable = |d: Decision| {
+            Decision::Deny(Denied {
+                reason: DenyReason::SignInUnavailable,
+                route: d.route(),
+                detail: Some("the session could not be refreshed: the identity provider cannot be reached".into()),
+                scopes: Vec::new(),
+                refetch: None,
+                redirect: None,
+                refresh: None,
+            })
+        };
+        match self.refreshes.refresh(engine, si, &due.session, &self.jwks.post).await {
+            signin::Refreshed::Session(new) => {
+                let now = unix_now();
+                let Ok(set_cookies) = engine.session_cookies(si, &host, &new, now) else { return unavailable(decision) };
+                if due.navigation {
+                    return Decision::Deny(Denied {
+                        reason: DenyReason::SessionRefreshed,
+                        route: decision.route(),
+                        detail: None,
+                        scopes: Vec::new(),
+                        refetch: None,
+                        redirect: Some(Box::new(signin_rules::Redirect {
+                            location: format!("{}{}", si.config.origin(request.host), request.target),
+                            set_cookies,
+                        })),
+                        refresh: None,
+                    });
+                }
+                let headers = signin_rules::with_session_cookies(request.headers, base, &set_cookies);
+                let mut again = engine.decide(&Request { headers: &headers, ..*request }, now);
+                if let Decision::Allow(a) = &mut again {
+                    a.refresh = None;
+                    a.set_cookies = set_cookies;
+                }
+                again
+            }
+            signin::Refreshed::Refused => {
+                let headers = signin_rules::with_session_cookies(request.headers, base, &[]);
+                let mut again = engine.decide(&Request { headers: &headers, ..*request }, unix_now());
+                if let Decision::Deny(d) = &mut again {
+                    d.refresh = None;
+                }
+                again
+            }
+            signin::Refreshed::Unavailable if due.staleness == signin_rules::Staleness::Due => decision,
+            signin::Refreshed::Unavailable => unavailable(decision),
+        }
     }
 }
 

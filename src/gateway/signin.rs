@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::unix_now;
 use crate::decide::Engine;
-use crate::decide::signin::{Endpoint, LoginError, Provider, ProviderMeta, Redirect, RtSignIn, cookie_value, finish_login};
+use crate::decide::signin::{Endpoint, LoginError, Provider, ProviderMeta, Redirect, RtSignIn, Session, cookie_value, finish_login};
 use crate::plumbing::http::reply;
 use crate::plumbing::jwks_fetch::{HttpClient, PostClient, fetch_json, fetch_jwks, post_form};
 
@@ -122,16 +122,29 @@ pub async fn endpoint(
     target: &str,
     headers: &HeaderMap,
     client: &PostClient,
+    refreshes: &Refreshes,
 ) -> Option<Response<Full<Bytes>>> {
     let host = crate::policy::host::normalize_host(raw_host)?;
     let (path, query) = crate::policy::path::split_target(target);
     let (si, which) = engine.sign_in_endpoint(&host, path)?;
     Some(match which {
         Endpoint::Callback => callback(engine, si, &host, raw_host, query, headers, client).await,
-        Endpoint::Start => match engine.sign_in_start(si, raw_host, query, unix_now()) {
-            Ok(r) => redirect(&r),
-            Err(why) => page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", why),
-        },
+        Endpoint::Start => {
+            // A session that only went stale is refreshed, not sent through the provider's pages.
+            if let Some(session) = engine.refreshable_session(si, raw_host, headers, unix_now())
+                && let Refreshed::Session(new) = refreshes.refresh(engine, si, &session, client).await
+                && let Ok(cookies) = engine.session_cookies(si, &host, &new, unix_now())
+            {
+                return Some(match engine.back_from_start(si, raw_host, query, cookies) {
+                    Ok(r) => redirect(&r),
+                    Err(why) => page(StatusCode::BAD_REQUEST, "Sign-in failed", why),
+                });
+            }
+            match engine.sign_in_start(si, raw_host, query, unix_now()) {
+                Ok(r) => redirect(&r),
+                Err(why) => page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", why),
+            }
+        }
         Endpoint::Logout => match engine.sign_out(si, raw_host, method, headers) {
             Ok(r) => {
                 tracing::info!(policy = %si.policy, "signed out");
@@ -205,14 +218,109 @@ pub async fn callback(
             return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider cannot be reached");
         }
     };
-    let Some(id_token) = tokens.get("id_token").and_then(|t| t.as_str()) else {
-        return page(StatusCode::BAD_GATEWAY, "Sign-in failed", "the identity provider sent no ID token");
-    };
-    match engine.complete_sign_in(si, raw_host, &login, id_token, now) {
+    match engine.complete_sign_in(si, raw_host, &login, &tokens, now) {
         Ok(r) => redirect(&r),
         Err(e) => {
             tracing::info!(policy = %si.policy, "sign-in refused: {e}");
             page(StatusCode::FORBIDDEN, "Sign-in failed", &e)
+        }
+    }
+}
+
+/// What a refresh at the provider came to.
+#[derive(Debug, Clone)]
+pub enum Refreshed {
+    Session(Box<Session>),
+    /// The provider refused (the grant was revoked or expired): the session is over.
+    Refused,
+    /// The provider could not be asked: the session stands while its claims are fresh.
+    Unavailable,
+}
+
+/// Refreshes in flight or just done, by a hash of the refresh token. Requests that carry the same
+/// session share one refresh, and those that still carry the old cookie (sent before the browser
+/// had the new one, or through a proxy that drops `Set-Cookie` on allowed answers) get the same
+/// result: a provider that rotates refresh tokens takes a second use of one as theft and revokes
+/// the grant.
+#[derive(Default)]
+pub struct Refreshes(Mutex<HashMap<[u8; 32], RefreshEntry>>);
+
+type RefreshEntry = (std::time::Instant, Arc<tokio::sync::OnceCell<Refreshed>>);
+
+/// Refreshes remembered at most; past it, a refresh is not shared.
+const MAX_REFRESHES: usize = 10_000;
+
+impl Refreshes {
+    /// The refreshed session of `old` (which holds a refresh token), asking the provider at most
+    /// once per refresh token and replica while the answer is remembered.
+    pub async fn refresh(&self, engine: &Engine, si: &RtSignIn, old: &Session, client: &PostClient) -> Refreshed {
+        let Some(token) = old.refresh_token.as_deref() else { return Refreshed::Refused };
+        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref().try_into().expect("32 bytes");
+        let cell = {
+            let mut map = self.0.lock().expect("refreshes lock");
+            let now = std::time::Instant::now();
+            if map.len() >= MAX_REFRESHES {
+                map.retain(|_, (until, _)| *until > now);
+            }
+            match map.get(&key) {
+                Some((until, cell)) if *until > now => Some(cell.clone()),
+                _ if map.len() >= MAX_REFRESHES => None,
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    // Held while in flight; how long once done depends on the answer (below).
+                    map.insert(key, (now + Duration::from_secs(60), cell.clone()));
+                    Some(cell)
+                }
+            }
+        };
+        let Some(cell) = cell else { return ask(engine, si, old, token, client).await };
+        let result = cell.get_or_init(|| ask(engine, si, old, token, client)).await.clone();
+        let keep = match &result {
+            Refreshed::Session(s) => Duration::from_secs((s.fresh_until - unix_now()).clamp(1, 3600) as u64),
+            Refreshed::Refused => Duration::from_secs(60),
+            Refreshed::Unavailable => Duration::from_secs(5),
+        };
+        if let Some((until, c)) = self.0.lock().expect("refreshes lock").get_mut(&key)
+            && Arc::ptr_eq(c, &cell)
+        {
+            *until = std::time::Instant::now() + keep;
+        }
+        result
+    }
+}
+
+/// One refresh at the provider's token endpoint (`grant_type=refresh_token`).
+async fn ask(engine: &Engine, si: &RtSignIn, old: &Session, token: &str, client: &PostClient) -> Refreshed {
+    let Some(meta) = si.provider.meta.load_full() else { return Refreshed::Unavailable };
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "refresh_token")
+        .append_pair("refresh_token", token)
+        .append_pair("client_id", &si.config.client_id)
+        .finish();
+    match post_form(client, &meta.token_endpoint, form, MAX_DOC_BYTES).await {
+        Ok((status, body)) if status.is_success() => match engine.refreshed_session(si, old, &body, unix_now()) {
+            Ok(s) => {
+                tracing::debug!(policy = %si.policy, "sign-in session refreshed");
+                Refreshed::Session(Box::new(s))
+            }
+            Err(e) => {
+                tracing::info!(policy = %si.policy, "sign-in refresh refused: {e}");
+                Refreshed::Refused
+            }
+        },
+        Ok((status, _)) if status.is_server_error() => {
+            tracing::warn!(policy = %si.policy, %status, "sign-in refresh: the token endpoint failed");
+            Refreshed::Unavailable
+        }
+        Ok((status, body)) => {
+            let error = body.get("error").and_then(|e| e.as_str()).unwrap_or("error");
+            let error: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            tracing::info!(policy = %si.policy, %status, error, "sign-in refresh: the provider ended the session");
+            Refreshed::Refused
+        }
+        Err(e) => {
+            tracing::warn!(policy = %si.policy, "sign-in refresh: the token endpoint failed: {e}");
+            Refreshed::Unavailable
         }
     }
 }

@@ -15,20 +15,49 @@ try {
   const requests = [];
   page.on('request', (r) => requests.push(r.url()));
 
+  // The provider's login form, its consent screen, then back on the page.
+  const signIn = async () => {
+    await page.fill('input[name=login]', 'alice');
+    await page.fill('input[name=password]', 'anything');
+    await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+    await Promise.all([page.waitForURL((u) => u.toString().startsWith(url)), page.click('button[type=submit]')]);
+  };
   await page.goto(url);
   out.loginPage = { url: page.url(), title: await page.title() };
   if (out.loginPage.title !== 'Sign-in') out.loginPage.body = await page.innerText('body');
-  await page.fill('input[name=login]', 'alice');
-  await page.fill('input[name=password]', 'anything');
-  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
-  // The consent screen, then back on the page.
-  await Promise.all([page.waitForURL((u) => u.toString().startsWith(url)), page.click('button[type=submit]')]);
+  await signIn();
   out.afterSignIn = { url: page.url(), body: JSON.parse(await page.innerText('body')) };
   out.cookies = (await context.cookies()).map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, secure: c.secure, domain: c.domain }));
 
   const before = providerRequests();
   await page.reload();
   out.afterReload = { url: page.url(), body: JSON.parse(await page.innerText('body')), providerRequests: providerRequests() - before };
+
+  // REFRESH_WAIT seconds (the ID token's lifetime and a little): the session's claims go stale
+  // and are refreshed behind the scenes, for a page load and for a script; once the provider
+  // revoked the grant, the next page load goes to sign in.
+  const wait = Number(process.env.REFRESH_WAIT || 0);
+  if (wait) {
+    const session = async () => (await context.cookies()).filter((c) => c.name.startsWith('portcullis-session')).map((c) => c.value).join('|');
+    const first = await session();
+    await page.waitForTimeout(wait * 1000);
+    const beforeStale = providerRequests();
+    await page.reload();
+    out.afterStaleReload = { url: page.url(), body: JSON.parse(await page.innerText('body')), providerRequests: providerRequests() - beforeStale, cookieChanged: (await session()) !== first };
+    const second = await session();
+    await page.waitForTimeout(wait * 1000);
+    out.scriptWhenStale = await page.evaluate(async () => {
+      const r = await fetch('/api/orders', { headers: { Accept: 'application/json' } });
+      return { status: r.status, body: await r.text() };
+    });
+    out.scriptWhenStale.cookieChanged = (await session()) !== second;
+    await fetch(`${providerOrigin}/test/revoke`, { method: 'POST' });
+    await page.waitForTimeout(wait * 1000);
+    await page.goto(url);
+    out.afterRevoke = { url: page.url() };
+    await signIn();
+    out.afterSecondSignIn = { url: page.url() };
+  }
 
   // Sign out: a form button of the page (same origin), the provider's confirmation, and back
   // to a protected page: to the provider's login form again.

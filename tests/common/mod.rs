@@ -500,6 +500,12 @@ pub fn traefik_dynamic(authz: u16, upstream: u16) -> String {
           - Authorization
           - Cookie
           - X-Api-Token
+        # A refreshed sign-in session, for the browser (docs/sign-in.md).
+        addAuthCookiesToResponse:
+          - portcullis-session-0
+          - portcullis-session-1
+          - __Host-portcullis-session-0
+          - __Host-portcullis-session-1
   services:
     app:
       loadBalancer:
@@ -592,6 +598,9 @@ static_resources:
                               # Token-carrying headers, rewritten when a rule does not forward
                               # the caller's token (a cookie jar without the token cookie).
                               - {{ exact: cookie, ignore_case: true }}
+                          # A refreshed sign-in session, for the browser.
+                          allowed_client_headers_on_success:
+                            patterns: [{{ exact: set-cookie, ignore_case: true }}]
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
