@@ -407,7 +407,7 @@ fn bench_scale(c: &mut Criterion) {
         let inputs = desired::policy_inputs(&policies, "default", last_good);
         let tenancy = desired::tenancy(&settings, ns, "default", &keys, held.clone());
         let compiled = portcullis::policy::compile_cached("default", &inputs, &published, &tenancy, &mut validations);
-        let secret = desired::gateway_keys_secret(ns, &compiled.config, &rings);
+        let secret = desired::gateway_keys_secret(ns, &compiled.config, &rings, |_| None);
         let cm = desired::gateway_configmap(ns, &compiled.config, &secret);
         (compiled, cm, secret, rings)
     };
@@ -517,7 +517,7 @@ fn bench_gateway_api(c: &mut Criterion) {
         }
         let tenancy = desired::tenancy(&tenancy_settings, "portcullis", "default", &[], Default::default());
         let compiled = portcullis::policy::compile_cached("default", &inputs, &BTreeMap::new(), &tenancy, &mut validations);
-        let secret = desired::gateway_keys_secret("portcullis", &compiled.config, &BTreeMap::new());
+        let secret = desired::gateway_keys_secret("portcullis", &compiled.config, &BTreeMap::new(), |_| None);
         let cm = desired::gateway_configmap("portcullis", &compiled.config, &secret);
         (plan, compiled, cm)
     };

@@ -268,7 +268,7 @@ fn memory(namespaces: usize, policies: usize, keys: usize) {
     let tenancy = desired::tenancy(&settings, "portcullis", "default", &signing_keys, Default::default());
     let compiled = portcullis::policy::compile_cached("default", &inputs, &published, &tenancy, &mut validations);
     step("one compilation: config, outcomes, ledger, validation cache");
-    let secret = desired::gateway_keys_secret("portcullis", &compiled.config, &rings);
+    let secret = desired::gateway_keys_secret("portcullis", &compiled.config, &rings, |_| None);
     let cm = desired::gateway_configmap("portcullis", &compiled.config, &secret);
     step(&format!("the ConfigMap ({} bytes) and key Secret", desired::configmap_bytes(&cm)));
     drop(inputs);

@@ -26,9 +26,23 @@ fn require_browser_tools() {
     assert!(Path::new(&chromium).exists(), "the sign-in tests need Chromium: apt-get install chromium (CI installs it in .ci/run)");
 }
 
-fn policies(provider_port: u16) -> String {
+/// The client secret of the runs with a confidential client.
+const CLIENT_SECRET: &str = "a-client-secret-never-logged-7f3a";
+
+fn policies(provider_port: u16, confidential: bool) -> String {
+    // A confidential client: its secret in a labelled Secret of the policy's namespace.
+    let (secret, secret_ref) = if confidential {
+        (
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{ name: web-oidc, namespace: shop, labels: {{ portcullis.dev/client-secret: \"true\" }} }}\nstringData: {{ client-secret: {CLIENT_SECRET} }}\n---"
+            ),
+            "    clientSecretRef: { name: web-oidc }\n",
+        )
+    } else {
+        (String::new(), "")
+    };
     format!(
-        r#"
+        r#"{secret}
 apiVersion: portcullis.dev/v1alpha1
 kind: SigningKey
 metadata: {{ name: sessions, namespace: shop }}
@@ -47,7 +61,7 @@ spec:
   signIn:
     issuer: http://127.0.0.1:{provider_port}
     clientId: web
-    # offline_access: a refresh token, so that the session's claims are refreshed (ID tokens
+{secret_ref}    # offline_access: a refresh token, so that the session's claims are refreshed (ID tokens
     # live 5 s here) and end when the provider revokes the grant.
     scopes: [email, offline_access]
     sessionKeyRef: {{ name: sessions }}
@@ -203,11 +217,16 @@ fn signs_in(through: Through) {
         &format!("http://{host}/"),
     ]);
     cmd.env("ID_TOKEN_TTL", "5");
+    // Envoy's gRPC and Traefik runs sign in as a confidential client, the others as a public one.
+    let confidential = matches!(through, Through::EnvoyGrpc | Through::Traefik);
+    if confidential {
+        cmd.env("CLIENT_SECRET", CLIENT_SECRET);
+    }
     let mut provider = Proc::spawn("provider", &mut cmd, tmp.path().join("provider.log"));
     provider.wait_serving(Duration::from_secs(20), || {
         http(provider_port, "GET", "127.0.0.1", "/.well-known/openid-configuration", &[]).ok().filter(|r| r.status == 200)
     });
-    std::fs::write(dir.join("web.yaml"), policies(provider_port)).unwrap();
+    std::fs::write(dir.join("web.yaml"), policies(provider_port, confidential)).unwrap();
     let grpc_listen = format!("127.0.0.1:{grpc_port}");
     let portcullis = start_local_with(&dir, authz_port, tmp.path().join("portcullis.log"), &["--grpc-listen", &grpc_listen]);
     // The provider is discovered in the background: until then a navigation gets a 503 page.
@@ -346,7 +365,7 @@ fn signs_in(through: Through) {
     }
     // No token, code or cookie value in any log line.
     let log = portcullis.log_text();
-    for secret in [login.split_once('=').unwrap().1, state.as_str()] {
+    for secret in [login.split_once('=').unwrap().1, state.as_str(), CLIENT_SECRET] {
         assert!(!log.contains(secret), "a secret in the gateway's log");
     }
 }

@@ -141,9 +141,14 @@ pub struct SignIn {
     /// The provider's issuer; its discovery document is `<issuer>/.well-known/openid-configuration`.
     #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
     pub issuer: String,
-    /// The client registered at the provider, a public client (PKCE, no secret).
+    /// The client registered at the provider. PKCE is always used; a confidential client also
+    /// authenticates with `clientSecretRef` (`client_secret_basic`).
     #[schemars(length(min = 1, max = 256))]
     pub client_id: String,
+    /// The client's secret, in a Secret of this namespace labelled `portcullis.dev/client-secret`
+    /// (the controller watches only such Secrets). Without it the client is public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<SecretKeyRef>,
     /// Scopes asked for (default `[openid]`; `openid` is always asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(regex(pattern = r"^[!#-\[\]-~]+$"), length(min = 1, max = 128)))]
@@ -358,6 +363,18 @@ pub struct ObjectRef {
 pub struct LocalObjectRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+/// A key of a Secret in the referring object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the Secret's data (default `client-secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]

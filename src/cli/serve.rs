@@ -133,7 +133,7 @@ pub(super) fn apply_local(gateway: &Gateway, loaded: &Loaded, memory: &mut Memor
     memory.remember(loaded);
     gateway.metrics.rejected_resources.set(crate::local::rejected_count(loaded) as i64);
     // apply() logs and counts a failure itself.
-    let _ = gateway.apply(loaded.compiled.config.clone(), &loaded.rings);
+    let _ = gateway.apply_with(loaded.compiled.config.clone(), &loaded.rings, &loaded.client_secrets);
 }
 
 pub(super) async fn run_local(args: LocalArgs) -> Result<u8> {

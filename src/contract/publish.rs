@@ -84,6 +84,27 @@ pub fn parse_keyring_file_name(file: &str) -> Option<KeyRef> {
     (!namespace.is_empty() && !name.is_empty()).then(|| KeyRef { namespace: namespace.to_owned(), name: name.to_owned() })
 }
 
+/// A sign-in client secret's value in its Secret: the Secret carries the client-secret label,
+/// and its key is there and not empty.
+pub fn client_secret_value(secret: Option<&Secret>, r: &crate::policy::config::SecretRef) -> Option<Vec<u8>> {
+    let secret = secret?;
+    let labelled = secret.metadata.labels.as_ref().is_some_and(|l| l.contains_key(crate::policy::validate::CLIENT_SECRET_LABEL));
+    let value = secret.data.as_ref()?.get(&r.key)?;
+    (labelled && !value.0.is_empty()).then(|| value.0.clone())
+}
+
+/// Sign-in client secrets from the gateway's key Secret, by entry name
+/// ([`crate::policy::config::SecretRef::entry`]).
+pub fn client_secrets_from_secret(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .filter(|(entry, _)| entry.starts_with(crate::policy::config::CLIENT_SECRET_PREFIX))
+        .filter_map(|(entry, v)| Some((entry.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect()
+}
+
 /// Minting keyrings from the gateway's key Secret. An entry that does not parse fails the whole
 /// Secret, so the previous config and keys keep serving instead of losing a minting key.
 pub fn keys_from_secret(secret: &Secret) -> Result<BTreeMap<KeyRef, KeyRing>, String> {

@@ -100,6 +100,7 @@ struct Writers {
     keys: Writer<SigningKey>,
     exchanges: Writer<crate::api::TokenExchangePolicy>,
     key_secrets: Writer<Secret>,
+    client_secrets: Writer<Secret>,
     jwks: Writer<ConfigMap>,
     gateway_configmaps: Writer<ConfigMap>,
     gateway_secrets: Writer<Secret>,
@@ -139,6 +140,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
     let (exchanges, xw) = pair();
     let (signing_keys, kw) = pair();
     let (key_secrets, sw) = pair();
+    let (client_secrets, csw) = pair();
     let (jwks, jw) = pair();
     let (gateway_configmaps, gcw) = pair();
     let (gateway_secrets, gsw) = pair();
@@ -149,6 +151,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
         exchanges,
         signing_keys,
         key_secrets,
+        client_secrets,
         jwks,
         gateway_configmaps,
         gateway_secrets,
@@ -163,6 +166,7 @@ fn context(client: Client) -> (Arc<Context>, Writers) {
             exchanges: xw,
             keys: kw,
             key_secrets: sw,
+            client_secrets: csw,
             jwks: jw,
             gateway_configmaps: gcw,
             gateway_secrets: gsw,
@@ -192,8 +196,11 @@ async fn apply_creates_updates_and_skips_unchanged_content() {
     let (client, mut api) = mock();
     let cms: kube::Api<ConfigMap> = kube::Api::namespaced(client, "portcullis");
     let config = crate::policy::GatewayConfig::new("default", Vec::new(), Vec::new());
-    let desired =
-        desired::gateway_configmap("portcullis", &config, &desired::gateway_keys_secret("portcullis", &config, &Default::default()));
+    let desired = desired::gateway_configmap(
+        "portcullis",
+        &config,
+        &desired::gateway_keys_secret("portcullis", &config, &Default::default(), |_| None),
+    );
 
     let task = tokio::spawn({
         let (cms, desired) = (cms.clone(), desired.clone());
@@ -1272,4 +1279,80 @@ async fn a_token_exchange_policy_is_accepted_programmed_and_enforced_and_a_key_n
     // Nothing changed: nothing written.
     let (seen, _) = status_pass(&mut api, &mut w, &ctx, state).await;
     assert!(!seen.iter().any(|s| s.contains("tokenexchangepolicies")), "{seen:?}");
+}
+
+/// A sign-in client Secret, as its team would label it.
+fn client_secret(value: &str) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-oidc", "namespace": "shop", "resourceVersion": value, "labels": {crate::policy::validate::CLIENT_SECRET_LABEL: "true"}},
+        "data": {"client-secret": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, value)},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_sign_in_client_secret_is_delivered_with_the_keys_once_its_labelled_secret_exists_and_again_when_it_changes() {
+    let (client, mut api) = mock();
+    let (ctx, mut w) = context(client);
+    shop_world(&mut w);
+    let sessions = signing_key("shop", "sessions", json!({"algorithm": "EdDSA"}));
+    put(&mut w.key_secrets, keyed(&sessions).1);
+    put(&mut w.keys, sessions);
+    put(
+        &mut w.policies,
+        policy(
+            "shop",
+            "web",
+            0,
+            json!({
+                "hosts": ["web.shop.example"],
+                "signIn": {"issuer": "https://id.shop.example", "clientId": "web", "sessionKeyRef": {"name": "sessions"}, "clientSecretRef": {"name": "web-oidc"}},
+                "rules": [{"name": "app", "match": {"paths": [{"prefix": "/"}]}}]
+            }),
+        ),
+    );
+    let entry = crate::policy::config::SecretRef { namespace: "shop".into(), name: "web-oidc".into(), key: "client-secret".into() }.entry();
+    let delivered = |ctx: &Context| {
+        let keys = ctx.stores.gateway_secrets.get("portcullis", "portcullis-gateway-default-keys")?;
+        crate::contract::publish::client_secrets_from_secret(&keys).get(&entry).cloned()
+    };
+    let mut state = LoopState::default();
+    // Without the Secret: the policy is refused, saying which Secret and label it needs.
+    let task = spawn_sync(ctx.clone(), state);
+    let seen = serve_pass(&mut api, &mut w, &ctx).await;
+    let (result, s) = finished(task).await;
+    result.unwrap();
+    state = s;
+    assert!(seen.iter().any(|r| r.contains("authpolicies/web/status")), "{seen:?}");
+    let web = ctx.stores.policies.get("shop", "web").unwrap();
+    let accepted = &web.status.as_ref().unwrap().conditions[0];
+    assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("False", "KeyNotFound"));
+    assert!(accepted.message.contains("web-oidc") && accepted.message.contains("portcullis.dev/client-secret"), "{}", accepted.message);
+    assert_eq!(delivered(&ctx), None);
+
+    // The Secret appears: accepted, and its value goes out with the keys, never in the config.
+    put(&mut w.client_secrets, client_secret("first-value"));
+    let task = spawn_sync(ctx.clone(), state);
+    serve_pass(&mut api, &mut w, &ctx).await;
+    let (result, s) = finished(task).await;
+    result.unwrap();
+    state = s;
+    assert_eq!(ctx.stores.policies.get("shop", "web").unwrap().status.as_ref().unwrap().conditions[0].status, "True");
+    assert_eq!(delivered(&ctx).as_deref(), Some("first-value"));
+    let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
+    let published = serde_json::to_string(&crate::contract::publish::config_from_configmap(&cm).unwrap()).unwrap();
+    assert!(published.contains("web-oidc") && !published.contains("first-value"));
+    let keys_hash = |ctx: &Context| {
+        let cm = ctx.stores.gateway_configmaps.get("portcullis", "portcullis-gateway-default").unwrap();
+        cm.metadata.annotations.as_ref().unwrap()[desired::ANNOTATION_KEYS].clone()
+    };
+    let before = keys_hash(&ctx);
+
+    // Rotated at the provider and in the Secret: delivered again, with the config naming the new keys.
+    put(&mut w.client_secrets, client_secret("second-value"));
+    let task = spawn_sync(ctx.clone(), state);
+    serve_pass(&mut api, &mut w, &ctx).await;
+    finished(task).await.0.unwrap();
+    assert_eq!(delivered(&ctx).as_deref(), Some("second-value"));
+    assert_ne!(keys_hash(&ctx), before, "the config and its keys stay one consistent pair");
 }

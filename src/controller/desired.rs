@@ -65,6 +65,17 @@ pub fn policy_meta(p: &impl kube::Resource) -> PolicyMeta {
         name: p.name_any(),
         generation: p.meta().generation,
         created: p.meta().creation_timestamp.as_ref().map(|t| t.0),
+        client_secret_found: None,
+    }
+}
+
+/// Marks each input's sign-in client Secret found or not (validation rejects a policy whose
+/// Secret is missing, so its last good version keeps serving).
+pub fn resolve_client_secrets(inputs: &mut [PolicyInput], secret: impl Fn(&str, &str) -> Option<Arc<Secret>>) {
+    for input in inputs {
+        let Some(r) = crate::policy::validate::client_secret_ref(&input.meta, &input.spec) else { continue };
+        input.meta.client_secret_found =
+            Some(crate::contract::publish::client_secret_value(secret(&r.namespace, &r.name).as_deref(), &r).is_some());
     }
 }
 
@@ -244,15 +255,25 @@ pub fn gateway_configmap(namespace: &str, config: &GatewayConfig, keys: &Secret)
 
 /// The gateway's key Secret: the keyrings of the SigningKeys its rules mint with, and nothing
 /// else. Private keys never go into the ConfigMap.
-pub fn gateway_keys_secret(namespace: &str, config: &GatewayConfig, rings: &BTreeMap<KeyRef, KeyRing>) -> Secret {
-    // Exactly the keys the gateway mints with (those it publishes in its JWKS) and those that
-    // seal its sign-in sessions (never published).
-    let data: BTreeMap<String, ByteString> = config
+pub fn gateway_keys_secret(
+    namespace: &str,
+    config: &GatewayConfig,
+    rings: &BTreeMap<KeyRef, KeyRing>,
+    client_secret: impl Fn(&crate::policy::config::SecretRef) -> Option<Vec<u8>>,
+) -> Secret {
+    // Exactly the keys the gateway mints with (those it publishes in its JWKS), those that
+    // seal its sign-in sessions (never published), and its sign-in clients' secrets.
+    let mut data: BTreeMap<String, ByteString> = config
         .minting_keys()
         .chain(config.sealing_keys())
         .map(|k| k.key_ref())
         .filter_map(|k| rings.get(&k).map(|r| (crate::contract::publish::keyring_file_name(&k), ByteString(r.to_json()))))
         .collect();
+    for r in config.client_secrets() {
+        if let Some(v) = client_secret(r) {
+            data.insert(r.entry(), ByteString(v));
+        }
+    }
     let parts: Vec<&[u8]> = data.iter().flat_map(|(k, v)| [k.as_bytes(), &v.0[..]]).collect();
     Secret {
         metadata: ObjectMeta {

@@ -97,7 +97,7 @@ fn a_valid_policy_becomes_a_compressed_configmap_and_a_key_secret_with_only_mint
     let world = World::shop();
     let (compiled, rings) = world.compile("default", &HashMap::new());
     assert_eq!(compiled.outcomes[0].outcome, Outcome::Accepted);
-    let keys = gateway_keys_secret(NS, &compiled.config, &rings);
+    let keys = gateway_keys_secret(NS, &compiled.config, &rings, |_| None);
     let cm = gateway_configmap(NS, &compiled.config, &keys);
     assert_eq!(cm.metadata.name.as_deref(), Some("portcullis-gateway-default"));
     assert_eq!(cm.metadata.namespace.as_deref(), Some(NS));
@@ -108,7 +108,7 @@ fn a_valid_policy_becomes_a_compressed_configmap_and_a_key_secret_with_only_mint
     assert_eq!(back, compiled.config);
     assert!(cm.data.is_none(), "nothing but the compressed config");
 
-    let secret = gateway_keys_secret(NS, &compiled.config, &rings);
+    let secret = gateway_keys_secret(NS, &compiled.config, &rings, |_| None);
     let entries: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
     assert_eq!(entries, ["shop.internal.json"], "the identity provider's private key does not go to the gateway");
     let json = String::from_utf8(cm.binary_data.as_ref().unwrap()[CONFIG_KEY].0.clone()).unwrap_or_default();
@@ -203,7 +203,7 @@ fn a_conflict_and_a_deleted_signing_key_are_reported_on_the_right_policy() {
     let programmed = Programmed::Published { gateway: "default".into() };
     let status = policy_status(None, Some(3), &outcome_of(&compiled, "orders"), &programmed, None, now());
     assert!(status.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == "False" && c.reason == reasons::NOT_SERVED));
-    assert!(gateway_keys_secret(NS, &compiled.config, &rings).data.unwrap().is_empty());
+    assert!(gateway_keys_secret(NS, &compiled.config, &rings, |_| None).data.unwrap().is_empty());
 }
 
 fn outcome_of(c: &policy::Compiled, name: &str) -> Outcome {
@@ -230,7 +230,7 @@ fn ten_thousand_routes_fit_one_configmap() {
         &Default::default(),
         &policy::Tenancy::single_owner(),
     );
-    let cm = gateway_configmap(NS, &compiled.config, &gateway_keys_secret(NS, &compiled.config, &Default::default()));
+    let cm = gateway_configmap(NS, &compiled.config, &gateway_keys_secret(NS, &compiled.config, &Default::default(), |_| None));
     let elapsed = started.elapsed();
     assert_eq!(compiled.config.route_count(), 10_000);
     assert!(compiled.outcomes.iter().all(|o| o.outcome == Outcome::Accepted));
@@ -333,7 +333,7 @@ fn a_second_team_cannot_take_a_host_mint_trusted_tokens_or_borrow_keys_without_c
     assert_eq!(why, RejectReason::KeyNotFound);
     assert!(message.contains("portcullis.dev/verifiable-from"), "{message}");
     // Only the shop's minting key reaches the gateway's keys Secret and JWKS.
-    let secret = gateway_keys_secret(NS, &compiled.config, &rings);
+    let secret = gateway_keys_secret(NS, &compiled.config, &rings, |_| None);
     assert_eq!(secret.data.unwrap().keys().cloned().collect::<Vec<_>>(), ["shop.internal.json"]);
     let published: Vec<String> = compiled.config.minting_keys().map(|k| k.key_ref().to_string()).collect();
     assert_eq!(published, ["shop/internal"]);
@@ -352,14 +352,14 @@ fn a_second_team_cannot_take_a_host_mint_trusted_tokens_or_borrow_keys_without_c
 fn a_gateway_serves_a_config_only_with_the_keys_it_was_published_with() {
     let mut world = World::shop();
     let (minting, rings) = world.compile("default", &HashMap::new());
-    let keys_on = gateway_keys_secret(NS, &minting.config, &rings);
+    let keys_on = gateway_keys_secret(NS, &minting.config, &rings, |_| None);
     let cm_on = gateway_configmap(NS, &minting.config, &keys_on);
     // Minting is switched off: the controller writes the (now empty) Secret first, then the config.
     let mut spec = orders_spec();
     spec["forward"] = json!(null);
     world.policies = vec![Arc::new(policy("shop", "orders", 0, spec))];
     let (plain, rings) = world.compile("default", &HashMap::new());
-    let keys_off = gateway_keys_secret(NS, &plain.config, &rings);
+    let keys_off = gateway_keys_secret(NS, &plain.config, &rings, |_| None);
     let cm_off = gateway_configmap(NS, &plain.config, &keys_off);
     assert!(keys_off.data.as_ref().unwrap().is_empty());
     // Each config pairs with its own keys, never with the other's: the gateway keeps serving the
@@ -404,7 +404,7 @@ fn a_session_key_reaches_the_gateway_with_the_minting_keys_and_is_never_publishe
     world.policies = vec![Arc::new(policy("shop", "orders", 0, spec))];
     let (compiled, rings) = world.compile("default", &HashMap::new());
     assert_eq!(compiled.outcomes[0].outcome, Outcome::Accepted, "{:?}", compiled.outcomes);
-    let secret = gateway_keys_secret(NS, &compiled.config, &rings);
+    let secret = gateway_keys_secret(NS, &compiled.config, &rings, |_| None);
     let entries: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
     assert_eq!(entries, ["shop.internal.json", "shop.sessions.json"]);
     // What services trust is only what the gateway mints with.
@@ -412,4 +412,61 @@ fn a_session_key_reaches_the_gateway_with_the_minting_keys_and_is_never_publishe
     let session_kids: Vec<String> = rings[&"shop/sessions".parse::<KeyRef>().unwrap()].keys.iter().map(|k| k.kid.clone()).collect();
     let published: Vec<&str> = jwks["keys"].as_array().unwrap().iter().filter_map(|k| k["kid"].as_str()).collect();
     assert!(!published.is_empty() && published.iter().all(|k| !session_kids.iter().any(|s| s == k)), "{published:?}");
+}
+
+#[test]
+fn a_client_secret_reaches_the_gateway_with_its_keys_only_from_a_labelled_secret_of_the_policys_namespace() {
+    let mut world = World::shop();
+    let sessions = signing_key("shop", "sessions", json!({"algorithm": "EdDSA"}));
+    world.secrets.insert(("shop".into(), "sessions".into()), Arc::new(keyed(&sessions).1));
+    world.keys.push(Arc::new(sessions));
+    let mut spec = orders_spec();
+    spec["signIn"] = json!({"issuer": "https://id.shop.example", "clientId": "web", "sessionKeyRef": {"name": "sessions"}, "clientSecretRef": {"name": "web-oidc"}});
+    world.policies = vec![Arc::new(policy("shop", "orders", 0, spec))];
+    let client_secret = |namespace: &str, labelled: bool, key: &str| Secret {
+        metadata: ObjectMeta {
+            name: Some("web-oidc".into()),
+            namespace: Some(namespace.into()),
+            labels: labelled.then(|| [(crate::policy::validate::CLIENT_SECRET_LABEL.to_owned(), "true".to_owned())].into()),
+            ..Default::default()
+        },
+        data: Some([(key.to_owned(), k8s_openapi::ByteString(b"s3cret-value".to_vec()))].into()),
+        ..Default::default()
+    };
+    let run = |secret: Option<Secret>| {
+        let (published, rings) = published_keys(&world.keys, |ns, name| world.secrets.get(&(ns.to_owned(), name.to_owned())).cloned());
+        let lookup = |ns: &str, name: &str| {
+            secret.clone().filter(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name)).map(Arc::new)
+        };
+        let mut inputs = policy_inputs(&world.policies, "default", &HashMap::new());
+        resolve_client_secrets(&mut inputs, lookup);
+        let tenancy = tenancy(&world.settings, "portcullis", "default", &world.keys, Default::default());
+        let compiled = policy::compile("default", &inputs, &published, &tenancy);
+        let keys = gateway_keys_secret(NS, &compiled.config, &rings, |r| {
+            crate::contract::publish::client_secret_value(lookup(&r.namespace, &r.name).as_deref(), r)
+        });
+        (compiled, keys)
+    };
+    let (compiled, keys) = run(Some(client_secret("shop", true, "client-secret")));
+    assert_eq!(compiled.outcomes[0].outcome, Outcome::Accepted, "{:?}", compiled.outcomes);
+    let r = compiled.config.policies[0].sign_in.as_ref().unwrap().client_secret.clone().unwrap();
+    assert_eq!((r.namespace.as_str(), r.name.as_str(), r.key.as_str()), ("shop", "web-oidc", "client-secret"));
+    assert_eq!(keys.data.as_ref().unwrap()[&r.entry()].0, b"s3cret-value");
+    // The config, which every replica and `kubectl get` can read, holds only the reference.
+    let cm = gateway_configmap(NS, &compiled.config, &keys);
+    assert!(!serde_json::to_string(&config_from_configmap(&cm).unwrap()).unwrap().contains("s3cret"));
+    assert_eq!(crate::contract::publish::client_secrets_from_secret(&keys).get(&r.entry()).map(String::as_str), Some("s3cret-value"));
+    // Unlabelled, in another namespace, without the key, or absent: refused, naming the label.
+    for (what, secret) in [
+        ("unlabelled", Some(client_secret("shop", false, "client-secret"))),
+        ("another namespace", Some(client_secret("other", true, "client-secret"))),
+        ("another key", Some(client_secret("shop", true, "secret"))),
+        ("absent", None),
+    ] {
+        let (compiled, keys) = run(secret);
+        let Outcome::Rejected { rejection, .. } = &compiled.outcomes[0].outcome else { panic!("{what}: {:?}", compiled.outcomes) };
+        assert_eq!(rejection.reason, RejectReason::KeyNotFound, "{what}");
+        assert!(rejection.message().contains("portcullis.dev/client-secret"), "{what}: {}", rejection.message());
+        assert!(keys.data.as_ref().is_none_or(|d| !d.keys().any(|k| k.starts_with("client-secret-"))), "{what}");
+    }
 }

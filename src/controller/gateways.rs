@@ -253,6 +253,7 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
         let gateway = gateway.clone();
         let empty = HashMap::new();
         let mut inputs = desired::policy_inputs(&policies, &gateway, state.last_good.get(&gateway).unwrap_or(&empty));
+        desired::resolve_client_secrets(&mut inputs, |n, name| ctx.stores.client_secrets.get(n, name));
         if let Some(plan) = &plan {
             for input in inputs.iter_mut().filter(|i| !i.spec.target_refs.is_empty()) {
                 input.attachment = plan.attachments.get(&input.meta.key()).cloned();
@@ -271,7 +272,10 @@ pub(super) async fn sync_all(ctx: &Arc<Context>, state: &mut LoopState) -> Resul
         let exchange_inputs = exchanges::inputs(&exchange_policies, &gateway, state.last_good_exchanges.get(&gateway));
         let (needs_cluster, cluster) = exchanges::cluster_issuer_for(ctx, &compiled.config, &exchange_inputs);
         let exchange_outcomes = policy::exchange::complete(&mut compiled.config, cluster, &exchange_inputs, &published, &tenancy);
-        let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings);
+        let client_secret = |r: &crate::policy::config::SecretRef| {
+            crate::contract::publish::client_secret_value(ctx.stores.client_secrets.get(&r.namespace, &r.name).as_deref(), r)
+        };
+        let keys = desired::gateway_keys_secret(ns, &compiled.config, &rings, client_secret);
         let cm = desired::gateway_configmap(ns, &compiled.config, &keys);
         let claims_cm = (compiled.ledger != held_now).then(|| desired::host_claims_configmap(ns, &gateway, &compiled.ledger));
         // The API server would refuse it, again on every retry: refused here, with the size in

@@ -164,6 +164,9 @@ pub struct Stores {
     pub signing_keys: MultiStore<SigningKey>,
     /// SigningKey keyring Secrets (label `portcullis.dev/signing-key`).
     pub key_secrets: MultiStore<Secret>,
+    /// Sign-in client Secrets (label `portcullis.dev/client-secret`): only those, never every
+    /// Secret of the cluster.
+    pub client_secrets: MultiStore<Secret>,
     /// SigningKey JWKS ConfigMaps (label `portcullis.dev/signing-key`).
     pub jwks: MultiStore<ConfigMap>,
     /// Gateway ConfigMaps and Secrets in the controller's namespace (label `portcullis.dev/gateway`).
@@ -379,6 +382,9 @@ pub async fn run(
     tasks.extend(t);
     let (jwks, t) = watch_kind(slot.clone(), opts.scope.apis(&client), managed_keys, any_change, changed);
     tasks.extend(t);
+    let labelled_client_secrets = watcher::Config::default().labels(crate::policy::validate::CLIENT_SECRET_LABEL);
+    let (client_secrets, t) = watch_kind(slot.clone(), opts.scope.apis(&client), labelled_client_secrets, any_change, changed);
+    tasks.extend(t);
     let (gateway_configmaps, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways.clone(), any_change, changed);
     tasks.extend(t);
     let (gateway_secrets, t) = watch_kind(slot.clone(), own_ns.apis(&client), managed_gateways, any_change, changed);
@@ -397,8 +403,18 @@ pub async fn run(
     } else if opts.wiring.enabled {
         tracing::info!("Gateway API is not installed: policies with targetRefs are not applied (their status says so)");
     }
-    let stores =
-        Stores { policies, exchanges, signing_keys, key_secrets, jwks, gateway_configmaps, gateway_secrets, heartbeats, gateway_api };
+    let stores = Stores {
+        policies,
+        exchanges,
+        signing_keys,
+        key_secrets,
+        client_secrets,
+        jwks,
+        gateway_configmaps,
+        gateway_secrets,
+        heartbeats,
+        gateway_api,
+    };
     let ctx = Arc::new(Context::new(client.clone(), opts, stores, metrics));
     let _ = slot.set(ctx.clone());
     let _ = published.set(ctx.clone());
@@ -410,6 +426,7 @@ pub async fn run(
             s.exchanges.wait_until_ready().await;
             s.signing_keys.wait_until_ready().await;
             s.key_secrets.wait_until_ready().await;
+            s.client_secrets.wait_until_ready().await;
             s.jwks.wait_until_ready().await;
             s.gateway_configmaps.wait_until_ready().await;
             s.gateway_secrets.wait_until_ready().await;

@@ -192,7 +192,15 @@ impl Engine {
                     cookies.push(c.login_cookie().to_owned());
                     let sessions = sealer("session", &mut warnings);
                     let logins = sealer("login", &mut warnings);
+                    let client_secret = c.client_secret.as_ref().and_then(|r| {
+                        let found = opts.remote.client_secret(&r.entry());
+                        if found.is_none() {
+                            warnings.push(format!("{key}: sign-in: the client secret in Secret {r} is not on this gateway yet"));
+                        }
+                        found
+                    });
                     let rt = signin::RtSignIn {
+                        client_secret,
                         config: c.clone(),
                         policy: key.clone(),
                         provider: opts.remote.provider(&c.issuer),

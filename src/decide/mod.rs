@@ -348,6 +348,31 @@ pub trait RemoteKeys {
     fn provider(&self, issuer: &str) -> Arc<signin::Provider> {
         signin::Provider::new(issuer)
     }
+
+    /// A sign-in client secret delivered with the gateway's keys, by entry name.
+    fn client_secret(&self, _entry: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Remote keys, and the client secrets that came with a config's keys.
+pub struct WithClientSecrets<'a> {
+    pub remote: &'a dyn RemoteKeys,
+    pub secrets: &'a BTreeMap<String, String>,
+}
+
+impl RemoteKeys for WithClientSecrets<'_> {
+    fn key_set(&self, uri: &str, refresh_secs: u64) -> Arc<KeySet> {
+        self.remote.key_set(uri, refresh_secs)
+    }
+
+    fn provider(&self, issuer: &str) -> Arc<signin::Provider> {
+        self.remote.provider(issuer)
+    }
+
+    fn client_secret(&self, entry: &str) -> Option<String> {
+        self.secrets.get(entry).cloned()
+    }
 }
 
 /// No remote fetching: every remote key set stays unloaded (its tokens get 503).

@@ -59,6 +59,8 @@ pub struct RtSignIn {
     pub config: SignInConfig,
     pub policy: String,
     pub provider: Arc<Provider>,
+    /// A confidential client's secret (never logged: this type has no `Debug`).
+    pub client_secret: Option<String>,
     pub sessions: Option<Sealer>,
     pub logins: Option<Sealer>,
     pub allowed: Vec<HostPattern>,
@@ -426,6 +428,16 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a
 }
 
 impl RtSignIn {
+    /// `client_secret_basic` (RFC 6749 §2.3.1: both parts form-encoded) for a confidential
+    /// client; `None` for a public one.
+    pub fn client_authorization(&self) -> Option<String> {
+        use base64::Engine;
+        let secret = self.client_secret.as_deref()?;
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let pair = format!("{}:{}", enc(&self.config.client_id), enc(secret));
+        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+    }
+
     /// Whether this sign-in serves `host` (normalised, without port).
     pub fn serves(&self, hosts: &[HostPattern], host: &str) -> bool {
         hosts.is_empty() || hosts.iter().any(|h| h.matches(host))

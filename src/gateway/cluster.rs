@@ -64,7 +64,10 @@ pub async fn watch_configmap(gateway: Arc<Gateway>, client: Client, namespace: S
         applied = Some(versions);
         let keys = secret.as_deref().map(keys_from_secret).transpose().map(Option::unwrap_or_default);
         match (config_from_configmap(&cm), keys) {
-            (Ok(config), Ok(keys)) => drop(gateway.apply(config, &keys)),
+            (Ok(config), Ok(keys)) => {
+                let secrets = secret.as_deref().map(crate::contract::publish::client_secrets_from_secret).unwrap_or_default();
+                drop(gateway.apply_with(config, &keys, &secrets))
+            }
             (Err(e), _) => gateway.load_failed(&format!("ConfigMap {namespace}/{name}: {e}")),
             (_, Err(e)) => gateway.load_failed(&format!("Secret {namespace}/{secret_name}: {e}")),
         }
@@ -141,7 +144,7 @@ mod tests {
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(svc, "default");
         let config = GatewayConfig::new("default", Vec::new(), Vec::new());
-        let keys_secret = crate::controller::desired::gateway_keys_secret("portcullis", &config, &Default::default());
+        let keys_secret = crate::controller::desired::gateway_keys_secret("portcullis", &config, &Default::default(), |_| None);
         let mut cm = serde_json::to_value(gateway_configmap("portcullis", &config, &keys_secret)).unwrap();
         cm = with_rv(cm, "5");
         let mut secret = serde_json::to_value(&keys_secret).unwrap();

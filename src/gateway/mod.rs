@@ -159,6 +159,16 @@ impl Gateway {
     /// Builds an engine for `config` and swaps it in. On error (logged and counted here) the
     /// previous engine keeps serving.
     pub fn apply(&self, config: GatewayConfig, minting: &BTreeMap<KeyRef, KeyRing>) -> Result<Arc<Engine>, String> {
+        self.apply_with(config, minting, &BTreeMap::new())
+    }
+
+    /// [`Gateway::apply`] with the sign-in client secrets delivered with the keys (by entry name).
+    pub fn apply_with(
+        &self,
+        config: GatewayConfig,
+        minting: &BTreeMap<KeyRef, KeyRing>,
+        client_secrets: &BTreeMap<String, String>,
+    ) -> Result<Arc<Engine>, String> {
         let _guard = self.apply_lock.lock().expect("apply lock");
         let version = config.version.clone();
         let jwks_doc = public_jwks(&config);
@@ -166,7 +176,7 @@ impl Gateway {
         let opts = BuildOptions {
             issuer_url: &self.issuer_url,
             minting,
-            remote: &*self.jwks,
+            remote: &decide::WithClientSecrets { remote: &*self.jwks, secrets: client_secrets },
             cache_bytes: self.token_cache_bytes.load(Ordering::Relaxed),
         };
         let engine = match Engine::build(config, &opts) {

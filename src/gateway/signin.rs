@@ -205,7 +205,7 @@ pub async fn callback(
         .append_pair("client_id", &si.config.client_id)
         .append_pair("code_verifier", &login.verifier)
         .finish();
-    let tokens = match post_form(client, &meta.token_endpoint, form, MAX_DOC_BYTES).await {
+    let tokens = match post_form(client, &meta.token_endpoint, form, si.client_authorization().as_deref(), MAX_DOC_BYTES).await {
         Ok((status, body)) if status.is_success() => body,
         Ok((status, body)) => {
             let error = body.get("error").and_then(|e| e.as_str()).unwrap_or("error");
@@ -297,7 +297,7 @@ async fn ask(engine: &Engine, si: &RtSignIn, old: &Session, token: &str, client:
         .append_pair("refresh_token", token)
         .append_pair("client_id", &si.config.client_id)
         .finish();
-    match post_form(client, &meta.token_endpoint, form, MAX_DOC_BYTES).await {
+    match post_form(client, &meta.token_endpoint, form, si.client_authorization().as_deref(), MAX_DOC_BYTES).await {
         Ok((status, body)) if status.is_success() => match engine.refreshed_session(si, old, &body, unix_now()) {
             Ok(s) => {
                 tracing::debug!(policy = %si.policy, "sign-in session refreshed");

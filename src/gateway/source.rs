@@ -39,6 +39,21 @@ pub fn read_keys_dir(dir: &Path) -> Result<BTreeMap<KeyRef, KeyRing>, String> {
     Ok(out)
 }
 
+/// Reads the sign-in client secrets of a keys directory (its `client-secret-*` files).
+pub fn read_client_secrets_dir(dir: &Path) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(crate::policy::config::CLIENT_SECRET_PREFIX) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
+        out.insert(name, text);
+    }
+    Ok(out)
+}
+
 fn fingerprint(paths: &[&Path]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in paths {
@@ -67,10 +82,14 @@ pub async fn watch_files(gateway: Arc<Gateway>, config: PathBuf, keys: Option<Pa
         let now = fingerprint(&watched);
         if now != last {
             last = now;
-            let loaded = read_config(&config).and_then(|c| Ok((c, keys.as_deref().map(read_keys_dir).transpose()?.unwrap_or_default())));
+            let loaded = read_config(&config).and_then(|c| {
+                let rings = keys.as_deref().map(read_keys_dir).transpose()?.unwrap_or_default();
+                let secrets = keys.as_deref().map(read_client_secrets_dir).transpose()?.unwrap_or_default();
+                Ok((c, rings, secrets))
+            });
             match loaded {
                 // apply() reports its own failures.
-                Ok((c, k)) => drop(gateway.apply(c, &k)),
+                Ok((c, k, secrets)) => drop(gateway.apply_with(c, &k, &secrets)),
                 Err(e) => gateway.load_failed(&e),
             }
         }

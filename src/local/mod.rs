@@ -51,6 +51,8 @@ pub struct Scanned {
     pub sources: HashMap<String, PathBuf>,
     /// Resources whose file is broken now, served from their last good parse.
     pub kept: Vec<String>,
+    /// `v1` Secrets (sign-in client secrets), by namespace and name.
+    pub secrets: BTreeMap<(String, String), Arc<k8s_openapi::api::core::v1::Secret>>,
 }
 
 fn resource_id(kind: &str, key: &str) -> String {
@@ -207,6 +209,24 @@ fn take_documents(file: &Path, docs: Result<Vec<Value>, String>, out: &mut Scann
         if kind == api::POLICY_TEST_KIND && api_version == api::API_VERSION {
             continue;
         }
+        // A Secret holds what a policy refers to (a sign-in client secret), as in a cluster.
+        if kind == "Secret" && api_version == "v1" {
+            match serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(serde_json::to_value(&doc).unwrap_or_default()) {
+                Ok(mut secret) => {
+                    let (ns, name) = (
+                        secret.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                        secret.metadata.name.clone().unwrap_or_default(),
+                    );
+                    // `stringData` is what `kubectl apply` would turn into `data`.
+                    for (k, v) in secret.string_data.take().unwrap_or_default() {
+                        secret.data.get_or_insert_default().insert(k, k8s_openapi::ByteString(v.into_bytes()));
+                    }
+                    out.secrets.insert((ns, name), Arc::new(secret));
+                }
+                Err(e) => out.problems.push(problem(i, format!("Secret: {e}"))),
+            }
+            continue;
+        }
         let ours = matches!(kind.as_str(), "AuthPolicy" | "SigningKey" | "TokenExchangePolicy");
         if !ours || api_version != api::API_VERSION {
             // Other manifests may share the directory; but one of our kinds with a mistyped
@@ -342,6 +362,8 @@ pub struct Loaded {
     pub next_wakeup: Option<Timestamp>,
     /// What became of each TokenExchangePolicy.
     pub exchange_outcomes: Vec<policy::PolicyOutcome>,
+    /// The sign-in client secrets the config needs, by entry name (as in the keys Secret).
+    pub client_secrets: BTreeMap<String, String>,
 }
 
 impl LocalDir {
@@ -431,14 +453,17 @@ impl LocalDir {
         for (key, ring) in &rings {
             published.insert(key.clone(), schedule::publish(key, &specs[key], ring).map_err(|e| format!("SigningKey {key}: {e}"))?);
         }
+        let secret_of = |r: &crate::policy::config::SecretRef| {
+            let secret = scanned.secrets.get(&(r.namespace.clone(), r.name.clone()));
+            crate::contract::publish::client_secret_value(secret.map(|s| &**s), r)
+        };
         let inputs: Vec<PolicyInput> = scanned
             .policies
             .iter()
-            .map(|(meta, spec)| PolicyInput {
-                meta: meta.clone(),
-                spec: spec.clone().into(),
-                last_good: last_good.get(&meta.key()).cloned(),
-                attachment: None,
+            .map(|(meta, spec)| {
+                let mut meta = meta.clone();
+                meta.client_secret_found = policy::validate::client_secret_ref(&meta, spec).map(|r| secret_of(&r).is_some());
+                PolicyInput { spec: spec.clone().into(), last_good: last_good.get(&meta.key()).cloned(), meta, attachment: None }
             })
             .collect();
         let tenancy = policy::Tenancy { held: memory.held.clone(), ..self.tenancy.clone() };
@@ -461,7 +486,9 @@ impl LocalDir {
             })
             .collect();
         let exchange_outcomes = policy::exchange::complete(&mut compiled.config, cluster, &exchanges, &published, &tenancy);
-        Ok(Loaded { scanned, compiled, rings, specs, key_events, next_wakeup, exchange_outcomes })
+        let client_secrets =
+            compiled.config.client_secrets().filter_map(|r| Some((r.entry(), String::from_utf8(secret_of(r)?).ok()?))).collect();
+        Ok(Loaded { scanned, compiled, rings, specs, key_events, next_wakeup, exchange_outcomes, client_secrets })
     }
 
     /// The fingerprint to compare the next round with, after a load that began at `before`: the

@@ -77,13 +77,20 @@ pub async fn fetch_json(client: &HttpClient, uri: &str, max: usize) -> Result<se
 
 /// POSTs a form and reads the JSON answer (at most `max` bytes), whatever its status: an OAuth
 /// error is a JSON body too. The error never echoes the body.
-pub async fn post_form(client: &PostClient, uri: &str, form: String, max: usize) -> Result<(http::StatusCode, serde_json::Value), String> {
+pub async fn post_form(
+    client: &PostClient,
+    uri: &str,
+    form: String,
+    authorization: Option<&str>,
+    max: usize,
+) -> Result<(http::StatusCode, serde_json::Value), String> {
     let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let req = http::Request::post(parsed)
-        .header("accept", "application/json")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(form)))
-        .map_err(|e| e.to_string())?;
+    let mut req =
+        http::Request::post(parsed).header("accept", "application/json").header("content-type", "application/x-www-form-urlencoded");
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let req = req.body(Full::new(Bytes::from(form))).map_err(|e| e.to_string())?;
     let resp =
         tokio::time::timeout(FETCH_TIMEOUT, client.request(req)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
     let status = resp.status();

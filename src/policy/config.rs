@@ -104,6 +104,9 @@ pub struct PolicyConfig {
 pub struct SignInConfig {
     pub issuer: String,
     pub client_id: String,
+    /// A confidential client's secret (delivered with the gateway's keys, never in its config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<SecretRef>,
     /// Always starts with `openid`.
     pub scopes: Vec<String>,
     pub session_key: KeyRef,
@@ -115,6 +118,35 @@ pub struct SignInConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_redirect_hosts: Vec<String>,
 }
+
+/// A key of a Secret: where a confidential client's secret is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+impl SecretRef {
+    /// Its entry in the gateway's keys Secret (and keys directory): a digest of the reference,
+    /// so that no name can collide with another or with a keyring file.
+    pub fn entry(&self) -> String {
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{}\0{}\0{}", self.namespace, self.name, self.key).as_bytes());
+        let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{CLIENT_SECRET_PREFIX}{hex}")
+    }
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} (key {})", self.namespace, self.name, self.key)
+    }
+}
+
+/// The name prefix of client secret entries in a gateway's keys.
+pub const CLIENT_SECRET_PREFIX: &str = "client-secret-";
 
 /// Where an OpenID provider's discovery document is; also the name its health is reported under.
 pub fn discovery_url(issuer: &str) -> String {
@@ -574,6 +606,11 @@ impl GatewayConfig {
         let sealing: std::collections::BTreeSet<KeyRef> =
             self.policies.iter().filter_map(|p| p.sign_in.as_ref().map(|s| s.session_key.clone())).collect();
         self.signing_keys.iter().filter(move |k| sealing.contains(&k.key_ref()))
+    }
+
+    /// The client secrets of the sign-ins: delivered to the gateway with its keys.
+    pub fn client_secrets(&self) -> impl Iterator<Item = &SecretRef> {
+        self.policies.iter().filter_map(|p| p.sign_in.as_ref().and_then(|s| s.client_secret.as_ref()))
     }
 
     /// The JWKS of the keys the gateway mints with, each kid once: what services trust.

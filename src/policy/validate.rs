@@ -60,11 +60,29 @@ pub struct PolicyMeta {
     pub name: String,
     pub generation: Option<i64>,
     pub created: Option<Timestamp>,
+    /// Whether the sign-in's client Secret was found, where whoever compiles can tell (`None`:
+    /// not looked up, as in tests).
+    pub client_secret_found: Option<bool>,
+}
+
+/// The label a Secret needs for the controller to read it as a client secret.
+pub const CLIENT_SECRET_LABEL: &str = "portcullis.dev/client-secret";
+/// The key of a client Secret's data read when `clientSecretRef.key` is not given.
+pub const DEFAULT_SECRET_KEY: &str = "client-secret";
+
+/// The Secret key a policy's sign-in reads its client secret from, if it has one.
+pub fn client_secret_ref(meta: &PolicyMeta, spec: &AuthPolicySpec) -> Option<crate::policy::config::SecretRef> {
+    Some(secret_ref(meta, spec.sign_in.as_ref()?.client_secret_ref.as_ref()?))
+}
+
+fn secret_ref(meta: &PolicyMeta, r: &crate::api::SecretKeyRef) -> crate::policy::config::SecretRef {
+    let key = r.key.clone().unwrap_or_else(|| DEFAULT_SECRET_KEY.to_owned());
+    crate::policy::config::SecretRef { namespace: meta.namespace.clone(), name: r.name.clone(), key }
 }
 
 impl PolicyMeta {
     pub fn new(namespace: &str, name: &str) -> Self {
-        Self { namespace: namespace.to_owned(), name: name.to_owned(), generation: None, created: None }
+        Self { namespace: namespace.to_owned(), name: name.to_owned(), generation: None, created: None, client_secret_found: None }
     }
 
     pub fn key(&self) -> String {
@@ -466,9 +484,18 @@ fn validate_sign_in(
     if !keys.contains_key(&session_key) {
         p.missing_keys.push(format!("{at}.sessionKeyRef: SigningKey {session_key} not found"));
     }
+    let client_secret = s.client_secret_ref.as_ref().map(|r| secret_ref(meta, r));
+    if let Some(r) = &client_secret
+        && meta.client_secret_found == Some(false)
+    {
+        p.missing_keys.push(format!(
+            "{at}.clientSecretRef: Secret {r} not found (the Secret needs the label {CLIENT_SECRET_LABEL} and a non-empty key)"
+        ));
+    }
     Some(SignInConfig {
         issuer: s.issuer.clone(),
         client_id: s.client_id.clone(),
+        client_secret,
         scopes,
         session_key,
         session_lifetime_secs,
