@@ -369,3 +369,117 @@ fn signs_in(through: Through) {
         assert!(!log.contains(secret), "a secret in the gateway's log");
     }
 }
+
+#[test]
+fn a_forged_or_foreign_id_token_never_becomes_a_session_and_a_revoked_key_ends_sessions_through_envoy() {
+    rogue_provider_attacks(Through::EnvoyHttp);
+}
+
+#[test]
+fn a_forged_or_foreign_id_token_never_becomes_a_session_and_a_revoked_key_ends_sessions_through_nginx() {
+    rogue_provider_attacks(Through::Nginx);
+}
+
+/// Issue 21, item 6, the attacks only a provider can make: the gateway talks to a provider that
+/// sends whatever the test asks (`tests/upstream/rogue_provider.py`), through a real proxy. Then a
+/// session sealed with a key that was revoked.
+fn rogue_provider_attacks(through: Through) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (provider_port, authz_port) = (free_port(), free_port());
+    let upstream = start_echo();
+    let (_proxy, proxy_port) = match through {
+        Through::EnvoyHttp => start_envoy(&tmp.path().join("envoy"), authz_port, upstream),
+        _ => start_nginx_site(&tmp.path().join("nginx"), |port| nginx_sign_in_site(port, authz_port, upstream)),
+    };
+    let host = format!("shop.localhost:{proxy_port}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/rogue_provider.py");
+    let mut provider =
+        Proc::spawn("rogue provider", Command::new("python3").arg(&script).arg(provider_port.to_string()), tmp.path().join("rogue.log"));
+    provider.wait_serving(Duration::from_secs(20), || {
+        http(provider_port, "GET", "127.0.0.1", "/.well-known/openid-configuration", &[]).ok().filter(|r| r.status == 200)
+    });
+    let yaml = policies(provider_port, false).replace("scopes: [email, offline_access]", "scopes: [email]");
+    std::fs::write(dir.join("web.yaml"), yaml).unwrap();
+    let portcullis = start_local_with(&dir, authz_port, tmp.path().join("portcullis.log"), &[]);
+    wait_until("the provider discovered", Duration::from_secs(20), || {
+        (http(proxy_port, "GET", &host, "/", &[("Accept", "text/html")]).ok()?.status == 302).then_some(())
+    });
+
+    // A sign-in whose token response is `scenario`: the provider's redirect back, then the
+    // callback through the proxy with this browser's login cookie.
+    let sign_in = |scenario: &str| {
+        let r = post(provider_port, "/scenario", "application/x-www-form-urlencoded", &format!("scenario={scenario}"));
+        assert_eq!(r.status, 200);
+        let start = http(proxy_port, "GET", &host, "/orders", &[("Accept", "text/html")]).unwrap();
+        assert_eq!(start.status, 302);
+        let login = start.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+        let to_provider = start.header("location").unwrap().strip_prefix(&format!("http://127.0.0.1:{provider_port}")).unwrap().to_owned();
+        let back = http(provider_port, "GET", "127.0.0.1", &to_provider, &[]).unwrap();
+        let callback = back.header("location").unwrap().strip_prefix(&format!("http://{host}")).unwrap().to_owned();
+        assert!(callback.starts_with("/.portcullis/callback?code="), "{callback}");
+        http(proxy_port, "GET", &host, &callback, &[("Cookie", &login)]).unwrap()
+    };
+    let unavailable = if through == Through::EnvoyHttp { 403 } else { 503 };
+    for (scenario, status, says) in [
+        ("wrong-nonce", 403, "nonce"),
+        ("other-issuer", 403, "another issuer"),
+        ("other-client", 403, "another client"),
+        ("other-azp", 403, "another client"),
+        ("expired", 403, "expired"),
+        ("forged-signature", 403, "ID token"),
+        ("alg-none", 403, "ID token"),
+        ("hs256-public-key", 403, "ID token"),
+        ("no-id-token", 403, "no ID token"),
+        ("server-error", unavailable, "cannot be reached"),
+    ] {
+        let r = sign_in(scenario);
+        let body = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, status, "{scenario}: {body}");
+        assert!(r.header("set-cookie").is_none_or(|c| !c.contains("portcullis-session")), "{scenario}: a session was set");
+        // Envoy's HTTP ext_authz answers an authorizer's 5xx with its own 403 and no page.
+        if !(through == Through::EnvoyHttp && scenario == "server-error") {
+            assert!(body.contains(says), "{scenario}: {body}");
+        }
+    }
+
+    // The same provider, well behaved: a session, served upstream.
+    let r = sign_in("good");
+    assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
+    let session: Vec<String> = r
+        .headers
+        .iter()
+        .filter(|(k, v)| k.eq_ignore_ascii_case("set-cookie") && v.starts_with("portcullis-session-") && !v.contains("Max-Age=0"))
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(session.len(), 1, "{:?}", r.headers);
+    let served = http(proxy_port, "GET", &host, "/orders", &[("Accept", "text/html"), ("Cookie", &session[0])]).unwrap();
+    assert_eq!(served.status, 200);
+    assert_eq!(served.json()["headers"]["x-user-id"][0], "mallory");
+
+    // The session SigningKey's key is revoked: the session it sealed ends at once.
+    let list = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["keys", "list", "--dir"]).arg(&dir).output().unwrap();
+    let listing = String::from_utf8_lossy(&list.stdout).into_owned();
+    let kid = listing
+        .lines()
+        .skip_while(|l| !l.contains("shop/sessions"))
+        .find_map(|l| l.split_whitespace().find(|w| w.len() == 43))
+        .unwrap_or_else(|| panic!("no kid of shop/sessions in: {listing}"))
+        .to_owned();
+    let revoked = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["keys", "revoke", "--dir"])
+        .arg(&dir)
+        .args(["sessions", &kid])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    wait_until("the revoked key's session refused", Duration::from_secs(20), || {
+        let r = http(proxy_port, "GET", &host, "/orders", &[("Accept", "text/html"), ("Cookie", &session[0])]).ok()?;
+        (r.status == 302).then_some(())
+    });
+    let script = http(proxy_port, "GET", &host, "/orders", &[("Accept", "application/json"), ("Cookie", &session[0])]).unwrap();
+    assert_eq!(script.status, 401);
+    let log = portcullis.log_text();
+    assert!(!log.contains(session[0].split_once('=').unwrap().1), "a session cookie in the gateway's log");
+}

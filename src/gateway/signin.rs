@@ -207,6 +207,10 @@ pub async fn callback(
         .finish();
     let tokens = match post_form(client, &meta.token_endpoint, form, si.client_authorization().as_deref(), MAX_DOC_BYTES).await {
         Ok((status, body)) if status.is_success() => body,
+        Ok((status, _)) if status.is_server_error() => {
+            tracing::warn!(policy = %si.policy, %status, "sign-in: the token endpoint failed");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider cannot be reached");
+        }
         Ok((status, body)) => {
             let error = body.get("error").and_then(|e| e.as_str()).unwrap_or("error");
             let error: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
