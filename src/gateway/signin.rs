@@ -356,3 +356,107 @@ pub fn page(status: StatusCode, title: &str, text: &str) -> Response<Full<Bytes>
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct At(Arc<Provider>);
+
+    impl crate::decide::RemoteKeys for At {
+        fn key_set(&self, uri: &str, _: u64) -> Arc<crate::decide::keyset::KeySet> {
+            crate::decide::keyset::KeySet::new_remote(uri)
+        }
+        fn provider(&self, _: &str) -> Arc<Provider> {
+            self.0.clone()
+        }
+    }
+
+    /// A token endpoint that counts its requests and answers each with `status` and `body`
+    /// after a short delay (so that requests meet while one is in flight).
+    async fn token_endpoint(status: u16, body: &'static str, count: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let _ = s.read(&mut buf).await;
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/token")
+    }
+
+    fn engine(token_endpoint: &str) -> Engine {
+        let spec: crate::api::SigningKeySpec = serde_json::from_value(json!({"algorithm": "EdDSA"})).unwrap();
+        let key: crate::policy::KeyRef = "shop/sessions".parse().unwrap();
+        let now = jiff::Timestamp::now();
+        let ring = crate::keys::schedule::plan(now, &spec, Default::default(), &Default::default(), &mut crate::keys::schedule::generate)
+            .unwrap()
+            .ring;
+        let published = BTreeMap::from([(key.clone(), crate::keys::schedule::publish(&key, &spec, &ring).unwrap())]);
+        let yaml = "name: web\nnamespace: shop\nspec:\n  signIn: { issuer: \"https://id.example\", clientId: web, sessionKeyRef: { name: sessions } }\n  rules: [{ name: app, match: { paths: [{ prefix: / }] } }]\n";
+        let compiled = crate::testkit::compile_yaml("default", yaml, &published);
+        let provider = Provider::new("https://id.example");
+        provider.meta.store(Some(Arc::new(ProviderMeta {
+            issuer: "https://id.example".into(),
+            authorization_endpoint: "https://id.example/auth".into(),
+            token_endpoint: token_endpoint.into(),
+            jwks_uri: "https://id.example/jwks".into(),
+            end_session_endpoint: None,
+        })));
+        let minting = BTreeMap::from([(key, ring)]);
+        let opts = crate::decide::BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &At(provider), cache_bytes: 1 << 20 };
+        Engine::build(compiled.config, &opts).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_of_one_session_share_one_refresh_and_a_refusal_is_remembered() {
+        let now = unix_now();
+        let session = Session::from_id_token(&json!({"sub": "alice"}), now + 3600).with_refresh(Some("rt1".into()), now + 1, now - 299);
+        let client = crate::plumbing::jwks_fetch::post_client(&[]);
+
+        // The provider rotates the refresh token: ten requests at once ask it once, and a request
+        // that still carries the old cookie later gets the same answer without asking again.
+        let count = Arc::new(AtomicUsize::new(0));
+        let e = engine(&token_endpoint(200, r#"{"access_token":"a","refresh_token":"rt2","expires_in":300}"#, count.clone()).await);
+        let si = e.sign_in_of(0).unwrap();
+        let refreshes = Refreshes::default();
+        let all = futures::future::join_all((0..10).map(|_| refreshes.refresh(&e, si, &session, &client))).await;
+        let late = refreshes.refresh(&e, si, &session, &client).await;
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        for r in all.iter().chain([&late]) {
+            let Refreshed::Session(s) = r else { panic!("{r:?}") };
+            assert_eq!((s.refresh_token.as_deref(), s.exp), (Some("rt2"), session.exp), "rotated, never extended");
+        }
+
+        // The provider refuses: the session is over, and saying so again costs no request.
+        let count = Arc::new(AtomicUsize::new(0));
+        let e = engine(&token_endpoint(400, r#"{"error":"invalid_grant"}"#, count.clone()).await);
+        let si = e.sign_in_of(0).unwrap();
+        let refreshes = Refreshes::default();
+        for _ in 0..3 {
+            assert!(matches!(refreshes.refresh(&e, si, &session, &client).await, Refreshed::Refused));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+
+        // A provider in trouble is not a refusal.
+        let e = engine(&token_endpoint(503, "{}", Arc::new(AtomicUsize::new(0))).await);
+        let si = e.sign_in_of(0).unwrap();
+        assert!(matches!(Refreshes::default().refresh(&e, si, &session, &client).await, Refreshed::Unavailable));
+    }
+}
