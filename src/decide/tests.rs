@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::SigningAlgorithm;
+use crate::policy::path::PathError;
 use crate::policy::{Outcome, RejectReason};
 use crate::testkit::{TestIssuer, compile_yaml, engine, forge_hs256, forge_none, header_map as headers};
 
