@@ -259,7 +259,12 @@ impl Refreshes {
     /// once per refresh token and replica while the answer is remembered.
     pub async fn refresh(&self, engine: &Engine, si: &RtSignIn, old: &Session, client: &PostClient) -> Refreshed {
         let Some(token) = old.refresh_token.as_deref() else { return Refreshed::Refused };
-        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref().try_into().expect("32 bytes");
+        // By policy and token: one policy's refresh never answers for another's session.
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(si.policy.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(token.as_bytes());
+        let key: [u8; 32] = ctx.finish().as_ref().try_into().expect("32 bytes");
         let cell = {
             let mut map = self.0.lock().expect("refreshes lock");
             let now = std::time::Instant::now();
