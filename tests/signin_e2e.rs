@@ -66,11 +66,15 @@ spec:
     scopes: [email, offline_access]
     sessionKeyRef: {{ name: sessions }}
     scheme: http
+    # oidc-provider puts email in its userinfo only.
+    userinfo: true
   rules:
     - name: app
       match: {{ paths: [{{ prefix: / }}] }}
       forward:
-        claimsToHeaders: {{ X-User-Id: sub }}
+        # The docs' proxy configurations pass X-User-Id, X-User-Roles and X-Tenant-Id: the
+        # email (a userinfo claim) travels in the last.
+        claimsToHeaders: {{ X-User-Id: sub, X-Tenant-Id: email }}
         # The signed-in user reaches the upstream as a minted internal token, as a bearer would.
         token: issue
         issue: {{ signingKeyRef: {{ name: internal }}, audience: shop-app }}
@@ -256,6 +260,7 @@ fn signs_in(through: Through) {
     let body = &seen["afterSignIn"]["body"];
     assert_eq!(body["target"], "/orders?page=2");
     assert_eq!(body["headers"]["x-user-id"][0], "alice", "served with the identity header: {body:#}");
+    assert_eq!(body["headers"]["x-tenant-id"][0], "alice@shop.example", "a claim of the provider's userinfo: {body:#}");
     let minted = body["headers"]["authorization"][0].as_str().and_then(|a| a.strip_prefix("Bearer ")).expect("a minted token upstream");
     let claims: Value = {
         use base64::Engine;
@@ -284,6 +289,7 @@ fn signs_in(through: Through) {
     let stale = &seen["afterStaleReload"];
     assert_eq!((stale["url"].as_str(), stale["providerRequests"].as_i64()), (Some(url.as_str()), Some(0)), "{seen:#}");
     assert_eq!(stale["body"]["headers"]["x-user-id"][0], "alice");
+    assert_eq!(stale["body"]["headers"]["x-tenant-id"][0], "alice@shop.example", "the userinfo's claims survive a refresh");
     assert_eq!(stale["cookieChanged"], true, "the page load got the refreshed session");
     let script = &seen["scriptWhenStale"];
     assert_eq!(script["status"], 200, "{seen:#}");
@@ -432,6 +438,7 @@ fn rogue_provider_attacks(through: Through) {
         ("alg-none", 403, "ID token"),
         ("hs256-public-key", 403, "ID token"),
         ("no-id-token", 403, "no ID token"),
+        ("userinfo-other-subject", 403, "another subject"),
         ("server-error", unavailable, "cannot be reached"),
     ] {
         let r = sign_in(scenario);
@@ -457,6 +464,7 @@ fn rogue_provider_attacks(through: Through) {
     let served = http(proxy_port, "GET", &host, "/orders", &[("Accept", "text/html"), ("Cookie", &session[0])]).unwrap();
     assert_eq!(served.status, 200);
     assert_eq!(served.json()["headers"]["x-user-id"][0], "mallory");
+    assert_eq!(served.json()["headers"]["x-tenant-id"][0], "mallory@evil.example", "the userinfo's email");
 
     // The session SigningKey's key is revoked: the session it sealed ends at once.
     let list = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["keys", "list", "--dir"]).arg(&dir).output().unwrap();

@@ -183,6 +183,11 @@ pub struct SignIn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub post_logout_redirect: Option<String>,
+    /// Also take the claims of the provider's userinfo endpoint (OpenID Connect Core §5.3) into
+    /// the session, at sign-in and at each refresh: for providers that put `email` or `groups`
+    /// there only. The ID token's claims win where both have one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub userinfo: bool,
     /// Hosts besides the request's that a sign-in may return to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(regex(pattern = HOST_PATTERN), length(max = 253)))]

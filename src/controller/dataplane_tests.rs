@@ -271,6 +271,7 @@ fn a_sign_in_provider_is_an_issuer_whose_discovery_the_replicas_report() {
         issuer: "https://id.example".into(),
         client_id: "web".into(),
         client_secret: None,
+        userinfo: false,
         scopes: vec!["openid".into()],
         session_key: "shop/sessions".parse().unwrap(),
         session_lifetime_secs: 3600,

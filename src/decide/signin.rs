@@ -51,6 +51,8 @@ pub struct ProviderMeta {
     pub jwks_uri: String,
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
 }
 
 /// A policy's sign-in, ready to decide: its provider and the sealers of its session and login
@@ -634,12 +636,14 @@ impl super::Engine {
         raw_host: &str,
         login: &LoginState,
         tokens: &Value,
+        userinfo: Option<&Value>,
         now: i64,
     ) -> Result<Redirect, String> {
         let normalized = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
         let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
         let claims = verify_id_token(si, tokens)?;
         check_id_token(&claims, &meta.issuer, &si.config.client_id, &login.nonce, now, 60).map_err(|e| e.to_string())?;
+        let claims = with_userinfo(claims, userinfo, false)?;
         let fresh_until = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
         let refresh_token = tokens.get("refresh_token").and_then(Value::as_str).map(str::to_owned);
         let session =
@@ -659,7 +663,14 @@ impl super::Engine {
     /// The session after the provider answered its refresh: the new ID token verified like at
     /// sign-in (but the nonce) and of the same subject, or the claims kept when the provider
     /// sent none; the refresh token rotated when it sent a new one. The session's end stays.
-    pub fn refreshed_session(&self, si: &RtSignIn, old: &Session, tokens: &Value, now: i64) -> Result<Session, String> {
+    pub fn refreshed_session(
+        &self,
+        si: &RtSignIn,
+        old: &Session,
+        tokens: &Value,
+        userinfo: Option<&Value>,
+        now: i64,
+    ) -> Result<Session, String> {
         let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
         let refresh_token = tokens.get("refresh_token").and_then(Value::as_str).map(str::to_owned).or_else(|| old.refresh_token.clone());
         let (claims, fresh_until) = match tokens.get("id_token") {
@@ -668,10 +679,11 @@ impl super::Engine {
                 let sub = old.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
                 check_refreshed_id_token(&claims, &meta.issuer, &si.config.client_id, sub, now, 60).map_err(|e| e.to_string())?;
                 let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
-                (Session::from_id_token(&claims, old.exp).claims, exp)
+                (Session::from_id_token(&with_userinfo(claims, userinfo, false)?, old.exp).claims, exp)
             }
-            // No new ID token: the claims stand for as long as the last ones did.
-            None => (old.claims.clone(), now + (old.fresh_until - old.issued).max(0)),
+            // No new ID token: the claims stand for as long as the last ones did, brought up to
+            // date by the userinfo where it is asked for.
+            None => (with_userinfo(old.claims.clone(), userinfo, true)?, now + (old.fresh_until - old.issued).max(0)),
         };
         let session = Session { claims, ..old.clone() }.with_refresh(refresh_token, fresh_until, now);
         if session.fresh_until <= now {
@@ -696,6 +708,25 @@ impl super::Engine {
     pub fn sign_in_of(&self, policy: u32) -> Option<&RtSignIn> {
         self.policies.get(policy as usize)?.sign_in.as_deref()
     }
+}
+
+/// Claims with the userinfo response's added (OpenID Connect Core §5.3.2: only of the same
+/// `sub`). Where both have a claim, the ID token's wins, unless `update` (the claims are a
+/// session's, and the userinfo is newer).
+pub fn with_userinfo(mut claims: Value, userinfo: Option<&Value>, update: bool) -> Result<Value, String> {
+    let Some(info) = userinfo else { return Ok(claims) };
+    let info = info.as_object().ok_or("the userinfo response is not a JSON object")?;
+    if info.get("sub").is_none() || info.get("sub") != claims.get("sub") {
+        return Err("the userinfo response is about another subject".into());
+    }
+    if let Some(c) = claims.as_object_mut() {
+        for (k, v) in info {
+            if update || !c.contains_key(k) {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(claims)
 }
 
 /// The claims of the ID token in a token response, its signature verified with the provider's
@@ -874,6 +905,18 @@ mod tests {
         assert_eq!(set_cookie("pc-session-0", "v", 60, true), "pc-session-0=v; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure");
     }
 
+    #[test]
+    fn userinfo_adds_claims_of_the_same_subject_only() {
+        let id = json!({"sub": "alice", "email": "id@x"});
+        let info = json!({"sub": "alice", "email": "info@x", "groups": ["staff"]});
+        assert_eq!(with_userinfo(id.clone(), None, false).unwrap(), id);
+        assert_eq!(with_userinfo(id.clone(), Some(&info), false).unwrap(), json!({"sub": "alice", "email": "id@x", "groups": ["staff"]}));
+        assert_eq!(with_userinfo(id.clone(), Some(&info), true).unwrap(), json!({"sub": "alice", "email": "info@x", "groups": ["staff"]}));
+        for bad in [json!({"sub": "mallory", "groups": ["admins"]}), json!({"groups": ["admins"]}), json!(["sub", "alice"])] {
+            assert!(with_userinfo(id.clone(), Some(&bad), false).is_err(), "{bad}");
+        }
+    }
+
     /// A provider whose ID tokens the test signs.
     struct TestProvider(Arc<Provider>);
 
@@ -915,6 +958,7 @@ spec:
             token_endpoint: format!("{ISSUER}/token"),
             jwks_uri: format!("{ISSUER}/jwks"),
             end_session_endpoint: None,
+            userinfo_endpoint: None,
         };
         provider.meta.store(Some(Arc::new(meta)));
         provider.keys.replace(crate::keys::parse_jwks(&json!({"keys": [idp.public_jwk()]})).unwrap().0);
@@ -976,7 +1020,7 @@ spec:
         let at = NOW + 300;
         let good = json!({"iss": ISSUER, "aud": "web", "sub": "alice", "groups": ["staff"], "exp": at + 300, "iat": at});
         let tokens = json!({"id_token": id_token(good.clone()), "refresh_token": "rt2"});
-        let new = engine.refreshed_session(si, &session, &tokens, at).unwrap();
+        let new = engine.refreshed_session(si, &session, &tokens, None, at).unwrap();
         assert_eq!(
             (new.claims["groups"].clone(), new.refresh_token.as_deref(), new.fresh_until, new.exp),
             (json!(["staff"]), Some("rt2"), at + 300, NOW + 3600)
@@ -990,17 +1034,17 @@ spec:
         // Never past the session's end; without an ID token, the claims stand as long again.
         let mut late = good.clone();
         late["exp"] = json!(NOW + 9999);
-        assert_eq!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(late)}), at).unwrap().fresh_until, NOW + 3600);
-        let kept = engine.refreshed_session(si, &session, &json!({"access_token": "a"}), at).unwrap();
+        assert_eq!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(late)}), None, at).unwrap().fresh_until, NOW + 3600);
+        let kept = engine.refreshed_session(si, &session, &json!({"access_token": "a"}), None, at).unwrap();
         assert_eq!((kept.claims.clone(), kept.refresh_token.as_deref(), kept.fresh_until), (session.claims.clone(), Some("rt1"), at + 300));
         // Another subject, issuer or client, an expired or unsigned ID token: refused.
         for (k, v) in [("sub", json!("mallory")), ("iss", json!("https://evil")), ("aud", json!("other")), ("exp", json!(at - 120))] {
             let mut c = good.clone();
             c[k] = v;
-            assert!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(c)}), at).is_err(), "{k}");
+            assert!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(c)}), None, at).is_err(), "{k}");
         }
         let forged = format!("{}x", id_token(good));
-        assert!(engine.refreshed_session(si, &session, &json!({"id_token": forged}), at).is_err());
+        assert!(engine.refreshed_session(si, &session, &json!({"id_token": forged}), None, at).is_err());
         // Removing the session cookies leaves the others.
         let none = with_session_cookies(&headers, si.config.session_cookie(), &[]);
         assert_eq!(none.get("cookie").unwrap(), "theme=dark");

@@ -16,7 +16,7 @@ use super::unix_now;
 use crate::decide::Engine;
 use crate::decide::signin::{Endpoint, LoginError, Provider, ProviderMeta, Redirect, RtSignIn, Session, cookie_value, finish_login};
 use crate::plumbing::http::reply;
-use crate::plumbing::jwks_fetch::{HttpClient, PostClient, fetch_json, fetch_jwks, post_form};
+use crate::plumbing::jwks_fetch::{HttpClient, PostClient, fetch_json, fetch_jwks, get_json_bearer, post_form};
 
 /// Discovery documents and token responses larger than this are refused.
 const MAX_DOC_BYTES: usize = 256 * 1024;
@@ -222,7 +222,18 @@ pub async fn callback(
             return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider cannot be reached");
         }
     };
-    match engine.complete_sign_in(si, raw_host, &login, &tokens, now) {
+    // The ID token is verified before its access token is used for the userinfo.
+    let mut done = engine.complete_sign_in(si, raw_host, &login, &tokens, None, now);
+    if done.is_ok() && si.config.userinfo {
+        done = match userinfo(si, &tokens, client).await {
+            Ok(info) => engine.complete_sign_in(si, raw_host, &login, &tokens, info.as_ref(), now),
+            Err(e) => {
+                tracing::warn!(policy = %si.policy, "sign-in: {e}");
+                return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider's userinfo cannot be read");
+            }
+        };
+    }
+    match done {
         Ok(r) => redirect(&r),
         Err(e) => {
             tracing::info!(policy = %si.policy, "sign-in refused: {e}");
@@ -307,16 +318,20 @@ async fn ask(engine: &Engine, si: &RtSignIn, old: &Session, token: &str, client:
         .append_pair("client_id", &si.config.client_id)
         .finish();
     match post_form(client, &meta.token_endpoint, form, si.client_authorization().as_deref(), MAX_DOC_BYTES).await {
-        Ok((status, body)) if status.is_success() => match engine.refreshed_session(si, old, &body, unix_now()) {
-            Ok(s) => {
-                tracing::debug!(policy = %si.policy, "sign-in session refreshed");
-                Refreshed::Session(Box::new(s))
+        Ok((status, body)) if status.is_success() => {
+            // The new ID token is verified before its access token is used for the userinfo.
+            let first = refreshed(engine, si, old, &body, None);
+            if !si.config.userinfo || !matches!(first, Refreshed::Session(_)) {
+                return first;
             }
-            Err(e) => {
-                tracing::info!(policy = %si.policy, "sign-in refresh refused: {e}");
-                Refreshed::Refused
+            match userinfo(si, &body, client).await {
+                Ok(info) => refreshed(engine, si, old, &body, info.as_ref()),
+                Err(e) => {
+                    tracing::warn!(policy = %si.policy, "sign-in refresh: {e}");
+                    Refreshed::Unavailable
+                }
             }
-        },
+        }
         Ok((status, _)) if status.is_server_error() => {
             tracing::warn!(policy = %si.policy, %status, "sign-in refresh: the token endpoint failed");
             Refreshed::Unavailable
@@ -331,6 +346,35 @@ async fn ask(engine: &Engine, si: &RtSignIn, old: &Session, token: &str, client:
             tracing::warn!(policy = %si.policy, "sign-in refresh: the token endpoint failed: {e}");
             Refreshed::Unavailable
         }
+    }
+}
+
+/// The refreshed session out of the provider's answer, or the end of the session.
+fn refreshed(engine: &Engine, si: &RtSignIn, old: &Session, tokens: &serde_json::Value, info: Option<&serde_json::Value>) -> Refreshed {
+    match engine.refreshed_session(si, old, tokens, info, unix_now()) {
+        Ok(s) => {
+            tracing::debug!(policy = %si.policy, "sign-in session refreshed");
+            Refreshed::Session(Box::new(s))
+        }
+        Err(e) => {
+            tracing::info!(policy = %si.policy, "sign-in refresh refused: {e}");
+            Refreshed::Refused
+        }
+    }
+}
+
+/// The provider's userinfo for a token response's access token, where the sign-in asks for it.
+async fn userinfo(si: &RtSignIn, tokens: &serde_json::Value, client: &PostClient) -> Result<Option<serde_json::Value>, String> {
+    if !si.config.userinfo {
+        return Ok(None);
+    }
+    let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
+    let endpoint = meta.userinfo_endpoint.as_deref().ok_or("the provider's discovery document names no userinfo_endpoint")?;
+    let access = tokens.get("access_token").and_then(|t| t.as_str()).ok_or("the provider sent no access token for its userinfo")?;
+    match get_json_bearer(client, endpoint, access, MAX_DOC_BYTES).await {
+        Ok((status, info)) if status.is_success() => Ok(Some(info)),
+        Ok((status, _)) => Err(format!("the userinfo endpoint answered {status}")),
+        Err(e) => Err(format!("the userinfo endpoint failed: {e}")),
     }
 }
 
@@ -423,6 +467,7 @@ mod tests {
             token_endpoint: token_endpoint.into(),
             jwks_uri: "https://id.example/jwks".into(),
             end_session_endpoint: None,
+            userinfo_endpoint: None,
         })));
         let minting = BTreeMap::from([(key, ring)]);
         let opts = crate::decide::BuildOptions { issuer_url: "https://gw", minting: &minting, remote: &At(provider), cache_bytes: 1 << 20 };

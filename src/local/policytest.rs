@@ -254,6 +254,7 @@ impl RemoteKeys for StandInProviders {
             token_endpoint: format!("{base}/token"),
             jwks_uri: format!("{base}/jwks"),
             end_session_endpoint: None,
+            userinfo_endpoint: None,
         })));
         provider
     }

@@ -97,6 +97,25 @@ pub async fn post_form(
     Ok((status, json_body(resp, max).await?))
 }
 
+/// A GET with a bearer token (an OpenID provider's userinfo), its status and JSON body.
+pub async fn get_json_bearer(
+    client: &PostClient,
+    uri: &str,
+    token: &str,
+    max: usize,
+) -> Result<(http::StatusCode, serde_json::Value), String> {
+    let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let req = http::Request::get(parsed)
+        .header("accept", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| "the access token is not a valid header value".to_owned())?;
+    let resp =
+        tokio::time::timeout(FETCH_TIMEOUT, client.request(req)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    Ok((status, json_body(resp, max).await?))
+}
+
 async fn json_body(resp: http::Response<hyper::body::Incoming>, max: usize) -> Result<serde_json::Value, String> {
     let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(resp.into_body(), max).collect())
         .await

@@ -117,6 +117,9 @@ pub struct SignInConfig {
     pub https: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_redirect_hosts: Vec<String>,
+    /// Claims of the provider's userinfo endpoint join the session's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub userinfo: bool,
 }
 
 /// A key of a Secret: where a confidential client's secret is.

@@ -504,6 +504,7 @@ fn validate_sign_in(
         post_logout_redirect,
         https: s.scheme.unwrap_or_default() == crate::api::SignInScheme::Https,
         allowed_redirect_hosts: s.allowed_redirect_hosts.clone(),
+        userinfo: s.userinfo,
     })
 }
 

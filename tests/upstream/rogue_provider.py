@@ -1,6 +1,6 @@
 """An OpenID provider that answers the token request however the test asks: a well-formed ID
 token, or one with a wrong nonce, another issuer, another client, an expired one, a forged
-signature, `alg: none`, HS256 keyed with its public key, none at all, or a server error. What a
+signature, `alg: none`, a userinfo about someone else, HS256 keyed with its public key, none at all, or a server error. What a
 certified provider never sends, and what the gateway must still refuse.
 
     python3 rogue_provider.py PORT
@@ -80,7 +80,13 @@ class Handler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(url.query))
         if url.path == "/.well-known/openid-configuration":
             self.reply(200, {"issuer": ISSUER, "authorization_endpoint": ISSUER + "/auth", "token_endpoint": ISSUER + "/token",
-                             "jwks_uri": ISSUER + "/jwks", "response_types_supported": ["code"]})
+                             "jwks_uri": ISSUER + "/jwks", "userinfo_endpoint": ISSUER + "/userinfo",
+                             "response_types_supported": ["code"]})
+        elif url.path == "/userinfo":
+            # The access token is the scenario's name.
+            scenario = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            sub = "alice" if scenario == "userinfo-other-subject" else "mallory"
+            self.reply(200, {"sub": sub, "email": f"{sub}@evil.example"})
         elif url.path == "/jwks":
             self.reply(200, {"keys": [PUBLIC_JWK]})
         elif url.path == "/auth":
@@ -101,9 +107,10 @@ class Handler(BaseHTTPRequestHandler):
             if scenario == "server-error":
                 self.reply(500, {"error": "server_error"})
             elif scenario == "no-id-token":
-                self.reply(200, {"access_token": "a", "token_type": "Bearer"})
+                self.reply(200, {"access_token": scenario, "token_type": "Bearer"})
             else:
-                self.reply(200, {"access_token": "a", "token_type": "Bearer", "id_token": id_token(scenario, STATE["nonce"], form.get("client_id"))})
+                self.reply(200, {"access_token": scenario, "token_type": "Bearer",
+                                 "id_token": id_token(scenario, STATE["nonce"], form.get("client_id"))})
         else:
             self.reply(404, {"error": "not_found"})
 
