@@ -151,6 +151,29 @@ impl Session {
             None
         }
     }
+
+    /// This session after the provider answered its refresh (`id_claims`: those of its new ID
+    /// token, verified by [`super::Engine::verify_refresh`]): the new claims, or the old ones
+    /// when it sent no ID token; the refresh token rotated when it sent a new one. The session's
+    /// end stays.
+    pub fn refreshed(&self, tokens: &Value, id_claims: Option<Value>, userinfo: Option<&Value>, now: i64) -> Result<Session, String> {
+        let old = self;
+        let refresh_token = tokens.get("refresh_token").and_then(Value::as_str).map(str::to_owned).or_else(|| old.refresh_token.clone());
+        let (claims, fresh_until) = match id_claims {
+            Some(claims) => {
+                let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+                (Session::from_id_token(&with_userinfo(claims, userinfo, false)?, old.exp).claims, exp)
+            }
+            // No new ID token: the claims stand for as long as the last ones did, brought up to
+            // date by the userinfo where it is asked for.
+            None => (with_userinfo(old.claims.clone(), userinfo, true)?, now + (old.fresh_until - old.issued).max(0)),
+        };
+        let session = Session { claims, ..old.clone() }.with_refresh(refresh_token, fresh_until, now);
+        if session.fresh_until <= now {
+            return Err("the provider's refreshed claims are already expired".into());
+        }
+        Ok(session)
+    }
 }
 
 /// A session with a refresh token near or past the end of its claims' freshness.
@@ -626,24 +649,19 @@ impl super::Engine {
         Ok(Redirect { location, set_cookies })
     }
 
-    /// The end of a sign-in, once the gateway has the provider's token response for the login:
-    /// the ID token verified (signature with the provider's keys, then OIDC Core 3.1.3.7), and
-    /// the session, with the refresh token when there is one, sealed into cookies, with the way
-    /// back.
+    /// The end of a sign-in, once the gateway has the ID token's verified claims
+    /// ([`Self::verify_sign_in`]), with the userinfo's where asked ([`with_userinfo`]): the session, with the token
+    /// response's refresh token when there is one, sealed into cookies, with the way back.
     pub fn complete_sign_in(
         &self,
         si: &RtSignIn,
         raw_host: &str,
         login: &LoginState,
+        claims: Value,
         tokens: &Value,
-        userinfo: Option<&Value>,
         now: i64,
     ) -> Result<Redirect, String> {
         let normalized = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
-        let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
-        let claims = verify_id_token(si, tokens)?;
-        check_id_token(&claims, &meta.issuer, &si.config.client_id, &login.nonce, now, 60).map_err(|e| e.to_string())?;
-        let claims = with_userinfo(claims, userinfo, false)?;
         let fresh_until = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
         let refresh_token = tokens.get("refresh_token").and_then(Value::as_str).map(str::to_owned);
         let session =
@@ -660,36 +678,26 @@ impl super::Engine {
         Ok(Redirect { location, set_cookies })
     }
 
-    /// The session after the provider answered its refresh: the new ID token verified like at
-    /// sign-in (but the nonce) and of the same subject, or the claims kept when the provider
-    /// sent none; the refresh token rotated when it sent a new one. The session's end stays.
-    pub fn refreshed_session(
-        &self,
-        si: &RtSignIn,
-        old: &Session,
-        tokens: &Value,
-        userinfo: Option<&Value>,
-        now: i64,
-    ) -> Result<Session, String> {
+    /// The claims of a sign-in's ID token: its signature verified with the provider's keys,
+    /// then OIDC Core 3.1.3.7. Done before the token response's access token is used.
+    pub fn verify_sign_in(&self, si: &RtSignIn, login: &LoginState, tokens: &Value, now: i64) -> Result<Value, String> {
         let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
-        let refresh_token = tokens.get("refresh_token").and_then(Value::as_str).map(str::to_owned).or_else(|| old.refresh_token.clone());
-        let (claims, fresh_until) = match tokens.get("id_token") {
-            Some(_) => {
-                let claims = verify_id_token(si, tokens)?;
-                let sub = old.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
-                check_refreshed_id_token(&claims, &meta.issuer, &si.config.client_id, sub, now, 60).map_err(|e| e.to_string())?;
-                let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
-                (Session::from_id_token(&with_userinfo(claims, userinfo, false)?, old.exp).claims, exp)
-            }
-            // No new ID token: the claims stand for as long as the last ones did, brought up to
-            // date by the userinfo where it is asked for.
-            None => (with_userinfo(old.claims.clone(), userinfo, true)?, now + (old.fresh_until - old.issued).max(0)),
-        };
-        let session = Session { claims, ..old.clone() }.with_refresh(refresh_token, fresh_until, now);
-        if session.fresh_until <= now {
-            return Err("the provider's refreshed claims are already expired".into());
+        let claims = verify_id_token(si, tokens)?;
+        check_id_token(&claims, &meta.issuer, &si.config.client_id, &login.nonce, now, 60).map_err(|e| e.to_string())?;
+        Ok(claims)
+    }
+
+    /// The claims of a refresh's new ID token, if it sent one: verified as at sign-in but the
+    /// nonce, and of the session's subject (OIDC Core §12.2).
+    pub fn verify_refresh(&self, si: &RtSignIn, old: &Session, tokens: &Value, now: i64) -> Result<Option<Value>, String> {
+        if tokens.get("id_token").is_none() {
+            return Ok(None);
         }
-        Ok(session)
+        let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
+        let claims = verify_id_token(si, tokens)?;
+        let sub = old.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+        check_refreshed_id_token(&claims, &meta.issuer, &si.config.client_id, sub, now, 60).map_err(|e| e.to_string())?;
+        Ok(Some(claims))
     }
 
     /// `Set-Cookie` values that hold `session` on `host` (normalised), and delete the chunks it
@@ -1018,9 +1026,10 @@ spec:
 
         // The provider's answer: new claims (no longer an admin), a rotated refresh token.
         let at = NOW + 300;
+        let refresh = |tokens: &Value| engine.verify_refresh(si, &session, tokens, at).and_then(|c| session.refreshed(tokens, c, None, at));
         let good = json!({"iss": ISSUER, "aud": "web", "sub": "alice", "groups": ["staff"], "exp": at + 300, "iat": at});
         let tokens = json!({"id_token": id_token(good.clone()), "refresh_token": "rt2"});
-        let new = engine.refreshed_session(si, &session, &tokens, None, at).unwrap();
+        let new = refresh(&tokens).unwrap();
         assert_eq!(
             (new.claims["groups"].clone(), new.refresh_token.as_deref(), new.fresh_until, new.exp),
             (json!(["staff"]), Some("rt2"), at + 300, NOW + 3600)
@@ -1034,17 +1043,17 @@ spec:
         // Never past the session's end; without an ID token, the claims stand as long again.
         let mut late = good.clone();
         late["exp"] = json!(NOW + 9999);
-        assert_eq!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(late)}), None, at).unwrap().fresh_until, NOW + 3600);
-        let kept = engine.refreshed_session(si, &session, &json!({"access_token": "a"}), None, at).unwrap();
+        assert_eq!(refresh(&json!({"id_token": id_token(late)})).unwrap().fresh_until, NOW + 3600);
+        let kept = refresh(&json!({"access_token": "a"})).unwrap();
         assert_eq!((kept.claims.clone(), kept.refresh_token.as_deref(), kept.fresh_until), (session.claims.clone(), Some("rt1"), at + 300));
         // Another subject, issuer or client, an expired or unsigned ID token: refused.
         for (k, v) in [("sub", json!("mallory")), ("iss", json!("https://evil")), ("aud", json!("other")), ("exp", json!(at - 120))] {
             let mut c = good.clone();
             c[k] = v;
-            assert!(engine.refreshed_session(si, &session, &json!({"id_token": id_token(c)}), None, at).is_err(), "{k}");
+            assert!(refresh(&json!({"id_token": id_token(c)})).is_err(), "{k}");
         }
         let forged = format!("{}x", id_token(good));
-        assert!(engine.refreshed_session(si, &session, &json!({"id_token": forged}), None, at).is_err());
+        assert!(refresh(&json!({"id_token": forged})).is_err());
         // Removing the session cookies leaves the others.
         let none = with_session_cookies(&headers, si.config.session_cookie(), &[]);
         assert_eq!(none.get("cookie").unwrap(), "theme=dark");

@@ -37,7 +37,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::decide::signin as signin_rules;
 use crate::decide::{self, BuildOptions, DEFAULT_TOKEN_CACHE_BYTES, Decision, Denied, DenyReason, Engine, Request};
 use crate::keys::store::KeyRing;
 use crate::plumbing::http::reply;
@@ -398,68 +397,6 @@ impl Gateway {
             }
         }
         Ok(decision)
-    }
-}
-
-impl Gateway {
-    /// A decision whose session was due for refresh, once refreshed at the provider: a page load
-    /// is sent to itself with the new cookies; anything else is decided again with them, and
-    /// the answer sets them. A provider that refuses ends the session (decided as without one);
-    /// one that cannot be asked leaves a fresh session as it is and a stale one unusable (503).
-    async fn after_refresh(&self, slot: &Slot, request: &Request<'_>, due: signin_rules::RefreshDue, decision: Decision) -> Decision {
-        let engine = &slot.engine;
-        let (Some(si), Some(host)) = (engine.sign_in_of(due.policy), crate::policy::host::normalize_host(request.host)) else {
-            return decision;
-        };
-        let base = si.config.session_cookie();
-        let unavailable = |d: Decision| {
-            Decision::Deny(Denied {
-                reason: DenyReason::SignInUnavailable,
-                route: d.route(),
-                detail: Some("the session could not be refreshed: the identity provider cannot be reached".into()),
-                scopes: Vec::new(),
-                refetch: None,
-                redirect: None,
-                refresh: None,
-            })
-        };
-        match self.refreshes.refresh(engine, si, &due.session, &self.jwks.post).await {
-            signin::Refreshed::Session(new) => {
-                let now = unix_now();
-                let Ok(set_cookies) = engine.session_cookies(si, &host, &new, now) else { return unavailable(decision) };
-                if due.navigation {
-                    return Decision::Deny(Denied {
-                        reason: DenyReason::SessionRefreshed,
-                        route: decision.route(),
-                        detail: None,
-                        scopes: Vec::new(),
-                        refetch: None,
-                        redirect: Some(Box::new(signin_rules::Redirect {
-                            location: format!("{}{}", si.config.origin(request.host), request.target),
-                            set_cookies,
-                        })),
-                        refresh: None,
-                    });
-                }
-                let headers = signin_rules::with_session_cookies(request.headers, base, &set_cookies);
-                let mut again = engine.decide(&Request { headers: &headers, ..*request }, now);
-                if let Decision::Allow(a) = &mut again {
-                    a.refresh = None;
-                    a.set_cookies = set_cookies;
-                }
-                again
-            }
-            signin::Refreshed::Refused => {
-                let headers = signin_rules::with_session_cookies(request.headers, base, &[]);
-                let mut again = engine.decide(&Request { headers: &headers, ..*request }, unix_now());
-                if let Decision::Deny(d) = &mut again {
-                    d.refresh = None;
-                }
-                again
-            }
-            signin::Refreshed::Unavailable if due.staleness == signin_rules::Staleness::Due => decision,
-            signin::Refreshed::Unavailable => unavailable(decision),
-        }
     }
 }
 

@@ -13,8 +13,8 @@ use http_body_util::Full;
 use tokio::task::JoinHandle;
 
 use super::unix_now;
-use crate::decide::Engine;
 use crate::decide::signin::{Endpoint, LoginError, Provider, ProviderMeta, Redirect, RtSignIn, Session, cookie_value, finish_login};
+use crate::decide::{Decision, Denied, DenyReason, Engine, Request};
 use crate::plumbing::http::reply;
 use crate::plumbing::jwks_fetch::{HttpClient, PostClient, fetch_json, fetch_jwks, get_json_bearer, post_form};
 
@@ -223,17 +223,22 @@ pub async fn callback(
         }
     };
     // The ID token is verified before its access token is used for the userinfo.
-    let mut done = engine.complete_sign_in(si, raw_host, &login, &tokens, None, now);
-    if done.is_ok() && si.config.userinfo {
-        done = match userinfo(si, &tokens, client).await {
-            Ok(info) => engine.complete_sign_in(si, raw_host, &login, &tokens, info.as_ref(), now),
-            Err(e) => {
-                tracing::warn!(policy = %si.policy, "sign-in: {e}");
-                return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider's userinfo cannot be read");
-            }
-        };
-    }
-    match done {
+    let claims = match engine.verify_sign_in(si, &login, &tokens, now) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(policy = %si.policy, "sign-in refused: {e}");
+            return page(StatusCode::FORBIDDEN, "Sign-in failed", &e);
+        }
+    };
+    let info = match userinfo(si, &tokens, client).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::warn!(policy = %si.policy, "sign-in: {e}");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "the identity provider's userinfo cannot be read");
+        }
+    };
+    let claims = crate::decide::signin::with_userinfo(claims, info.as_ref(), false);
+    match claims.and_then(|claims| engine.complete_sign_in(si, raw_host, &login, claims, &tokens, now)) {
         Ok(r) => redirect(&r),
         Err(e) => {
             tracing::info!(policy = %si.policy, "sign-in refused: {e}");
@@ -319,16 +324,30 @@ async fn ask(engine: &Engine, si: &RtSignIn, old: &Session, token: &str, client:
         .finish();
     match post_form(client, &meta.token_endpoint, form, si.client_authorization().as_deref(), MAX_DOC_BYTES).await {
         Ok((status, body)) if status.is_success() => {
+            let now = unix_now();
             // The new ID token is verified before its access token is used for the userinfo.
-            let first = refreshed(engine, si, old, &body, None);
-            if !si.config.userinfo || !matches!(first, Refreshed::Session(_)) {
-                return first;
-            }
-            match userinfo(si, &body, client).await {
-                Ok(info) => refreshed(engine, si, old, &body, info.as_ref()),
+            let id_claims = match engine.verify_refresh(si, old, &body, now) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(policy = %si.policy, "sign-in refresh refused: {e}");
+                    return Refreshed::Refused;
+                }
+            };
+            let info = match userinfo(si, &body, client).await {
+                Ok(info) => info,
                 Err(e) => {
                     tracing::warn!(policy = %si.policy, "sign-in refresh: {e}");
-                    Refreshed::Unavailable
+                    return Refreshed::Unavailable;
+                }
+            };
+            match old.refreshed(&body, id_claims, info.as_ref(), now) {
+                Ok(s) => {
+                    tracing::debug!(policy = %si.policy, "sign-in session refreshed");
+                    Refreshed::Session(Box::new(s))
+                }
+                Err(e) => {
+                    tracing::info!(policy = %si.policy, "sign-in refresh refused: {e}");
+                    Refreshed::Refused
                 }
             }
         }
@@ -349,16 +368,70 @@ async fn ask(engine: &Engine, si: &RtSignIn, old: &Session, token: &str, client:
     }
 }
 
-/// The refreshed session out of the provider's answer, or the end of the session.
-fn refreshed(engine: &Engine, si: &RtSignIn, old: &Session, tokens: &serde_json::Value, info: Option<&serde_json::Value>) -> Refreshed {
-    match engine.refreshed_session(si, old, tokens, info, unix_now()) {
-        Ok(s) => {
-            tracing::debug!(policy = %si.policy, "sign-in session refreshed");
-            Refreshed::Session(Box::new(s))
-        }
-        Err(e) => {
-            tracing::info!(policy = %si.policy, "sign-in refresh refused: {e}");
-            Refreshed::Refused
+impl super::Gateway {
+    /// A decision whose session was due for refresh, once refreshed at the provider: a page load
+    /// is sent to itself with the new cookies; anything else is decided again with them, and
+    /// the answer sets them. A provider that refuses ends the session (decided as without one);
+    /// one that cannot be asked leaves a fresh session as it is and a stale one unusable (503).
+    pub(super) async fn after_refresh(
+        &self,
+        slot: &super::Slot,
+        request: &Request<'_>,
+        due: crate::decide::signin::RefreshDue,
+        decision: Decision,
+    ) -> Decision {
+        let engine = &slot.engine;
+        let (Some(si), Some(host)) = (engine.sign_in_of(due.policy), crate::policy::host::normalize_host(request.host)) else {
+            return decision;
+        };
+        let base = si.config.session_cookie();
+        let unavailable = |d: Decision| {
+            Decision::Deny(Denied {
+                reason: DenyReason::SignInUnavailable,
+                route: d.route(),
+                detail: Some("the session could not be refreshed: the identity provider cannot be reached".into()),
+                scopes: Vec::new(),
+                refetch: None,
+                redirect: None,
+                refresh: None,
+            })
+        };
+        match self.refreshes.refresh(engine, si, &due.session, &self.jwks.post).await {
+            Refreshed::Session(new) => {
+                let now = unix_now();
+                let Ok(set_cookies) = engine.session_cookies(si, &host, &new, now) else { return unavailable(decision) };
+                if due.navigation {
+                    return Decision::Deny(Denied {
+                        reason: DenyReason::SessionRefreshed,
+                        route: decision.route(),
+                        detail: None,
+                        scopes: Vec::new(),
+                        refetch: None,
+                        redirect: Some(Box::new(crate::decide::signin::Redirect {
+                            location: format!("{}{}", si.config.origin(request.host), request.target),
+                            set_cookies,
+                        })),
+                        refresh: None,
+                    });
+                }
+                let headers = crate::decide::signin::with_session_cookies(request.headers, base, &set_cookies);
+                let mut again = engine.decide(&Request { headers: &headers, ..*request }, now);
+                if let Decision::Allow(a) = &mut again {
+                    a.refresh = None;
+                    a.set_cookies = set_cookies;
+                }
+                again
+            }
+            Refreshed::Refused => {
+                let headers = crate::decide::signin::with_session_cookies(request.headers, base, &[]);
+                let mut again = engine.decide(&Request { headers: &headers, ..*request }, unix_now());
+                if let Decision::Deny(d) = &mut again {
+                    d.refresh = None;
+                }
+                again
+            }
+            Refreshed::Unavailable if due.staleness == crate::decide::signin::Staleness::Due => decision,
+            Refreshed::Unavailable => unavailable(decision),
         }
     }
 }
