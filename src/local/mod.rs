@@ -211,7 +211,7 @@ fn take_documents(file: &Path, docs: Result<Vec<Value>, String>, out: &mut Scann
         }
         // A Secret holds what a policy refers to (a sign-in client secret), as in a cluster.
         if kind == "Secret" && api_version == "v1" {
-            match serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(serde_json::to_value(&doc).unwrap_or_default()) {
+            match serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(doc.clone()) {
                 Ok(mut secret) => {
                     let (ns, name) = (
                         secret.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
