@@ -417,19 +417,17 @@ impl Engine {
         // one counts as none until refreshed.
         let session = match (&extracted, &policy.sign_in) {
             (Extracted::None, Some(si)) => match self.session(si, req, now) {
-                Ok((verified, session)) => {
-                    let staleness = session.refresh_due(now);
-                    if let Some(staleness) = staleness {
-                        let navigation = signin::is_navigation(req.method, req.headers);
-                        *refresh = Some(signin::RefreshDue { policy: route.policy, session, staleness, navigation });
-                    }
+                Ok((verified, None)) => Some(verified),
+                Ok((verified, Some((session, staleness)))) => {
+                    let navigation = signin::is_navigation(req.method, req.headers);
+                    *refresh = Some(signin::RefreshDue { policy: route.policy, session, staleness, navigation });
                     match staleness {
-                        Some(signin::Staleness::Stale) if rule.optional => None,
-                        Some(signin::Staleness::Stale) if signin::is_navigation(req.method, req.headers) => {
+                        signin::Staleness::Due => Some(verified),
+                        signin::Staleness::Stale if rule.optional => None,
+                        signin::Staleness::Stale if navigation => {
                             return (Decision::Deny(self.sign_in_redirect(si, route, req, now)), None);
                         }
-                        Some(signin::Staleness::Stale) => None,
-                        _ => Some(verified),
+                        signin::Staleness::Stale => None,
                     }
                 }
                 Err(_) if rule.optional => None,

@@ -185,6 +185,9 @@ pub enum Staleness {
     Stale,
 }
 
+/// A session due for refresh, and how stale it is.
+pub type DueSession = (Session, Staleness);
+
 /// A session the gateway is to refresh at the provider (the decision knows no I/O).
 #[derive(Debug, Clone)]
 pub struct RefreshDue {
@@ -470,16 +473,20 @@ impl RtSignIn {
 }
 
 impl super::Engine {
-    /// The session of a request to a sign-in policy, as a verified caller.
+    /// The session of a request to a sign-in policy, as a verified caller, and the session
+    /// itself when it is due for refresh.
     pub(super) fn session(
         &self,
         si: &RtSignIn,
         req: &super::Request<'_>,
         now: i64,
-    ) -> Result<(Arc<super::Verified>, Session), SessionError> {
+    ) -> Result<(Arc<super::Verified>, Option<DueSession>), SessionError> {
         let sealer = si.sessions.as_ref().ok_or(SessionError::Invalid)?;
         let host = crate::policy::host::normalize_host(req.host).ok_or(SessionError::Invalid)?;
-        let s = open_session(sealer, si.config.session_cookie(), &host, req.headers, now)?;
+        let mut s = open_session(sealer, si.config.session_cookie(), &host, req.headers, now)?;
+        let due = s.refresh_due(now);
+        // The claims are copied only for a session that goes on to be refreshed.
+        let claims = if due.is_some() { s.claims.clone() } else { std::mem::take(&mut s.claims) };
         let verified = Arc::new(super::Verified {
             keyset: 0,
             generation: 0,
@@ -488,10 +495,10 @@ impl super::Engine {
             aud: vec![si.config.client_id.clone()],
             exp: s.exp,
             nbf: None,
-            claims: s.claims.clone(),
+            claims,
             minted: Default::default(),
         });
-        Ok((verified, s))
+        Ok((verified, due.map(|d| (s, d))))
     }
 
     /// The redirect to the provider that starts a sign-in, or why it cannot start.
