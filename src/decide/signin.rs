@@ -466,6 +466,12 @@ impl RtSignIn {
         Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
     }
 
+    /// Where a browser may go back to from `target` on `host` (normalised): a path of the host
+    /// or an https URL of an allowed host; anything else is `/`.
+    pub fn return_to(&self, host: &str, target: &str) -> String {
+        crate::policy::redirect::return_target(target, host, &self.allowed).unwrap_or_else(|| "/".to_owned())
+    }
+
     /// Whether this sign-in serves `host` (normalised, without port).
     pub fn serves(&self, hosts: &[HostPattern], host: &str) -> bool {
         hosts.is_empty() || hosts.iter().any(|h| h.matches(host))
@@ -524,7 +530,7 @@ impl super::Engine {
         let meta = si.provider.meta.load_full().ok_or("the provider's discovery document is not loaded")?;
         let logins = si.logins.as_ref().ok_or("the session SigningKey's keys are not on this gateway")?;
         let host = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
-        let return_to = crate::policy::redirect::return_target(target, &host, &si.allowed).unwrap_or_else(|| "/".to_owned());
+        let return_to = si.return_to(&host, target);
         let cookie = si.config.login_cookie();
         let (login, sealed) = begin_login(logins, cookie, &host, &return_to, now).map_err(|_| "sealing failed")?;
         let redirect_uri = format!("{}{}", si.config.origin(raw_host), si.config.callback_path);
@@ -597,9 +603,7 @@ impl super::Engine {
     ) -> Result<Redirect, &'static str> {
         let target = start_target(si, raw_host, query)?;
         let host = crate::policy::host::normalize_host(raw_host).ok_or("invalid host")?;
-        let target = crate::policy::redirect::return_target(&target, &host, &si.allowed).unwrap_or_else(|| "/".to_owned());
-        let location = if target.starts_with('/') { format!("{}{target}", si.config.origin(raw_host)) } else { target };
-        Ok(Redirect { location, set_cookies })
+        Ok(Redirect { location: si.config.absolute(raw_host, &si.return_to(&host, &target)), set_cookies })
     }
 
     /// The `Cookie` pairs of a session with `claims` on `raw_host`, sealed as the sign-in of that
@@ -638,7 +642,7 @@ impl super::Engine {
             _ => return Err((403, "a sign-out from another site is refused")),
         }
         let target = &si.config.post_logout_redirect;
-        let absolute = if target.starts_with('/') { format!("{origin}{target}") } else { target.clone() };
+        let absolute = si.config.absolute(raw_host, target);
         let location = match si.provider.meta.load().as_ref().and_then(|m| m.end_session_endpoint.clone()) {
             Some(end) => {
                 let query = form_urlencoded::Serializer::new(String::new())
@@ -675,14 +679,7 @@ impl super::Engine {
             Session::from_id_token(&claims, now + si.config.session_lifetime_secs as i64).with_refresh(refresh_token, fresh_until, now);
         let mut set_cookies = self.session_cookies(si, &normalized, &session, now)?;
         set_cookies.push(set_cookie(si.config.login_cookie(), "", 0, si.config.https));
-        // Absolute: some proxies (Traefik's forward auth) resolve a relative Location against
-        // the authorizer's own URL.
-        let location = if login.return_to.starts_with('/') {
-            format!("{}{}", si.config.origin(raw_host), login.return_to)
-        } else {
-            login.return_to.clone()
-        };
-        Ok(Redirect { location, set_cookies })
+        Ok(Redirect { location: si.config.absolute(raw_host, &login.return_to), set_cookies })
     }
 
     /// The claims of a sign-in's ID token: its signature verified with the provider's keys,

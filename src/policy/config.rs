@@ -162,6 +162,13 @@ impl SignInConfig {
         format!("{}://{}", if self.https { "https" } else { "http" }, raw_host.to_ascii_lowercase())
     }
 
+    /// `target` as a browser on `raw_host` is sent there: a path of the host made absolute (some
+    /// proxies, Traefik's forward auth, resolve a relative `Location` against the authorizer's
+    /// own URL), a URL as it is.
+    pub fn absolute(&self, raw_host: &str, target: &str) -> String {
+        if target.starts_with('/') { format!("{}{target}", self.origin(raw_host)) } else { target.to_owned() }
+    }
+
     /// The session cookie's name (its chunks add `-0`, `-1`): `__Host-` where browsers hold
     /// such cookies to host-only, `Secure`, `Path=/`.
     pub fn session_cookie(&self) -> &'static str {
