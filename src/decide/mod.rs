@@ -124,6 +124,13 @@ pub struct Denied {
     pub refresh: Option<Box<signin::RefreshDue>>,
 }
 
+impl Denied {
+    /// A denial for `reason` at `route`, with what failed and nothing else.
+    pub fn new(reason: DenyReason, route: Option<RouteRef>, detail: Option<String>) -> Self {
+        Self { reason, route, detail, scopes: Vec::new(), refetch: None, redirect: None, refresh: None }
+    }
+}
+
 #[derive(Debug)]
 pub enum Decision {
     Allow(Allowed),
@@ -132,7 +139,7 @@ pub enum Decision {
 
 impl Decision {
     fn deny(reason: DenyReason) -> Self {
-        Self::Deny(Denied { reason, route: None, detail: None, scopes: Vec::new(), refetch: None, redirect: None, refresh: None })
+        Self::Deny(Denied::new(reason, None, None))
     }
 
     pub fn route(&self) -> Option<RouteRef> {
@@ -397,15 +404,7 @@ impl Engine {
         now: i64,
         refresh: &mut Option<signin::RefreshDue>,
     ) -> (Decision, Option<(Arc<Verified>, bool)>) {
-        let deny = |reason: DenyReason, detail: Option<String>| Denied {
-            reason,
-            route: Some(route),
-            detail,
-            scopes: Vec::new(),
-            refetch: None,
-            redirect: None,
-            refresh: None,
-        };
+        let deny = |reason: DenyReason, detail: Option<String>| Denied::new(reason, Some(route), detail);
 
         if rule.public {
             return (Decision::Allow(self.anonymous(route, policy, req.headers)), None);

@@ -513,15 +513,7 @@ impl super::Engine {
             Ok(r) => (super::DenyReason::SignInRequired, "a browser without a session", Some(Box::new(r))),
             Err(why) => (super::DenyReason::SignInUnavailable, why, None),
         };
-        super::Denied {
-            reason,
-            route: Some(route),
-            detail: Some(detail.to_owned()),
-            scopes: Vec::new(),
-            refetch: None,
-            redirect,
-            refresh: None,
-        }
+        super::Denied { redirect, ..super::Denied::new(reason, Some(route), Some(detail.to_owned())) }
     }
 
     /// A new login for `raw_host`, coming back to `target` (when it is allowed, else `/`): the

@@ -386,49 +386,29 @@ impl super::Gateway {
         };
         let base = si.config.session_cookie();
         let unavailable = |d: Decision| {
-            Decision::Deny(Denied {
-                reason: DenyReason::SignInUnavailable,
-                route: d.route(),
-                detail: Some("the session could not be refreshed: the identity provider cannot be reached".into()),
-                scopes: Vec::new(),
-                refetch: None,
-                redirect: None,
-                refresh: None,
-            })
+            let why = "the session could not be refreshed: the identity provider cannot be reached";
+            Decision::Deny(Denied::new(DenyReason::SignInUnavailable, d.route(), Some(why.into())))
         };
         match self.refreshes.refresh(engine, si, &due.session, &self.jwks.post).await {
             Refreshed::Session(new) => {
                 let now = unix_now();
                 let Ok(set_cookies) = engine.session_cookies(si, &host, &new, now) else { return unavailable(decision) };
                 if due.navigation {
-                    return Decision::Deny(Denied {
-                        reason: DenyReason::SessionRefreshed,
-                        route: decision.route(),
-                        detail: None,
-                        scopes: Vec::new(),
-                        refetch: None,
-                        redirect: Some(Box::new(crate::decide::signin::Redirect {
-                            location: format!("{}{}", si.config.origin(request.host), request.target),
-                            set_cookies,
-                        })),
-                        refresh: None,
-                    });
+                    let location = format!("{}{}", si.config.origin(request.host), request.target);
+                    let redirect = Some(Box::new(crate::decide::signin::Redirect { location, set_cookies }));
+                    return Decision::Deny(Denied { redirect, ..Denied::new(DenyReason::SessionRefreshed, decision.route(), None) });
                 }
                 let headers = crate::decide::signin::with_session_cookies(request.headers, base, &set_cookies);
                 let mut again = engine.decide(&Request { headers: &headers, ..*request }, now);
                 if let Decision::Allow(a) = &mut again {
-                    a.refresh = None;
                     a.set_cookies = set_cookies;
                 }
                 again
             }
             Refreshed::Refused => {
+                // Without the session's cookies: as if it were not there.
                 let headers = crate::decide::signin::with_session_cookies(request.headers, base, &[]);
-                let mut again = engine.decide(&Request { headers: &headers, ..*request }, unix_now());
-                if let Decision::Deny(d) = &mut again {
-                    d.refresh = None;
-                }
-                again
+                engine.decide(&Request { headers: &headers, ..*request }, unix_now())
             }
             Refreshed::Unavailable if due.staleness == crate::decide::signin::Staleness::Due => decision,
             Refreshed::Unavailable => unavailable(decision),
